@@ -1,0 +1,28 @@
+"""Command line: ``python -m jaxadv [demo]``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jaxadv", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    demo = sub.add_parser("demo", help="attack a CNN trained on the bundled digits set (default)")
+    demo.add_argument("--eps", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    demo.add_argument("--steps", type=int, default=20)
+    demo.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command in (None, "demo"):
+        from jaxadv import demo as demo_module
+
+        eps = getattr(args, "eps", [0.05, 0.1, 0.2])
+        demo_module.run(eps, steps=getattr(args, "steps", 20), seed=getattr(args, "seed", 0))
+        return 0
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

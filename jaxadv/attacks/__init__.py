@@ -1,0 +1,1 @@
+"""Attack families, one module each."""

@@ -1,0 +1,61 @@
+r"""Single-step attacks: the fast gradient (sign) method."""
+
+from __future__ import annotations
+
+from jaxadv.attacks.base import prepare
+from jaxadv.attacks.iterative import run_projected_gradient
+from jaxadv.losses import cross_entropy
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LossFn, Norm
+from jaxadv.validation import check_norm
+
+
+def fgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    eps: ArrayLike,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: LossFn = cross_entropy,
+    l1_sparsity: float = 0.05,
+) -> Array:
+    r"""Fast gradient sign method (Goodfellow et al., 2015).
+
+    .. math::
+        x' = \mathrm{clip}_{[lo, hi]}\big(x + \epsilon\, \mathrm{sign}(s\, \nabla_x J(x, y))\big)
+
+    with :math:`s = +1` (untargeted: move away from ``y``) or :math:`s = -1`
+    (``targeted=True``: descend toward the target ``y``). For ``norm="l2"`` /
+    ``"l1"`` the sign is replaced by the unit steepest-ascent direction of that
+    norm (the fast gradient method), so :math:`\|x' - x\|_p \le \epsilon`.
+
+    For a linear model this is the exact maximiser of the loss over the L-inf
+    ball: the logit margin moves by :math:`\epsilon \|w\|_1`.
+
+    Args:
+      logits_fn: model ``x -> logits [batch, C]``.
+      x: ``[batch, ...]`` clean inputs inside ``bounds``.
+      y: ``[batch]`` labels or ``[batch, C]`` one-hot (targets when
+        ``targeted``); ``None``: the model's predictions.
+      eps: step size and radius, raw input units, scalar or ``[batch]`` (traced).
+      norm, targeted, bounds, loss, l1_sparsity: as in :func:`jaxadv.pgd`.
+
+    Returns:
+      The adversarial batch, shape and dtype of ``x``.
+    """
+    check_norm(norm)
+    p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted, eps=eps)
+    x_adv = run_projected_gradient(
+        p,
+        p.x,
+        step_size=p.eps,
+        steps=1,
+        norm=norm,
+        targeted=targeted,
+        loss=loss,
+        l1_sparsity=l1_sparsity,
+        loop="auto",
+    )
+    return p.finalize(x_adv)

@@ -1,0 +1,199 @@
+r"""Threat models: the pieces every attack builds on, one set per norm.
+
+A threat model is a norm :math:`\|\cdot\|_p` (``"linf"``, ``"l2"`` or ``"l1"``), a
+radius :math:`\epsilon` and a box of valid inputs :math:`[lo, hi]`. An adversarial
+example :math:`x'` for a clean :math:`x` must satisfy
+:math:`\|x' - x\|_p \le \epsilon` and :math:`lo \le x' \le hi`.
+
+Conventions used everywhere in the library:
+
+* ``eps`` is measured in the *raw* input space, the space of ``x`` and of
+  ``bounds`` (for example pixels in ``[0, 1]``), never in a normalised space.
+* ``eps`` is a scalar or one value per example (shape ``[batch]``).
+* Perturbations have the shape of ``x``: ``[batch, ...]``; norms are taken over
+  all axes but the first.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxadv.typing import Array, ArrayLike, Norm, PRNGKey
+from jaxadv.validation import check_norm
+
+_TINY = 1e-12
+
+
+def per_example(value: ArrayLike, x: Array) -> Array:
+    """Reshape a scalar or a ``[batch]`` array so that it broadcasts against ``x``."""
+    value = jnp.asarray(value, jnp.float32)
+    if value.ndim == 0:
+        return value
+    return value.reshape(value.shape + (1,) * (x.ndim - value.ndim))
+
+
+def _flat(delta: Array) -> Array:
+    return delta.reshape(delta.shape[0], -1)
+
+
+def norm_of(delta: Array, norm: Norm) -> Array:
+    """Per-example norm of ``delta`` (``[batch, ...]`` -> ``[batch]``)."""
+    check_norm(norm)
+    d = _flat(delta).astype(jnp.float32)
+    if norm == "linf":
+        return jnp.max(jnp.abs(d), axis=1)
+    if norm == "l2":
+        return jnp.sqrt(jnp.sum(d * d, axis=1))
+    return jnp.sum(jnp.abs(d), axis=1)
+
+
+def _project_l1(delta: Array, eps: Array) -> Array:
+    """Euclidean projection onto the L1 ball (Duchi et al., 2008), per example."""
+    v = _flat(delta)
+    eps = jnp.broadcast_to(jnp.reshape(eps, (-1,)) if jnp.ndim(eps) else eps, (v.shape[0],))
+    a = jnp.abs(v)
+    u = -jnp.sort(-a, axis=1)  # descending
+    css = jnp.cumsum(u, axis=1)
+    idx = jnp.arange(1, v.shape[1] + 1, dtype=v.dtype)
+    # The condition holds exactly on a prefix of the sorted coordinates.
+    rho = jnp.maximum(jnp.sum(u - (css - eps[:, None]) / idx > 0, axis=1), 1)
+    theta = (jnp.take_along_axis(css, (rho - 1)[:, None], axis=1)[:, 0] - eps) / rho
+    w = jnp.sign(v) * jnp.maximum(a - theta[:, None], 0.0)
+    inside = jnp.sum(a, axis=1) <= eps
+    return jnp.where(inside[:, None], v, w).reshape(delta.shape)
+
+
+def project(delta: Array, eps: ArrayLike, norm: Norm) -> Array:
+    r"""Project perturbations onto the ball :math:`\{d : \|d\|_p \le \epsilon\}`.
+
+    * ``"linf"``: :math:`\mathrm{clip}(d, -\epsilon, \epsilon)`.
+    * ``"l2"``: :math:`d \cdot \min(1, \epsilon / \|d\|_2)`.
+    * ``"l1"``: the exact Euclidean projection onto the L1 ball (sort-based
+      algorithm of Duchi et al., 2008).
+
+    Args:
+      delta: ``[batch, ...]`` perturbations.
+      eps: scalar or ``[batch]`` radius, in raw input units.
+      norm: ``"linf"``, ``"l2"`` or ``"l1"``.
+
+    Returns:
+      The projected perturbations, shape and dtype of ``delta``.
+    """
+    check_norm(norm)
+    eps_b = per_example(eps, delta)
+    if norm == "linf":
+        return jnp.clip(delta, -eps_b, eps_b).astype(delta.dtype)
+    if norm == "l2":
+        n = per_example(norm_of(delta, "l2"), delta)
+        factor = jnp.minimum(1.0, eps_b / jnp.maximum(n, _TINY))
+        return (delta * factor).astype(delta.dtype)
+    return _project_l1(delta, jnp.asarray(eps, jnp.float32)).astype(delta.dtype)
+
+
+def clip_to_bounds(x: Array, lo: ArrayLike, hi: ArrayLike) -> Array:
+    """Clip ``x`` into the box ``[lo, hi]`` (scalars or arrays broadcasting against ``x``)."""
+    return jnp.clip(x, lo, hi)
+
+
+def project_to_feasible(
+    x_adv: Array, x: Array, eps: ArrayLike, norm: Norm, lo: ArrayLike, hi: ArrayLike
+) -> Array:
+    r"""Map ``x_adv`` into the feasible set :math:`B_\epsilon(x) \cap [lo, hi]`.
+
+    Projects :math:`x' - x` onto the ball, then clips into the box. Because ``x``
+    itself lies in the box, clipping only shrinks each coordinate of the
+    perturbation, so the result is in the ball *and* the box. (For ``"linf"`` this
+    is the exact projection onto the intersection; for ``"l2"``/``"l1"`` it is a
+    feasible point, the usual choice of PGD implementations.)
+    """
+    return clip_to_bounds(x + project(x_adv - x, eps, norm), lo, hi)
+
+
+def steepest_direction(grad: Array, norm: Norm, *, l1_sparsity: float = 0.05) -> Array:
+    r"""Steepest-ascent direction of unit norm for a first-order model of the loss.
+
+    :math:`d = \arg\max_{\|d\|_p \le 1} \langle g, d \rangle`:
+
+    * ``"linf"``: :math:`\mathrm{sign}(g)`.
+    * ``"l2"``: :math:`g / \|g\|_2`.
+    * ``"l1"``: the exact maximiser puts all mass on :math:`\arg\max_i |g_i|`; as
+      in sparse L1 descent (Tramèr & Boneh, 2019) we spread it over the top
+      ``l1_sparsity`` fraction of coordinates by :math:`|g_i|` (at least one):
+      :math:`d_i = \mathrm{sign}(g_i)/k` there and 0 elsewhere, so
+      :math:`\|d\|_1 = 1`.
+
+    A zero gradient gives a zero direction (never NaN).
+
+    Args:
+      grad: ``[batch, ...]`` gradients.
+      norm: ``"linf"``, ``"l2"`` or ``"l1"``.
+      l1_sparsity: fraction of coordinates moved by an L1 step (static).
+
+    Returns:
+      ``[batch, ...]`` directions, dtype of ``grad``.
+    """
+    check_norm(norm)
+    if norm == "linf":
+        return jnp.sign(grad)
+    g = _flat(grad)
+    if norm == "l2":
+        n = jnp.sqrt(jnp.sum(g * g, axis=1, keepdims=True))
+        return (g / jnp.maximum(n, _TINY)).reshape(grad.shape).astype(grad.dtype)
+    if not 0.0 < l1_sparsity <= 1.0:
+        raise ValueError(f"l1_sparsity must be in (0, 1], got {l1_sparsity}")
+    k = max(1, int(round(l1_sparsity * g.shape[1])))
+    a = jnp.abs(g)
+    kth = jax.lax.top_k(a, k)[0][:, -1:]
+    mask = (a >= kth) & (a > 0)
+    count = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1)
+    d = jnp.where(mask, jnp.sign(g), 0.0) / count
+    return d.reshape(grad.shape).astype(grad.dtype)
+
+
+def random_start(key: PRNGKey, shape: tuple[int, ...], eps: ArrayLike, norm: Norm) -> Array:
+    r"""Sample perturbations uniformly from the ball of radius ``eps``.
+
+    * ``"linf"``: :math:`d_i \sim U[-\epsilon, \epsilon]`.
+    * ``"l2"``: a uniform direction times radius :math:`\epsilon u^{1/n}`, :math:`u\sim U[0,1]`.
+    * ``"l1"``: the first :math:`n` of :math:`n+1` i.i.d. exponentials divided by
+      their sum (uniform on the solid simplex), with random signs, times
+      :math:`\epsilon`.
+
+    Args:
+      key: a PRNG key.
+      shape: ``[batch, ...]``.
+      eps: scalar or ``[batch]`` radius.
+      norm: ``"linf"``, ``"l2"`` or ``"l1"``.
+
+    Returns:
+      ``float32`` perturbations of the given shape.
+    """
+    check_norm(norm)
+    b, n = shape[0], 1
+    for s in shape[1:]:
+        n *= s
+    eps_f = per_example(eps, jnp.zeros((b, 1)))
+    if norm == "linf":
+        u = jax.random.uniform(key, (b, n), minval=-1.0, maxval=1.0)
+        return (u * eps_f).reshape(shape)
+    k1, k2 = jax.random.split(key)
+    if norm == "l2":
+        g = jax.random.normal(k1, (b, n))
+        g = g / jnp.maximum(jnp.linalg.norm(g, axis=1, keepdims=True), _TINY)
+        r = jax.random.uniform(k2, (b, 1)) ** (1.0 / n)
+        return (g * r * eps_f).reshape(shape)
+    e = jax.random.exponential(k1, (b, n + 1))
+    simplex = e[:, :n] / jnp.sum(e, axis=1, keepdims=True)
+    signs = jax.random.rademacher(k2, (b, n), dtype=jnp.float32)
+    return (simplex * signs * eps_f).reshape(shape)
+
+
+def mask_blocked(grad: Array, x: Array, lo: ArrayLike, hi: ArrayLike) -> Array:
+    """Zero the gradient coordinates whose ascent step would leave the box.
+
+    Used before a sparse L1 step so that coordinates already at a bound (and
+    pushed further out) do not absorb the whole step.
+    """
+    blocked = ((x >= hi) & (grad > 0)) | ((x <= lo) & (grad < 0))
+    return jnp.where(blocked, 0.0, grad)
