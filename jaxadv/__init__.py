@@ -23,6 +23,28 @@ from jaxadv.threat_models import (
 )
 from jaxadv.validation import checked
 
+# isort: split
+# Attack families and tools that list their public names in ``__all__``.
+from jaxadv import callables as _callables
+from jaxadv import success as _success
+from jaxadv import training
+from jaxadv import transfer as _transfer
+from jaxadv.attacks import apgd as _apgd
+from jaxadv.attacks import cw as _cw
+from jaxadv.attacks import decision_based as _decision_based
+from jaxadv.attacks import deepfool as _deepfool
+from jaxadv.attacks import momentum as _momentum
+from jaxadv.attacks import score_based as _score_based
+from jaxadv.attacks.apgd import *  # noqa: F403
+from jaxadv.attacks.cw import *  # noqa: F403
+from jaxadv.attacks.decision_based import *  # noqa: F403
+from jaxadv.attacks.deepfool import *  # noqa: F403
+from jaxadv.attacks.momentum import *  # noqa: F403
+from jaxadv.attacks.score_based import *  # noqa: F403
+from jaxadv.callables import *  # noqa: F403
+from jaxadv.success import *  # noqa: F403
+from jaxadv.transfer import *  # noqa: F403
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -51,4 +73,18 @@ __all__ = [
     "random_start",
     "random_targets",
     "steepest_direction",
+    "training",
 ]
+for _module in (
+    _apgd,
+    _cw,
+    _decision_based,
+    _deepfool,
+    _momentum,
+    _score_based,
+    _callables,
+    _success,
+    _transfer,
+):
+    __all__ += _module.__all__
+del _module

@@ -68,6 +68,6 @@ def run(
     print_fn("")
     print_fn(
         "iterative least-likely class: target reached for "
-        + ", ".join(f"{h:.1%} at eps={e:g}" for h, e in zip(ll_hits, eps_values))
+        + ", ".join(f"{h:.1%} at eps={e:g}" for h, e in zip(ll_hits, eps_values, strict=True))
     )
     return table

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxadv.typing import Array
+from jaxadv.typing import Array, ArrayLike
 
 NUM_TRAIN = 1400
 
@@ -108,7 +108,7 @@ def train_classifier(
     return variables
 
 
-def accuracy(logits_fn: Any, x: Array, y: Array) -> float:
+def accuracy(logits_fn: Any, x: ArrayLike, y: ArrayLike) -> float:
     """Fraction of ``x`` that ``logits_fn`` classifies as ``y``."""
     from jaxadv.models import predict
 

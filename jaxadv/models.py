@@ -227,12 +227,12 @@ def _logits(static: ModelStatic, dynamic: list[Any], x: Array) -> Array:
     return combine_model(static, dynamic)(x)
 
 
-def logits(logits_fn: LogitsFn, x: Array) -> Array:
+def logits(logits_fn: LogitsFn, x: ArrayLike) -> Array:
     """``logits_fn(x)``, compiled once per model structure (parameters traced)."""
     static, dynamic = split_model(logits_fn)
     return _logits(static, dynamic, jnp.asarray(x))
 
 
-def predict(logits_fn: LogitsFn, x: Array) -> Array:
+def predict(logits_fn: LogitsFn, x: ArrayLike) -> Array:
     """The model's predicted classes ``argmax logits_fn(x)``, shape ``[batch]``."""
     return jnp.argmax(logits(logits_fn, x), axis=-1)

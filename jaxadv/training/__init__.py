@@ -1,0 +1,3 @@
+"""Adversarial training (filled in by its issue)."""
+
+__all__: list[str] = []
