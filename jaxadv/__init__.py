@@ -8,6 +8,7 @@ from jaxadv.attacks.base import Problem, prepare
 from jaxadv.attacks.iterative import bim, pgd
 from jaxadv.attacks.single_step import fgsm
 from jaxadv.engine import iterate
+from jaxadv.evaluation import EvaluationResult, evaluate
 from jaxadv.gradients import loss_and_grad
 from jaxadv.losses import as_onehot, cross_entropy, cw_margin
 from jaxadv.models import from_apply, from_flax, from_nnx, logits, predict
@@ -26,8 +27,8 @@ from jaxadv.validation import checked
 # isort: split
 # Attack families and tools that list their public names in ``__all__``.
 from jaxadv import callables as _callables
+from jaxadv import evaluation, training
 from jaxadv import success as _success
-from jaxadv import training
 from jaxadv import transfer as _transfer
 from jaxadv.attacks import apgd as _apgd
 from jaxadv.attacks import cw as _cw
@@ -48,6 +49,7 @@ from jaxadv.transfer import *  # noqa: F403
 __version__ = "0.1.0"
 
 __all__ = [
+    "EvaluationResult",
     "Problem",
     "as_onehot",
     "bim",
@@ -55,6 +57,8 @@ __all__ = [
     "clip_to_bounds",
     "cross_entropy",
     "cw_margin",
+    "evaluate",
+    "evaluation",
     "fgsm",
     "from_apply",
     "from_flax",

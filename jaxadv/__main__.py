@@ -1,4 +1,4 @@
-"""Command line: ``python -m jaxadv [demo]``."""
+"""Command line: ``python -m jaxadv [demo | evaluate ...]`` (also installed as ``jaxadv``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--eps", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     demo.add_argument("--steps", type=int, default=20)
     demo.add_argument("--seed", type=int, default=0)
+    from jaxadv.cli import add_evaluate_parser
+
+    add_evaluate_parser(sub)
     args = parser.parse_args(argv)
     if args.command in (None, "demo"):
         from jaxadv import demo as demo_module
@@ -20,6 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         eps = getattr(args, "eps", [0.05, 0.1, 0.2])
         demo_module.run(eps, steps=getattr(args, "steps", 20), seed=getattr(args, "seed", 0))
         return 0
+    if args.command == "evaluate":
+        from jaxadv.cli import run_evaluate
+
+        return run_evaluate(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2
 

@@ -1,0 +1,26 @@
+"""Robustness evaluation: attack suites, per-example worst case, sweeps, checks, plots."""
+
+from jaxadv.evaluation.checks import MaskingReport, masking_checks
+from jaxadv.evaluation.evaluate import evaluate
+from jaxadv.evaluation.plots import plot_accuracy_vs_eps, plot_examples
+from jaxadv.evaluation.result import MISCLASSIFIED, ROBUST, EvaluationResult
+from jaxadv.evaluation.suites import ATTACKS, SUITES, SuiteAttack, resolve_suite
+from jaxadv.evaluation.sweeps import accuracy_curve, accuracy_vs_eps, minimal_eps
+
+__all__ = [
+    "ATTACKS",
+    "MISCLASSIFIED",
+    "ROBUST",
+    "SUITES",
+    "EvaluationResult",
+    "MaskingReport",
+    "SuiteAttack",
+    "accuracy_curve",
+    "accuracy_vs_eps",
+    "evaluate",
+    "masking_checks",
+    "minimal_eps",
+    "plot_accuracy_vs_eps",
+    "plot_examples",
+    "resolve_suite",
+]

@@ -1,0 +1,165 @@
+"""The result of a robustness evaluation: per-example flags and the summary figures."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: ``fooled_by`` codes for examples no attack was needed for, or none succeeded on.
+MISCLASSIFIED = -2
+ROBUST = -1
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+    """Per-example outcome of :func:`jaxadv.evaluate`.
+
+    Attributes:
+      eps, norm: the threat model.
+      attacks: attack names, in the order they ran.
+      fooled_by: ``[n]`` int; index into ``attacks`` of the first attack that
+        fooled the model, ``-1`` (:data:`ROBUST`) if none did, ``-2``
+        (:data:`MISCLASSIFIED`) if the clean example was already misclassified.
+      perturbation_norm: ``[n]`` float; norm of the stored adversarial
+        perturbation (0 for robust or misclassified examples).
+      queries: ``[n]`` int; model queries spent by score-based attacks.
+      warnings: gradient-masking and sanity warnings, each naming what looks wrong.
+      checks: figures behind the warnings (accuracy at large eps, single-step vs
+        iterative, ...).
+      x_adv: optional ``[n, ...]`` adversarial examples (the clean example where
+        no attack succeeded).
+    """
+
+    eps: float
+    norm: str
+    attacks: list[str]
+    fooled_by: np.ndarray
+    perturbation_norm: np.ndarray
+    queries: np.ndarray
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    checks: dict[str, Any] = dataclasses.field(default_factory=dict)
+    x_adv: np.ndarray | None = None
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.fooled_by.shape[0])
+
+    @property
+    def clean_correct(self) -> np.ndarray:
+        """``[n]`` bool: the model classifies the clean example correctly."""
+        return self.fooled_by != MISCLASSIFIED
+
+    @property
+    def robust(self) -> np.ndarray:
+        """``[n]`` bool: correctly classified and no attack of the suite succeeded."""
+        return self.fooled_by == ROBUST
+
+    @property
+    def num_misclassified(self) -> int:
+        return int(np.sum(~self.clean_correct))
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(np.mean(self.clean_correct)) if self.num_examples else float("nan")
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Fraction of examples that every attack failed on (per-example worst case)."""
+        return float(np.mean(self.robust)) if self.num_examples else float("nan")
+
+    def robust_accuracy_after(self) -> dict[str, float]:
+        """Robust accuracy after each attack of the suite, cumulatively, in order."""
+        out: dict[str, float] = {}
+        for i, name in enumerate(self.attacks):
+            still = self.clean_correct & ((self.fooled_by == ROBUST) | (self.fooled_by > i))
+            out[name] = float(np.mean(still)) if self.num_examples else float("nan")
+        return out
+
+    def fooled_counts(self) -> dict[str, int]:
+        """How many examples each attack was the first to fool."""
+        return {name: int(np.sum(self.fooled_by == i)) for i, name in enumerate(self.attacks)}
+
+    def summary(self) -> str:
+        """A plain-text table of the evaluation."""
+        n = self.num_examples
+        lines = [
+            f"threat model: {self.norm}, eps={self.eps:g}; {n} examples",
+            f"{'':<24}{'accuracy':>10}{'fooled':>8}",
+            f"{'clean':<24}{self.clean_accuracy:>10.2%}{self.num_misclassified:>8}"
+            "  (misclassified, not attacked)",
+        ]
+        counts = self.fooled_counts()
+        for name, acc in self.robust_accuracy_after().items():
+            lines.append(f"{'after ' + name:<24}{acc:>10.2%}{counts[name]:>8}")
+        lines.append(f"{'robust (worst case)':<24}{self.robust_accuracy:>10.2%}")
+        fooled = self.perturbation_norm[(self.fooled_by >= 0)]
+        if fooled.size:
+            lines.append(f"median {self.norm} norm of successful perturbations: {np.median(fooled):.4g}")
+        if np.any(self.queries):
+            lines.append(f"model queries by score-based attacks: {int(np.sum(self.queries))}")
+        for w in self.warnings:
+            lines.append(f"WARNING: {w}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (adversarial examples are not included)."""
+        return {
+            "eps": float(self.eps),
+            "norm": self.norm,
+            "attacks": list(self.attacks),
+            "num_examples": self.num_examples,
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "robust_accuracy_after": self.robust_accuracy_after(),
+            "num_misclassified": self.num_misclassified,
+            "fooled_by": self.fooled_by.astype(int).tolist(),
+            "perturbation_norm": self.perturbation_norm.astype(float).tolist(),
+            "queries": self.queries.astype(int).tolist(),
+            "warnings": list(self.warnings),
+            "checks": _jsonable(self.checks),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvaluationResult:
+        return cls(
+            eps=float(d["eps"]),
+            norm=str(d["norm"]),
+            attacks=list(d["attacks"]),
+            fooled_by=np.asarray(d["fooled_by"], np.int32),
+            perturbation_norm=np.asarray(d["perturbation_norm"], np.float32),
+            queries=np.asarray(d["queries"], np.int64),
+            warnings=list(d.get("warnings", [])),
+            checks=dict(d.get("checks", {})),
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_dict` as JSON, atomically (a reader never sees half a file)."""
+        write_json_atomic(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> EvaluationResult:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return np.asarray(value).tolist()
+    return value
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)

@@ -1,0 +1,158 @@
+"""Accuracy against many eps values: a vmapped sweep and a per-example minimal eps."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxadv.models import ModelStatic, combine_model, predict, split_model
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
+from jaxadv.validation import check_norm, check_steps
+
+
+@functools.partial(jax.jit, static_argnames=("model", "norm", "steps", "single_step"))
+def _sweep(
+    model: ModelStatic,
+    params: Any,
+    x: Array,
+    y: Array,
+    eps_values: Array,
+    key: PRNGKey,
+    lo: Array,
+    hi: Array,
+    *,
+    norm: Norm,
+    steps: int,
+    single_step: bool,
+) -> Array:
+    import jaxadv
+
+    logits_fn = combine_model(model, params)
+
+    def correct_at(eps: Array) -> Array:
+        if single_step:
+            x_adv = jaxadv.fgsm(logits_fn, x, y, eps=eps, norm=norm, bounds=(lo, hi))
+        else:
+            x_adv = jaxadv.pgd(logits_fn, x, y, key=key, eps=eps, steps=steps, norm=norm, bounds=(lo, hi))
+        return jnp.argmax(logits_fn(x_adv), axis=-1) == y
+
+    return jax.vmap(correct_at)(eps_values)
+
+
+def accuracy_vs_eps(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    eps_values: Sequence[float] | ArrayLike,
+    key: PRNGKey,
+    norm: Norm = "linf",
+    steps: int = 20,
+    attack: str = "pgd",
+    bounds: Bounds = (0.0, 1.0),
+) -> np.ndarray:
+    r"""Accuracy under attack at each eps, all eps in one compiled program.
+
+    :func:`jax.vmap` maps the attack over ``eps_values`` inside one
+    :func:`jax.jit`: one compilation for the whole sweep, whatever the number of
+    eps values (memory grows with it; split the sweep if it does not fit).
+
+    Args:
+      logits_fn: model. x: ``[n, ...]`` inputs. y: ``[n]`` integer labels.
+      eps_values: ``[m]`` radii (raw input units).
+      key: PRNG key for PGD's random start (the same start for every eps).
+      norm: threat model. steps: PGD steps (static).
+      attack: ``"pgd"`` or ``"fgsm"``.
+      bounds: ``(lo, hi)``.
+
+    Returns:
+      ``[m]`` accuracies (clean accuracy where eps is 0).
+    """
+    check_norm(norm)
+    check_steps(steps)
+    if attack not in ("pgd", "fgsm"):
+        raise ValueError(f"attack must be 'pgd' or 'fgsm', got {attack!r}")
+    eps_arr = jnp.asarray(eps_values, jnp.float32)
+    if eps_arr.ndim != 1:
+        raise ValueError(f"eps_values must be one-dimensional, got shape {eps_arr.shape}")
+    if np.any(np.asarray(eps_arr) < 0):
+        raise ValueError("eps_values must be >= 0")
+    model, params = split_model(logits_fn)
+    correct = _sweep(
+        model,
+        params,
+        jnp.asarray(x, jnp.float32),
+        jnp.asarray(y, jnp.int32),
+        eps_arr,
+        key,
+        jnp.asarray(bounds[0], jnp.float32),
+        jnp.asarray(bounds[1], jnp.float32),
+        norm=norm,
+        steps=steps,
+        single_step=attack == "fgsm",
+    )
+    return np.asarray(jnp.mean(correct, axis=1))
+
+
+def minimal_eps(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    eps_max: float,
+    key: PRNGKey,
+    norm: Norm = "linf",
+    steps: int = 20,
+    iterations: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+) -> np.ndarray:
+    r"""Per-example smallest eps at which PGD fools the model (binary search).
+
+    Keeps per example an interval :math:`[a, b]` with the attack failing at
+    :math:`a` and succeeding at :math:`b`; each iteration runs PGD with the
+    per-example radius :math:`(a+b)/2` (one batched call) and halves the
+    interval, so the result is within ``eps_max / 2**iterations`` of the
+    attack's threshold (assuming success is monotone in eps, which holds for a
+    strong attack up to its randomness).
+
+    Returns:
+      ``[n]`` float: ``0`` for examples already misclassified, ``inf`` for
+      examples PGD cannot fool at ``eps_max``, else the upper end :math:`b`
+      (a radius at which a successful example was found).
+      :func:`accuracy_curve` turns it into the accuracy-vs-eps curve.
+    """
+    import jaxadv
+
+    check_steps(iterations, "iterations")
+    x = jnp.asarray(x)
+    y = jnp.asarray(y, jnp.int32)
+    n = x.shape[0]
+
+    def fooled(eps: Array, k: PRNGKey) -> Array:
+        x_adv = jaxadv.pgd(logits_fn, x, y, key=k, eps=eps, steps=steps, norm=norm, bounds=bounds)
+        return predict(logits_fn, x_adv) != y
+
+    clean_wrong = predict(logits_fn, x) != y
+    keys = jax.random.split(key, iterations + 1)
+    hi = jnp.full((n,), eps_max, jnp.float32)
+    ok_at_max = fooled(hi, keys[0]) | clean_wrong
+    lo = jnp.zeros((n,), jnp.float32)
+    for i in range(iterations):
+        mid = (lo + hi) / 2
+        success = fooled(mid, keys[i + 1])
+        hi = jnp.where(success, mid, hi)
+        lo = jnp.where(success, lo, mid)
+    out = jnp.where(ok_at_max, hi, jnp.inf)
+    return np.asarray(jnp.where(clean_wrong, 0.0, out))
+
+
+def accuracy_curve(min_eps: ArrayLike, eps_values: Sequence[float] | ArrayLike) -> np.ndarray:
+    """Robust accuracy at each eps from per-example minimal radii: ``mean(min_eps > eps)``."""
+    m = np.asarray(min_eps)[None, :]
+    e = np.asarray(eps_values, np.float32)[:, None]
+    return np.mean(m > e, axis=1)
