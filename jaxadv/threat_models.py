@@ -50,7 +50,7 @@ def norm_of(delta: Array, norm: Norm) -> Array:
 
 def _project_l1(delta: Array, eps: Array) -> Array:
     """Euclidean projection onto the L1 ball (Duchi et al., 2008), per example."""
-    v = _flat(delta)
+    v = _flat(delta).astype(jnp.float32)  # sort/cumsum in float32, also for bfloat16 inputs
     eps = jnp.broadcast_to(jnp.reshape(eps, (-1,)) if jnp.ndim(eps) else eps, (v.shape[0],))
     a = jnp.abs(v)
     u = -jnp.sort(-a, axis=1)  # descending

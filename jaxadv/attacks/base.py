@@ -55,9 +55,20 @@ class Problem(NamedTuple):
         return combine_model(self.model, self.params)
 
     def finalize(self, x_adv: Array) -> Array:
-        """Cast to the caller's dtype and clip into the bounds in that dtype."""
+        """Cast to the caller's dtype and clip into the bounds in that dtype.
+
+        Bounds that the dtype cannot represent are rounded inward, so that the
+        result lies inside the float32 ``[lo, hi]`` exactly (``x`` does too).
+        """
         out = x_adv.astype(self.dtype)
-        return jnp.clip(out, self.lo.astype(self.dtype), self.hi.astype(self.dtype))
+        lo, hi = self.lo.astype(self.dtype), self.hi.astype(self.dtype)
+        lo = jnp.where(
+            lo.astype(jnp.float32) < self.lo, jnp.nextafter(lo, jnp.asarray(jnp.inf, lo.dtype)), lo
+        )
+        hi = jnp.where(
+            hi.astype(jnp.float32) > self.hi, jnp.nextafter(hi, jnp.asarray(-jnp.inf, hi.dtype)), hi
+        )
+        return jnp.clip(out, lo, hi)
 
 
 def _aval(a: Any) -> jax.ShapeDtypeStruct:
