@@ -48,3 +48,22 @@ def cw_margin(logits: Array, onehot: Array) -> Array:
     true = jnp.sum(onehot * z, axis=-1)
     other = jnp.max(jnp.where(onehot > 0, -jnp.inf, z), axis=-1)
     return other - true
+
+
+def dlr(logits: Array, onehot: Array) -> Array:
+    r"""Difference of logits ratio (Croce & Hein, 2020), per example.
+
+    .. math::
+        \mathrm{DLR}(z, y) = -\frac{z_y - \max_{i \ne y} z_i}{z_{\pi_1} - z_{\pi_3}}
+
+    with :math:`z_{\pi_1} \ge z_{\pi_2} \ge \dots` the sorted logits. Positive exactly
+    when the model does not predict ``y``; invariant to shifting and rescaling the
+    logits, so it does not reward a model for merely scaling its outputs. Needs at
+    least three classes. Untargeted attacks ascend it (the "dlr" loss of
+    :func:`jaxadv.apgd`).
+    """
+    z = logits.astype(jnp.float32)
+    top = jax.lax.top_k(z, 3)[0]
+    true = jnp.sum(onehot * z, axis=-1)
+    other = jnp.max(jnp.where(onehot > 0, -jnp.inf, z), axis=-1)
+    return -(true - other) / (top[:, 0] - top[:, 2] + 1e-12)

@@ -1,0 +1,77 @@
+"""DeepFool: exact steps on linear models, minimal perturbations on the digits CNN."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxadv
+
+
+def _affine_apply(params: Any, x: jax.Array) -> jax.Array:
+    w, b = params
+    return x.reshape(x.shape[0], -1) @ w + b
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_linear_model_one_exact_step(norm: str) -> None:
+    # Three affine classes; class 0 wins at x. DeepFool picks the class whose
+    # boundary is nearest in the norm and lands just past it in one step.
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(6, 3)).astype(np.float32)
+    b = np.array([2.0, 0.0, 0.0], np.float32)
+    x = rng.uniform(-0.2, 0.2, size=(4, 6)).astype(np.float32)
+    f = jaxadv.from_apply(_affine_apply, (jnp.asarray(w), jnp.asarray(b)))
+    out = np.asarray(
+        jaxadv.deepfool(
+            f, x, jnp.zeros(4, jnp.int32), norm=norm, overshoot=0.0, bounds=(-10.0, 10.0), steps=3
+        )
+    )
+    z = x @ w + b
+    wk = w[:, 1:] - w[:, :1]  # [6, 2]
+    fk = z[:, 1:] - z[:, :1]  # [4, 2]
+    dual = np.sum(np.abs(wk), 0) if norm == "linf" else np.linalg.norm(wk, axis=0)
+    k = np.argmin(np.abs(fk) / dual, axis=1)
+    for i in range(4):
+        wi, fi = wk[:, k[i]], fk[i, k[i]]
+        if norm == "l2":
+            r = (abs(fi) + 1e-4) / np.sum(wi**2) * wi
+        else:
+            r = (abs(fi) + 1e-4) / np.sum(np.abs(wi)) * np.sign(wi)
+        np.testing.assert_allclose(out[i], x[i] + r, rtol=1e-4, atol=1e-5)
+    assert bool(jnp.all(jaxadv.is_adversarial(f, out, jnp.zeros(4, jnp.int32))))
+
+
+def test_smaller_than_pgd_l2_at_equal_success(cnn: Any, digits: Any) -> None:
+    x, y = jnp.asarray(digits[1].x[:100]), jnp.asarray(digits[1].y[:100])
+    f = cnn.logits_fn
+    df = jaxadv.with_success(jaxadv.deepfool)(f, x, y)
+    pgd = jaxadv.with_success(jaxadv.pgd)(f, x, y, key=jax.random.key(0), eps=1.0, steps=10, norm="l2")
+    assert float(jnp.mean(df.success)) >= 0.97
+    assert float(jnp.mean(df.success)) >= float(jnp.mean(pgd.success)) - 0.02
+    both = df.success & pgd.success
+    n_df = jaxadv.norm_of(df.x_adv - x, "l2")[both]
+    n_pgd = jaxadv.norm_of(pgd.x_adv - x, "l2")[both]
+    assert float(jnp.median(n_df)) < float(jnp.median(n_pgd))
+    assert bool(jnp.all((df.x_adv >= 0) & (df.x_adv <= 1)))
+
+
+def test_misclassified_examples_are_left_alone_and_jit(cnn: Any, digits: Any) -> None:
+    x, y = jnp.asarray(digits[1].x[:16]), jnp.asarray(digits[1].y[:16])
+    f = cnn.logits_fn
+    wrong = (y + 1) % 10  # every example already "misclassified" w.r.t. these labels
+    np.testing.assert_array_equal(jaxadv.deepfool(f, x, wrong, steps=5), x)
+
+    @jax.jit
+    def run(fn: Any, overshoot: jax.Array) -> jax.Array:
+        return jaxadv.deepfool(fn, x, y, overshoot=overshoot, steps=20, norm="linf")
+
+    a = run(f, jnp.float32(0.02))
+    assert float(jnp.mean(jaxadv.is_adversarial(f, a, y))) >= 0.9
+    before = run._cache_size()
+    run(f, jnp.float32(0.1))
+    assert run._cache_size() == before
