@@ -1,3 +1,358 @@
-"""(filled in by its issue)."""
+r"""Decision-based black-box attacks: they only see the model's top label.
 
-__all__: list[str] = []
+:func:`hop_skip_jump` (Chen, Jordan & Wainwright, 2020), for the L2 and L-inf
+norms, with a per-example query budget. It returns the
+:class:`jaxadv.BlackBoxResult` of the score-based attacks, under the same
+counting rules (see :mod:`jaxadv.attacks.score_based`): the clean input is
+query 1, ``queries`` never exceeds the budget, an example whose budget cannot
+pay for the next stage stops there, and ``success`` is re-evaluated on the
+returned examples.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxadv.attacks.base import prepare
+from jaxadv.attacks.score_based import BlackBoxResult, check_queries, finish
+from jaxadv.callables import reraise_callable_errors
+from jaxadv.engine import iterate
+from jaxadv.models import combine_model
+from jaxadv.threat_models import norm_of, per_example
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
+from jaxadv.validation import check_norm, check_steps
+
+__all__ = ["hop_skip_jump"]
+
+_TINY = 1e-12
+
+
+class _HSJState(NamedTuple):
+    key: Array
+    x_adv: Array  # current adversarial point (x itself while none was found)
+    dist: Array  # [batch] distance of x_adv to x in the attack's norm
+    queries: Array  # [batch] int32
+    found: Array  # [batch] bool: x_adv is adversarial
+    stopped: Array  # [batch] bool: no more queries for this example
+
+
+def _decide(logits_fn: Any, pts: Array, labels: Array, targeted: bool) -> Array:
+    """The only model output the attack uses: is each point adversarial? ``[n]`` bool."""
+    pred = jnp.argmax(logits_fn(pts), axis=-1)
+    return (pred == labels) if targeted else (pred != labels)
+
+
+def _theta(norm: str, d: int, gamma: float) -> float:
+    return gamma / (d * math.sqrt(d)) if norm == "l2" else gamma / d**2
+
+
+def _binary_search(
+    logits_fn: Any,
+    x: Array,
+    x_adv: Array,
+    labels: Array,
+    queries: Array,
+    active: Array,
+    budget: Array,
+    *,
+    norm: Norm,
+    targeted: bool,
+    theta: float,
+    steps: int,
+) -> tuple[Array, Array]:
+    r"""Move ``x_adv`` toward ``x`` onto the decision boundary (adversarial side).
+
+    L2: search :math:`\alpha\in[0,1]` on the segment :math:`(1-\alpha)x+\alpha x'`
+    to a tolerance :math:`\theta`; L-inf: search the radius :math:`\alpha` of
+    :math:`\mathrm{clip}(x', x-\alpha, x+\alpha)` in :math:`[0, \|x'-x\|_\infty]` to a
+    tolerance :math:`\min(\theta\|x'-x\|_\infty, \theta)`. One query per halving,
+    per example, while the budget allows.
+    """
+    if norm == "l2":
+        high = jnp.ones(x.shape[:1], jnp.float32)
+        tol = jnp.full(x.shape[:1], theta, jnp.float32)
+    else:
+        high = norm_of(x_adv - x, "linf")
+        tol = jnp.minimum(high * theta, theta)
+
+    def project(alpha: Array) -> Array:
+        a = per_example(alpha, x)
+        if norm == "l2":
+            return (1.0 - a) * x + a * x_adv
+        return jnp.clip(x_adv, x - a, x + a)
+
+    def step(_: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        low, high, q = carry
+        searching = active & (high - low > tol) & (q + 1 <= budget)
+        mid = 0.5 * (low + high)
+        adv = _decide(logits_fn, project(mid), labels, targeted)
+        high = jnp.where(searching & adv, mid, high)
+        low = jnp.where(searching & ~adv, mid, low)
+        return low, high, q + searching.astype(jnp.int32)
+
+    low = jnp.zeros_like(high)
+    low, high, queries = jax.lax.fori_loop(0, steps, step, (low, high, queries))
+    out = project(high)
+    return jnp.where(per_example(active, x) > 0, out, x_adv), queries
+
+
+def _hsj_body(i: Array, state: _HSJState, operands: Any, static: Any) -> _HSJState:
+    params, x, labels, lo, hi, budget = operands
+    model, norm, targeted, gamma, init_evals, max_evals, n_max, geo_steps, bs_steps = static
+    logits_fn = combine_model(model, params)
+    b = x.shape[0]
+    d = math.prod(x.shape[1:])
+    theta = _theta(norm, d, gamma)
+    t = (i + 1).astype(jnp.float32)
+    key, k_dir = jax.random.split(state.key)
+
+    # 1. Estimate the boundary's normal at x_adv from n_t label queries.
+    n_t = jnp.minimum(jnp.floor(init_evals * jnp.sqrt(t)), max_evals).astype(jnp.int32)
+    n_t = jnp.minimum(n_t, n_max)
+    active = state.found & ~state.stopped & (state.queries + n_t <= budget)
+    stopped = state.stopped | (state.found & ~active)
+    if norm == "l2":
+        delta = math.sqrt(d) * theta * state.dist
+    else:
+        delta = d * theta * state.dist
+    delta = jnp.where(i == 0, 0.1 * jnp.mean(hi - lo), delta)
+    delta = jnp.maximum(delta, _TINY)
+    shape = (n_max, *x.shape)
+    if norm == "l2":
+        u = jax.random.normal(k_dir, shape, jnp.float32)
+    else:
+        u = jax.random.uniform(k_dir, shape, jnp.float32, -1.0, 1.0)
+    u = u / jnp.sqrt(jnp.sum(u * u, axis=tuple(range(2, u.ndim)), keepdims=True))
+    delta_b = delta.reshape((1, b) + (1,) * (x.ndim - 1))
+    pert = jnp.clip(state.x_adv[None] + delta_b * u, lo, hi)
+    rv = (pert - state.x_adv[None]) / delta_b
+    labels_rep = jnp.tile(labels, n_max)
+    adv = _decide(logits_fn, pert.reshape((n_max * b, *x.shape[1:])), labels_rep, targeted)
+    phi = 2.0 * adv.reshape(n_max, b).astype(jnp.float32) - 1.0
+    valid = (jnp.arange(n_max) < n_t)[:, None].astype(jnp.float32)
+    count = n_t.astype(jnp.float32)
+    mean_phi = jnp.sum(phi * valid, axis=0) / count
+    same = jnp.abs(mean_phi) == 1.0
+    weight = jnp.where(same[None], mean_phi[None], phi - mean_phi[None]) * valid
+    grad = jnp.sum(weight.reshape(n_max, b, *([1] * (x.ndim - 1))) * rv, axis=0) / count
+    grad = grad / (per_example(norm_of(grad, "l2"), grad) + _TINY)
+    direction = grad if norm == "l2" else jnp.sign(grad)
+    queries = state.queries + active.astype(jnp.int32) * n_t
+
+    # 2. Geometric search of the step size: halve until the step stays adversarial.
+    def geo(_: Array, carry: tuple[Array, Array, Array, Array]) -> tuple[Array, Array, Array, Array]:
+        step, moved, x_new, q = carry
+        trying = active & ~moved & (q + 1 <= budget)
+        cand = jnp.clip(state.x_adv + per_example(step, x) * direction, lo, hi)
+        ok = _decide(logits_fn, cand, labels, targeted)
+        take = trying & ok
+        x_new = jnp.where(per_example(take, x) > 0, cand, x_new)
+        step = jnp.where(trying & ~ok, 0.5 * step, step)
+        return step, moved | take, x_new, q + trying.astype(jnp.int32)
+
+    step0 = state.dist / jnp.sqrt(t)
+    carry = (step0, jnp.zeros_like(active), state.x_adv, queries)
+    _, _, x_new, queries = jax.lax.fori_loop(0, geo_steps, geo, carry)
+
+    # 3. Back to the boundary.
+    x_new, queries = _binary_search(
+        logits_fn, x, x_new, labels, queries, active, budget,
+        norm=norm, targeted=targeted, theta=theta, steps=bs_steps,
+    )  # fmt: skip
+    dist = jnp.where(active, norm_of(x_new - x, norm), state.dist)
+    return _HSJState(key, x_new, dist, queries, state.found, stopped)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "norm", "targeted", "init_tries", "theta", "bs_steps", "has_init")
+)
+def _hsj_init(
+    key: PRNGKey,
+    params: Any,
+    x: Array,
+    labels: Array,
+    lo: Array,
+    hi: Array,
+    budget: Array,
+    x_init: Array,
+    *,
+    model: Any,
+    norm: Norm,
+    targeted: bool,
+    init_tries: int,
+    theta: float,
+    bs_steps: int,
+    has_init: bool,
+) -> _HSJState:
+    """Query 1: the clean input. Then a first adversarial point: the user's
+    ``x_init`` (one query) or uniform noise in the box (up to ``init_tries``
+    queries), brought to the boundary by a binary search."""
+    logits_fn = combine_model(model, params)
+    key, k_noise = jax.random.split(key)
+    clean_adv = _decide(logits_fn, x, labels, targeted)
+    queries = jnp.ones(x.shape[:1], jnp.int32)
+    if has_init:
+        can = ~clean_adv & (queries + 1 <= budget)
+        found = can & _decide(logits_fn, x_init, labels, targeted)
+        x_adv = jnp.where(per_example(found, x) > 0, x_init, x)
+        queries = queries + can.astype(jnp.int32)
+    else:
+
+        def attempt(j: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+            found, x_adv, q = carry
+            searching = ~clean_adv & ~found & (q + 1 <= budget)
+            noise = jax.random.uniform(jax.random.fold_in(k_noise, j), x.shape, jnp.float32)
+            noise = lo + noise * (hi - lo)
+            ok = searching & _decide(logits_fn, noise, labels, targeted)
+            x_adv = jnp.where(per_example(ok, x) > 0, noise, x_adv)
+            return found | ok, x_adv, q + searching.astype(jnp.int32)
+
+        start = (jnp.zeros_like(clean_adv), x, queries)
+        found, x_adv, queries = jax.lax.fori_loop(0, init_tries, attempt, start)
+    x_adv, queries = _binary_search(
+        logits_fn, x, x_adv, labels, queries, found, budget,
+        norm=norm, targeted=targeted, theta=theta, steps=bs_steps,
+    )  # fmt: skip
+    dist = jnp.where(found, norm_of(x_adv - x, norm), 0.0)
+    return _HSJState(key, x_adv, dist, queries, found | clean_adv, clean_adv)
+
+
+def _default_steps(queries: int, init_evals: int, max_evals: int, bs_steps: int) -> int:
+    """Iterations a budget pays for, counting each iteration's gradient queries
+    plus a few for its step search and half a binary search."""
+    spent, t = 2 + bs_steps, 0
+    while t < 10_000:
+        cost = min(int(init_evals * math.sqrt(t + 1)), max_evals) + 2 + bs_steps // 2
+        if spent + cost > queries:
+            break
+        spent += cost
+        t += 1
+    return max(t, 1)
+
+
+def hop_skip_jump(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey,
+    queries: int = 1000,
+    norm: Norm = "l2",
+    targeted: bool = False,
+    x_init: ArrayLike | None = None,
+    steps: int | None = None,
+    init_evals: int = 100,
+    max_evals: int = 10_000,
+    gamma: float = 1.0,
+    init_tries: int = 100,
+    geometric_steps: int = 25,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+) -> BlackBoxResult:
+    r"""HopSkipJump (Chen, Jordan & Wainwright, 2020): a decision-based attack.
+
+    Uses only the top-1 label. Minimises :math:`\|x' - x\|_p` (``norm="l2"`` or
+    ``"linf"``) over adversarial :math:`x'`. After a first adversarial point
+    (uniform noise in ``bounds``, or ``x_init``), each iteration :math:`t`:
+
+    1. *Binary search* to the boundary along the segment to :math:`x` (L2) or
+       by shrinking the L-inf box around :math:`x` (L-inf), to a tolerance
+       :math:`\theta = \gamma / d^{3/2}` (L2) or :math:`\gamma / d^2` (L-inf)
+       with :math:`d` the input dimension.
+    2. *Gradient-direction estimate* from :math:`n_t = \min(n_0\sqrt t, n_{max})`
+       random unit directions :math:`u_k` (Gaussian for L2, uniform for L-inf) at
+       radius :math:`\delta_t` (:math:`0.1(hi-lo)` at :math:`t=1`, then
+       :math:`\sqrt d\,\theta\,d_{t-1}` for L2, :math:`d\,\theta\,d_{t-1}` for L-inf):
+       :math:`\hat g = \frac{1}{n_t}\sum_k (\phi_k - \bar\phi)\,u_k` with
+       :math:`\phi_k=\pm1` the decision at :math:`x'+\delta_t u_k` (the baseline
+       :math:`\bar\phi` is dropped when all decisions agree).
+    3. *Geometric step search*: :math:`\xi = d_{t-1}/\sqrt t`, halved until
+       :math:`x' + \xi v` is adversarial, with :math:`v = \hat g/\|\hat g\|_2` (L2)
+       or :math:`\mathrm{sign}(\hat g)` (L-inf); then step 1 again.
+
+    Queries: 1 for the clean input (already adversarial examples stop there and
+    are returned unchanged), then one per label query until the budget can no
+    longer pay for the next stage (a gradient estimate costs :math:`n_t`). The
+    current point is always adversarial; an example for which no adversarial
+    start was found is returned as ``x`` with ``success=False``. Loops of fixed
+    length run the searches: ``n_max`` directions are drawn for every estimate
+    but only the first :math:`n_t` are used and counted.
+
+    Args:
+      logits_fn: the model; only ``argmax logits_fn(x)`` is used (a labels-only
+        :func:`jaxadv.from_callable` model works).
+      x: ``[batch, ...]`` inputs inside ``bounds``.
+      y: labels ``[batch]`` (targets when ``targeted``) or one-hot; ``None``:
+        the model's predictions.
+      key: PRNG key.
+      queries: per-example budget of label queries (static, >= 2).
+      norm: ``"l2"`` or ``"linf"`` (static).
+      targeted: look for points classified as ``y``; needs ``x_init``.
+      x_init: ``[batch, ...]`` adversarial starting points (e.g. images of the
+        target classes); default: uniform noise.
+      steps: iterations (static); default: as many as the budget pays for.
+      init_evals, max_evals: :math:`n_0` and :math:`n_{max}` (static).
+      gamma: :math:`\gamma` of the search tolerance (static).
+      init_tries: noise draws for the start point (static).
+      geometric_steps: maximum halvings of the step size (static).
+      bounds: ``(lo, hi)``.
+      loop: ``"auto"``, ``"fori"`` or ``"host"`` (see :mod:`jaxadv.engine`).
+
+    Returns:
+      :class:`jaxadv.BlackBoxResult`; ``x_adv`` inside ``bounds``.
+    """
+    check_norm(norm)
+    if norm not in ("l2", "linf"):
+        raise ValueError(f"hop_skip_jump supports norm='l2' or 'linf', got {norm!r}")
+    queries = check_queries(queries, 2)
+    init_evals = check_steps(init_evals, "init_evals")
+    max_evals = check_steps(max_evals, "max_evals")
+    init_tries = check_steps(init_tries, "init_tries")
+    geometric_steps = check_steps(geometric_steps, "geometric_steps")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    if key is None:
+        raise ValueError("key is required (pass key=jax.random.key(0))")
+    if targeted and x_init is None:
+        raise ValueError("a targeted hop_skip_jump needs x_init: starting points classified as the targets")
+    p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted)
+    labels = p.labels if p.labels.ndim == 1 else jnp.argmax(p.labels, axis=-1).astype(jnp.int32)
+    if x_init is not None:
+        x_init_arr = jnp.asarray(x_init, jnp.float32)
+        if x_init_arr.shape != p.x.shape:
+            raise ValueError(f"x_init must have the shape of x {p.x.shape}, got {x_init_arr.shape}")
+        x_init_arr = jnp.clip(x_init_arr, p.lo, p.hi)
+    else:
+        x_init_arr = p.x
+    d = math.prod(p.x.shape[1:])
+    theta = _theta(norm, d, gamma)
+    bs_steps = math.ceil(math.log2(1.0 / theta)) + (1 if norm == "l2" else 8)
+    steps = _default_steps(queries, init_evals, max_evals, bs_steps) if steps is None else check_steps(steps)
+    n_max = max(1, min(max_evals, int(init_evals * math.sqrt(steps))))
+    budget = jnp.asarray(queries, jnp.int32)
+    with reraise_callable_errors():
+        state = _hsj_init(
+            key, p.params, p.x, labels, p.lo, p.hi, budget, x_init_arr,
+            model=p.model, norm=norm, targeted=targeted, init_tries=init_tries, theta=theta,
+            bs_steps=bs_steps, has_init=x_init is not None,
+        )  # fmt: skip
+        operands = (p.params, p.x, labels, p.lo, p.hi, budget)
+        static = (
+            p.model,
+            norm,
+            targeted,
+            float(gamma),
+            init_evals,
+            max_evals,
+            n_max,
+            geometric_steps,
+            bs_steps,
+        )
+        state = iterate(_hsj_body, state, operands, steps=steps, static=static, loop=loop)
+        x_adv = jnp.where(per_example(state.found, p.x) > 0, state.x_adv, p.x)
+        return finish(p, x_adv, state.queries, targeted)
