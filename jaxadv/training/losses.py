@@ -1,0 +1,308 @@
+r"""Adversarial training losses that drop into an ordinary JAX + optax loop.
+
+Each loss is a scalar function of a model ``logits_fn`` whose gradient with
+respect to the parameters held inside ``logits_fn`` is the training gradient of
+its method:
+
+.. code-block:: python
+
+    def loss(variables, x, y, key):
+        f = jaxadv.from_flax(model, variables)
+        return jaxadv.training.pgd_at_loss(f, x, y, key=key, eps=0.2, step_size=0.05, steps=5)
+
+    grads = jax.grad(loss)(variables, x, y, key)
+
+The inner maximisation is the library's own attack (:func:`jaxadv.pgd` and
+:func:`jaxadv.attacks.iterative.run_projected_gradient`), run on the *current*
+parameters as traced values. It is never differentiated through: the attack
+sees ``stop_gradient`` copies of the parameters and its result passes through
+``stop_gradient`` before the outer loss (Madry et al., Wong et al. and Zhang et
+al. all treat the adversarial example as a constant of the outer step). Under
+the caller's ``jit``/``grad`` the attack is one :func:`jax.lax.fori_loop`.
+
+Train and eval mode: the attack runs ``attack_logits_fn`` (default
+``logits_fn``); the outer loss runs ``logits_fn``. For a model with batch norm
+or dropout, pass the inference-mode model as ``attack_logits_fn`` (e.g.
+``jaxadv.from_flax(model, variables, train=False)``, which can never update
+batch statistics) and a training-mode ``logits_fn`` that returns
+``(logits, aux)`` with ``has_aux=True`` (``aux``: e.g. the updated
+``batch_stats``); the loss then returns ``(loss, aux)`` like
+``jax.value_and_grad(..., has_aux=True)`` expects. A Flax NNX module can be
+passed directly as ``logits_fn``: the attack then runs a private
+inference-mode copy of it (:func:`jaxadv.from_nnx`) and the outer loss calls the
+module itself, so ``nnx.value_and_grad`` records its batch-statistics updates.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxadv.attacks.base import check_step_size, prepare
+from jaxadv.attacks.iterative import pgd, run_projected_gradient
+from jaxadv.losses import as_onehot, cross_entropy
+from jaxadv.models import from_nnx
+from jaxadv.threat_models import project_to_feasible, random_start
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
+from jaxadv.validation import check_norm, check_steps
+
+__all__ = ["fast_at_loss", "kl_divergence", "pgd_at_loss", "trades_loss"]
+
+
+def kl_divergence(logits: Array, target_probs: Array) -> Array:
+    r"""Per-example :math:`\mathrm{KL}(q \,\|\, \mathrm{softmax}(z))`, a loss for the attacks.
+
+    .. math::
+        \mathrm{KL}(q \| p_z) = \sum_c q_c (\log q_c - \log \mathrm{softmax}(z)_c)
+
+    with ``target_probs`` :math:`q` of shape ``[batch, C]`` (soft labels, e.g.
+    the model's clean probabilities) and ``logits`` :math:`z` ``[batch, C]``.
+    Returns ``[batch]`` float32; :math:`0 \log 0 = 0`. It has the signature of a
+    library loss, so ``jaxadv.pgd(f, x, q, loss=kl_divergence, ...)`` ascends it
+    (the inner maximisation of TRADES).
+    """
+    q = target_probs.astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.sum(jax.scipy.special.xlogy(q, q) - q * logp, axis=-1)
+
+
+# --- shared plumbing ----------------------------------------------------------
+
+
+def _attack_model(logits_fn: Any, attack_logits_fn: Any, has_aux: bool) -> LogitsFn:
+    """The model the attack runs, with every parameter behind ``stop_gradient``."""
+    from flax import nnx
+
+    model = logits_fn if attack_logits_fn is None else attack_logits_fn
+    if attack_logits_fn is None and has_aux:
+        raise ValueError("has_aux=True needs attack_logits_fn= (a model returning logits only)")
+    if isinstance(model, nnx.Module):
+        model = from_nnx(model)
+    # Array leaves only: a plain closure is a single non-array leaf and passes
+    # unchanged (its captured values are then cut by the stop_gradient on x_adv).
+    return jax.tree_util.tree_map(lambda v: jax.lax.stop_gradient(v) if _is_array(v) else v, model)
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, (jax.Array, np.ndarray, np.generic))
+
+
+def _outer(logits_fn: Callable[[Array], Any], x: Array, has_aux: bool) -> tuple[Array, Any]:
+    out = logits_fn(x)
+    if has_aux:
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise ValueError("with has_aux=True, logits_fn must return a pair (logits, aux)")
+        return out[0].astype(jnp.float32), out[1]
+    return out.astype(jnp.float32), None
+
+
+def _result(loss: Array, aux: Any, has_aux: bool) -> Any:
+    return (loss, aux) if has_aux else loss
+
+
+def _mean_ce(logits: Array, y: Array) -> Array:
+    return jnp.mean(cross_entropy(logits, as_onehot(y, logits.shape[-1])))
+
+
+# --- the three losses -----------------------------------------------------------
+
+
+def pgd_at_loss(
+    logits_fn: Any,
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    key: PRNGKey,
+    eps: ArrayLike,
+    step_size: ArrayLike,
+    steps: int,
+    norm: Norm = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    attack_logits_fn: LogitsFn | None = None,
+    has_aux: bool = False,
+) -> Any:
+    r"""PGD adversarial training loss (Madry et al., 2018).
+
+    .. math::
+        \mathcal{L}(\theta) = \frac1B \sum_b \mathrm{CE}\big(f_\theta(\bar x_b), y_b\big),
+        \qquad \bar x = \mathrm{sg}\big(\mathrm{PGD}_{\epsilon,\alpha,k}(f_{\mathrm{sg}(\theta)}, x, y)\big)
+
+    where PGD starts from a uniform point of :math:`B_\epsilon(x)\cap[lo,hi]`
+    and takes ``steps`` projected steepest-ascent steps of size ``step_size``
+    on the cross-entropy (exactly :func:`jaxadv.pgd` with ``key``), and
+    :math:`\mathrm{sg}` is ``stop_gradient``: the gradient is that of the
+    cross-entropy at the (constant) adversarial batch.
+
+    Args:
+      logits_fn: the model being trained, ``x -> logits [batch, C]`` (or
+        ``x -> (logits, aux)`` with ``has_aux``); a callable pytree such as
+        :func:`jaxadv.from_flax` built on the parameters being differentiated,
+        or a Flax NNX module.
+      x: ``[batch, ...]`` clean inputs inside ``bounds``.
+      y: ``[batch]`` integer labels (or ``[batch, C]`` one-hot).
+      key: PRNG key of the random start (the same key gives the same batch).
+      eps: radius in raw input units, scalar or ``[batch]`` (traced).
+      step_size: PGD step, scalar or ``[batch]`` (traced).
+      steps: number of PGD steps (static).
+      norm: ``"linf"``, ``"l2"`` or ``"l1"``.
+      bounds: valid input box ``(lo, hi)``.
+      attack_logits_fn: the model the attack runs (default ``logits_fn``);
+        pass the inference-mode model for batch norm / dropout.
+      has_aux: ``logits_fn`` returns ``(logits, aux)``; the loss returns
+        ``(loss, aux)``.
+
+    Returns:
+      The scalar float32 loss (batch mean), or ``(loss, aux)``.
+    """
+    x = jnp.asarray(x)
+    y = jnp.asarray(y)
+    attack = _attack_model(logits_fn, attack_logits_fn, has_aux)
+    x_adv = pgd(
+        attack,
+        jax.lax.stop_gradient(x),
+        y,
+        key=key,
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        norm=norm,
+        bounds=bounds,
+    )
+    logits, aux = _outer(logits_fn, jax.lax.stop_gradient(x_adv), has_aux)
+    return _result(_mean_ce(logits, y), aux, has_aux)
+
+
+def fast_at_loss(
+    logits_fn: Any,
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    key: PRNGKey,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    norm: Norm = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    attack_logits_fn: LogitsFn | None = None,
+    has_aux: bool = False,
+) -> Any:
+    r"""Fast adversarial training loss: FGSM from a random start (Wong et al., 2020).
+
+    .. math::
+        x_0 = \Pi(x + \delta_0),\ \delta_0 \sim U(B_\epsilon),\qquad
+        \bar x = \mathrm{sg}\big(\Pi(x_0 + \alpha\, d_p(\nabla_x \mathrm{CE}(f(x_0), y)))\big),\qquad
+        \mathcal{L} = \tfrac1B \textstyle\sum_b \mathrm{CE}(f(\bar x_b), y_b)
+
+    with :math:`\Pi` the projection onto :math:`B_\epsilon(x)\cap[lo,hi]` and
+    :math:`\alpha = 1.25\,\epsilon` by default (the paper's choice). One forward
+    and backward pass for the attack, one for the update: about twice the cost
+    of a clean step. Watch for catastrophic overfitting (PGD accuracy
+    collapsing while FGSM accuracy soars) with
+    :func:`jaxadv.training.robust_accuracy_monitor`.
+
+    Args:
+      logits_fn, x, y, key, eps, norm, bounds, attack_logits_fn, has_aux: as in
+        :func:`pgd_at_loss`.
+      step_size: :math:`\alpha`, default ``1.25 * eps`` (traced).
+
+    Returns:
+      The scalar float32 loss, or ``(loss, aux)``.
+    """
+    check_norm(norm)
+    x = jnp.asarray(x)
+    y = jnp.asarray(y)
+    attack = _attack_model(logits_fn, attack_logits_fn, has_aux)
+    p = prepare(attack, jax.lax.stop_gradient(x), y, bounds=bounds, eps=eps)
+    alpha = check_step_size(1.25 * p.eps if step_size is None else step_size, p.x)
+    start = random_start(key, p.x.shape, p.eps, norm)
+    x_init = project_to_feasible(p.x + start, p.x, p.eps, norm, p.lo, p.hi)
+    x_adv = run_projected_gradient(
+        p,
+        x_init,
+        step_size=alpha,
+        steps=1,
+        norm=norm,
+        targeted=False,
+        loss=cross_entropy,
+        l1_sparsity=0.05,
+        loop="auto",
+    )
+    logits, aux = _outer(logits_fn, jax.lax.stop_gradient(p.finalize(x_adv)), has_aux)
+    return _result(_mean_ce(logits, y), aux, has_aux)
+
+
+def trades_loss(
+    logits_fn: Any,
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    key: PRNGKey,
+    eps: ArrayLike,
+    step_size: ArrayLike,
+    steps: int,
+    beta: ArrayLike = 6.0,
+    norm: Norm = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    attack_logits_fn: LogitsFn | None = None,
+    has_aux: bool = False,
+) -> Any:
+    r"""TRADES loss (Zhang et al., 2019): accuracy plus a robustness regulariser.
+
+    Inner maximisation (the clean distribution held fixed):
+
+    .. math::
+        q = \mathrm{sg}(\mathrm{softmax}(f(x))),\quad
+        x_0 = \Pi(x + 0.001\,\mathcal N(0, I)),\quad
+        \bar x = \mathrm{sg}\big(\text{$k$ projected steps ascending }
+        \mathrm{KL}(q \,\|\, \mathrm{softmax}(f(x')))\big)
+
+    Outer loss (both terms differentiated, :math:`\bar x` constant):
+
+    .. math::
+        \mathcal L = \frac1B\sum_b \Big[\mathrm{CE}(f(x_b), y_b)
+        + \beta\, \mathrm{KL}\big(\mathrm{softmax}(f(x_b)) \,\|\, \mathrm{softmax}(f(\bar x_b))\big)\Big]
+
+    :math:`\beta` trades clean accuracy for robustness (the paper uses 1 to 6).
+    The clean and adversarial batches go through ``logits_fn`` as one
+    concatenated batch ``[2B, ...]`` (one training-mode pass, so batch norm
+    sees both halves and updates its statistics once).
+
+    Args:
+      logits_fn, x, y, key, eps, step_size, steps, norm, bounds, attack_logits_fn, has_aux: as in
+        :func:`pgd_at_loss`.
+      beta: weight of the KL term, scalar (traced).
+
+    Returns:
+      The scalar float32 loss, or ``(loss, aux)``.
+    """
+    check_norm(norm)
+    steps = check_steps(steps)
+    x = jnp.asarray(x)
+    y = jnp.asarray(y)
+    attack = _attack_model(logits_fn, attack_logits_fn, has_aux)
+    x_const = jax.lax.stop_gradient(x)
+    q = jax.lax.stop_gradient(jax.nn.softmax(attack(x_const).astype(jnp.float32), axis=-1))
+    p = prepare(attack, x_const, q, bounds=bounds, eps=eps)
+    alpha = check_step_size(step_size, p.x)
+    noise = 0.001 * jax.random.normal(key, p.x.shape, jnp.float32)
+    x_init = project_to_feasible(p.x + noise, p.x, p.eps, norm, p.lo, p.hi)
+    x_adv = run_projected_gradient(
+        p,
+        x_init,
+        step_size=alpha,
+        steps=steps,
+        norm=norm,
+        targeted=False,
+        loss=kl_divergence,
+        l1_sparsity=0.05,
+        loop="auto",
+    )
+    x_adv = jax.lax.stop_gradient(p.finalize(x_adv))
+    batch = x.shape[0]
+    logits, aux = _outer(logits_fn, jnp.concatenate([x_const, x_adv.astype(x.dtype)], axis=0), has_aux)
+    clean, adv = logits[:batch], logits[batch:]
+    robust = kl_divergence(adv, jax.nn.softmax(clean, axis=-1))
+    loss = _mean_ce(clean, y) + jnp.asarray(beta, jnp.float32) * jnp.mean(robust)
+    return _result(loss, aux, has_aux)

@@ -1,0 +1,429 @@
+r"""Whole training steps: one compiled function per step, for Flax linen and NNX.
+
+Linen (functional state):
+
+.. code-block:: python
+
+    variables = model.init(key, x0)                      # params (+ batch_stats)
+    state = jaxadv.training.init_train_state(variables, tx)
+    step = jaxadv.training.make_train_step(
+        model, tx, method="pgd", eps=0.2, step_size=0.05, steps=5,
+        train_kwargs={"train": True}, eval_kwargs={"train": False})
+    state, metrics = step(state, x, y, key)
+
+NNX (in-place state, :func:`flax.nnx.jit`):
+
+.. code-block:: python
+
+    optimizer = nnx.Optimizer(module, tx, wrt=nnx.Param)
+    step = jaxadv.training.make_nnx_train_step(method="trades", eps=0.2, step_size=0.05, steps=5)
+    metrics = step(module, optimizer, x, y, key)        # module in training mode
+
+The attack inside the step runs the current parameters as traced values in
+inference mode: for linen, ``model.apply(variables, x, mutable=False,
+**eval_kwargs)`` (batch norm on its running averages, never updated; no
+dropout); for NNX, a private copy viewed with ``deterministic=True,
+use_running_average=True``. Only the method's training forward pass runs in
+training mode (``train_kwargs`` for linen; the module as the caller left it for
+NNX), so batch statistics are updated by that pass alone, exactly once per
+step (once per replay for Free).
+
+Methods: ``"clean"`` (cross-entropy on ``x``), ``"pgd"``
+(:func:`~jaxadv.training.pgd_at_loss`), ``"fast"``
+(:func:`~jaxadv.training.fast_at_loss`), ``"trades"``
+(:func:`~jaxadv.training.trades_loss`); Free adversarial training has its own
+builders, :func:`make_free_train_step` and :func:`make_nnx_free_train_step`,
+because it carries a perturbation across steps.
+
+Randomness: for linen, ``key`` is split once, ``attack_key, dropout_key =
+jax.random.split(key)``; the attack uses ``attack_key`` exactly as the
+corresponding loss uses ``key``, dropout uses ``dropout_key`` (rng stream
+``"dropout"``), and Free's replay ``j`` uses ``jax.random.split(key, m)[j]`` for
+dropout. For NNX, ``key`` is the attack's key and dropout draws from the
+module's own ``nnx.Rngs``. The same key (and module state) gives bit-identical
+steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxadv.losses import as_onehot, cross_entropy
+from jaxadv.models import from_flax
+from jaxadv.threat_models import clip_to_bounds, project, steepest_direction
+from jaxadv.training.losses import fast_at_loss, pgd_at_loss, trades_loss
+from jaxadv.typing import Array, ArrayLike, Bounds, Norm, PRNGKey
+from jaxadv.validation import check_norm, check_steps
+
+__all__ = [
+    "TrainState",
+    "init_train_state",
+    "make_free_train_step",
+    "make_nnx_free_train_step",
+    "make_nnx_train_step",
+    "make_train_step",
+]
+
+Method = Literal["clean", "pgd", "fast", "trades"]
+METHODS: tuple[str, ...] = ("clean", "pgd", "fast", "trades")
+
+
+class TrainState(NamedTuple):
+    """Functional training state of a Flax linen model (a pytree of arrays).
+
+    Attributes:
+      params: the ``"params"`` collection.
+      batch_stats: the ``"batch_stats"`` collection (``{}`` without batch norm).
+      opt_state: the optax state of ``params``.
+      step: int32 scalar, number of optimizer updates so far.
+    """
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    step: Array
+
+
+def init_train_state(variables: Any, tx: optax.GradientTransformation) -> TrainState:
+    """A :class:`TrainState` from linen ``variables`` (from ``model.init``) and an optax ``tx``."""
+    if "params" not in variables:
+        raise ValueError("variables must hold a 'params' collection (the result of model.init)")
+    other = set(variables) - {"params", "batch_stats"}
+    if other:
+        raise ValueError(f"unsupported variable collections {sorted(other)}: only params and batch_stats")
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    return TrainState(params, batch_stats, tx.init(params), jnp.zeros((), jnp.int32))
+
+
+# --- checks -------------------------------------------------------------------
+
+
+def _check_hyper(method: str, eps: Any, step_size: Any, steps: Any) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} (Free has make_free_train_step), got {method!r}")
+    if method == "clean":
+        return
+    if eps is None:
+        raise ValueError(f"method={method!r} needs eps=")
+    if method in ("pgd", "trades"):
+        if step_size is None:
+            raise ValueError(f"method={method!r} needs step_size=")
+        check_steps(steps)
+
+
+def _method_loss(
+    method: str,
+    train_fn: Any,
+    x: Array,
+    y: Array,
+    *,
+    key: PRNGKey,
+    attack_fn: Any,
+    has_aux: bool,
+    hyper: dict[str, Any],
+) -> Any:
+    """The scalar loss (or ``(loss, aux)``) of ``method`` on one batch."""
+    if method == "clean":
+        out = train_fn(x)
+        logits, aux = out if has_aux else (out, None)
+        z = logits.astype(jnp.float32)
+        loss = jnp.mean(cross_entropy(z, as_onehot(y, z.shape[-1])))
+        return (loss, aux) if has_aux else loss
+    common = dict(key=key, eps=hyper["eps"], norm=hyper["norm"], bounds=hyper["bounds"])
+    common.update(attack_logits_fn=attack_fn, has_aux=has_aux)
+    if method == "fast":
+        return fast_at_loss(train_fn, x, y, step_size=hyper["step_size"], **common)
+    common.update(step_size=hyper["step_size"], steps=hyper["steps"])
+    if method == "pgd":
+        return pgd_at_loss(train_fn, x, y, **common)
+    return trades_loss(train_fn, x, y, beta=hyper["beta"], **common)
+
+
+# --- linen --------------------------------------------------------------------
+
+
+def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def _linen_train_fn(
+    model: Any, params: Any, batch_stats: Any, kwargs: dict[str, Any], rng: PRNGKey
+) -> Callable[[Array], tuple[Array, Any]]:
+    """Training-mode forward pass ``x -> (logits, new batch_stats)``."""
+
+    def fn(x: Array) -> tuple[Array, Any]:
+        rngs = {"dropout": rng}
+        if batch_stats:
+            out, mutated = model.apply(
+                _variables(params, batch_stats), x, mutable=["batch_stats"], rngs=rngs, **kwargs
+            )
+            return out, mutated["batch_stats"]
+        return model.apply(_variables(params, batch_stats), x, rngs=rngs, **kwargs), batch_stats
+
+    return fn
+
+
+def make_train_step(
+    model: Any,
+    tx: optax.GradientTransformation,
+    *,
+    method: Method,
+    eps: ArrayLike | None = None,
+    step_size: ArrayLike | None = None,
+    steps: int | None = None,
+    beta: ArrayLike = 6.0,
+    norm: Norm = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    train_kwargs: dict[str, Any] | None = None,
+    eval_kwargs: dict[str, Any] | None = None,
+    jit: bool = True,
+) -> Callable[[TrainState, Array, Array, PRNGKey], tuple[TrainState, dict[str, Array]]]:
+    r"""Build ``step(state, x, y, key) -> (state, metrics)`` for a Flax linen model.
+
+    One step computes the method's loss (the methods are listed in the module
+    docstring) on the batch, its gradient with respect to
+    ``state.params``, and applies ``tx``:
+
+    .. math::
+        g = \nabla_\theta \mathcal L_{\text{method}}(\theta; x, y),\quad
+        (u, s') = \mathrm{tx.update}(g, s, \theta),\quad \theta' = \theta + u
+
+    ``batch_stats`` are replaced by those of the training-mode forward pass
+    (the attack's passes run in inference mode and cannot touch them).
+
+    Args:
+      model: a ``flax.linen.Module`` (hashable; captured by the step).
+      tx: the optax optimizer of ``state.opt_state``.
+      method: ``"clean"``, ``"pgd"``, ``"fast"`` or ``"trades"``.
+      eps: attack radius in raw input units (``"pgd"``, ``"fast"``, ``"trades"``).
+      step_size: attack step (``"pgd"``/``"trades"``: required; ``"fast"``:
+        default ``1.25 * eps``).
+      steps: attack steps (``"pgd"``/``"trades"``; static).
+      beta: TRADES weight.
+      norm, bounds: threat model of the attack.
+      train_kwargs: keyword arguments of the training-mode ``apply`` (e.g.
+        ``{"train": True}``); the ``"dropout"`` rng is always supplied.
+      eval_kwargs: keyword arguments of the attack's inference-mode ``apply``
+        (e.g. ``{"train": False}``); hashable values.
+      jit: compile the step with :func:`jax.jit` (default). The hyperparameters
+        are constants of the compiled step; ``state``, ``x``, ``y``, ``key`` are
+        traced.
+
+    Returns:
+      ``step(state: TrainState, x [B, ...], y [B], key) -> (TrainState, {"loss": scalar})``.
+    """
+    check_norm(norm)
+    _check_hyper(method, eps, step_size, steps)
+    hyper = dict(eps=eps, step_size=step_size, steps=steps, beta=beta, norm=norm, bounds=bounds)
+    train_kw = dict(train_kwargs or {})
+    eval_kw = dict(eval_kwargs or {})
+
+    def step(state: TrainState, x: Array, y: Array, key: PRNGKey) -> tuple[TrainState, dict[str, Array]]:
+        attack_key, dropout_key = jax.random.split(key)
+
+        def loss_fn(params: Any) -> tuple[Array, Any]:
+            train_fn = _linen_train_fn(model, params, state.batch_stats, train_kw, dropout_key)
+            attack_fn = from_flax(model, _variables(params, state.batch_stats), **eval_kw)
+            return _method_loss(
+                method, train_fn, x, y, key=attack_key, attack_fn=attack_fn, has_aux=True, hyper=hyper
+            )
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, batch_stats, opt_state, state.step + 1), {"loss": loss}
+
+    return jax.jit(step) if jit else step
+
+
+def _free_delta(delta: Array, grad: Array, eps: Any, norm: Norm) -> Array:
+    r"""Free's step of size eps: :math:`\delta \leftarrow \Pi_{B_\epsilon}(\delta + \epsilon\, d_p(g))`."""
+    eps = jnp.asarray(eps, jnp.float32)
+    return project(delta + eps * steepest_direction(grad, norm), eps, norm).astype(delta.dtype)
+
+
+def _check_free(eps: Any, replays: Any, norm: str) -> int:
+    check_norm(norm)
+    if eps is None:
+        raise ValueError("Free adversarial training needs eps=")
+    return check_steps(replays, "replays")
+
+
+def make_free_train_step(
+    model: Any,
+    tx: optax.GradientTransformation,
+    *,
+    eps: ArrayLike,
+    replays: int,
+    norm: Norm = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    train_kwargs: dict[str, Any] | None = None,
+    jit: bool = True,
+) -> Callable[..., tuple[TrainState, Array, dict[str, Array]]]:
+    r"""Free adversarial training (Shafahi et al., 2019) for a Flax linen model.
+
+    Builds ``step(state, delta, x, y, key) -> (state, delta, metrics)``. Each
+    minibatch is replayed ``replays`` (:math:`m`) times; replay :math:`j` does
+    *one* forward/backward pass of
+
+    .. math::
+        \mathcal L(\theta, \delta) = \tfrac1B\textstyle\sum_b
+        \mathrm{CE}\big(f_\theta(\mathrm{clip}_{[lo,hi]}(x_b + \delta_b)), y_b\big)
+
+    and uses both gradients it gives: :math:`\theta \leftarrow
+    \mathrm{tx}(\nabla_\theta \mathcal L)` and :math:`\delta \leftarrow
+    \Pi_{B_\epsilon}(\delta + \epsilon\, d_p(\nabla_\delta \mathcal L))`
+    (``sign`` for L-inf), both from the same :math:`(\theta, \delta)`. The
+    perturbation ``delta`` persists across replays *and* minibatches (start with
+    ``jnp.zeros_like(x)``), so the batch size must be constant (drop the last
+    incomplete batch). Run ``epochs / replays`` epochs for the budget of
+    ``epochs`` clean epochs. The forward pass is in training mode
+    (``train_kwargs``); batch statistics are updated once per replay.
+
+    Args:
+      model: a ``flax.linen.Module``.
+      tx: optax optimizer.
+      eps: radius (and the FGSM step on ``delta``), raw input units.
+      replays: :math:`m`, replays per minibatch (static).
+      norm, bounds: threat model.
+      train_kwargs: keyword arguments of the training ``apply``.
+      jit: compile the step (the replays are an unrolled :func:`jax.lax.scan`).
+
+    Returns:
+      ``step(state, delta [B, ...], x [B, ...], y [B], key) -> (state, delta,
+      {"loss": mean loss over the replays})``; ``state.step`` grows by ``replays``.
+    """
+    replays = _check_free(eps, replays, norm)
+    train_kw = dict(train_kwargs or {})
+    lo, hi = bounds
+
+    def step(
+        state: TrainState, delta: Array, x: Array, y: Array, key: PRNGKey
+    ) -> tuple[TrainState, Array, dict[str, Array]]:
+        if delta.shape != x.shape:
+            raise ValueError(f"delta must have the shape of x {x.shape}, got {delta.shape}")
+
+        def replay(carry: Any, rng: PRNGKey) -> tuple[Any, Array]:
+            params, batch_stats, opt_state, d = carry
+
+            def loss_fn(params: Any, d: Array) -> tuple[Array, Any]:
+                train_fn = _linen_train_fn(model, params, batch_stats, train_kw, rng)
+                logits, new_stats = train_fn(clip_to_bounds(x + d, lo, hi))
+                z = logits.astype(jnp.float32)
+                return jnp.mean(cross_entropy(z, as_onehot(y, z.shape[-1]))), new_stats
+
+            grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+            (loss, new_stats), (g_params, g_delta) = grad_fn(params, d)
+            updates, opt_state = tx.update(g_params, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return (params, new_stats, opt_state, _free_delta(d, g_delta, eps, norm)), loss
+
+        carry = (state.params, state.batch_stats, state.opt_state, delta)
+        # Unrolled: on XLA:CPU a convolution's gradients inside a loop body miss
+        # the layout rewrites of a top-level program and run several times slower.
+        (params, batch_stats, opt_state, delta), losses = jax.lax.scan(
+            replay, carry, jax.random.split(key, replays), unroll=True
+        )
+        new_state = TrainState(params, batch_stats, opt_state, state.step + replays)
+        return new_state, delta, {"loss": jnp.mean(losses)}
+
+    return jax.jit(step) if jit else step
+
+
+# --- NNX ----------------------------------------------------------------------
+
+
+def make_nnx_train_step(
+    *,
+    method: Method,
+    eps: ArrayLike | None = None,
+    step_size: ArrayLike | None = None,
+    steps: int | None = None,
+    beta: ArrayLike = 6.0,
+    norm: Norm = "linf",
+    bounds: Bounds = (0.0, 1.0),
+) -> Callable[..., dict[str, Array]]:
+    r"""Build ``step(module, optimizer, x, y, key) -> metrics`` for a Flax NNX model.
+
+    The same methods and maths as :func:`make_train_step`. The step is one
+    :func:`flax.nnx.jit` program: the loss is differentiated with
+    :func:`flax.nnx.value_and_grad` with respect to the module's ``nnx.Param``
+    variables and ``optimizer.update(module, grads)`` applies the optax update
+    in place. Put the module in training mode first (e.g. ``module.train()``
+    or ``nnx.view(..., use_running_average=False, deterministic=False)``); the
+    attack always runs a private inference-mode copy of the current module
+    (:func:`jaxadv.from_nnx`), and only the method's training pass updates
+    ``nnx.BatchStat`` variables. Dropout draws from the module's own
+    ``nnx.Rngs``; ``key`` drives the attack.
+
+    Args:
+      method, eps, step_size, steps, beta, norm, bounds: as in :func:`make_train_step`.
+
+    Returns:
+      ``step(module, optimizer: nnx.Optimizer, x [B, ...], y [B], key) -> {"loss": scalar}``.
+    """
+    from flax import nnx
+
+    check_norm(norm)
+    _check_hyper(method, eps, step_size, steps)
+    hyper = dict(eps=eps, step_size=step_size, steps=steps, beta=beta, norm=norm, bounds=bounds)
+
+    @nnx.jit
+    def step(module: Any, optimizer: Any, x: Array, y: Array, key: PRNGKey) -> dict[str, Array]:
+        def loss_fn(m: Any) -> Array:
+            return _method_loss(method, m, x, y, key=key, attack_fn=None, has_aux=False, hyper=hyper)
+
+        loss, grads = nnx.value_and_grad(loss_fn)(module)
+        optimizer.update(module, grads)
+        return {"loss": loss}
+
+    return step
+
+
+def make_nnx_free_train_step(
+    *,
+    eps: ArrayLike,
+    replays: int,
+    norm: Norm = "linf",
+    bounds: Bounds = (0.0, 1.0),
+) -> Callable[..., tuple[Array, dict[str, Array]]]:
+    r"""Free adversarial training (Shafahi et al., 2019) for a Flax NNX model.
+
+    ``step(module, optimizer, delta, x, y) -> (delta, metrics)``: the algorithm
+    of :func:`make_free_train_step` (one backward pass per replay giving both
+    :math:`\nabla_\theta` and :math:`\nabla_\delta`), with the module and
+    optimizer updated in place inside one :func:`flax.nnx.jit` program. The
+    ``replays`` replays are unrolled in the program (keep ``replays`` small, as
+    the paper's 4 to 10).
+
+    Returns:
+      ``step(module, optimizer, delta [B, ...], x [B, ...], y [B]) -> (delta, {"loss": mean loss})``.
+    """
+    from flax import nnx
+
+    replays = _check_free(eps, replays, norm)
+    lo, hi = bounds
+
+    @nnx.jit
+    def step(module: Any, optimizer: Any, delta: Array, x: Array, y: Array) -> tuple[Array, dict[str, Array]]:
+        if delta.shape != x.shape:
+            raise ValueError(f"delta must have the shape of x {x.shape}, got {delta.shape}")
+
+        def loss_fn(m: Any, d: Array) -> Array:
+            z = m(clip_to_bounds(x + d, lo, hi)).astype(jnp.float32)
+            return jnp.mean(cross_entropy(z, as_onehot(y, z.shape[-1])))
+
+        total = jnp.zeros((), jnp.float32)
+        for _ in range(replays):
+            loss, (g_params, g_delta) = nnx.value_and_grad(loss_fn, argnums=(0, 1))(module, delta)
+            optimizer.update(module, g_params)
+            delta = _free_delta(delta, g_delta, eps, norm)
+            total = total + loss
+        return delta, {"loss": total / replays}
+
+    return step
