@@ -13,6 +13,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--eps", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     demo.add_argument("--steps", type=int, default=20)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="jaxadv-demo", help="folder for the figures and results.json")
+    demo.add_argument("--queries", type=int, default=500, help="query budget of the black-box attacks")
     from jaxadv.cli import add_evaluate_parser
 
     add_evaluate_parser(sub)
@@ -21,7 +23,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from jaxadv import demo as demo_module
 
         eps = getattr(args, "eps", [0.05, 0.1, 0.2])
-        demo_module.run(eps, steps=getattr(args, "steps", 20), seed=getattr(args, "seed", 0))
+        demo_module.run(
+            eps,
+            steps=getattr(args, "steps", 20),
+            seed=getattr(args, "seed", 0),
+            queries=getattr(args, "queries", 500),
+            out=getattr(args, "out", demo_module.DEFAULT_OUT),
+        )
         return 0
     if args.command == "evaluate":
         from jaxadv.cli import run_evaluate

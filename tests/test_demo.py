@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from jaxadv import demo
 
 
-def test_demo_table_is_consistent() -> None:
+def test_demo_table_is_consistent(tmp_path: Path) -> None:
     lines: list[str] = []
-    table = demo.run((0.1, 0.3), steps=5, print_fn=lines.append)
+    table = demo.run(
+        (0.1, 0.3), steps=5, queries=40, minimal_examples=12, out=tmp_path, print_fn=lines.append
+    )
     clean = table["clean"][0]
     assert clean > 0.95
     fgsm, bim = table["FGSM"], table["BIM-5"]
@@ -16,3 +21,21 @@ def test_demo_table_is_consistent() -> None:
     assert all(b <= f + 0.01 for b, f in zip(bim, fgsm, strict=True))
     assert bim[1] < 0.1
     assert any("accuracy (L-inf)" in line for line in lines)
+    # Every attack family appears, and every accuracy is a fraction no larger than clean.
+    names = " ".join(table)
+    for family in ("PGD-5", "MI-FGSM", "APGD-CE", "APGD-T", "Square", "transfer"):
+        assert family in names
+    for row in table.values():
+        assert len(row) == 2 and all(0.0 <= a <= clean + 1e-6 for a in row)
+    text = "\n".join(lines)
+    for family in ("DeepFool", "Carlini-Wagner", "HopSkipJump", "least-likely"):
+        assert family in text
+    # Progress is reported before the table, and the figures and results are written.
+    assert lines.index(next(line for line in lines if "FGSM" in line)) < lines.index(
+        next(line for line in lines if "accuracy (L-inf)" in line)
+    )
+    for name in ("accuracy_vs_eps.png", "examples.png", "minimal_l2.png", "results.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["accuracy"]["FGSM"] == fgsm
+    assert results["eps"] == [0.1, 0.3]

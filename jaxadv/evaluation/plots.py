@@ -21,9 +21,6 @@ def plot_accuracy_vs_eps(
 
     Returns the matplotlib figure (saved to ``path`` when given).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -57,9 +54,6 @@ def plot_examples(
     ``x`` and ``x_adv`` are ``[n, H, W]`` or ``[n, H, W, C]`` in ``[0, 1]``. The
     perturbation row is scaled to fill the grey range (or by ``amplify``).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     x, x_adv = np.asarray(x, np.float32), np.asarray(x_adv, np.float32)

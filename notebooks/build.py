@@ -1,0 +1,1022 @@
+"""Write the notebooks of this folder from their source below, and run them.
+
+    python notebooks/build.py                 # write and execute every notebook
+    python notebooks/build.py 01 04           # only the notebooks whose names start so
+    python notebooks/build.py --no-execute    # write them without outputs
+
+The notebooks are committed with their outputs so that they read well without
+running them; this script is how those outputs are made. Each notebook is a
+list of cells: strings starting with ``"md:"`` are Markdown, the rest code.
+``tests/test_notebooks.py`` executes the committed notebooks and checks that
+they still match this source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+SETUP = """\
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+
+import jaxadv
+from jaxadv import examples
+
+%config InlineBackend.figure_formats = ["png"]
+plt.rcParams.update({"figure.dpi": 90, "axes.grid": True, "grid.alpha": 0.3, "image.cmap": "gray"})
+jax.config.update("jax_numpy_rank_promotion", "allow")"""
+
+SHOW_DIGITS = '''\
+def show_digits(rows, row_labels, titles=None, suptitle=None, colors=None):
+    """Draw rows of 8x8 digits as a grid, one row per entry of ``rows``."""
+    n_rows, n_cols = len(rows), len(rows[0])
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.35 * n_cols, 1.5 * n_rows + 0.4), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            ax = axes[r, c]
+            ax.imshow(np.asarray(img).squeeze(), vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+            if titles is not None and titles[r] is not None:
+                color = colors[r][c] if colors is not None else "black"
+                ax.set_title(titles[r][c], fontsize=9, color=color)
+        axes[r, 0].set_ylabel(row_labels[r], fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    plt.show()
+
+
+def show_attack(x, x_adv, pred_clean, pred_adv, labels, title):
+    """Clean digits, adversarial digits and their difference (mid-grey is no change)."""
+    delta = np.asarray(x_adv) - np.asarray(x)
+    scale = 0.5 / max(float(np.abs(delta).max()), 1e-12)
+    show_digits(
+        [x, x_adv, 0.5 + scale * delta],
+        ["clean", "adversarial", "change"],
+        [[f"pred {p}" for p in pred_clean], [f"pred {p}" for p in pred_adv], None],
+        title,
+        colors=[["black"] * len(x), ["crimson" if p != t else "black" for p, t in zip(pred_adv, labels)], None],
+    )'''
+
+TRAIN_CNN = """\
+train, test = examples.load_digits(seed=0)
+print(f"train {train.x.shape}, test {test.x.shape}, pixels in [{train.x.min()}, {train.x.max()}]")
+
+model = examples.DigitsCNN()
+variables = examples.train_classifier(model, train, seed=0)
+logits_fn = jaxadv.from_flax(model, variables)
+x, y = test.x, test.y
+print(f"clean test accuracy: {examples.accuracy(logits_fn, x, y):.1%}")"""
+
+
+# --------------------------------------------------------------------------- 01
+
+NB01 = [
+    """md:# 1. Adversarial examples: FGSM and BIM
+
+A classifier that is 99% accurate on held-out digits can be made to misread
+almost all of them by changes to the pixels that are small, bounded and
+computed from the model's own gradient. This notebook builds the two classic
+attacks that do it, the **fast gradient sign method** (FGSM) and its
+iterative version, the **basic iterative method** (BIM), on a small CNN
+trained on the digits set bundled with `jaxadv`.
+
+**The picture.** Every 8x8 greyscale image is a point of the cube
+$[0, 1]^{64}$. A classifier with $k$ classes cuts the *whole* cube into $k$
+regions, although real digits occupy a thin sliver of it. Training only
+places the boundaries well near the training points; nothing asks them to be
+far from those points. An *adversarial example* for an input $x$ with label
+$y$ is a point $x'$ of the cube with
+
+$$\\|x' - x\\|_\\infty \\le \\epsilon \\quad\\text{and}\\quad f(x') \\ne y,$$
+
+a small, bounded change that crosses a boundary. Such a point exists whenever
+a boundary passes within $\\epsilon$ of $x$; the attacks below find one with
+the gradient of the loss.""",
+    SETUP,
+    SHOW_DIGITS,
+    """md:## The data and the model
+
+The digits are 1,797 scans of handwritten digits at 8x8 pixels, 16 grey
+levels, shipped inside the package (no download). We train the library's
+small CNN (two strided convolutions and a linear layer) for a few seconds.""",
+    TRAIN_CNN,
+    """show_digits([x[:10]], ["clean"], [[f"label {int(c)}" for c in y[:10]]], "Ten test digits")""",
+    """md:## FGSM: one step along the sign of the gradient
+
+Let $J(x, y)$ be the training loss (cross-entropy) of the model on input $x$
+with label $y$. To first order, a perturbation $\\delta$ changes it by
+$\\nabla_x J^\\top \\delta$. Among all $\\delta$ with
+$\\|\\delta\\|_\\infty \\le \\epsilon$, the one that increases this most moves
+*every* pixel by $\\epsilon$ in the direction of its gradient:
+
+$$x' = \\mathrm{clip}_{[0,1]}\\big(x + \\epsilon\\,\\mathrm{sign}(\\nabla_x J(x, y))\\big).$$
+
+The first-order gain is $\\epsilon\\,\\|\\nabla_x J\\|_1$: it grows with the
+number of pixels. Many small changes, each invisible, add up; this is why
+high-dimensional models that behave almost linearly are easy to fool. One
+gradient, one step: `jaxadv.fgsm`.""",
+    """eps = 0.15
+x_fgsm = jaxadv.fgsm(logits_fn, x, y, eps=eps)
+
+print(f"accuracy under FGSM at eps={eps}: {examples.accuracy(logits_fn, x_fgsm, y):.1%}")
+print(f"largest pixel change: {float(jnp.max(jnp.abs(x_fgsm - x))):.3f}")
+print(f"pixels still in [0, 1]: {bool((x_fgsm >= 0).all() and (x_fgsm <= 1).all())}")""",
+    """md:The linear picture predicts the effect well for a small eps: the change of
+the loss is close to $\\epsilon\\,\\|\\nabla_x J\\|_1$ (clipping at the box
+makes it a little smaller).""",
+    """def loss_per_example(inputs, labels):
+    z = jaxadv.logits(logits_fn, inputs)
+    return jaxadv.cross_entropy(z, jax.nn.one_hot(labels, 10))
+
+grads = jax.grad(lambda inp: loss_per_example(inp, y).sum())(jnp.asarray(x))
+small = 0.01
+x_small = jaxadv.fgsm(logits_fn, x, y, eps=small)
+actual = loss_per_example(x_small, y) - loss_per_example(x, y)
+predicted = small * jnp.abs(grads).reshape(len(y), -1).sum(axis=1)
+
+fig, ax = plt.subplots(figsize=(4.5, 4))
+ax.scatter(predicted, actual, s=8, alpha=0.6)
+top = float(max(predicted.max(), actual.max()))
+ax.plot([0, top], [0, top], "k--", lw=1, label="actual = predicted")
+ax.set_xlabel(r"first-order prediction $\\epsilon\\,\\|\\nabla_x J\\|_1$")
+ax.set_ylabel("actual increase of the loss")
+ax.set_title(f"FGSM at eps={small}: the linear picture")
+ax.legend()
+plt.show()""",
+    """md:What the attack does to the digits: the top row is the clean input with the
+model's prediction, the middle row the adversarial input (prediction in red),
+the bottom row the perturbation, amplified. The digits stay perfectly
+readable to a person.""",
+    """pred_clean = np.asarray(jaxadv.predict(logits_fn, x))
+pred_fgsm = np.asarray(jaxadv.predict(logits_fn, x_fgsm))
+fooled = np.nonzero((pred_clean == y) & (pred_fgsm != y))[0][:8]
+show_attack(x[fooled], np.asarray(x_fgsm)[fooled], pred_clean[fooled], pred_fgsm[fooled], y[fooled],
+            f"FGSM at eps={eps}: clean digits, adversarial digits, change")""",
+    """md:## BIM: many small steps, projected back into the ball
+
+One step follows the gradient at $x$ only. The basic iterative method takes
+$T$ small steps of size $\\alpha$, re-reading the gradient each time, and
+after every step clips back into the $\\epsilon$-box around $x$ and into the
+valid pixel range:
+
+$$x_0 = x,\\qquad
+x_{t+1} = \\mathrm{clip}_{[0,1]}\\Big(\\mathrm{clip}_{x \\pm \\epsilon}\\big(x_t + \\alpha\\,\\mathrm{sign}(\\nabla_x J(x_t, y))\\big)\\Big).$$
+
+The number of steps trades computation for strength. `jaxadv.bim` runs the
+loop as one compiled step per iteration (or one `lax.fori_loop` when called
+inside your own `jit`).""",
+    """x_bim = jaxadv.bim(logits_fn, x, y, eps=eps, step_size=eps / 8, steps=20)
+print(f"accuracy at eps={eps}: FGSM {examples.accuracy(logits_fn, x_fgsm, y):.1%}, "
+      f"BIM-20 {examples.accuracy(logits_fn, x_bim, y):.1%}")
+
+pred_bim = np.asarray(jaxadv.predict(logits_fn, x_bim))
+survivors = np.nonzero((pred_fgsm == y) & (pred_bim != y))[0][:8]
+show_attack(x[survivors], np.asarray(x_bim)[survivors], pred_clean[survivors], pred_bim[survivors], y[survivors],
+            f"Digits that resist FGSM but not BIM-20 (eps={eps})")""",
+    """md:How many steps are enough? Each step costs one forward and one backward
+pass; the accuracy under attack falls quickly over the first few steps and
+then levels off.""",
+    """step_counts = [1, 2, 3, 5, 10, 20, 40]
+eps_small = eps
+acc_steps = [
+    examples.accuracy(logits_fn, jaxadv.bim(logits_fn, x, y, eps=eps_small, step_size=2.5 * eps_small / t, steps=t), y)
+    for t in step_counts
+]
+fig, ax = plt.subplots(figsize=(5, 3.5))
+ax.plot(step_counts, np.array(acc_steps) * 100, marker="o")
+ax.axhline(examples.accuracy(logits_fn, jaxadv.fgsm(logits_fn, x, y, eps=eps_small), y) * 100,
+           color="gray", ls="--", label="FGSM")
+ax.set_xscale("log")
+ax.set_xlabel("BIM steps (step size 2.5 eps / steps)")
+ax.set_ylabel("accuracy under attack (%)")
+ax.set_title(f"Stronger with more steps (eps={eps_small})")
+ax.legend()
+plt.show()""",
+    """md:## Accuracy against eps
+
+The size of the ball is the attacker's budget. `eps` is a traced argument:
+sweeping it reuses one compiled program, and
+`jaxadv.evaluation.accuracy_vs_eps` even runs the whole sweep as one `vmap`.
+BIM is looped over eps here to show that calling an attack with a new eps
+costs no compilation.""",
+    """eps_grid = np.linspace(0.0, 0.3, 13)
+acc_fgsm = jaxadv.evaluation.accuracy_vs_eps(logits_fn, x, y, eps_values=eps_grid, key=jax.random.key(0), attack="fgsm")
+acc_bim = [examples.accuracy(logits_fn, jaxadv.bim(logits_fn, x, y, eps=e, steps=20), y) for e in eps_grid]
+
+fig, ax = plt.subplots(figsize=(5.5, 4))
+ax.plot(eps_grid, acc_fgsm * 100, marker="o", label="FGSM (one step)")
+ax.plot(eps_grid, np.array(acc_bim) * 100, marker="s", label="BIM (20 steps)")
+ax.set_xlabel(r"$\\epsilon$ ($L_\\infty$, pixels in [0, 1])")
+ax.set_ylabel("test accuracy (%)")
+ax.set_ylim(-2, 102)
+ax.set_title("Digits CNN under attack")
+ax.legend()
+plt.show()""",
+    """md:And what the adversarial digits look like as eps grows: at small eps the
+change is faint; by the eps where accuracy is near zero it is visible, but
+the digit is still clearly what it was.""",
+    """idx = 3
+row_eps = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+imgs = [np.asarray(jaxadv.bim(logits_fn, x[idx:idx + 1], y[idx:idx + 1], eps=e, steps=20))[0] for e in row_eps]
+preds = [int(jaxadv.predict(logits_fn, im[None])[0]) for im in imgs]
+show_digits(
+    [imgs], [f"label {int(y[idx])}"],
+    [[f"eps {e:g}: {p}" for e, p in zip(row_eps, preds)]],
+    "One digit under BIM-20 as eps grows (title: eps, prediction)",
+    colors=[["black" if p == y[idx] else "crimson" for p in preds]],
+)""",
+    """md:## What to remember
+
+* The model is accurate on test data and still fooled: this is not
+  overfitting, it is the geometry of boundaries in a high-dimensional cube.
+* FGSM is one linearisation; it is cheap and underestimates the damage.
+  BIM (and PGD, BIM from a random start) re-linearise at every step and are
+  never weaker.
+* `eps` is the attacker's budget, in the units of the raw inputs; see the
+  threat-model conventions of the documentation.
+
+Next: making the model predict a class of *our* choosing (notebook 2).""",
+]
+
+# --------------------------------------------------------------------------- 02
+
+NB02 = [
+    """md:# 2. Targeted attacks: choosing the wrong answer
+
+An untargeted attack is happy with *any* wrong class. A targeted attack picks
+the class it wants, $y_t$, and pushes the input toward it. Instead of
+climbing the loss of the true label it *descends* the loss of the target:
+
+$$x' = \\mathrm{clip}_{[0,1]}\\big(x - \\epsilon\\,\\mathrm{sign}(\\nabla_x J(x, y_t))\\big)
+\\qquad\\text{(targeted FGSM)},$$
+
+and the iterative version repeats this with small steps, clipping into the
+$\\epsilon$-box each time, exactly like BIM. Choosing $y_t$ as the class the
+model finds *least* likely, $y_{LL} = \\arg\\min_c f(x)_c$, gives the
+*iterative least-likely class* method: the hardest target, so its success says
+most about the model.
+
+In `jaxadv` every attack takes `targeted=True`; `y` then holds the targets.""",
+    SETUP,
+    SHOW_DIGITS,
+    TRAIN_CNN,
+    """md:## Random targets, one step and many
+
+A targeted success is an input classified as *its target*. We draw one random
+wrong class per digit with `jaxadv.random_targets` and compare targeted FGSM
+with its iterative version as eps grows.""",
+    """key = jax.random.key(0)
+targets = jaxadv.random_targets(key, y, num_classes=10)
+pred_clean = jaxadv.predict(logits_fn, x)
+
+def hit_rate(x_adv, t):
+    return float(jnp.mean(jaxadv.predict(logits_fn, x_adv) == t))
+
+eps_grid = np.linspace(0.0, 0.4, 9)
+fgsm_t = [hit_rate(jaxadv.fgsm(logits_fn, x, targets, eps=e, targeted=True), targets) for e in eps_grid]
+bim_t = [hit_rate(jaxadv.bim(logits_fn, x, targets, eps=e, steps=20, targeted=True), targets) for e in eps_grid]
+
+least = jaxadv.least_likely(logits_fn, x)
+ll_bim = [hit_rate(jaxadv.bim(logits_fn, x, least, eps=e, steps=20, targeted=True), least) for e in eps_grid]
+
+fig, ax = plt.subplots(figsize=(5.5, 4))
+ax.plot(eps_grid, np.array(fgsm_t) * 100, marker="o", label="targeted FGSM, random target")
+ax.plot(eps_grid, np.array(bim_t) * 100, marker="s", label="targeted BIM-20, random target")
+ax.plot(eps_grid, np.array(ll_bim) * 100, marker="^", label="iterative least-likely class")
+ax.set_xlabel(r"$\\epsilon$ ($L_\\infty$)")
+ax.set_ylabel("reached the target (%)")
+ax.set_ylim(-2, 102)
+ax.set_title("Targeted attacks on the digits CNN")
+ax.legend()
+plt.show()""",
+    """md:Three things show. A single step rarely lands on a chosen class: the
+gradient of one target's loss at $x$ says little about where that class's
+region is. The iterative attack follows the boundary and gets there. And the
+least-likely class needs the largest eps, as it should.
+
+Compare with the untargeted attack at the same eps: leaving the true class is
+much easier than reaching a chosen one.""",
+    """for e in (0.1, 0.2):
+    untargeted = 1 - examples.accuracy(logits_fn, jaxadv.bim(logits_fn, x, y, eps=e, steps=20), y)
+    rand = hit_rate(jaxadv.bim(logits_fn, x, targets, eps=e, steps=20, targeted=True), targets)
+    ll = hit_rate(jaxadv.bim(logits_fn, x, least, eps=e, steps=20, targeted=True), least)
+    print(f"eps={e}: untargeted success {untargeted:.1%}, random target {rand:.1%}, least-likely {ll:.1%}")""",
+    """md:## One digit, every target
+
+Here is one test digit pushed toward each of the ten classes with targeted
+BIM. The titles give the model's prediction; red where it is the target.""",
+    """idx = int(np.nonzero(y == 3)[0][0])
+eps_one = 0.25
+x_one = np.repeat(x[idx:idx + 1], 10, axis=0)
+all_targets = jnp.arange(10)
+x_to = jaxadv.bim(logits_fn, x_one, all_targets, eps=eps_one, steps=40, targeted=True)
+p_to = np.asarray(jaxadv.predict(logits_fn, x_to))
+show_digits(
+    [np.asarray(x_to)],
+    [f"a {int(y[idx])}, eps {eps_one}"],
+    [[f"target {t}: {p}" for t, p in zip(range(10), p_to)]],
+    "Targeted BIM-40 toward each class",
+    colors=[["crimson" if p == t and t != y[idx] else "black" for t, p in zip(range(10), p_to)]],
+)""",
+    """md:## Which targets are easy?
+
+We attack every test digit toward every other class at a fixed eps and count,
+for each (true class, target class) pair, how often the target is reached.
+All 397 x 9 attacks run as one batch: the model sees a batch of 3,573
+digits, and BIM treats each row independently.""",
+    """eps_matrix = 0.15
+rows = np.repeat(np.arange(len(y)), 9)
+offsets = np.tile(np.arange(1, 10), len(y))
+pair_targets = (y[rows] + offsets) % 10
+x_pairs = jaxadv.bim(logits_fn, x[rows], pair_targets, eps=eps_matrix, steps=20, targeted=True)
+reached = np.asarray(jaxadv.predict(logits_fn, x_pairs)) == pair_targets
+
+rate = np.full((10, 10), np.nan)
+for s in range(10):
+    for t in range(10):
+        if s != t:
+            sel = (y[rows] == s) & (pair_targets == t)
+            rate[s, t] = reached[sel].mean()
+
+fig, ax = plt.subplots(figsize=(6.2, 5.2))
+im = ax.imshow(rate * 100, cmap="viridis", vmin=0, vmax=100)
+ax.grid(False)
+for s in range(10):
+    for t in range(10):
+        if s != t:
+            ax.text(t, s, f"{rate[s, t] * 100:.0f}", ha="center", va="center", fontsize=8,
+                    color="white" if rate[s, t] < 0.5 else "black")
+ax.set_xticks(range(10)), ax.set_yticks(range(10))
+ax.set_xlabel("target class")
+ax.set_ylabel("true class")
+ax.set_title(f"Targeted BIM-20, eps={eps_matrix}: % reaching the target", fontsize=11)
+fig.colorbar(im, ax=ax, label="success (%)")
+plt.show()""",
+    """easiest = np.dstack(np.unravel_index(np.argsort(-np.nan_to_num(rate, nan=-1).ravel()), rate.shape))[0][:5]
+hardest = np.dstack(np.unravel_index(np.argsort(np.nan_to_num(rate, nan=2).ravel()), rate.shape))[0][:5]
+print("easiest (true -> target):", ", ".join(f"{s}->{t} {rate[s, t]:.0%}" for s, t in easiest))
+print("hardest (true -> target):", ", ".join(f"{s}->{t} {rate[s, t]:.0%}" for s, t in hardest))""",
+    """md:The matrix is far from uniform and not symmetric. Easy pairs are digits
+that share strokes (a few pixels turn one into the other); hard targets are
+classes whose region lies far from the source digits. A good choice of
+source image, one close to the target class, makes a targeted attack much
+cheaper.
+
+Next: attacking a model whose gradients we cannot see (notebook 3).""",
+]
+
+# --------------------------------------------------------------------------- 03
+
+NB03 = [
+    """md:# 3. Black-box attacks: no gradients needed
+
+So far the attacker read the model's gradient: a *white-box* attack. Hiding
+the model does not make it safe. Three weaker kinds of access still suffice:
+
+* **no access at all**: build your own *surrogate* model for the same task,
+  attack it, and hand the result to the target (**transfer**);
+* **scores**: query the target's output probabilities and search for a
+  perturbation that lowers the true class's margin (**score-based**: the
+  Square Attack, or gradient estimates such as SPSA and NES);
+* **labels only**: query the predicted class and walk along the decision
+  boundary (**decision-based**: HopSkipJump).
+
+Why does transfer work? Models trained on the same data learn similar
+features, and their boundaries near the data are roughly aligned; an
+adversarial direction for one, largely a direction of many small coherent
+pixel changes, raises the loss of the other too.""",
+    SETUP,
+    SHOW_DIGITS,
+    TRAIN_CNN,
+    """md:## Transfer from a surrogate
+
+The target is the CNN above; we only use its predictions. The attacker
+trains its own models on the training digits: an MLP, a second CNN (another
+seed), and the average of the two. `jaxadv.transfer` crafts with any attack
+of the library on the surrogate(s) and measures how often the target is
+fooled. We also try MI-FGSM, whose momentum was proposed to make examples
+transfer better than PGD's, which can overfit the surrogate's own boundary.""",
+    """n = 200  # the first 200 test digits, for every attack of this notebook
+xb, yb = x[:n], y[:n]
+ok = np.asarray(jaxadv.predict(logits_fn, xb)) == yb  # rates below are over these
+
+mlp = examples.DigitsMLP()
+mlp_fn = jaxadv.from_flax(mlp, examples.train_classifier(mlp, train, seed=1, epochs=15))
+cnn_b_fn = jaxadv.from_flax(model, examples.train_classifier(model, train, seed=1, epochs=15))
+print(f"surrogates: MLP accuracy {examples.accuracy(mlp_fn, x, y):.1%}, second CNN {examples.accuracy(cnn_b_fn, x, y):.1%}")
+
+def fooled_rate(x_adv):
+    return float(np.mean(np.asarray(jaxadv.predict(logits_fn, x_adv))[ok] != yb[ok]))
+
+key = jax.random.key(0)
+eps_grid = [0.1, 0.15, 0.2, 0.3]
+crafting = {
+    "PGD-20 on the MLP": (jaxadv.pgd, [mlp_fn], dict(key=key)),
+    "PGD-20 on the CNN (seed 1)": (jaxadv.pgd, [cnn_b_fn], dict(key=key)),
+    "PGD-20 on both (ensemble)": (jaxadv.pgd, [mlp_fn, cnn_b_fn], dict(key=key)),
+    "MI-FGSM-20 on both (ensemble)": (jaxadv.mifgsm, [mlp_fn, cnn_b_fn], {}),
+}
+transfer_rates = {
+    name: [fooled_rate(jaxadv.transfer(attack, sur, logits_fn, xb, yb, eps=e, steps=20, **kw).x_adv) for e in eps_grid]
+    for name, (attack, sur, kw) in crafting.items()
+}
+white_box = [fooled_rate(jaxadv.pgd(logits_fn, xb, yb, key=key, eps=e, steps=20)) for e in eps_grid]
+
+fig, ax = plt.subplots(figsize=(6, 4.2))
+ax.plot(eps_grid, np.array(white_box) * 100, "k--", marker="o", label="white-box PGD-20 (reference)")
+for name, r in transfer_rates.items():
+    ax.plot(eps_grid, np.array(r) * 100, marker="s", label=name)
+ax.set_xlabel(r"$\\epsilon$ ($L_\\infty$)")
+ax.set_ylabel("target CNN fooled (%)")
+ax.set_ylim(-2, 102)
+ax.set_title("Transfer: crafted on a surrogate, evaluated on the target")
+ax.legend(fontsize=8)
+plt.show()""",
+    """md:Transfer needs a larger eps than a white-box attack for the same effect,
+but it needs no access to the target at all: by eps = 0.2 most crafted digits
+already fool it. The surrogate's architecture matters a little (here the
+MLP's examples transfer least); ensembles of surrogates and momentum, which
+help on large image models, make little difference on a model this small.
+
+## Score-based: the Square Attack
+
+With access to the target's scores, we wrap it as an opaque NumPy function
+with `jaxadv.from_callable`, exactly as one would wrap a model served by
+another framework; asking it for a gradient raises an error. The Square
+Attack then does a random search: at each query it proposes changing a random
+square of pixels to $x \\pm \\epsilon$ and keeps the proposal if the margin
+$z_y - \\max_{j \\ne y} z_j$ drops. Its square size shrinks on a fixed
+schedule.""",
+    """predict_fn = jax.jit(lambda batch: jax.nn.softmax(logits_fn(batch)))
+
+def remote_model(batch: np.ndarray) -> np.ndarray:
+    # Stands for any model we can only query: NumPy in, probabilities out.
+    return np.asarray(predict_fn(batch))
+
+black_box = jaxadv.from_callable(remote_model, num_classes=10)
+try:
+    jax.grad(lambda inp: black_box(inp).sum())(jnp.asarray(x[:2]))
+except jaxadv.GradientNotAvailableError as e:
+    print("no gradient:", str(e)[:90], "...")
+
+eps_bb, budget = 0.15, 500
+sq = jaxadv.square(black_box, xb, yb, key=key, eps=eps_bb, queries=budget)
+print(f"Square, eps={eps_bb}, {budget} queries: target fooled on {fooled_rate(sq.x_adv):.1%} "
+      f"of the {ok.sum()} correctly classified digits; median queries of the successes "
+      f"{np.median(np.asarray(sq.queries)[np.asarray(sq.success) & ok]):.0f}")""",
+    """md:Query cost matters for a black-box attacker. Each example stops as soon as it
+is misclassified, so the success rate as a function of the budget is the
+cumulative distribution of `result.queries` over the successes. We compare
+the Square Attack with the two gradient-estimation attacks, SPSA and NES,
+which estimate $\\nabla_x$ of the margin from finite differences along random
+directions and then take PGD steps (run here on the JAX model directly, which
+is faster; they only query it).""",
+    """results = {
+    "Square": sq,
+    "SPSA": jaxadv.spsa(logits_fn, xb, yb, key=key, eps=eps_bb, queries=budget),
+    "NES": jaxadv.nes(logits_fn, xb, yb, key=key, eps=eps_bb, queries=budget),
+}
+fig, ax = plt.subplots(figsize=(5.5, 4))
+grid = np.arange(0, budget + 1, 5)
+for name, res in results.items():
+    q = np.asarray(res.queries)[np.asarray(res.success) & ok]
+    ax.plot(grid, [(q <= g).sum() / ok.sum() * 100 for g in grid], label=name)
+ax.set_xlabel("queries per example")
+ax.set_ylabel("target fooled (%)")
+ax.set_ylim(-2, 102)
+ax.set_title(rf"Score-based attacks, $\\epsilon$={eps_bb} ($L_\\infty$)")
+ax.legend()
+plt.show()""",
+    """md:## Decision-based: HopSkipJump
+
+With only the predicted label, there is no margin to follow. HopSkipJump
+starts from any misclassified point (random noise), then repeats: a binary
+search to the decision boundary between that point and $x$, an estimate of
+the boundary's normal from the labels of random points around it, and a step
+along that normal. The point stays misclassified while its distance to $x$
+shrinks. It has no eps: it minimises the $L_2$ distance, so we compare the
+size of what it finds with white-box minimal attacks (DeepFool, Carlini-Wagner).""",
+    """labels_only = jaxadv.from_callable(lambda b: np.argmax(remote_model(b), axis=1), num_classes=10, returns="labels")
+n_min = 30
+keep = np.nonzero(ok)[0][:n_min]  # correctly classified digits only
+xs, ys = xb[keep], yb[keep]
+
+def l2_found(x_adv):
+    x_adv = np.asarray(x_adv)
+    fooled = np.asarray(jaxadv.predict(logits_fn, x_adv)) != ys
+    size = np.sqrt(((x_adv - xs) ** 2).reshape(n_min, -1).sum(1))
+    return np.where(fooled, size, np.inf)
+
+hsj = jaxadv.hop_skip_jump(labels_only, xs, ys, key=key, queries=1000, init_evals=20, max_evals=100)
+sizes = {
+    "HopSkipJump\\n(1000 label queries)": l2_found(hsj.x_adv),
+    "DeepFool\\n(white-box)": l2_found(jaxadv.deepfool(logits_fn, xs, ys)),
+    "Carlini-Wagner L2\\n(white-box)": l2_found(jaxadv.cw_l2(logits_fn, xs, ys, steps=100, binary_search_steps=5, initial_const=1.0)),
+}
+
+fig, ax = plt.subplots(figsize=(6, 3.4))
+rng = np.random.default_rng(0)
+for row, s in enumerate(sizes.values()):
+    s = s[np.isfinite(s)]
+    ax.scatter(s, row + rng.uniform(-0.15, 0.15, len(s)), s=14, alpha=0.6)
+    ax.plot([np.median(s)] * 2, [row - 0.3, row + 0.3], color="black", lw=2)
+ax.set_yticks(range(len(sizes)), list(sizes))
+ax.set_xlabel(r"$\\|x' - x\\|_2$ of the adversarial example found (bar: median)")
+ax.set_ylabel("attack")
+ax.set_title(f"How close to the boundary each attack gets ({n_min} digits)")
+plt.show()
+for name, s in sizes.items():
+    print(f"{name.replace(chr(10), ' '):38s} fooled {np.isfinite(s).mean():.0%}, median L2 {np.median(s[np.isfinite(s)]):.2f}")""",
+    """md:With a thousand label queries and nothing but the predicted class,
+HopSkipJump lands within reach of what the white-box attacks find with
+gradients.
+
+## Summary""",
+    """i = eps_grid.index(eps_bb)
+rows = [
+    ("white-box PGD-20", "gradients", white_box[i]),
+    ("transfer, PGD-20 on the ensemble", "none", transfer_rates["PGD-20 on both (ensemble)"][i]),
+    ("transfer, MI-FGSM-20 on the ensemble", "none", transfer_rates["MI-FGSM-20 on both (ensemble)"][i]),
+    (f"Square, {budget} queries", "scores", fooled_rate(results["Square"].x_adv)),
+    (f"SPSA, {budget} queries", "scores", fooled_rate(results["SPSA"].x_adv)),
+    (f"NES, {budget} queries", "scores", fooled_rate(results["NES"].x_adv)),
+]
+print(f"target CNN fooled at eps={eps_bb}, {ok.sum()} correctly classified digits")
+print(f"{'attack':38s} {'needs':10s} fooled")
+for name, needs, rate in rows:
+    print(f"{name:38s} {needs:10s} {rate:.1%}")""",
+    """md:Hiding the weights raises the attacker's cost; it does not remove the
+vulnerability. Next: training models that resist (notebook 4).""",
+]
+
+# --------------------------------------------------------------------------- 04
+
+NB04 = [
+    """md:# 4. Defending: adversarial training
+
+Adversarial examples exist because training never asks the model to be
+robust: it minimises the loss *at* the training points, not around them.
+Adversarial training asks. It replaces the usual objective by a min-max
+problem over the threat model (Madry et al., 2018):
+
+$$\\min_\\theta\\; \\mathbb{E}_{(x, y)}\\Big[\\max_{\\|\\delta\\|_\\infty \\le \\epsilon}
+J\\big(f_\\theta(x + \\delta), y\\big)\\Big].$$
+
+The inner maximisation is an attack (PGD with a few steps); the outer one is
+ordinary training on the attack's output. `jaxadv.training` provides the
+losses (`pgd_at_loss`, `fast_at_loss`, `trades_loss`) and whole jitted steps
+(`make_train_step`) for Flax models and optax optimisers.
+
+We train the same CNN three ways, with the same optimiser and epochs:
+normally, with **Fast-AT** (one FGSM step from a random start, about twice
+the cost of normal training) and with **PGD-AT** (several PGD steps), and
+compare their robust accuracy curves.""",
+    SETUP,
+    SHOW_DIGITS,
+    """import optax
+
+train, test = examples.load_digits(seed=0)
+x, y = test.x, test.y
+model = examples.DigitsCNN()
+eps_train = 0.15
+epochs, batch_size = 20, 64
+
+def train_with(method, **hyper):
+    tx = optax.adam(3e-3)
+    state = jaxadv.training.init_train_state(model.init(jax.random.key(0), x[:1]), tx)
+    step = jaxadv.training.make_train_step(model, tx, method=method, **hyper)
+    rng = np.random.default_rng(0)
+    key = jax.random.key(1)
+    for _ in range(epochs):
+        order = rng.permutation(len(train.y))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            idx = order[start:start + batch_size]
+            key, sub = jax.random.split(key)
+            state, metrics = step(state, train.x[idx], train.y[idx], sub)
+    return jaxadv.from_flax(model, {"params": state.params})
+
+# Forward + backward passes per training example: 1, 2 and 6.
+trained = {
+    "normal": train_with("clean"),
+    "Fast-AT": train_with("fast", eps=eps_train),
+    "PGD-AT": train_with("pgd", eps=eps_train, step_size=eps_train / 2, steps=5),
+}
+for name, fn in trained.items():
+    print(f"{name:8s} clean test accuracy {examples.accuracy(fn, x, y):.1%}")""",
+    """md:## Robust accuracy, side by side
+
+Each panel is one model, attacked with FGSM and with PGD-20 over a range of
+eps (the whole sweep is one compiled `vmap` per attack). The dotted line marks
+the training eps.""",
+    """eps_grid = np.linspace(0.0, 0.3, 13)
+key = jax.random.key(0)
+curves = {}
+fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
+titles = {"normal": "normal training", "Fast-AT": "Fast-AT (FGSM, random start)", "PGD-AT": "PGD-AT (5 steps)"}
+for ax, (name, fn) in zip(axes, trained.items()):
+    acc_f = jaxadv.evaluation.accuracy_vs_eps(fn, x, y, eps_values=eps_grid, key=key, attack="fgsm")
+    acc_p = jaxadv.evaluation.accuracy_vs_eps(fn, x, y, eps_values=eps_grid, key=key, steps=20)
+    curves[name] = acc_p
+    ax.plot(eps_grid, acc_f * 100, marker="o", label="FGSM")
+    ax.plot(eps_grid, acc_p * 100, marker="s", label="PGD-20")
+    ax.axvline(eps_train, color="gray", ls=":", label="training eps")
+    ax.set_title(titles[name])
+    ax.set_xlabel(r"$\\epsilon$ ($L_\\infty$)")
+    ax.set_ylim(-2, 102)
+    ax.legend()
+axes[0].set_ylabel("test accuracy under attack (%)")
+fig.suptitle("Normal vs adversarial training on the digits CNN")
+fig.tight_layout()
+plt.show()""",
+    """print("accuracy under PGD-20")
+print(f"{'eps':>6s}" + "".join(f"{name:>10s}" for name in curves))
+for i in range(0, len(eps_grid), 2):
+    print(f"{eps_grid[i]:6.3f}" + "".join(f"{curves[name][i]:10.1%}" for name in curves))""",
+    """md:Normal training collapses under PGD well before the training eps; the
+adversarially trained models hold most of their accuracy up to it, at the
+price of a little clean accuracy and several times the training cost.
+Robustness is specific to the threat model: beyond the training eps the
+curves fall again.
+
+## The same attack against both models
+
+Eight test digits attacked with PGD-40 at an eps beyond the training eps.
+Red titles mark the digits the attack turned into another class.""",
+    """robust_fn = trained["PGD-AT"]
+normal_fn = trained["normal"]
+eps_big = 0.2
+sel = np.arange(8)
+adv_normal = np.asarray(jaxadv.pgd(normal_fn, x[sel], y[sel], key=key, eps=eps_big, steps=40))
+adv_robust = np.asarray(jaxadv.pgd(robust_fn, x[sel], y[sel], key=key, eps=eps_big, steps=40))
+p_normal = np.asarray(jaxadv.predict(normal_fn, adv_normal))
+p_robust = np.asarray(jaxadv.predict(robust_fn, adv_robust))
+show_digits(
+    [x[sel], adv_normal, adv_robust],
+    ["clean", "vs normal", "vs PGD-AT"],
+    [[f"label {int(c)}" for c in y[sel]], [f"pred {p}" for p in p_normal], [f"pred {p}" for p in p_robust]],
+    f"PGD-40 at eps={eps_big} against each model",
+    colors=[["black"] * 8, ["crimson" if p != c else "black" for p, c in zip(p_normal, y[sel])],
+            ["crimson" if p != c else "black" for p, c in zip(p_robust, y[sel])]],
+)""",
+    """md:## A caution
+
+These curves come from FGSM and PGD. A defence can look robust to them and
+not be (for example by hiding its gradients); an honest number comes from a
+diverse suite of attacks and a few sanity checks, the subject of notebook 5.
+For Fast-AT, also watch for *catastrophic overfitting*, a sudden collapse of
+PGD accuracy during training, with `jaxadv.training.robust_accuracy_monitor`.""",
+]
+
+# --------------------------------------------------------------------------- 05
+
+NB05 = [
+    """md:# 5. Honest evaluation
+
+"Accuracy under PGD" is a lower bound on the damage an attacker can do, and
+sometimes a very loose one. Many published defences looked robust because the
+attacks used to evaluate them failed, not because the models were robust: a
+model can *mask* its gradients (make them zero, noisy or misleading) so that
+gradient attacks go nowhere, while its decision boundaries stay close to the
+data. An honest evaluation
+
+1. reports the **per-example worst case** over a diverse suite of attacks
+   (different losses, a targeted attack, a black-box attack), and
+2. runs **sanity checks** whose failure reveals masking.
+
+`jaxadv.evaluate` does the first (`suite="standard"`: APGD with
+cross-entropy, targeted APGD on the DLR loss, and the Square Attack), and
+`jaxadv.evaluation.masking_checks` the second.""",
+    SETUP,
+    TRAIN_CNN,
+    """md:## The standard suite on an ordinary model
+
+Each attack only runs on the examples that all earlier attacks failed on; the
+result records which attack fooled each example first.""",
+    """n_eval, eps = 100, 0.1
+xe, ye = x[:n_eval], y[:n_eval]
+key = jax.random.key(0)
+result = jaxadv.evaluate(logits_fn, xe, ye, eps=eps, suite="standard", key=key, progress=False)
+print(result.summary())""",
+    """md:## A model that only looks robust
+
+We build a *masked* version of the same CNN: it first rounds its input to 256
+grey levels, as an 8-bit image would be stored. That moves each pixel by at
+most 1/510, so its decisions, and its decision boundaries, are those of the
+original model. But rounding has a zero gradient almost everywhere: every
+gradient attack sees a flat loss.""",
+    """def quantised_apply(params, inputs):
+    return model.apply(params, jnp.round(inputs * 255) / 255)
+
+masked_fn = jaxadv.from_apply(quantised_apply, variables)
+same = np.mean(np.asarray(jaxadv.predict(masked_fn, x)) == np.asarray(jaxadv.predict(logits_fn, x)))
+print(f"masked model: clean accuracy {examples.accuracy(masked_fn, xe, ye):.1%}, same prediction as the original on {same:.1%} of the test set")
+
+for name, attack in {
+    "FGSM": lambda f: jaxadv.fgsm(f, xe, ye, eps=eps),
+    "PGD-20": lambda f: jaxadv.pgd(f, xe, ye, key=key, eps=eps, steps=20),
+}.items():
+    print(f"{name:7s} accuracy: original model {examples.accuracy(logits_fn, attack(logits_fn), ye):.1%}, "
+          f"masked model {examples.accuracy(masked_fn, attack(masked_fn), ye):.1%}")""",
+    """md:Judged by PGD, the masked model is a miracle of robustness. The
+gradient-masking checks are not fooled: an attack allowed to move anywhere in
+the box must reach ~0% accuracy, and a black-box attack must not beat the
+white-box ones. Both fail here, and each check says why.""",
+    """report = jaxadv.evaluation.masking_checks(masked_fn, xe, ye, eps=eps, norm="linf", key=key)
+for w in report.warnings:
+    print("WARNING:", w)
+print({k: round(v, 3) if isinstance(v, float) else v for k, v in report.figures.items()})""",
+    """clean_report = jaxadv.evaluation.masking_checks(logits_fn, xe, ye, eps=eps, norm="linf", key=key)
+print("original model warnings:", clean_report.warnings or "none")""",
+    """md:The standard suite includes the black-box Square Attack for exactly this
+reason: it never reads a gradient, so masking does not stop it. The
+per-example worst case gives the honest number.""",
+    """masked_result = jaxadv.evaluate(masked_fn, xe, ye, eps=eps, suite="standard", key=key, progress=False)
+print(masked_result.summary())""",
+    """rows = {
+    "PGD-20 only": (
+        examples.accuracy(logits_fn, jaxadv.pgd(logits_fn, xe, ye, key=key, eps=eps, steps=20), ye),
+        examples.accuracy(masked_fn, jaxadv.pgd(masked_fn, xe, ye, key=key, eps=eps, steps=20), ye),
+    ),
+    "standard suite (worst case)": (result.robust_accuracy, masked_result.robust_accuracy),
+}
+fig, ax = plt.subplots(figsize=(6.5, 4))
+width = 0.35
+for i, (name, (a, b)) in enumerate(rows.items()):
+    ax.bar(np.arange(2) + (i - 0.5) * width, [a * 100, b * 100], width, label=name)
+ax.set_xticks(np.arange(2), ["original CNN", "masked CNN (input rounding)"])
+ax.set_xlabel("model")
+ax.set_ylabel(f"robust accuracy at eps={eps} (%)")
+ax.set_ylim(0, 100)
+ax.set_title("One gradient attack can be fooled; a suite is not")
+ax.legend()
+plt.show()""",
+    """md:The suite's number for the masked model is close to the original model's.
+It stays a little higher because only the black-box attack gets anywhere on
+it, and a Square Attack with a finite query budget is somewhat weaker than
+APGD. Rounding the input did not move a single decision boundary; it only
+hid them from gradients.
+
+## A second kind of masking: saturated scores
+
+Multiplying the logits by a large constant changes no prediction, but it
+saturates the softmax: for a confident example the cross-entropy is exactly
+zero in float32 and so is its gradient. Margin losses (Carlini-Wagner's,
+APGD's DLR) do not saturate and see through it.""",
+    """def scaled_apply(params, inputs):
+    return 1e4 * model.apply(params, inputs)
+
+saturated_fn = jaxadv.from_apply(scaled_apply, variables)
+ce = jaxadv.pgd(saturated_fn, xe, ye, key=key, eps=eps, steps=20)
+cw = jaxadv.pgd(saturated_fn, xe, ye, key=key, eps=eps, steps=20, loss=jaxadv.cw_margin)
+print(f"saturated model: PGD-20 with cross-entropy {examples.accuracy(saturated_fn, ce, ye):.1%}, "
+      f"with the CW margin loss {examples.accuracy(saturated_fn, cw, ye):.1%}")""",
+    """md:## Checklist
+
+* Report the worst case over a diverse suite, never a single attack.
+* Accuracy must reach ~0% at a very large eps; if it does not, the attacks are
+  failing, not the model succeeding.
+* Single-step attacks must not beat iterative ones; black-box attacks must
+  not beat white-box ones.
+* Use margin losses (CW, DLR) besides cross-entropy.
+* For a randomised model, attack the expectation over its randomness.""",
+]
+
+# --------------------------------------------------------------------------- 06
+
+NB06 = [
+    """md:# 6. Composing with your own training code
+
+Every attack in `jaxadv` is a pure function of arrays. Called directly it runs
+one compiled step per iteration; called inside *your* `jax.jit`, `jax.vmap` or
+`jax.grad`, it becomes a `lax.fori_loop` inside your program. This notebook
+shows three ways to use that: an attack inside a hand-written jitted training
+step, a `vmap` over eps, and a batch sharded over devices.
+
+The sharding part uses whatever devices exist. So that it shows a real split
+on a laptop, this notebook asks XLA for four CPU devices *before* importing
+JAX (on a machine with accelerators it uses them instead).""",
+    """import os
+
+if "XLA_FLAGS" not in os.environ:
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+""",
+    SETUP
+    + """
+import optax
+
+print(jax.devices())""",
+    """md:## An attack inside your jitted step
+
+Here is an ordinary optax training loop for a small MLP written with plain
+`jax.numpy`, no Flax: the model is `apply(params, x)`. To train it on
+adversarial examples we call `jaxadv.pgd` *inside* the loss, on a
+`from_apply` view of the current parameters, and stop the gradient through
+the attack (the outer gradient is taken at the adversarial point, as in
+adversarial training). Everything is one `jax.jit`.""",
+    """def init_mlp(key, sizes=(64, 128, 10)):
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [
+        {"w": jax.random.normal(k, (m, n)) * jnp.sqrt(2.0 / m), "b": jnp.zeros(n)}
+        for k, m, n in zip(keys, sizes[:-1], sizes[1:])
+    ]
+
+def apply_mlp(params, x):
+    h = x.reshape(x.shape[0], -1)
+    for layer in params[:-1]:
+        h = jax.nn.relu(h @ layer["w"] + layer["b"])
+    return h @ params[-1]["w"] + params[-1]["b"]
+
+tx = optax.adam(3e-3)
+EPS = 0.1
+
+@jax.jit
+def adversarial_step(params, opt_state, xb, yb, key):
+    # The attack sees the current parameters as a traced pytree.
+    model_fn = jaxadv.from_apply(apply_mlp, params)
+    x_adv = jaxadv.pgd(model_fn, xb, yb, key=key, eps=EPS, steps=5)
+    x_adv = jax.lax.stop_gradient(x_adv)
+
+    def loss_fn(p):
+        logits = apply_mlp(p, x_adv)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+train, test = examples.load_digits(seed=0)
+x, y = test.x, test.y
+params = init_mlp(jax.random.key(0))
+opt_state = tx.init(params)
+key = jax.random.key(1)
+rng = np.random.default_rng(0)
+losses = []
+for epoch in range(15):
+    order = rng.permutation(len(train.y))
+    for start in range(0, len(order) - 63, 64):
+        idx = order[start:start + 64]
+        key, sub = jax.random.split(key)
+        params, opt_state, loss = adversarial_step(params, opt_state, train.x[idx], train.y[idx], sub)
+        losses.append(float(loss))
+
+robust_mlp = jaxadv.from_apply(apply_mlp, params)
+print(f"clean accuracy {examples.accuracy(robust_mlp, x, y):.1%}, "
+      f"PGD-20 accuracy at eps={EPS}: {examples.accuracy(robust_mlp, jaxadv.pgd(robust_mlp, x, y, key=key, eps=EPS, steps=20), y):.1%}")
+
+fig, ax = plt.subplots(figsize=(5.5, 3.2))
+ax.plot(np.convolve(losses, np.ones(20) / 20, mode="valid"))
+ax.set_xlabel("training step")
+ax.set_ylabel("adversarial loss (moving average)")
+ax.set_title("Adversarial training in a hand-written jitted step")
+plt.show()""",
+    """md:The attack compiled into the step as one loop: the jaxpr of the step holds a
+single loop primitive (a `fori_loop` with a fixed trip count is lowered to a
+`scan`), not five unrolled copies of the model's forward and backward pass.""",
+    """jaxpr = jax.make_jaxpr(adversarial_step)(params, opt_state, train.x[:64], train.y[:64], key)
+text = str(jaxpr)
+print(f"loops in the step: {text.count('scan[')} scan, {text.count('while[')} while")""",
+    """md:## vmap over eps
+
+`eps` is a traced argument, so an attack is an ordinary function of it. A
+`vmap` over a vector of eps values runs the whole sweep as one batched
+program. And because changing eps is only new data, calling the compiled
+function again with other values does not compile again.""",
+    """trace_count = 0
+
+@jax.jit
+def accuracy_at(eps_values, x, y, key):
+    global trace_count
+    trace_count += 1  # runs only while tracing
+
+    def one(e):
+        x_adv = jaxadv.pgd(robust_mlp, x, y, key=key, eps=e, steps=20)
+        return jnp.mean(jnp.argmax(robust_mlp(x_adv), axis=-1) == y)
+
+    return jax.vmap(one)(eps_values)
+
+grid_a = jnp.linspace(0.0, 0.3, 7)
+grid_b = jnp.linspace(0.05, 0.35, 7)
+acc_a = accuracy_at(grid_a, x, y, key)
+acc_b = accuracy_at(grid_b, x, y, key)
+print(f"traced {trace_count} time(s) for two sweeps")
+
+fig, ax = plt.subplots(figsize=(5, 3.5))
+ax.plot(grid_a, acc_a * 100, marker="o", label="sweep 1")
+ax.plot(grid_b, acc_b * 100, marker="s", label="sweep 2 (no recompilation)")
+ax.set_xlabel(r"$\\epsilon$ ($L_\\infty$)")
+ax.set_ylabel("accuracy under PGD-20 (%)")
+ax.set_title("One vmapped program for a whole eps sweep")
+ax.legend()
+plt.show()""",
+    """md:eps may also be a vector with one value per example: the same compiled attack
+then gives each example its own budget.""",
+    """per_example_eps = jnp.where(y % 2 == 0, 0.05, 0.25)
+x_adv = jaxadv.pgd(robust_mlp, x, y, key=key, eps=per_example_eps, steps=20)
+size = jnp.max(jnp.abs(x_adv - x).reshape(len(y), -1), axis=1)
+print(f"largest change, even labels: {float(size[y % 2 == 0].max()):.3f}; odd labels: {float(size[y % 2 == 1].max()):.3f}")""",
+    """md:## Sharding the batch over devices
+
+Attacks are per-example computations: split the batch over devices and each
+device attacks its own rows, with no change to the attack.
+`jaxadv.sharding.shard_batch` pads the batch to a multiple of the device
+count (repeating its first example) and places it; `gather` brings the result
+back and drops the padding. The same code runs on one device, on several, and
+on several hosts after `jax.distributed.initialize()`.""",
+    """mesh = jaxadv.sharding.batch_mesh()
+batch = jaxadv.sharding.shard_batch((x, y), mesh=mesh)
+xs, ys = batch.data
+print(f"{len(jax.devices())} device(s); {batch.num_valid} real rows padded to {xs.shape[0]}")
+print("x sharding:", xs.sharding.spec, "over mesh axes", mesh.axis_names)
+
+model_on_mesh = jaxadv.sharding.replicate(robust_mlp, mesh)  # parameters copied to every device, once
+x_adv_sharded = jaxadv.pgd(model_on_mesh, xs, ys, key=key, eps=EPS, steps=20)
+print("adversarial batch sharding:", x_adv_sharded.sharding.spec)
+rows_per_device = [s.data.shape[0] for s in x_adv_sharded.addressable_shards]
+print("rows per device:", rows_per_device)
+
+x_adv_np = jaxadv.sharding.gather(x_adv_sharded, batch.mask)
+reference = np.asarray(jaxadv.pgd(robust_mlp, x, y, key=key, eps=EPS, steps=20))
+print(f"gathered {x_adv_np.shape}; largest difference from the unsharded run: {np.abs(x_adv_np - reference).max():.2e}")""",
+    """md:Each device ran the same attack on its rows: the result is the unsharded
+one, and so is the accuracy under attack.""",
+    """print(f"sharded: {examples.accuracy(robust_mlp, x_adv_np, y):.1%}, unsharded: {examples.accuracy(robust_mlp, reference, y):.1%}")""",
+    """md:For whole datasets, `jaxadv.evaluate(..., sharding=True)` does the same
+batch by batch. The documentation's scaling page has launch commands for
+several accelerators and several hosts.""",
+]
+
+NOTEBOOKS: dict[str, list[str]] = {
+    "01_fgsm_and_bim": NB01,
+    "02_targeted_attacks": NB02,
+    "03_black_box": NB03,
+    "04_defending": NB04,
+    "05_honest_evaluation": NB05,
+    "06_composing": NB06,
+}
+
+
+def make_notebook(cells: list[str]) -> object:
+    """An nbformat v4 notebook from the cell sources (``"md:"`` prefix for Markdown)."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for i, src in enumerate(cells):
+        if src.startswith("md:"):
+            cell = nbformat.v4.new_markdown_cell(src[3:])
+        else:
+            cell = nbformat.v4.new_code_cell(src)
+        cell["id"] = f"cell-{i:02d}"
+        nb.cells.append(cell)
+    return nb
+
+
+def execute(nb: object, *, timeout: int = 600) -> object:
+    """Run every cell in a fresh kernel, in this folder; raises on the first failing cell."""
+    from nbclient import NotebookClient
+
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        record_timing=False,
+        resources={"metadata": {"path": str(HERE)}},
+    )
+    client.execute()
+    return nb
+
+
+def main(argv: list[str] | None = None) -> int:
+    import nbformat
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("names", nargs="*", help="prefixes of the notebooks to build (default: all)")
+    parser.add_argument("--no-execute", action="store_true", help="write the notebooks without running them")
+    args = parser.parse_args(argv)
+    chosen = [n for n in NOTEBOOKS if not args.names or any(n.startswith(p) for p in args.names)]
+    if not chosen:
+        parser.error(f"no notebook matches {args.names}; known: {list(NOTEBOOKS)}")
+    for name in chosen:
+        nb = make_notebook(NOTEBOOKS[name])
+        t0 = time.perf_counter()
+        if not args.no_execute:
+            execute(nb)
+        path = HERE / f"{name}.ipynb"
+        nbformat.write(nb, path)
+        print(f"wrote {path.name} ({time.perf_counter() - t0:.0f}s, {path.stat().st_size / 1e3:.0f} kB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
