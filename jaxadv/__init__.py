@@ -27,7 +27,7 @@ from jaxadv.validation import checked
 # isort: split
 # Attack families and tools that list their public names in ``__all__``.
 from jaxadv import callables as _callables
-from jaxadv import evaluation, training
+from jaxadv import evaluation, sharding, training
 from jaxadv import success as _success
 from jaxadv import transfer as _transfer
 from jaxadv.attacks import apgd as _apgd
@@ -76,6 +76,7 @@ __all__ = [
     "project_to_feasible",
     "random_start",
     "random_targets",
+    "sharding",
     "steepest_direction",
     "training",
 ]

@@ -7,11 +7,14 @@ import os
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
 
+from jaxadv import sharding as shd
 from jaxadv.evaluation.checks import masking_checks
 from jaxadv.evaluation.result import MISCLASSIFIED, ROBUST, EvaluationResult, write_json_atomic
 from jaxadv.evaluation.suites import SuiteAttack, resolve_suite
@@ -53,6 +56,49 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
     return a[reps]
 
 
+class _Layout:
+    """Where the attacks of one evaluation run: one device, or a batch sharding."""
+
+    def __init__(self, sharding: NamedSharding | None) -> None:
+        self.sharding = sharding
+        self.multiple = 1 if sharding is None else shd.rows_multiple(sharding)
+        self.processes = jax.process_count() if sharding is not None else 1
+
+    def size(self, n: int, batch_size: int) -> int:
+        """Rows to feed for ``n`` needed ones: bucketed, a multiple of the device
+        share, and the same on every process."""
+        size = _bucket(n, batch_size) if n < batch_size else n
+        size = -(-size // self.multiple) * self.multiple
+        return self.agree(size)
+
+    def agree(self, value: int) -> int:
+        """The largest ``value`` over all processes (a collective with several)."""
+        if self.processes == 1:
+            return value
+        return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int64))))
+
+    def place(self, *arrays: np.ndarray) -> Any:
+        if self.sharding is None:
+            return arrays
+        return shd.place_rows(arrays, self.sharding)
+
+    def fetch(self, out: Any) -> np.ndarray:
+        """This process's rows of a result (no communication between processes)."""
+        if self.sharding is None:
+            return np.asarray(out)
+        return np.asarray(shd.local_rows(out))
+
+    def predict(self, logits_fn: LogitsFn, x: np.ndarray) -> np.ndarray:
+        (xs,) = self.place(x)
+        return self.fetch(predict(logits_fn, xs))
+
+    def gather(self, a: np.ndarray) -> np.ndarray:
+        """Every process's ``a``, concatenated in process order (once, at the end)."""
+        if self.processes == 1:
+            return a
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+
+
 def _check_feasible(
     name: str, x_adv: np.ndarray, x: np.ndarray, eps: float, norm: Norm, lo: Any, hi: Any
 ) -> np.ndarray:
@@ -83,6 +129,7 @@ def evaluate(
     store_adversarial: bool = False,
     checks: bool = True,
     check_size: int = 128,
+    sharding: Mesh | NamedSharding | bool | None = None,
 ) -> EvaluationResult:
     r"""Robust accuracy of ``logits_fn`` under a suite of attacks (per-example worst case).
 
@@ -117,6 +164,18 @@ def evaluate(
       checks: run the gradient-masking checks of
         :func:`jaxadv.evaluation.masking_checks` on the first ``check_size``
         examples and attach their warnings.
+      sharding: data parallelism. ``None`` (default): every attack and
+        prediction runs on all devices, each batch split along its first axis
+        (padded to a multiple of the device count), when there is more than one
+        device; one device otherwise. ``True``: always split over all devices.
+        ``False``: one device. A :class:`jax.sharding.Mesh` (its ``"batch"``
+        axis) or a :class:`jax.sharding.NamedSharding`: split over it. With
+        several processes (after :func:`jax.distributed.initialize`) each
+        process passes *its own* examples, the same number of them (and of
+        batches) on every process; the per-example results are gathered once,
+        at the end, and every process receives the same result, holding the
+        examples of process 0, then process 1, and so on. ``checkpoint`` is
+        then refused, and the masking checks run on each process's first batch.
 
     Returns:
       An :class:`EvaluationResult`; ``result.robust_accuracy`` is the figure.
@@ -129,8 +188,18 @@ def evaluate(
     attacks = resolve_suite(suite)
     names = [a.name for a in attacks]
     lo, hi = np.asarray(bounds[0], np.float32), np.asarray(bounds[1], np.float32)
+    layout = _Layout(shd.resolve_batch_sharding(sharding))
     batches, total = _batches(x, y, batch_size)
+    if layout.processes > 1:
+        if checkpoint is not None:
+            raise ValueError("checkpoint is not supported when several processes evaluate together")
+        if total is not None and layout.agree(-total) != -layout.agree(total):
+            raise ValueError("every process must pass the same number of examples")
     key_attacks, key_checks = jax.random.split(key)
+    # Parameters copied to every device once, not at every call of a sharded program.
+    attacked_fn = logits_fn
+    if layout.sharding is not None:
+        attacked_fn = shd.replicate(logits_fn, cast(Mesh, layout.sharding.mesh))
 
     fooled: list[np.ndarray] = []
     norms: list[np.ndarray] = []
@@ -150,7 +219,7 @@ def evaluate(
             raise ValueError("store_adversarial cannot be combined with resume")
 
     bar = None
-    if progress:
+    if progress and jax.process_index() == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=skip, unit="ex", desc=f"evaluate {norm} eps={eps:g}")
@@ -167,7 +236,16 @@ def evaluate(
         if check_batch is None:
             check_batch = (xb[:check_size], yb[:check_size])
         out = _evaluate_batch(
-            logits_fn, xb, yb, attacks, jax.random.fold_in(key_attacks, b), eps, norm, (lo, hi), batch_size
+            attacked_fn,
+            xb,
+            yb,
+            attacks,
+            jax.random.fold_in(key_attacks, b),
+            eps,
+            norm,
+            (lo, hi),
+            batch_size,
+            layout,
         )
         fooled.append(out[0])
         norms.append(out[1])
@@ -189,14 +267,24 @@ def evaluate(
     if bar is not None:
         bar.close()
 
+    fooled_all = np.concatenate(fooled) if fooled else np.zeros(0, np.int32)
+    norms_all = np.concatenate(norms) if norms else np.zeros(0, np.float32)
+    queries_all = np.concatenate(queries) if queries else np.zeros(0, np.int64)
+    advs_all = np.concatenate(advs) if advs else None
+    if layout.processes > 1:
+        # The only exchange of results between processes: once, at the end.
+        if layout.agree(-len(fooled_all)) != -layout.agree(len(fooled_all)):
+            raise ValueError("every process must evaluate the same number of examples")
+        fooled_all, norms_all, queries_all = (layout.gather(a) for a in (fooled_all, norms_all, queries_all))
+        advs_all = None if advs_all is None else layout.gather(advs_all)
     result = EvaluationResult(
         eps=float(eps),
         norm=norm,
         attacks=names,
-        fooled_by=np.concatenate(fooled) if fooled else np.zeros(0, np.int32),
-        perturbation_norm=np.concatenate(norms) if norms else np.zeros(0, np.float32),
-        queries=np.concatenate(queries) if queries else np.zeros(0, np.int64),
-        x_adv=np.concatenate(advs) if advs else None,
+        fooled_by=fooled_all,
+        perturbation_norm=norms_all,
+        queries=queries_all,
+        x_adv=advs_all,
     )
     if checks and check_batch is not None:
         report = masking_checks(
@@ -227,36 +315,38 @@ def _evaluate_batch(
     norm: Norm,
     bounds: tuple[np.ndarray, np.ndarray],
     batch_size: int,
+    layout: _Layout,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     n = xb.shape[0]
-    size = _bucket(n, batch_size) if n < batch_size else n
-    pred = np.asarray(predict(logits_fn, _pad(xb, size)))[:n]
+    pred = layout.predict(logits_fn, _pad(xb, layout.size(n, batch_size)))[:n]
     fooled_by = np.where(pred == yb, ROBUST, MISCLASSIFIED).astype(np.int32)
     dist = np.zeros(n, np.float32)
     spent = np.zeros(n, np.int64)
     x_best = xb.copy()
     for i, attack in enumerate(attacks):
         idx = np.nonzero(fooled_by == ROBUST)[0]
-        if idx.size == 0:
+        if layout.agree(idx.size) == 0:  # all processes stop together
             break
-        size = _bucket(idx.size, batch_size)
-        sel = _pad(idx, size)
+        size = layout.size(idx.size, batch_size)
+        # A process with nothing left still takes part, with copies of its first example.
+        sel = _pad(idx if idx.size else np.zeros(1, np.int64), size)
         # Keyed by name, so an attack draws the same randomness alone or in a suite.
         attack_key = jax.random.fold_in(key, zlib.crc32(attack.name.encode()) & 0x7FFFFFFF)
-        out = attack.run(logits_fn, xb[sel], yb[sel], key=attack_key, eps=eps, norm=norm, bounds=bounds)
-        x_adv = np.asarray(getattr(out, "x_adv", out))
+        xs, ys = layout.place(xb[sel], yb[sel])
+        out = attack.run(logits_fn, xs, ys, key=attack_key, eps=eps, norm=norm, bounds=bounds)
+        x_adv_dev: Any = getattr(out, "x_adv", out)
+        x_adv = layout.fetch(x_adv_dev)
         d = _check_feasible(attack.name, x_adv, xb[sel], eps, norm, *bounds)
         q = getattr(out, "queries", None)
         if q is not None:
-            spent[idx] += np.asarray(q)[: idx.size].astype(np.int64)
-        success = np.asarray(predict(logits_fn, x_adv)) != yb[sel]
+            spent[idx] += layout.fetch(q)[: idx.size].astype(np.int64)
+        success = layout.fetch(predict(logits_fn, x_adv_dev)) != yb[sel]
         hit = idx[success[: idx.size]]
         fooled_by[hit] = i
         dist[hit] = d[: idx.size][success[: idx.size]]
         x_best[hit] = x_adv[: idx.size][success[: idx.size]]
     # The stored examples are the final word: flags agree with re-predicting them.
-    size = _bucket(n, batch_size) if n < batch_size else n
-    final = np.asarray(predict(logits_fn, _pad(x_best, size)))[:n]
+    final = layout.predict(logits_fn, _pad(x_best, layout.size(n, batch_size)))[:n]
     lost = (fooled_by >= 0) & (final == yb)
     fooled_by[lost] = ROBUST
     dist[lost] = 0.0
