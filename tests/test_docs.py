@@ -30,7 +30,7 @@ def _documented() -> set[str]:
 
 def _public() -> dict[str, list[str]]:
     return {
-        "jaxadv": [n for n in jaxadv.__all__ if n not in ("evaluation", "training")],
+        "jaxadv": [n for n in jaxadv.__all__ if n not in ("evaluation", "sharding", "training")],
         "jaxadv.evaluation": list(jaxadv.evaluation.__all__),
         "jaxadv.training": list(jaxadv.training.__all__),
         "jaxadv.sharding": list(jaxadv.sharding.__all__),
