@@ -63,13 +63,8 @@ ATTACK_SETTINGS: dict[str, tuple[dict[str, Any], bool, bool]] = {
 #: Attacks whose compiled programs all-gather per-example data across the batch
 #: axis (found by this test; the results are still exact), with the cause.
 KNOWN_GATHERS = {
-    "apgd_targeted": "jax.lax.top_k over the classes (target selection, DLR loss) is not partitioned "
-    "along the batch by XLA: the [batch, C] logits are all-gathered",
     "deepfool": "jax.lax.top_k over the classes, and per-class gradients laid out [classes, batch, ...] "
     "then reshaped: the reshape all-gathers the batch",
-    "spsa": "samples laid out [samples, batch, ...] and reshaped to [samples * batch, ...] (and a tile of "
-    "the labels): merging a replicated major axis with the sharded batch all-gathers it",
-    "nes": "same layout as spsa (shared estimator): [samples, batch, ...] reshaped to one batch",
     "hop_skip_jump": "probes laid out [probes, batch, ...] and reshaped to [probes * batch, ...]",
 }
 #: Attacks equal to the single-device result only up to rounding, with the cause.

@@ -66,7 +66,9 @@ def dlr_targeted(logits: Array, signed: Array) -> Array:
     Needs at least four classes.
     """
     z = logits.astype(jnp.float32)
-    top = jax.lax.top_k(z, 4)[0]
+    # A sort along the class axis, not lax.top_k: XLA partitions sorts along the
+    # batch axis, so batch-sharded logits are not gathered onto one device.
+    top = -jnp.sort(-z, axis=-1)[:, :4]
     return -jnp.sum(signed * z, axis=-1) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
 
 

@@ -432,21 +432,28 @@ def _estimate_body(i: Array, state: _EstimateState, operands: Any, static: Any) 
     logits_fn = combine_model(model, params)
     key, k_dir = jax.random.split(state.key)
     b = x.shape[0]
-    shape = (samples, *x.shape)
+    # Batch-major layout [batch, 2, samples, ...]: merging it into one batch of
+    # probes keeps each example's probes on the device that holds the example.
+    shape = (b, samples, *x.shape[1:])
     if distribution == "rademacher":
         u = jax.random.rademacher(k_dir, shape, dtype=jnp.float32)
     else:
         u = jax.random.normal(k_dir, shape, jnp.float32)
     scale_b = per_example(scale, x)
-    pts = jnp.concatenate([state.x_t[None] + scale_b * u, state.x_t[None] - scale_b * u])
-    pts = jnp.clip(pts, lo, hi).reshape((2 * samples * b, *x.shape[1:]))
+    scale_s = scale_b[:, None] if scale_b.ndim else scale_b
+
+    def probe_axes(a: Array) -> Array:  # bounds of x's full shape gain the probe axes
+        return a[:, None, None] if jnp.ndim(a) == x.ndim else a
+
+    pts = jnp.stack([state.x_t[:, None] + scale_s * u, state.x_t[:, None] - scale_s * u], axis=1)
+    pts = jnp.clip(pts, probe_axes(lo), probe_axes(hi)).reshape((b * 2 * samples, *x.shape[1:]))
     z = logits_fn(pts).astype(jnp.float32)
     onehot = as_onehot(labels, z.shape[-1])
-    rep = jnp.tile(onehot, (2 * samples, 1))
+    rep = jnp.repeat(onehot, 2 * samples, axis=0)
     sign = -1.0 if targeted else 1.0
-    f = (sign * loss(z, rep)).reshape(2, samples, b)
-    diff = (f[0] - f[1]).reshape((samples, b) + (1,) * (x.ndim - 1))
-    grad = jnp.mean(diff * u, axis=0) / (2.0 * scale_b)
+    f = (sign * loss(z, rep)).reshape(b, 2, samples)
+    diff = (f[:, 0] - f[:, 1]).reshape((b, samples) + (1,) * (x.ndim - 1))
+    grad = jnp.mean(diff * u, axis=1) / (2.0 * scale_b)
     step = per_example(alpha, x) * steepest_direction(grad, norm)
     x_new = project_to_feasible(state.x_t + step, x, eps, norm, lo, hi)
     z_new = logits_fn(x_new).astype(jnp.float32)
