@@ -20,6 +20,7 @@ from jaxadv.threat_models import (
     project,
     project_to_feasible,
     random_start,
+    row_sum,
     steepest_direction,
 )
 from jaxadv.validation import checked
@@ -76,6 +77,7 @@ __all__ = [
     "project_to_feasible",
     "random_start",
     "random_targets",
+    "row_sum",
     "sharding",
     "steepest_direction",
     "training",

@@ -37,6 +37,24 @@ def _flat(delta: Array) -> Array:
     return delta.reshape(delta.shape[0], -1)
 
 
+def row_sum(v: Array) -> Array:
+    """Sum of ``[batch, n]`` over its second axis, in an order fixed by ``n`` alone.
+
+    Pairwise: the two halves of each row are added elementwise (an odd last
+    element carried over) until one column is left. ``jnp.sum`` leaves the order
+    of a row's additions to the compiler, which picks it from the whole array's
+    shape (XLA:CPU does, for 64 or 3072 columns, say), so a row could round
+    differently in a batch of 8 and in a batch of 64. Here each row is summed
+    the same way whatever the batch size: per-example norms, and so sharded
+    attacks, match one device bit for bit. It costs about what ``jnp.sum`` does.
+    """
+    while v.shape[1] > 1:
+        n, half = v.shape[1], v.shape[1] // 2
+        folded = v[:, :half] + v[:, half : 2 * half]
+        v = jnp.concatenate([folded, v[:, 2 * half :]], axis=1) if n % 2 else folded
+    return v[:, 0]
+
+
 def norm_of(delta: Array, norm: Norm) -> Array:
     """Per-example norm of ``delta`` (``[batch, ...]`` -> ``[batch]``)."""
     check_norm(norm)
@@ -44,8 +62,8 @@ def norm_of(delta: Array, norm: Norm) -> Array:
     if norm == "linf":
         return jnp.max(jnp.abs(d), axis=1)
     if norm == "l2":
-        return jnp.sqrt(jnp.sum(d * d, axis=1))
-    return jnp.sum(jnp.abs(d), axis=1)
+        return jnp.sqrt(row_sum(d * d))
+    return row_sum(jnp.abs(d))
 
 
 def _project_l1(delta: Array, eps: Array) -> Array:
@@ -60,7 +78,7 @@ def _project_l1(delta: Array, eps: Array) -> Array:
     rho = jnp.maximum(jnp.sum(u - (css - eps[:, None]) / idx > 0, axis=1), 1)
     theta = (jnp.take_along_axis(css, (rho - 1)[:, None], axis=1)[:, 0] - eps) / rho
     w = jnp.sign(v) * jnp.maximum(a - theta[:, None], 0.0)
-    inside = jnp.sum(a, axis=1) <= eps
+    inside = row_sum(a) <= eps
     return jnp.where(inside[:, None], v, w).reshape(delta.shape)
 
 
@@ -138,13 +156,14 @@ def steepest_direction(grad: Array, norm: Norm, *, l1_sparsity: float = 0.05) ->
         return jnp.sign(grad)
     g = _flat(grad)
     if norm == "l2":
-        n = jnp.sqrt(jnp.sum(g * g, axis=1, keepdims=True))
+        n = jnp.sqrt(row_sum(g * g))[:, None]
         return (g / jnp.maximum(n, _TINY)).reshape(grad.shape).astype(grad.dtype)
     if not 0.0 < l1_sparsity <= 1.0:
         raise ValueError(f"l1_sparsity must be in (0, 1], got {l1_sparsity}")
     k = max(1, int(round(l1_sparsity * g.shape[1])))
     a = jnp.abs(g)
-    kth = jax.lax.top_k(a, k)[0][:, -1:]
+    # A sort rather than lax.top_k, which a batch-sharded input would all-gather.
+    kth = -jnp.sort(-a, axis=1)[:, k - 1 : k]
     mask = (a >= kth) & (a > 0)
     count = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1)
     d = jnp.where(mask, jnp.sign(g), 0.0) / count
@@ -180,11 +199,11 @@ def random_start(key: PRNGKey, shape: tuple[int, ...], eps: ArrayLike, norm: Nor
     k1, k2 = jax.random.split(key)
     if norm == "l2":
         g = jax.random.normal(k1, (b, n))
-        g = g / jnp.maximum(jnp.linalg.norm(g, axis=1, keepdims=True), _TINY)
+        g = g / jnp.maximum(jnp.sqrt(row_sum(g * g))[:, None], _TINY)
         r = jax.random.uniform(k2, (b, 1)) ** (1.0 / n)
         return (g * r * eps_f).reshape(shape)
     e = jax.random.exponential(k1, (b, n + 1))
-    simplex = e[:, :n] / jnp.sum(e, axis=1, keepdims=True)
+    simplex = e[:, :n] / row_sum(e)[:, None]
     signs = jax.random.rademacher(k2, (b, n), dtype=jnp.float32)
     return (simplex * signs * eps_f).reshape(shape)
 

@@ -15,6 +15,9 @@ What is checked, per norm (``linf``, ``l2``, ``l1``):
   moments match those of the uniform distribution on the ball.
 * ``project_to_feasible`` lands in the ball *and* the box (per-channel bounds
   too); ``per_example`` broadcasts a ``[batch]`` eps; ``norm_of`` matches NumPy.
+* ``row_sum`` equals a float64 sum to float32 rounding, adds each row in the
+  same order whatever the number of rows (bit for bit, compiled), and follows
+  the pairwise order it documents (checked against a NumPy replay of it).
 """
 
 from __future__ import annotations
@@ -298,3 +301,35 @@ def test_project_l1_bfloat16_input() -> None:
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), np.asarray(want), rtol=2**-8, atol=1e-6)
     assert np.all(np.asarray(jaxadv.norm_of(got, "l1")) <= 3.0 * (1 + 2**-7))
+
+
+def _np_pairwise(row: np.ndarray) -> np.float32:
+    """NumPy replay, in float32, of the order ``row_sum`` documents."""
+    v = np.asarray(row, np.float32)
+    while v.size > 1:
+        half = v.size // 2
+        v = np.concatenate([v[:half] + v[half : 2 * half], v[2 * half :]])
+    return v[0]
+
+
+@pytest.mark.parametrize("cols", [1, 2, 3, 10, 64, 100, 3072])
+def test_row_sum_is_a_pairwise_sum_independent_of_the_batch(cols: int) -> None:
+    v = np.asarray(jax.random.normal(jax.random.key(cols), (64, cols)), np.float32) ** 2
+    fn = jax.jit(jaxadv.row_sum)
+    full = np.asarray(fn(jnp.asarray(v)))
+    assert full.shape == (64,)
+    np.testing.assert_allclose(full, v.astype(np.float64).sum(axis=1), rtol=1e-5)
+    np.testing.assert_array_equal(full, [_np_pairwise(r) for r in v])
+    for rows in (1, 3, 8, 32):
+        np.testing.assert_array_equal(np.asarray(fn(jnp.asarray(v[:rows]))), full[:rows])
+
+
+def test_norms_do_not_depend_on_the_batch_size() -> None:
+    # 64 and 3072 features: shapes where a plain jnp.sum rounds by batch size on XLA:CPU.
+    for shape in ((64, 8, 8, 1), (16, 32, 32, 3)):
+        d = jax.random.normal(jax.random.key(1), shape)
+        for norm in ("l2", "l1"):
+            fn = jax.jit(lambda v, norm=norm: jaxadv.norm_of(v, norm))
+            full = np.asarray(fn(d))
+            for rows in (1, 8):
+                np.testing.assert_array_equal(np.asarray(fn(d[:rows])), full[:rows])
