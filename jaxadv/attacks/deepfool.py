@@ -53,17 +53,17 @@ def _deepfool_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
     model, norm, dtype = static
     logits_fn = combine_model(model, params)
 
-    def selected(xi: Array) -> tuple[Array, Array]:
-        z = logits_fn(xi).astype(jnp.float32)
-        picked = jnp.take_along_axis(z, candidates, axis=1)  # [batch, K]
-        return jnp.sum(picked, axis=0), z  # per candidate slot, summed over the batch
+    def selected(xi: Array, ci: Array) -> tuple[Array, Array]:
+        z = logits_fn(xi[None]).astype(jnp.float32)[0]
+        return z[ci], z  # [K] candidate logits of one example
 
-    # One reverse-mode Jacobian: [K, batch, ...]; example b's rows only depend on x_b.
-    jac, z = jax.jacrev(selected, has_aux=True)(s.x_adv)
+    # Per-example Jacobians [batch, K, ...], one reverse pass per candidate slot.
+    # The vmap over the batch is outermost so the batch stays the major axis of
+    # every merged dimension: under batch sharding no example leaves its device.
+    jac, z = jax.vmap(jax.jacrev(selected, has_aux=True))(s.x_adv, candidates)
     hit = hits(z, candidates[:, 0], False)
     picked = jnp.take_along_axis(z, candidates, axis=1)
     f = picked[:, 1:] - picked[:, :1]  # [batch, K-1]
-    jac = jnp.moveaxis(jac, 0, 1)  # [batch, K, ...]
     w = jac[:, 1:] - jac[:, :1]  # [batch, K-1, ...]
     w_flat = w.reshape(w.shape[0], w.shape[1], -1)
     dual = jnp.sum(jnp.abs(w_flat), axis=-1) if norm == "linf" else jnp.sqrt(jnp.sum(w_flat**2, axis=-1))
@@ -136,7 +136,9 @@ def deepfool(
     k = min(num_candidates, p.num_classes)
     z = logits(combine_model(p.model, p.params), p.x)
     others = jnp.where(jax.nn.one_hot(p.labels, p.num_classes) > 0, -jnp.inf, z)
-    top = jax.lax.top_k(others, k - 1)[1]
+    # A stable sort, not lax.top_k: ties resolve to the lower class index either
+    # way, and a sort along the classes partitions cleanly over a sharded batch.
+    top = jnp.argsort(-others, axis=1, stable=True)[:, : k - 1]
     candidates = jnp.concatenate([p.labels[:, None], top], axis=1).astype(jnp.int32)
     ov = check_nonnegative(overshoot, "overshoot")
     ov = per_example(ov, p.x)
