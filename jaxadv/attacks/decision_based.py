@@ -23,7 +23,7 @@ from jaxadv.attacks.score_based import BlackBoxResult, check_queries, finish
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
 from jaxadv.models import combine_model
-from jaxadv.threat_models import norm_of, per_example
+from jaxadv.threat_models import norm_of, per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_norm, check_steps
 
@@ -122,24 +122,30 @@ def _hsj_body(i: Array, state: _HSJState, operands: Any, static: Any) -> _HSJSta
         delta = d * theta * state.dist
     delta = jnp.where(i == 0, 0.1 * jnp.mean(hi - lo), delta)
     delta = jnp.maximum(delta, _TINY)
-    shape = (n_max, *x.shape)
+    # Probes are laid out batch-major, [batch, n_max, ...]: merged into one
+    # [batch * n_max] query batch, each device keeps its own examples' probes.
+    shape = (b, n_max, *x.shape[1:])
     if norm == "l2":
         u = jax.random.normal(k_dir, shape, jnp.float32)
     else:
         u = jax.random.uniform(k_dir, shape, jnp.float32, -1.0, 1.0)
-    u = u / jnp.sqrt(jnp.sum(u * u, axis=tuple(range(2, u.ndim)), keepdims=True))
-    delta_b = delta.reshape((1, b) + (1,) * (x.ndim - 1))
-    pert = jnp.clip(state.x_adv[None] + delta_b * u, lo, hi)
-    rv = (pert - state.x_adv[None]) / delta_b
-    labels_rep = jnp.tile(labels, n_max)
-    adv = _decide(logits_fn, pert.reshape((n_max * b, *x.shape[1:])), labels_rep, targeted)
-    phi = 2.0 * adv.reshape(n_max, b).astype(jnp.float32) - 1.0
-    valid = (jnp.arange(n_max) < n_t)[:, None].astype(jnp.float32)
+    u_norm = norm_of(u.reshape(b * n_max, -1), "l2").reshape((b, n_max) + (1,) * (x.ndim - 1))
+    u = u / jnp.maximum(u_norm, _TINY)
+    delta_b = delta.reshape((b, 1) + (1,) * (x.ndim - 1))
+    lo_p, hi_p = (jnp.expand_dims(v, 1) if v.ndim == x.ndim else v for v in (lo, hi))
+    pert = jnp.clip(state.x_adv[:, None] + delta_b * u, lo_p, hi_p)
+    rv = (pert - state.x_adv[:, None]) / delta_b
+    labels_rep = jnp.repeat(labels, n_max, axis=0)
+    adv = _decide(logits_fn, pert.reshape((b * n_max, *x.shape[1:])), labels_rep, targeted)
+    phi = 2.0 * adv.reshape(b, n_max).astype(jnp.float32) - 1.0
+    valid = (jnp.arange(n_max) < n_t)[None, :].astype(jnp.float32)
     count = n_t.astype(jnp.float32)
-    mean_phi = jnp.sum(phi * valid, axis=0) / count
+    mean_phi = jnp.sum(phi * valid, axis=1) / count
     same = jnp.abs(mean_phi) == 1.0
-    weight = jnp.where(same[None], mean_phi[None], phi - mean_phi[None]) * valid
-    grad = jnp.sum(weight.reshape(n_max, b, *([1] * (x.ndim - 1))) * rv, axis=0) / count
+    weight = jnp.where(same[:, None], mean_phi[:, None], phi - mean_phi[:, None]) * valid
+    terms = weight.reshape(b, n_max, *([1] * (x.ndim - 1))) * rv  # [batch, n_max, ...]
+    terms = jnp.moveaxis(terms, 1, -1).reshape(-1, n_max)
+    grad = row_sum(terms).reshape(x.shape) / per_example(count, x)
     grad = grad / (per_example(norm_of(grad, "l2"), grad) + _TINY)
     direction = grad if norm == "l2" else jnp.sign(grad)
     queries = state.queries + active.astype(jnp.int32) * n_t
@@ -155,7 +161,10 @@ def _hsj_body(i: Array, state: _HSJState, operands: Any, static: Any) -> _HSJSta
         step = jnp.where(trying & ~ok, 0.5 * step, step)
         return step, moved | take, x_new, q + trying.astype(jnp.int32)
 
-    step0 = state.dist / jnp.sqrt(t)
+    # x / sqrt(t) would be rewritten to x * rsqrt(t), whose vectorised form rounds
+    # differently from its scalar one: the same row could start from another step
+    # on a device holding fewer rows. One exact scalar factor, then a product.
+    step0 = state.dist * jax.lax.optimization_barrier(1.0 / jnp.sqrt(t))
     carry = (step0, jnp.zeros_like(active), state.x_adv, queries)
     _, _, x_new, queries = jax.lax.fori_loop(0, geo_steps, geo, carry)
 

@@ -40,7 +40,7 @@ from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
 from jaxadv.losses import as_onehot, cross_entropy, cw_margin
 from jaxadv.models import combine_model
-from jaxadv.threat_models import norm_of, per_example, project_to_feasible, steepest_direction
+from jaxadv.threat_models import norm_of, per_example, project_to_feasible, row_sum, steepest_direction
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_norm, check_steps, is_traced
 
@@ -197,9 +197,20 @@ def _eta(r: Array, c: Array, s: Array, flip: Array, table: Array) -> Array:
     bottom = _rectangle(r - half, c, s - half, s, table)
 
     def unit(a: Array) -> Array:
-        return a / jnp.maximum(jnp.sqrt(jnp.sum(a * a, axis=(1, 2), keepdims=True)), _TINY)
+        n = jnp.sqrt(row_sum((a * a).reshape(a.shape[0], -1)))
+        return a / jnp.maximum(n[:, None, None], _TINY)
 
     return unit(unit(top) - unit(bottom))
+
+
+def _spatial_norm(a: Array) -> Array:
+    """L2 norm over the two spatial axes of ``[b, H, W, C]``, per channel: ``[b, 1, 1, C]``.
+
+    Summed with :func:`jaxadv.row_sum`, so a row's value does not depend on the
+    batch size (or on how a sharded batch is split)."""
+    b, _, _, ch = a.shape
+    rows = jnp.moveaxis(a * a, 3, 1).reshape(b * ch, -1)
+    return jnp.sqrt(row_sum(rows)).reshape(b, 1, 1, ch)
 
 
 def _unit_l2(d: Array) -> Array:
@@ -244,13 +255,13 @@ def _square_body(i: Array, state: _SquareState, operands: Any, static: Any) -> _
         inside2, _, _ = _window(u[:, 2:4], h, w, s)
         m2 = inside2[..., None].astype(jnp.float32)
         union = jnp.maximum(m1, m2)
-        n_win1 = jnp.sqrt(jnp.sum((delta * m1) ** 2, axis=(1, 2), keepdims=True))
-        n_union = jnp.sqrt(jnp.sum((delta * union) ** 2, axis=(1, 2), keepdims=True))
+        n_win1 = _spatial_norm(delta * m1)
+        n_union = _spatial_norm(delta * union)
         n_image = per_example(norm_of(delta, "l2"), delta)
         flip = (u[:, 4] < 0.5)[:, None, None]
         pattern = _eta(r, c, s, flip, _inverse_squares(max(h, w) + 1))[..., None]
         new = pattern * signs + delta * m1 / (n_win1 + _TINY)
-        new_norm = jnp.sqrt(jnp.sum(new * new, axis=(1, 2), keepdims=True))
+        new_norm = _spatial_norm(new)
         room = jnp.maximum(eps_b**2 - n_image**2, 0.0) / ch + n_union**2
         new = new / (new_norm + _TINY) * jnp.sqrt(room)
         delta = delta * (1.0 - m2) * (1.0 - m1) + new * m1
@@ -453,7 +464,9 @@ def _estimate_body(i: Array, state: _EstimateState, operands: Any, static: Any) 
     sign = -1.0 if targeted else 1.0
     f = (sign * loss(z, rep)).reshape(b, 2, samples)
     diff = (f[:, 0] - f[:, 1]).reshape((b, samples) + (1,) * (x.ndim - 1))
-    grad = jnp.mean(diff * u, axis=1) / (2.0 * scale_b)
+    # The mean over the probes, in row_sum's batch-independent order.
+    terms = jnp.moveaxis(diff * u, 1, -1).reshape(-1, samples)
+    grad = row_sum(terms).reshape(x.shape) / samples / (2.0 * scale_b)
     step = per_example(alpha, x) * steepest_direction(grad, norm)
     x_new = project_to_feasible(state.x_t + step, x, eps, norm, lo, hi)
     z_new = logits_fn(x_new).astype(jnp.float32)
