@@ -6,7 +6,9 @@ checks run in one subprocess (this file, run as a script with
 dict; the tests below read it. The digits CNN's trained parameters are passed
 to it through a file, so it trains nothing.
 
-What is checked, for each public attack that exists (discovered with getattr):
+What is checked, for each public attack that exists (discovered with getattr),
+and for the variants (``name:variant``) whose code paths differ: other norms,
+APGD's DLR loss, MI-FGSM's input diversity:
 
 * bit-for-bit equality with one device: random attacks on the same padded
   batch of 64 rows with the same key; deterministic attacks on an uneven batch
@@ -44,33 +46,34 @@ DEVICES = 8
 N = 60  # uneven: 60 = 7 * 8 + 4, padded to 64
 EPS = 0.1
 
-#: name -> (keyword arguments, needs a key, deterministic).
+#: name[:variant] -> (keyword arguments, needs a key, deterministic).
 ATTACK_SETTINGS: dict[str, tuple[dict[str, Any], bool, bool]] = {
     "fgsm": ({"eps": EPS}, False, True),
     "bim": ({"eps": EPS, "steps": 3}, False, True),
     "pgd": ({"eps": EPS, "steps": 3}, True, False),
+    "pgd:l2": ({"eps": 1.0, "steps": 3, "norm": "l2"}, True, False),
+    "pgd:l1": ({"eps": 4.0, "steps": 3, "norm": "l1"}, True, False),
     "mifgsm": ({"eps": EPS, "steps": 3}, False, True),
+    "mifgsm:diverse": ({"eps": EPS, "steps": 3, "diversity_prob": 1.0}, True, False),
     "apgd": ({"eps": EPS, "steps": 6}, True, False),
+    "apgd:dlr": ({"eps": EPS, "steps": 6, "loss": "dlr"}, True, False),
+    "apgd:l2": ({"eps": 1.0, "steps": 6, "norm": "l2"}, True, False),
     "apgd_targeted": ({"eps": EPS, "steps": 6, "n_target_classes": 2}, True, False),
     "cw_l2": ({"steps": 3, "binary_search_steps": 2}, False, True),
     "deepfool": ({"steps": 3}, False, True),
+    "deepfool:linf": ({"steps": 3, "norm": "linf"}, False, True),
     "square": ({"eps": EPS, "queries": 20}, True, False),
+    "square:l2": ({"eps": 1.0, "queries": 20, "norm": "l2"}, True, False),
     "spsa": ({"eps": EPS, "queries": 20, "samples": 4}, True, False),
     "nes": ({"eps": EPS, "queries": 20, "samples": 4}, True, False),
     "hop_skip_jump": ({"queries": 60, "init_evals": 10, "max_evals": 20, "init_tries": 10}, True, False),
 }
 
-#: Attacks whose compiled programs all-gather per-example data across the batch
-#: axis (found by this test; the results are still exact), with the cause.
-KNOWN_GATHERS = {
-    "deepfool": "jax.lax.top_k over the classes, and per-class gradients laid out [classes, batch, ...] "
-    "then reshaped: the reshape all-gathers the batch",
-    "hop_skip_jump": "probes laid out [probes, batch, ...] and reshaped to [probes * batch, ...]",
-}
 #: Attacks equal to the single-device result only up to rounding, with the cause.
 NOT_BITWISE = {
-    "hop_skip_jump": "its all-gathered probe batch (see KNOWN_GATHERS) is reduced in another fusion "
-    "order; equal to 1e-6",
+    "hop_skip_jump": "bitwise in this configuration, but over longer runs XLA:CPU rounds a few rows "
+    "differently for 8 and for 64 rows per device (seen: 2 of 64 rows, by 3e-8, after 7 iterations); "
+    "no example moves between devices. Held to 1e-6",
 }
 
 _FORBIDDEN = re.compile(r"\b(all-gather|all-to-all|collective-permute)(-start)?\(")
@@ -102,7 +105,7 @@ def _check_attack(name: str, fn: Any, x: np.ndarray, y: np.ndarray, mesh: Any, d
     import jaxadv
     from jaxadv import sharding as shd
 
-    attack = getattr(jaxadv, name, None)
+    attack = getattr(jaxadv, name.split(":")[0], None)
     if attack is None:
         return {"absent": True}
     kwargs, needs_key, deterministic = ATTACK_SETTINGS[name]
@@ -315,20 +318,18 @@ def test_attack_sharded_equals_single_device(results: dict[str, Any], name: str)
     assert r["outputs_sharded"], "an output of the attack is not split along the batch axis"
     # Deterministic attacks: the 60 real rows of the padded batch; random ones: all 64.
     assert r["rows"] == (N if ATTACK_SETTINGS[name][2] else 64)
-    if name in NOT_BITWISE:
-        assert r["max_abs_diff"] <= 1e-5
+    if name.split(":")[0] in NOT_BITWISE:
+        assert r["max_abs_diff"] <= 1e-6
     else:
         assert r["bitwise_equal"], f"sharded and single-device results differ by up to {r['max_abs_diff']}"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ATTACK_SETTINGS))
-def test_attack_keeps_examples_on_their_device(results: dict[str, Any], name: str, request: Any) -> None:
+def test_attack_keeps_examples_on_their_device(results: dict[str, Any], name: str) -> None:
     r = results[name]
     if r.get("absent") or "error" in r:
         pytest.skip(f"jaxadv.{name} does not exist or failed (see the test above)")
-    if name in KNOWN_GATHERS:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_GATHERS[name], strict=False))
     assert r["forbidden_collectives"] == [], "a compiled program of the attack moves examples between devices"
 
 
