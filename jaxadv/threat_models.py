@@ -52,7 +52,9 @@ def row_sum(v: Array) -> Array:
         n, half = v.shape[1], v.shape[1] // 2
         folded = v[:, :half] + v[:, half : 2 * half]
         v = jnp.concatenate([folded, v[:, 2 * half :]], axis=1) if n % 2 else folded
-    return v[:, 0]
+    # Materialise the sums: fused into a consumer such as ``a / norm[:, None]``, the
+    # whole fold would be recomputed for every element of ``a``.
+    return jax.lax.optimization_barrier(v[:, 0])
 
 
 def norm_of(delta: Array, norm: Norm) -> Array:
