@@ -37,24 +37,32 @@ def _flat(delta: Array) -> Array:
     return delta.reshape(delta.shape[0], -1)
 
 
-def row_sum(v: Array) -> Array:
-    """Sum of ``[batch, n]`` over its second axis, in an order fixed by ``n`` alone.
+def row_sum(v: Array, axis: int = 1) -> Array:
+    """Sum of ``v`` over ``axis`` in an order fixed by that axis's length alone.
 
-    Pairwise: the two halves of each row are added elementwise (an odd last
-    element carried over) until one column is left. ``jnp.sum`` leaves the order
-    of a row's additions to the compiler, which picks it from the whole array's
-    shape (XLA:CPU does, for 64 or 3072 columns, say), so a row could round
-    differently in a batch of 8 and in a batch of 64. Here each row is summed
-    the same way whatever the batch size: per-example norms, and so sharded
-    attacks, match one device bit for bit. It costs about what ``jnp.sum`` does.
+    The default sums the rows of a ``[batch, n]`` array: ``[batch, n] -> [batch]``.
+
+    Pairwise: the two halves along ``axis`` are added elementwise (an odd last
+    element carried over) until one entry is left; the axis is removed.
+    ``jnp.sum`` leaves the order of the additions to the compiler, which picks
+    it from the whole array's shape (XLA:CPU does, for 64 or 3072 columns, say),
+    so an example's sum could round differently in a batch of 8 and in a batch
+    of 64. Here each example is summed the same way whatever the batch size:
+    per-example norms, and so sharded attacks, match one device bit for bit. It
+    costs about what ``jnp.sum`` does.
     """
-    while v.shape[1] > 1:
-        n, half = v.shape[1], v.shape[1] // 2
-        folded = v[:, :half] + v[:, half : 2 * half]
-        v = jnp.concatenate([folded, v[:, 2 * half :]], axis=1) if n % 2 else folded
+    axis = axis % v.ndim
+
+    def part(start: int, stop: int) -> Array:
+        return jax.lax.slice_in_dim(v, start, stop, axis=axis)
+
+    while v.shape[axis] > 1:
+        n, half = v.shape[axis], v.shape[axis] // 2
+        folded = part(0, half) + part(half, 2 * half)
+        v = jnp.concatenate([folded, part(2 * half, n)], axis) if n % 2 else folded
     # Materialise the sums: fused into a consumer such as ``a / norm[:, None]``, the
     # whole fold would be recomputed for every element of ``a``.
-    return jax.lax.optimization_barrier(v[:, 0])
+    return jax.lax.optimization_barrier(jnp.squeeze(v, axis))
 
 
 def norm_of(delta: Array, norm: Norm) -> Array:
@@ -158,7 +166,7 @@ def steepest_direction(grad: Array, norm: Norm, *, l1_sparsity: float = 0.05) ->
         return jnp.sign(grad)
     g = _flat(grad)
     if norm == "l2":
-        n = jnp.sqrt(row_sum(g * g))[:, None]
+        n = norm_of(g, "l2")[:, None]
         return (g / jnp.maximum(n, _TINY)).reshape(grad.shape).astype(grad.dtype)
     if not 0.0 < l1_sparsity <= 1.0:
         raise ValueError(f"l1_sparsity must be in (0, 1], got {l1_sparsity}")
@@ -201,7 +209,7 @@ def random_start(key: PRNGKey, shape: tuple[int, ...], eps: ArrayLike, norm: Nor
     k1, k2 = jax.random.split(key)
     if norm == "l2":
         g = jax.random.normal(k1, (b, n))
-        g = g / jnp.maximum(jnp.sqrt(row_sum(g * g))[:, None], _TINY)
+        g = g / jnp.maximum(norm_of(g, "l2")[:, None], _TINY)
         r = jax.random.uniform(k2, (b, 1)) ** (1.0 / n)
         return (g * r * eps_f).reshape(shape)
     e = jax.random.exponential(k1, (b, n + 1))

@@ -17,7 +17,8 @@ What is checked, per norm (``linf``, ``l2``, ``l1``):
   too); ``per_example`` broadcasts a ``[batch]`` eps; ``norm_of`` matches NumPy.
 * ``row_sum`` equals a float64 sum to float32 rounding, adds each row in the
   same order whatever the number of rows (bit for bit, compiled), and follows
-  the pairwise order it documents (checked against a NumPy replay of it).
+  the pairwise order it documents along any axis (checked against a NumPy
+  replay of it).
 """
 
 from __future__ import annotations
@@ -322,6 +323,15 @@ def test_row_sum_is_a_pairwise_sum_independent_of_the_batch(cols: int) -> None:
     np.testing.assert_array_equal(full, [_np_pairwise(r) for r in v])
     for rows in (1, 3, 8, 32):
         np.testing.assert_array_equal(np.asarray(fn(jnp.asarray(v[:rows]))), full[:rows])
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+def test_row_sum_over_any_axis_folds_that_axis_pairwise(axis: int) -> None:
+    v = np.asarray(jax.random.normal(jax.random.key(7), (5, 9, 6)), np.float32)
+    got = np.asarray(jax.jit(jaxadv.row_sum, static_argnums=1)(jnp.asarray(v), axis))
+    rows = np.moveaxis(v, axis, -1)  # each entry of the result: one line along `axis`
+    want = np.array([_np_pairwise(r) for r in rows.reshape(-1, rows.shape[-1])]).reshape(rows.shape[:-1])
+    np.testing.assert_array_equal(got, want)
 
 
 def test_norms_do_not_depend_on_the_batch_size() -> None:

@@ -34,7 +34,7 @@ from jaxadv.engine import iterate
 from jaxadv.losses import as_onehot, cw_margin
 from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
-from jaxadv.threat_models import per_example
+from jaxadv.threat_models import per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode
 from jaxadv.validation import check_nonnegative, check_steps
 
@@ -71,7 +71,7 @@ def _cw_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
         z = logits_fn(xa).astype(jnp.float32)
         margin = sign * cw_margin(z, as_onehot(labels, z.shape[-1]))  # < 0: adversarial
         d = (xa - x).reshape(x.shape[0], -1)
-        l2 = jnp.sum(d * d, axis=1)
+        l2 = row_sum(d * d)
         return jnp.sum(l2 + const * jnp.maximum(margin, -kappa)), (l2, z, margin, xa)
 
     (_, (l2, z, margin, xa)), g = jax.value_and_grad(objective, has_aux=True)(s.w)

@@ -143,9 +143,7 @@ def _hsj_body(i: Array, state: _HSJState, operands: Any, static: Any) -> _HSJSta
     mean_phi = jnp.sum(phi * valid, axis=1) / count
     same = jnp.abs(mean_phi) == 1.0
     weight = jnp.where(same[:, None], mean_phi[:, None], phi - mean_phi[:, None]) * valid
-    terms = weight.reshape(b, n_max, *([1] * (x.ndim - 1))) * rv  # [batch, n_max, ...]
-    terms = jnp.moveaxis(terms, 1, -1).reshape(-1, n_max)
-    grad = row_sum(terms).reshape(x.shape) / per_example(count, x)
+    grad = row_sum(weight.reshape(b, n_max, *([1] * (x.ndim - 1))) * rv) / count
     grad = grad / (per_example(norm_of(grad, "l2"), grad) + _TINY)
     direction = grad if norm == "l2" else jnp.sign(grad)
     queries = state.queries + active.astype(jnp.int32) * n_t

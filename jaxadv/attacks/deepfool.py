@@ -34,7 +34,7 @@ from jaxadv.attacks.base import prepare
 from jaxadv.engine import iterate
 from jaxadv.models import combine_model, logits
 from jaxadv.success import as_returned, hits
-from jaxadv.threat_models import clip_to_bounds, per_example
+from jaxadv.threat_models import clip_to_bounds, norm_of, per_example
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm
 from jaxadv.validation import check_nonnegative, check_steps
 
@@ -66,7 +66,8 @@ def _deepfool_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
     f = picked[:, 1:] - picked[:, :1]  # [batch, K-1]
     w = jac[:, 1:] - jac[:, :1]  # [batch, K-1, ...]
     w_flat = w.reshape(w.shape[0], w.shape[1], -1)
-    dual = jnp.sum(jnp.abs(w_flat), axis=-1) if norm == "linf" else jnp.sqrt(jnp.sum(w_flat**2, axis=-1))
+    # The dual norm of each w_k: L1 for an L-inf attack, L2 for an L2 one.
+    dual = norm_of(w_flat.reshape(-1, w_flat.shape[-1]), "l1" if norm == "linf" else "l2").reshape(f.shape)
     dist = jnp.abs(f) / jnp.maximum(dual, 1e-12)
     best = jnp.argmin(dist, axis=1)
     w_k = jnp.take_along_axis(w_flat, best[:, None, None], axis=1)[:, 0].reshape(x.shape)

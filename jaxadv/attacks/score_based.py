@@ -208,9 +208,8 @@ def _spatial_norm(a: Array) -> Array:
 
     Summed with :func:`jaxadv.row_sum`, so a row's value does not depend on the
     batch size (or on how a sharded batch is split)."""
-    b, _, _, ch = a.shape
-    rows = jnp.moveaxis(a * a, 3, 1).reshape(b * ch, -1)
-    return jnp.sqrt(row_sum(rows)).reshape(b, 1, 1, ch)
+    b, h, w, ch = a.shape
+    return jnp.sqrt(row_sum((a * a).reshape(b, h * w, ch))).reshape(b, 1, 1, ch)
 
 
 def _unit_l2(d: Array) -> Array:
@@ -465,8 +464,7 @@ def _estimate_body(i: Array, state: _EstimateState, operands: Any, static: Any) 
     f = (sign * loss(z, rep)).reshape(b, 2, samples)
     diff = (f[:, 0] - f[:, 1]).reshape((b, samples) + (1,) * (x.ndim - 1))
     # The mean over the probes, in row_sum's batch-independent order.
-    terms = jnp.moveaxis(diff * u, 1, -1).reshape(-1, samples)
-    grad = row_sum(terms).reshape(x.shape) / samples / (2.0 * scale_b)
+    grad = row_sum(diff * u) / samples / (2.0 * scale_b)
     step = per_example(alpha, x) * steepest_direction(grad, norm)
     x_new = project_to_feasible(state.x_t + step, x, eps, norm, lo, hi)
     z_new = logits_fn(x_new).astype(jnp.float32)
