@@ -7,7 +7,7 @@ from typing import Any
 import hypothesis
 import hypothesis.strategies as st
 import jax
-import jax.numpy as jnp
+import linear_models
 import numpy as np
 import pytest
 
@@ -16,29 +16,12 @@ import jaxadv
 ATTACKS = {"spsa": jaxadv.spsa, "nes": jaxadv.nes}
 
 
-def _linear(params: Any, x: jax.Array) -> jax.Array:
-    w, b = params
-    return x.reshape(x.shape[0], -1) @ w + b
-
-
-_W = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32) / 8.0
-LINEAR = jaxadv.from_apply(_linear, (jnp.asarray(_W), jnp.zeros(4, jnp.float32)))
+_W = linear_models.random_weights(0)
+LINEAR = linear_models.model(_W)
 
 
 def _images(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 1, size=(6, 8, 8, 1)).astype(np.float32)
-
-
-def _linf_distance_to_boundary(x: np.ndarray) -> np.ndarray:
-    """Exact smallest L-inf perturbation (ignoring the box) that changes the linear model's label."""
-    z = x.reshape(len(x), -1) @ _W
-    y = z.argmax(1)
-    return np.array(
-        [
-            min((z[i, y[i]] - z[i, j]) / np.abs(_W[:, y[i]] - _W[:, j]).sum() for j in range(4) if j != y[i])
-            for i in range(len(x))
-        ]
-    )
 
 
 @hypothesis.settings(max_examples=10, deadline=None)
@@ -65,7 +48,7 @@ def test_gradient_free_properties(seed: int, eps: float, case: tuple[str, str]) 
 def test_gradient_free_linear_model(name: str) -> None:
     x = _images(1)
     y = np.asarray(jaxadv.predict(LINEAR, x))
-    need = _linf_distance_to_boundary(x)
+    need = linear_models.distance_to_boundary(x, _W, "linf")
     budget = 1 + 10 * 17
     # Wide bounds, so that the box never binds and the distances are exact.
     kw: dict[str, Any] = dict(key=jax.random.key(0), queries=budget, samples=8, bounds=(-5.0, 5.0))

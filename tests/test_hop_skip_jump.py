@@ -7,38 +7,18 @@ from typing import Any
 import hypothesis
 import hypothesis.strategies as st
 import jax
-import jax.numpy as jnp
+import linear_models
 import numpy as np
 import pytest
 
 import jaxadv
 
-
-def _linear(params: Any, x: jax.Array) -> jax.Array:
-    w, b = params
-    return x.reshape(x.shape[0], -1) @ w + b
-
-
-_W = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32) / 8.0
-LINEAR = jaxadv.from_apply(_linear, (jnp.asarray(_W), jnp.zeros(4, jnp.float32)))
+_W = linear_models.random_weights(0)
+LINEAR = linear_models.model(_W)
 
 
 def _images(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.3, 0.7, size=(6, 8, 8, 1)).astype(np.float32)
-
-
-def _l2_distance_to_boundary(x: np.ndarray) -> np.ndarray:
-    """Exact smallest L2 perturbation (ignoring the box) that changes the linear model's label."""
-    z = x.reshape(len(x), -1) @ _W
-    y = z.argmax(1)
-    return np.array(
-        [
-            min(
-                (z[i, y[i]] - z[i, j]) / np.linalg.norm(_W[:, y[i]] - _W[:, j]) for j in range(4) if j != y[i]
-            )
-            for i in range(len(x))
-        ]
-    )
 
 
 @hypothesis.settings(max_examples=8, deadline=None)
@@ -62,7 +42,7 @@ def test_hop_skip_jump_properties(seed: int, budget: int, norm: str) -> None:
 
 def test_hop_skip_jump_linear_distance() -> None:
     x = _images(1)
-    need = _l2_distance_to_boundary(x)
+    need = linear_models.distance_to_boundary(x, _W, "l2")
     r = jaxadv.hop_skip_jump(LINEAR, x, key=jax.random.key(0), queries=1500, norm="l2")
     assert np.all(np.asarray(r.success))
     dist = np.asarray(jaxadv.norm_of(r.x_adv - x, "l2"))

@@ -8,29 +8,18 @@ import hypothesis
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
+import linear_models
 import numpy as np
 import pytest
 
 import jaxadv
 
 
-def _linear(params: Any, x: jax.Array) -> jax.Array:
-    w, b = params
-    return x.reshape(x.shape[0], -1) @ w + b
-
-
-def _linear_model(seed: int = 0, shape: tuple[int, ...] = (8, 8, 1), classes: int = 4) -> Any:
-    rng = np.random.default_rng(seed)
-    d = int(np.prod(shape))
-    w = rng.normal(size=(d, classes)).astype(np.float32) / np.sqrt(d)
-    return jaxadv.from_apply(_linear, (jnp.asarray(w), jnp.zeros(classes, jnp.float32)))
-
-
 def _images(seed: int, n: int = 6, shape: tuple[int, ...] = (8, 8, 1)) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 1, size=(n, *shape)).astype(np.float32)
 
 
-LINEAR = _linear_model()
+LINEAR = linear_models.model(linear_models.random_weights(0))
 
 
 @hypothesis.settings(max_examples=12, deadline=None)
@@ -79,14 +68,8 @@ def test_square_linear_exact_bound() -> None:
     """A linear model cannot be fooled below the exact L-inf distance to its boundary."""
     x = _images(2)
     w = np.asarray(LINEAR.args[0][0])
-    z = x.reshape(6, -1) @ w
-    y = z.argmax(1)
-    need = np.array(
-        [
-            min((z[i, y[i]] - z[i, j]) / np.abs(w[:, y[i]] - w[:, j]).sum() for j in range(4) if j != y[i])
-            for i in range(6)
-        ]
-    )
+    y = (x.reshape(6, -1) @ w).argmax(1)
+    need = linear_models.distance_to_boundary(x, w, "linf")
     r = jaxadv.square(LINEAR, x, y, key=jax.random.key(0), eps=need * 0.99, queries=60)
     assert not np.any(np.asarray(r.success))
 
@@ -112,7 +95,7 @@ def test_square_nchw_layout() -> None:
 
 
 def _nchw_linear(params: Any, x: jax.Array) -> jax.Array:
-    return _linear(params, jnp.transpose(x, (0, 2, 3, 1)))
+    return linear_models.apply(params, jnp.transpose(x, (0, 2, 3, 1)))
 
 
 def test_square_argument_errors() -> None:
@@ -122,7 +105,7 @@ def test_square_argument_errors() -> None:
     with pytest.raises(ValueError, match="queries"):
         jaxadv.square(LINEAR, x, key=jax.random.key(0), eps=0.1, queries=1)
     with pytest.raises(ValueError, match="image-shaped"):
-        flat = jaxadv.from_apply(_linear, LINEAR.args[0])
+        flat = jaxadv.from_apply(linear_models.apply, LINEAR.args[0])
         jaxadv.square(flat, x.reshape(6, -1), key=jax.random.key(0), eps=0.1)
     with pytest.raises(ValueError, match="eps"):
         jaxadv.square(LINEAR, x, key=jax.random.key(0), eps=-0.1)

@@ -6,20 +6,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import linear_models
 import numpy as np
 import pytest
 
 import jaxadv
 
 
-def _linear(params: Any, x: jax.Array) -> jax.Array:
-    w, b = params
-    return x.reshape(x.shape[0], -1) @ w + b
-
-
 def _model(seed: int) -> Any:
-    w = np.random.default_rng(seed).normal(size=(64, 4)).astype(np.float32) / 8.0
-    return jaxadv.from_apply(_linear, (jnp.asarray(w), jnp.zeros(4, jnp.float32)))
+    return linear_models.model(linear_models.random_weights(seed))
 
 
 def _images(seed: int) -> np.ndarray:
