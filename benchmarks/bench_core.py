@@ -10,7 +10,8 @@ Printed, from one run:
 
 * ``time(BIM-k) / (k * time(one jitted input-gradient))`` for k = 10 and 100, on
   the digits CNN and a 3x1024 MLP, for each way of running the loop: the direct
-  call (``loop="auto"``: a host loop of one compiled step), the same attack
+  call (``loop="auto"``: the whole loop as one cached compiled program), the
+  direct call with ``loop="host"`` (a Python loop of one compiled step), the same attack
   inside ``jax.jit`` (``loop="auto"``: the engine's ``lax.fori_loop``), and the
   same step in a hand-written ``fori_loop`` without the engine's convolution
   rewrite (rolled, ``unroll=4``, fully unrolled for k = 10); the full run adds
@@ -170,7 +171,10 @@ def bench_floor(
             jitted = jax.jit(functools.partial(_bim_auto, steps=k))
             fns: dict[str, Callable[[], Any]] = {
                 "floor: k gradients": functools.partial(_k_gradients, grad, params, mx, my, k),
-                "direct (host loop)": functools.partial(jaxadv.bim, logits_fn, mx, my, eps=EPS, steps=k),
+                "direct (compiled)": functools.partial(jaxadv.bim, logits_fn, mx, my, eps=EPS, steps=k),
+                "direct loop='host'": functools.partial(
+                    jaxadv.bim, logits_fn, mx, my, eps=EPS, steps=k, loop="host"
+                ),
                 "jit (engine fori)": functools.partial(jitted, logits_fn, mx, my),
                 "jit plain fori_loop": functools.partial(fori_variant(k, 1), logits_fn, mx, my),
                 "jit plain unroll=4": functools.partial(fori_variant(k, 4), logits_fn, mx, my),

@@ -1,14 +1,20 @@
 r"""The iterative engine shared by every iterative attack.
 
 An iterative attack is a state, a step rule ``body(i, state, operands, static) ->
-state`` and a number of steps. :func:`iterate` runs it in one of two ways:
+state`` and a number of steps. :func:`iterate` runs it in one of three ways:
 
 * ``"fori"``: one :func:`jax.lax.fori_loop` inside the caller's program. This is
   what runs under a user's ``jit``, ``vmap`` or ``grad``: the attack composes
   like any other JAX function, and its compile time does not grow with ``steps``.
-* ``"host"``: a Python loop that calls one compiled step per iteration. Used
-  when the attack is called directly with concrete arrays. Compile time is one
-  step's, whatever ``steps`` is, and every ``steps`` reuses it.
+* ``"compiled"``: the same loop as a program of its own, compiled once per step
+  rule, configuration and input shapes and cached. The trip count is an
+  argument of the program (the loop lowers to a ``while`` with a dynamic
+  bound), so a new ``steps`` never recompiles. This is what a direct call with
+  concrete arrays runs: the whole loop is one dispatch, and XLA fuses across
+  steps.
+* ``"host"``: a Python loop that calls one compiled step per iteration (one
+  dispatch per step). Kept as an option; ``benchmarks/bench_core.py`` measures
+  it next to the compiled loop.
 
 On XLA:CPU, convolutions are fast only in the canonical NHWC/HWIO form (then
 they run on Eigen's convolution); XLA rewrites other forms into it only in the
@@ -16,18 +22,18 @@ top-level program, never inside a ``while`` body. The input-gradient that JAX
 emits for a convolution is not canonical (its kernel is reversed, with the
 input and output features swapped), so inside a plain ``fori_loop`` it runs on
 a naive loop nest and the loop costs 2-3x the gradient (see
-``benchmarks/RESULTS.md``). On CPU the ``"fori"`` body is therefore re-traced
+``benchmarks/RESULTS.md``). On CPU the loop body is therefore re-traced
 with every such convolution written in canonical form (explicit transposes,
 for NHWC models of the small kernel only; the same arithmetic), which keeps the
 loop at the gradient floor.
 
 ``"auto"`` (the default) picks ``"fori"`` when any input is traced and
-``"host"`` otherwise. Both run the same ``body`` and give the same result up to
-floating-point reassociation.
+``"compiled"`` otherwise. All modes run the same ``body`` and give the same
+result up to floating-point reassociation.
 
 ``body`` must be a module-level function (it keys the compilation cache) and
 ``static`` a hashable value; ``operands`` is a pytree of arrays (the model's
-parameters, the clean inputs, labels, ``eps`` ...) traced in both modes, so new
+parameters, the clean inputs, labels, ``eps`` ...) traced in every mode, so new
 values never recompile.
 """
 
@@ -53,6 +59,16 @@ def _host_step(body: Body, i: jax.Array, state: Any, operands: Any, static: Any)
     return body(i, state, operands, static)
 
 
+def _loop_body(body: Body) -> Body:
+    return _canonical_convs(body) if jax.default_backend() in _CANONICAL_CONV_PLATFORMS else body
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _compiled_loop(body: Body, steps: jax.Array, state: Any, operands: Any, static: Any) -> Any:
+    step = _loop_body(body)
+    return jax.lax.fori_loop(0, steps, lambda i, s: step(i, s, operands, static), state)
+
+
 def iterate(
     body: Body,
     state: S,
@@ -70,20 +86,23 @@ def iterate(
       operands: loop-invariant pytree of arrays (traced).
       steps: number of iterations, a Python int (static).
       static: hashable loop-invariant configuration.
-      loop: ``"auto"``, ``"fori"`` or ``"host"`` (see the module docstring).
-        ``"host"`` is refused under a transformation.
+      loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see the module
+        docstring). ``"compiled"`` and ``"host"`` are refused under a
+        transformation.
 
     Returns:
       The final state.
     """
-    if loop not in ("auto", "fori", "host"):
-        raise ValueError(f"loop must be 'auto', 'fori' or 'host', got {loop!r}")
+    if loop not in ("auto", "fori", "compiled", "host"):
+        raise ValueError(f"loop must be 'auto', 'fori', 'compiled' or 'host', got {loop!r}")
     traced = is_traced(state, operands)
-    if loop == "host" and traced:
-        raise ValueError("loop='host' needs concrete inputs; under jit/vmap/grad use 'fori' or 'auto'")
+    if loop in ("host", "compiled") and traced:
+        raise ValueError(f"loop={loop!r} needs concrete inputs; under jit/vmap/grad use 'fori' or 'auto'")
     if loop == "fori" or (loop == "auto" and traced):
-        step = _canonical_convs(body) if jax.default_backend() in _CANONICAL_CONV_PLATFORMS else body
+        step = _loop_body(body)
         return jax.lax.fori_loop(0, steps, lambda i, s: step(i, s, operands, static), state)
+    if loop in ("auto", "compiled"):
+        return _compiled_loop(body, jnp.asarray(steps, jnp.int32), state, operands, static)
     for i in range(steps):
         state = _host_step(body, jnp.asarray(i, jnp.int32), state, operands, static)
     return state

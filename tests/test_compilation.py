@@ -288,3 +288,26 @@ def test_host_loop_under_jit_raises(problem: Any) -> None:
         jax.jit(lambda x: jaxadv.pgd(logits_fn, x, y, key=jax.random.key(0), eps=0.1, loop="host"))(x)
     with pytest.raises(ValueError, match="loop must be"):
         jaxadv.bim(logits_fn, x, y, eps=0.1, loop="python")  # type: ignore[arg-type]
+
+
+def test_direct_call_runs_the_whole_loop_as_one_program(
+    mlp: Any, digits: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jaxadv import engine
+
+    x = jnp.asarray(digits[1].x[:32])
+    y = jnp.asarray(digits[1].y[:32])
+    host = jaxadv.pgd(mlp.logits_fn, x, y, key=jax.random.key(3), eps=1.0, norm="l2", steps=6, loop="host")
+
+    def no_host_step(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a direct call must not loop on the host")
+
+    monkeypatch.setattr(engine, "_host_step", no_host_step)
+    direct = jaxadv.pgd(mlp.logits_fn, x, y, key=jax.random.key(3), eps=1.0, norm="l2", steps=6)
+    np.testing.assert_allclose(np.asarray(direct), np.asarray(host), atol=1e-5)
+    # One program for every step count: the trip count is an argument, not a constant.
+    with count_compiles() as c:
+        jaxadv.pgd(mlp.logits_fn, x, y, key=jax.random.key(3), eps=1.0, norm="l2", steps=9).block_until_ready()
+    assert c.count(COMPILE) == 0, c.events
+    with pytest.raises(ValueError, match="loop='compiled'"):
+        jax.jit(lambda x: jaxadv.pgd(mlp.logits_fn, x, y, key=jax.random.key(0), eps=0.1, loop="compiled"))(x)
