@@ -28,7 +28,7 @@ from jaxadv.validation import checked
 # isort: split
 # Attack families and tools that list their public names in ``__all__``.
 from jaxadv import callables as _callables
-from jaxadv import evaluation, sharding, training
+from jaxadv import evaluation, sharding, training, zoo
 from jaxadv import success as _success
 from jaxadv import transfer as _transfer
 from jaxadv.attacks import apgd as _apgd
@@ -81,6 +81,7 @@ __all__ = [
     "sharding",
     "steepest_direction",
     "training",
+    "zoo",
 ]
 for _module in (
     _apgd,

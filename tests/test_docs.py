@@ -14,6 +14,7 @@ import jaxadv
 import jaxadv.evaluation
 import jaxadv.sharding
 import jaxadv.training
+import jaxadv.zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -30,10 +31,11 @@ def _documented() -> set[str]:
 
 def _public() -> dict[str, list[str]]:
     return {
-        "jaxadv": [n for n in jaxadv.__all__ if n not in ("evaluation", "sharding", "training")],
+        "jaxadv": [n for n in jaxadv.__all__ if n not in ("evaluation", "sharding", "training", "zoo")],
         "jaxadv.evaluation": list(jaxadv.evaluation.__all__),
         "jaxadv.training": list(jaxadv.training.__all__),
         "jaxadv.sharding": list(jaxadv.sharding.__all__),
+        "jaxadv.zoo": list(jaxadv.zoo.__all__),
     }
 
 
