@@ -1,5 +1,6 @@
 """Robustness evaluation: attack suites, per-example worst case, sweeps, checks, plots."""
 
+from jaxadv.evaluation.checkpoint import CheckpointError
 from jaxadv.evaluation.checks import MaskingReport, masking_checks
 from jaxadv.evaluation.evaluate import evaluate
 from jaxadv.evaluation.plots import plot_accuracy_vs_eps, plot_examples
@@ -12,6 +13,7 @@ __all__ = [
     "MISCLASSIFIED",
     "ROBUST",
     "SUITES",
+    "CheckpointError",
     "EvaluationResult",
     "MaskingReport",
     "SuiteAttack",

@@ -10,6 +10,10 @@ symptoms, each with a warning that names it:
 * a black-box attack succeeds where the white-box attacks failed;
 * the model gives different outputs for the same input (randomness: evaluate
   with expectation over transformation instead).
+
+A check that cannot run on the given inputs is skipped with a warning that
+says so (the black-box check needs Square, which needs image-shaped inputs and
+``norm="linf"`` or ``"l2"``): a skipped check is no evidence either way.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxadv.attacks.iterative import bim, pgd
+from jaxadv.attacks.score_based import square
+from jaxadv.attacks.single_step import fgsm
 from jaxadv.models import logits as model_logits
 from jaxadv.models import predict
 from jaxadv.typing import Bounds, LogitsFn, Norm, PRNGKey
@@ -33,6 +40,15 @@ def _large_eps(norm: Norm, x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> flo
     span = float(np.max(np.broadcast_to(hi - lo, x.shape[1:])))
     dim = int(np.prod(x.shape[1:]))
     return {"linf": span, "l2": span * float(np.sqrt(dim)), "l1": span * dim}[norm]
+
+
+def _square_unsupported(norm: Norm, x: np.ndarray) -> str | None:
+    """Why Square cannot run here, or ``None`` when it can."""
+    if norm not in ("linf", "l2"):
+        return f"Square supports norm='linf' or 'l2', not {norm!r}"
+    if x.ndim not in (3, 4):
+        return f"Square needs image-shaped inputs [n, H, W(, C)], got shape {x.shape}"
+    return None
 
 
 def masking_checks(
@@ -60,10 +76,10 @@ def masking_checks(
       large_eps_accuracy: accuracy at a very large eps above which to warn.
 
     Returns:
-      ``MaskingReport(warnings, figures)``.
+      ``MaskingReport(warnings, figures)``. A check that does not apply (Square
+      on flat inputs or under L1) is skipped with a warning and its reason in
+      ``figures["black_box_skipped"]``.
     """
-    import jaxadv
-
     x = np.asarray(x)
     y = np.asarray(y)
     lo, hi = np.asarray(bounds[0], np.float32), np.asarray(bounds[1], np.float32)
@@ -85,7 +101,7 @@ def masking_checks(
     a_pgd: float | None = None
     try:
         big = _large_eps(norm, x, lo, hi)
-        a_big = acc(jaxadv.bim(logits_fn, x, y, eps=big, steps=50, norm=norm, bounds=bounds))
+        a_big = acc(bim(logits_fn, x, y, eps=big, steps=50, norm=norm, bounds=bounds))
         figures["large_eps"] = big
         figures["accuracy_at_large_eps"] = a_big
         if a_big > large_eps_accuracy:
@@ -94,8 +110,8 @@ def masking_checks(
                 "an unbounded attack should reach ~0%; gradients look masked or obfuscated"
             )
 
-        a_fgsm = acc(jaxadv.fgsm(logits_fn, x, y, eps=eps, norm=norm, bounds=bounds))
-        a_pgd = acc(jaxadv.pgd(logits_fn, x, y, key=k1, eps=eps, steps=20, norm=norm, bounds=bounds))
+        a_fgsm = acc(fgsm(logits_fn, x, y, eps=eps, norm=norm, bounds=bounds))
+        a_pgd = acc(pgd(logits_fn, x, y, key=k1, eps=eps, steps=20, norm=norm, bounds=bounds))
         figures["accuracy_single_step"] = a_fgsm
         figures["accuracy_iterative"] = a_pgd
         if a_fgsm < a_pgd - tolerance:
@@ -120,9 +136,12 @@ def masking_checks(
                     f"black-box attacks fooled {frac:.1%} of the examples on which every white-box "
                     "attack failed: white-box gradients look masked"
                 )
+    elif (reason := _square_unsupported(norm, x)) is not None:
+        figures["black_box_skipped"] = reason
+        warnings.append(f"black-box check skipped: {reason}; it is no evidence for or against masking")
     else:
-        sq = jaxadv.square(logits_fn, x, y, key=k2, eps=eps, queries=300, norm=norm, bounds=bounds)
-        a_sq = acc(getattr(sq, "x_adv", sq))
+        sq = square(logits_fn, x, y, key=k2, eps=eps, queries=300, norm=norm, bounds=bounds)
+        a_sq = acc(sq.x_adv)
         figures["accuracy_black_box"] = a_sq
         if a_pgd is not None and a_sq < a_pgd - tolerance:
             warnings.append(

@@ -2,29 +2,94 @@
 
 from __future__ import annotations
 
-import json
 import os
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from jaxadv import sharding as shd
+from jaxadv.evaluation.checkpoint import (
+    DataHasher,
+    SavedRun,
+    check_data,
+    check_same_run,
+    read_checkpoint,
+    run_fingerprint,
+    write_checkpoint,
+)
 from jaxadv.evaluation.checks import masking_checks
-from jaxadv.evaluation.result import MISCLASSIFIED, ROBUST, EvaluationResult, write_json_atomic
-from jaxadv.evaluation.suites import SuiteAttack, resolve_suite
-from jaxadv.models import predict
+from jaxadv.evaluation.result import MISCLASSIFIED, ROBUST, EvaluationResult
+from jaxadv.evaluation.suites import SuiteAttack, check_suite_norm, resolve_suite
+from jaxadv.models import logits as model_logits
 from jaxadv.threat_models import norm_of
 from jaxadv.typing import ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
 from jaxadv.validation import check_norm
 
+_Batch = tuple[np.ndarray, np.ndarray]
 
-def _batches(x: Any, y: Any, batch_size: int) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int | None]:
+
+# --- arguments -----------------------------------------------------------------
+
+
+def _split_key(key: PRNGKey) -> tuple[PRNGKey, PRNGKey]:
+    if key is None:
+        raise ValueError("key is required: pass key=jax.random.key(0) (it seeds the attacks' randomness)")
+    try:
+        k1, k2 = jax.random.split(key)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"key must be a PRNG key such as jax.random.key(0), got {key!r}") from e
+    return k1, k2
+
+
+def _check_inputs(x: np.ndarray, where: str) -> None:
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"x must be floating point, got dtype {x.dtype} ({where}): scale it to the range of bounds, "
+            "e.g. x.astype(np.float32) / 255 with bounds=(0, 1), and give eps in that scale (8/255, not 8)"
+        )
+    if x.ndim < 1:
+        raise ValueError(f"x must have a leading example axis, got shape {x.shape}")
+    finite = np.isfinite(x.astype(np.float32, copy=False).reshape(x.shape[0], -1)).all(axis=1)
+    if not finite.all():
+        raise ValueError(
+            f"x holds NaN or inf ({where}, example {int(np.argmin(finite))} of it): "
+            "robust accuracy on such inputs has no meaning; clean the data first"
+        )
+
+
+def _labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Integer labels ``[n]`` from ``[n]`` integers or ``[n, C]`` one-hot rows."""
+    if y.dtype.kind in "USOV":
+        raise ValueError(f"labels must be integer class indices, got dtype {y.dtype} ({where})")
+    if y.ndim == 2:
+        if y.dtype.kind not in "biuf" or not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
+            raise ValueError(
+                f"labels of shape {y.shape} must be one-hot rows (a single 1, zeros elsewhere) ({where}); "
+                "pass [n] integer labels otherwise"
+            )
+        return np.argmax(y, axis=1).astype(np.int32)
+    if y.ndim != 1:
+        raise ValueError(f"labels must have shape [n] (or [n, C] one-hot), got {y.shape} ({where})")
+    if y.dtype.kind not in "iu":
+        raise ValueError(
+            f"labels must be integers, got dtype {y.dtype} ({where}); "
+            "if they hold class indices, pass y.astype(np.int32)"
+        )
+    if y.size and y.min() < 0:
+        raise ValueError(f"labels must be >= 0, found {int(y.min())} ({where})")
+    return y
+
+
+def _batches(x: Any, y: Any, batch_size: int) -> tuple[Iterator[_Batch], int | None]:
+    """Checked ``(x, labels)`` batches and the number of examples (``None`` for an iterator)."""
     if isinstance(x, (np.ndarray, jax.Array)):
         xs = np.asarray(x)
         if y is None:
@@ -34,11 +99,26 @@ def _batches(x: Any, y: Any, batch_size: int) -> tuple[Iterator[tuple[np.ndarray
             raise ValueError(
                 f"x and y must have the same number of examples, got {xs.shape[0]} and {ys.shape[0]}"
             )
+        labels = _labels(ys, "y")
         n = xs.shape[0]
-        return ((xs[i : i + batch_size], ys[i : i + batch_size]) for i in range(0, n, batch_size)), n
+        for i in range(0, n, batch_size):  # every input is checked before any attack runs
+            _check_inputs(xs[i : i + batch_size], f"examples {i} to {min(i + batch_size, n) - 1}")
+        return ((xs[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, n, batch_size)), n
     if y is not None:
         raise ValueError("pass y=None when x is an iterable of (x, y) batches")
-    return ((np.asarray(a), np.asarray(b)) for a, b in x), None
+
+    def stream() -> Iterator[_Batch]:
+        for b, (xb, yb) in enumerate(x):
+            xb, yb = np.asarray(xb), np.asarray(yb)
+            if xb.shape[:1] != yb.shape[:1]:
+                raise ValueError(f"batch {b}: x and y have {xb.shape[0]} and {yb.shape[0]} examples")
+            _check_inputs(xb, f"batch {b}")
+            yield xb, _labels(yb, f"batch {b}")
+
+    return stream(), None
+
+
+# --- where the attacks run -------------------------------------------------------
 
 
 def _bucket(n: int, batch_size: int) -> int:
@@ -47,13 +127,6 @@ def _bucket(n: int, batch_size: int) -> int:
     while size < n:
         size *= 2
     return min(size, batch_size)
-
-
-def _pad(a: np.ndarray, size: int) -> np.ndarray:
-    if a.shape[0] == size:
-        return a
-    reps = np.concatenate([np.arange(a.shape[0]), np.zeros(size - a.shape[0], int)])
-    return a[reps]
 
 
 class _Layout:
@@ -88,9 +161,11 @@ class _Layout:
             return np.asarray(out)
         return np.asarray(shd.local_rows(out))
 
-    def predict(self, logits_fn: LogitsFn, x: np.ndarray) -> np.ndarray:
-        (xs,) = self.place(x)
-        return self.fetch(predict(logits_fn, xs))
+    def logits(self, logits_fn: LogitsFn, x: Any) -> np.ndarray:
+        """Float32 logits of this process's rows of ``x`` (NumPy rows, or placed arrays)."""
+        if isinstance(x, np.ndarray):
+            (x,) = self.place(x)
+        return self.fetch(model_logits(logits_fn, x)).astype(np.float32)
 
     def gather(self, a: np.ndarray) -> np.ndarray:
         """Every process's ``a``, concatenated in process order (once, at the end)."""
@@ -99,17 +174,225 @@ class _Layout:
         return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
+# --- one batch ---------------------------------------------------------------------
+
+
+class _Setting(NamedTuple):
+    """What every batch of one evaluation shares."""
+
+    logits_fn: LogitsFn
+    attacks: list[SuiteAttack]
+    eps: float
+    norm: Norm
+    lo: np.ndarray
+    hi: np.ndarray
+    batch_size: int
+    layout: _Layout
+
+
+class _BatchResult(NamedTuple):
+    fooled_by: np.ndarray  # [n] int32 codes
+    perturbation_norm: np.ndarray  # [n]
+    queries: np.ndarray  # [n]
+    x_adv: np.ndarray  # [n, ...]
+    non_finite: np.ndarray  # [attacks] candidates with a NaN or inf
+    non_finite_clean: int
+    seconds: np.ndarray  # [attacks]
+
+
+def _finite_rows(a: np.ndarray) -> np.ndarray:
+    return np.asarray(np.isfinite(a.astype(np.float32, copy=False).reshape(a.shape[0], -1)).all(axis=1))
+
+
+def _half_ulp(a: np.ndarray) -> np.ndarray:
+    """Half the spacing of ``a``'s float dtype at ``|a|``: the most that rounding to it moves a value."""
+    a = np.ascontiguousarray(a)
+    uint: Any = {2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]
+    bits = a.view(uint) & uint((1 << (8 * a.dtype.itemsize - 1)) - 1)  # |a|: the sign bit cleared
+    wide = np.float64 if a.dtype.itemsize == 8 else np.float32
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN and the largest float: no spacing
+        spacing = (bits + uint(1)).view(a.dtype).astype(wide) - bits.view(a.dtype).astype(wide)
+    return np.where(np.isfinite(spacing), spacing / 2, 0.0).astype(np.float32)
+
+
+def _rounding_allowance(x_adv: np.ndarray, x: np.ndarray, norm: Norm) -> np.ndarray:
+    """``[n]``: how far rounding each returned example to its dtype may push it out of the ball.
+
+    A feasible float32 point ``x + delta`` rounded to ``x_adv.dtype`` moves by at
+    most half an ulp per coordinate (at the rounded value); coordinates equal to
+    ``x`` did not move. The allowance is the norm of those half ulps.
+    """
+    half = np.where(x_adv != x, _half_ulp(x_adv), 0.0).reshape(x_adv.shape[0], -1)
+    if norm == "linf":
+        return np.asarray(half.max(axis=1, initial=0.0))
+    if norm == "l2":
+        return np.asarray(np.sqrt(np.sum(half.astype(np.float64) ** 2, axis=1)), np.float32)
+    return np.asarray(np.sum(half, axis=1, dtype=np.float64), np.float32)
+
+
 def _check_feasible(
-    name: str, x_adv: np.ndarray, x: np.ndarray, eps: float, norm: Norm, lo: Any, hi: Any
+    name: str, x_adv: np.ndarray, x: np.ndarray, finite: np.ndarray, s: _Setting
 ) -> np.ndarray:
-    dist = np.asarray(norm_of(jax.numpy.asarray(x_adv, np.float32) - x.astype(np.float32), norm))
-    tol = 1e-4 * max(eps, 1e-3) + 1e-5
-    if np.any(dist > eps + tol) or np.any(x_adv < lo - 1e-6) or np.any(x_adv > hi + 1e-6):
+    """``[n]`` perturbation norms of the finite candidates (0 elsewhere); raises when
+    a finite candidate leaves the ball or the box beyond float rounding."""
+    n = x_adv.shape[0]
+    if n == 0:
+        return np.zeros(0, np.float32)
+    xa, xf = x_adv.astype(np.float32), x.astype(np.float32)
+    delta = np.where(finite.reshape((n,) + (1,) * (xa.ndim - 1)), xa - xf, 0.0)
+    dist = np.asarray(norm_of(jnp.asarray(delta), s.norm))
+    tol = 1e-4 * max(s.eps, 1e-3) + 1e-5 + _rounding_allowance(x_adv, x, s.norm)
+    outside = ((xa < s.lo - 1e-6) | (xa > s.hi + 1e-6)).reshape(n, -1).any(axis=1)
+    bad = finite & ((dist > s.eps + tol) | outside)
+    if np.any(bad):
         raise RuntimeError(
             f"attack {name!r} returned examples outside the threat model "
-            f"(max {norm} distance {dist.max():.6g} for eps={eps:g}, or outside bounds)"
+            f"(max {s.norm} distance {dist[bad].max():.6g} for eps={s.eps:g} and a float rounding "
+            f"allowance of {tol[bad].max():.3g}, or outside bounds)"
         )
     return dist
+
+
+def _evaluate_batch(s: _Setting, xb: np.ndarray, yb: np.ndarray, key: PRNGKey) -> _BatchResult:
+    """Attack one batch with the suite: per-example first successful attack, norm, queries."""
+    n, k = xb.shape[0], len(s.attacks)
+    z = s.layout.logits(s.logits_fn, shd.pad_batch(xb, s.layout.size(n, s.batch_size)))[:n]
+    if yb.size and yb.max() >= z.shape[-1]:
+        raise ValueError(
+            f"labels must be < {z.shape[-1]} (the model's number of classes), found {int(yb.max())}"
+        )
+    clean_finite = np.isfinite(z).all(axis=-1)
+    fooled_by = np.where(clean_finite & (np.argmax(z, axis=-1) == yb), ROBUST, MISCLASSIFIED).astype(np.int32)
+    dist = np.zeros(n, np.float32)
+    spent = np.zeros(n, np.int64)
+    x_best = xb.copy()
+    non_finite = np.zeros(k, np.int64)
+    seconds = np.zeros(k, np.float64)
+    for i, attack in enumerate(s.attacks):
+        idx = np.nonzero(fooled_by == ROBUST)[0]
+        if s.layout.agree(idx.size) == 0:  # all processes stop together
+            break
+        # A process with nothing left still takes part, with copies of its first example.
+        sel = shd.pad_batch(idx if idx.size else np.zeros(1, np.int64), s.layout.size(idx.size, s.batch_size))
+        # Keyed by name, so an attack draws the same randomness alone or in a suite.
+        attack_key = jax.random.fold_in(key, zlib.crc32(attack.name.encode()) & 0x7FFFFFFF)
+        start = time.perf_counter()
+        xs, ys = s.layout.place(xb[sel], yb[sel])
+        out = attack.run(s.logits_fn, xs, ys, key=attack_key, eps=s.eps, norm=s.norm, bounds=(s.lo, s.hi))
+        candidates: Any = getattr(out, "x_adv", out)  # suite members may return a result tuple
+        x_adv = s.layout.fetch(candidates)[: idx.size]
+        z_adv = s.layout.logits(s.logits_fn, candidates)[: idx.size]
+        seconds[i] += time.perf_counter() - start
+        # A NaN or inf candidate (or logits) decides nothing: the attack failed on that example.
+        finite = _finite_rows(x_adv) & np.isfinite(z_adv).all(axis=-1)
+        non_finite[i] += int(np.sum(~finite))
+        d = _check_feasible(attack.name, x_adv, xb[idx], finite, s)
+        q = getattr(out, "queries", None)
+        if q is not None:
+            spent[idx] += s.layout.fetch(q)[: idx.size].astype(np.int64)
+        success = finite & (np.argmax(z_adv, axis=-1) != yb[idx])
+        hit = idx[success]
+        fooled_by[hit] = i
+        dist[hit] = d[success]
+        x_best[hit] = x_adv[success]
+    # The stored examples are the final word: flags agree with re-predicting them.
+    zf = s.layout.logits(s.logits_fn, shd.pad_batch(x_best, s.layout.size(n, s.batch_size)))[:n]
+    lost = (fooled_by >= 0) & ((np.argmax(zf, axis=-1) == yb) | ~np.isfinite(zf).all(axis=-1))
+    fooled_by[lost] = ROBUST
+    dist[lost] = 0.0
+    x_best[lost] = xb[lost]
+    return _BatchResult(fooled_by, dist, spent, x_best, non_finite, int(np.sum(~clean_finite)), seconds)
+
+
+# --- the whole run --------------------------------------------------------------------
+
+
+class _Tally:
+    """The per-example results so far (a resumed checkpoint's, then each batch's)."""
+
+    def __init__(self, names: list[str], start: EvaluationResult | None, keep_adversarial: bool) -> None:
+        self.names = names
+        self.keep_adversarial = keep_adversarial
+        self.fooled_by: list[np.ndarray] = []
+        self.norms: list[np.ndarray] = []
+        self.queries: list[np.ndarray] = []
+        self.advs: list[np.ndarray] = []
+        self.non_finite = np.zeros(len(names), np.int64)
+        self.non_finite_clean = 0
+        self.seconds = np.zeros(len(names), np.float64)
+        if start is not None:
+            self.fooled_by.append(start.fooled_by)
+            self.norms.append(start.perturbation_norm)
+            self.queries.append(start.queries)
+            self.non_finite += [start.non_finite.get(n, 0) for n in names]
+            self.non_finite_clean = start.non_finite_clean
+            self.seconds += [start.seconds.get(n, 0.0) for n in names]
+
+    def add(self, out: _BatchResult) -> None:
+        self.fooled_by.append(out.fooled_by)
+        self.norms.append(out.perturbation_norm)
+        self.queries.append(out.queries)
+        if self.keep_adversarial:
+            self.advs.append(out.x_adv)
+        self.non_finite += out.non_finite
+        self.non_finite_clean += out.non_finite_clean
+        self.seconds += out.seconds
+
+    def result(self, eps: float, norm: str, layout: _Layout | None = None) -> EvaluationResult:
+        """The result so far; with ``layout``, every process's examples gathered (a collective)."""
+
+        def joined(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+        fooled_by = joined(self.fooled_by, np.int32)
+        norms = joined(self.norms, np.float32)
+        queries = joined(self.queries, np.int64)
+        advs = np.concatenate(self.advs) if self.advs else None
+        non_finite, clean, seconds = self.non_finite, self.non_finite_clean, self.seconds
+        if layout is not None and layout.processes > 1:
+            # The only exchange of results between processes: once, at the end.
+            if layout.agree(-len(fooled_by)) != -layout.agree(len(fooled_by)):
+                raise ValueError("every process must evaluate the same number of examples")
+            fooled_by, norms, queries = (layout.gather(a) for a in (fooled_by, norms, queries))
+            advs = None if advs is None else layout.gather(advs)
+            k = len(self.names)
+            counts = layout.gather(np.append(non_finite, clean)).reshape(-1, k + 1).sum(axis=0)
+            non_finite, clean = counts[:k], int(counts[k])
+            seconds = layout.gather(seconds).reshape(-1, k).max(axis=0)  # wall time: the slowest process
+        return EvaluationResult(
+            eps=float(eps),
+            norm=norm,
+            attacks=list(self.names),
+            fooled_by=fooled_by,
+            perturbation_norm=norms,
+            queries=queries,
+            x_adv=advs,
+            non_finite={n: int(c) for n, c in zip(self.names, non_finite, strict=True)},
+            non_finite_clean=int(clean),
+            seconds={n: float(t) for n, t in zip(self.names, seconds, strict=True)},
+        )
+
+
+def _non_finite_warnings(result: EvaluationResult) -> list[str]:
+    out = [
+        f"attack {name!r} returned {count} non-finite candidate(s) (NaN or inf in the example or in the "
+        "model's logits on it); each counted as a failed attack, so its example stayed robust against "
+        f"{name!r}: the robust accuracy may be overestimated"
+        for name, count in result.non_finite.items()
+        if count
+    ]
+    if result.non_finite_clean:
+        out.append(
+            f"the model returned non-finite logits on {result.non_finite_clean} clean example(s); "
+            "they were counted as misclassified"
+        )
+    return out
+
+
+def _resume(path: Path, fingerprint: Any) -> SavedRun:
+    saved = read_checkpoint(path)
+    check_same_run(saved, fingerprint)
+    return saved
 
 
 def evaluate(
@@ -137,33 +420,54 @@ def evaluate(
     *every* attack of the suite fails on it, as in AutoAttack. Examples the
     model already misclassifies are not attacked; later attacks run only on
     the examples still robust. Success is decided by re-predicting the
-    returned examples, and every returned example is checked to lie in the
-    eps-ball and ``bounds`` (an attack that leaves them raises).
+    returned examples. Every returned example must lie in ``bounds`` and in the
+    eps-ball, up to the rounding of its dtype (half an ulp per coordinate,
+    which matters for bfloat16 and float16 inputs); an attack that leaves them
+    raises. A candidate with a NaN or inf (in the example or in the model's
+    logits on it) is a *failed* attack on its example, counted in
+    ``result.non_finite`` and reported in ``result.warnings``. See
+    :doc:`/numbers` for what each number means and when it is refused.
 
     Args:
       logits_fn: model ``x -> logits``.
-      x: ``[n, ...]`` inputs (NumPy or JAX), or an iterable of ``(x, y)``
-        batches (then ``y=None``), e.g. a generator reading from disk.
-      y: ``[n]`` integer labels when ``x`` is an array.
-      eps: radius, raw input units. norm: ``"linf"``, ``"l2"``, ``"l1"``.
+      x: ``[n, ...]`` floating-point inputs (NumPy or JAX) inside ``bounds``, or
+        an iterable of ``(x, y)`` batches (then ``y=None``), e.g. a generator
+        reading from disk. Integer inputs (``uint8`` images) are refused: scale
+        them, e.g. ``x / 255`` with ``bounds=(0, 1)``. NaN or inf is refused.
+      y: ``[n]`` integer labels, or ``[n, C]`` one-hot rows (taken as their
+        argmax), when ``x`` is an array. Float, string and out-of-range labels
+        are refused.
+      eps: radius, raw input units. norm: ``"linf"``, ``"l2"``, ``"l1"`` (any case:
+        ``"Linf"``, ``"L2"``).
       suite: ``"standard"`` (APGD-CE, APGD-T, Square; like AutoAttack's
-        standard version), ``"fast"`` (PGD-20 with cross-entropy then PGD-50
-        with the CW margin), or a list of names from
-        :data:`jaxadv.evaluation.ATTACKS` and :class:`SuiteAttack`.
+        standard version; ``linf`` and ``l2`` only), ``"fast"`` (PGD-20 with
+        cross-entropy then PGD-50 with the CW margin; every norm), or a list of
+        names from :data:`jaxadv.evaluation.ATTACKS` and :class:`SuiteAttack`.
+        A suite with a member that does not support ``norm`` is refused before
+        anything runs.
       key: PRNG key; each batch and attack gets its own fold of it.
       batch_size: examples per compiled call. Array inputs are cut into
         batches of this size; attacks run on the still-robust examples padded
         to a power of two (at most ``log2(batch_size) - 2`` compiled shapes).
       bounds: ``(lo, hi)`` valid input range.
       progress: show a progress bar (tqdm) on the terminal.
-      checkpoint: JSON file written after every batch with the partial result,
-        so that an interrupted run is not lost.
-      resume: continue from ``checkpoint`` when it exists (same eps, norm,
-        suite): its examples are skipped.
+      checkpoint: JSON file written atomically after every batch with the
+        partial result and the run's fingerprint (see
+        :mod:`jaxadv.evaluation.checkpoint`), so that an interrupted run is not
+        lost. Without ``resume`` an existing file is replaced.
+      resume: continue from ``checkpoint`` when it exists: its examples are
+        skipped (their inputs and labels are still read and hashed). The file
+        must belong to this run (same eps, norm, suite, key, bounds, model and
+        first examples) and be intact, else a
+        :class:`~jaxadv.evaluation.CheckpointError` names the problem and the
+        file is left as it is. A complete checkpoint is returned as it is,
+        warnings and checks included, without running anything.
       store_adversarial: keep the adversarial examples in ``result.x_adv``.
       checks: run the gradient-masking checks of
         :func:`jaxadv.evaluation.masking_checks` on the first ``check_size``
-        examples and attach their warnings.
+        examples and attach their warnings. A check that does not apply is
+        skipped with a warning; a check that fails is reported as a warning and
+        never costs the evaluated results.
       sharding: data parallelism. ``None`` (default): every attack and
         prediction runs on all devices, each batch split along its first axis
         (padded to a multiple of the device count), when there is more than one
@@ -179,15 +483,21 @@ def evaluate(
 
     Returns:
       An :class:`EvaluationResult`; ``result.robust_accuracy`` is the figure.
+
+    Raises:
+      ValueError: a bad argument, input or label (the message names it and the fix).
+      CheckpointError: with ``resume``, a damaged checkpoint or one from another run.
+      RuntimeError: an attack returned examples outside the threat model.
     """
-    check_norm(norm)
+    norm = check_norm(norm)  # the canonical name of an alias such as "Linf"
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     attacks = resolve_suite(suite)
+    check_suite_norm(suite, attacks, norm)
     names = [a.name for a in attacks]
-    lo, hi = np.asarray(bounds[0], np.float32), np.asarray(bounds[1], np.float32)
+    key_attacks, key_checks = _split_key(key)
     layout = _Layout(shd.resolve_batch_sharding(sharding))
     batches, total = _batches(x, y, batch_size)
     if layout.processes > 1:
@@ -195,160 +505,101 @@ def evaluate(
             raise ValueError("checkpoint is not supported when several processes evaluate together")
         if total is not None and layout.agree(-total) != -layout.agree(total):
             raise ValueError("every process must pass the same number of examples")
-    key_attacks, key_checks = jax.random.split(key)
     # Parameters copied to every device once, not at every call of a sharded program.
     attacked_fn = logits_fn
     if layout.sharding is not None:
         attacked_fn = shd.replicate(logits_fn, cast(Mesh, layout.sharding.mesh))
+    lo, hi = np.asarray(bounds[0], np.float32), np.asarray(bounds[1], np.float32)
+    setting = _Setting(attacked_fn, attacks, float(eps), norm, lo, hi, batch_size, layout)
 
-    fooled: list[np.ndarray] = []
-    norms: list[np.ndarray] = []
-    queries: list[np.ndarray] = []
-    advs: list[np.ndarray] = []
-    skip = 0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if resume and ckpt is not None and ckpt.exists():
-        saved = json.loads(ckpt.read_text())
-        if saved["eps"] != float(eps) or saved["norm"] != norm or saved["attacks"] != names:
-            raise ValueError(f"checkpoint {ckpt} was written for another eps, norm or suite")
-        fooled.append(np.asarray(saved["fooled_by"], np.int32))
-        norms.append(np.asarray(saved["perturbation_norm"], np.float32))
-        queries.append(np.asarray(saved["queries"], np.int64))
-        skip = len(saved["fooled_by"])
-        if store_adversarial:
-            raise ValueError("store_adversarial cannot be combined with resume")
+    path = Path(checkpoint) if checkpoint is not None else None
+    fingerprint = None
+    saved: SavedRun | None = None
+    if path is not None:
+        fingerprint = run_fingerprint(
+            eps=eps, norm=norm, attacks=names, key=key, bounds=(lo, hi), logits_fn=logits_fn
+        )
+        if resume and path.exists():
+            saved = _resume(path, fingerprint)
+            if store_adversarial:
+                raise ValueError("store_adversarial cannot be combined with resume")
+    tally = _Tally(names, None if saved is None else saved.result, store_adversarial)
+    hasher = DataHasher()  # the examples done so far, as the checkpoint records them
+    verified = saved is None
 
     bar = None
     if progress and jax.process_index() == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=skip, unit="ex", desc=f"evaluate {norm} eps={eps:g}")
+        done = 0 if saved is None else saved.examples
+        bar = tqdm(total=total, initial=done, unit="ex", desc=f"evaluate {norm} eps={eps:g}")
     check_batch: tuple[np.ndarray, np.ndarray] | None = None
-    seen = 0
     for b, (xb, yb) in enumerate(batches):
-        if seen + len(xb) <= skip:
-            seen += len(xb)
-            continue
-        if seen < skip:
-            xb, yb = xb[skip - seen :], yb[skip - seen :]
-            seen = skip
-        seen += len(xb)
-        if check_batch is None:
+        if check_batch is None:  # the first examples of the data, resumed or not
             check_batch = (xb[:check_size], yb[:check_size])
-        out = _evaluate_batch(
-            attacked_fn,
-            xb,
-            yb,
-            attacks,
-            jax.random.fold_in(key_attacks, b),
-            eps,
-            norm,
-            (lo, hi),
-            batch_size,
-            layout,
-        )
-        fooled.append(out[0])
-        norms.append(out[1])
-        queries.append(out[2])
-        if store_adversarial:
-            advs.append(out[3])
-        if ckpt is not None:
-            partial = EvaluationResult(
-                float(eps),
-                norm,
-                names,
-                np.concatenate(fooled),
-                np.concatenate(norms),
-                np.concatenate(queries),
+        if saved is not None and not verified:
+            k = min(len(xb), saved.examples - hasher.count)
+            hasher.update(xb[:k], yb[:k])
+            xb, yb = xb[k:], yb[k:]
+            if hasher.count == saved.examples:
+                check_data(saved, hasher, more=len(xb) > 0)
+                verified = True
+        if len(xb) == 0:
+            continue
+        if saved is not None and saved.complete:
+            check_data(saved, hasher, more=True)
+        tally.add(_evaluate_batch(setting, xb, yb, jax.random.fold_in(key_attacks, b)))
+        if path is not None and fingerprint is not None:
+            hasher.update(xb, yb)
+            write_checkpoint(
+                path, tally.result(eps, norm), fingerprint=fingerprint, data=hasher, complete=False
             )
-            write_json_atomic(ckpt, {**partial.to_dict(), "complete": False})
         if bar is not None:
             bar.update(len(xb))
     if bar is not None:
         bar.close()
+    if saved is not None and not verified:
+        check_data(saved, hasher)  # the data ended before the checkpoint's examples
+    if saved is not None and saved.complete:
+        return saved.result
 
-    fooled_all = np.concatenate(fooled) if fooled else np.zeros(0, np.int32)
-    norms_all = np.concatenate(norms) if norms else np.zeros(0, np.float32)
-    queries_all = np.concatenate(queries) if queries else np.zeros(0, np.int64)
-    advs_all = np.concatenate(advs) if advs else None
-    if layout.processes > 1:
-        # The only exchange of results between processes: once, at the end.
-        if layout.agree(-len(fooled_all)) != -layout.agree(len(fooled_all)):
-            raise ValueError("every process must evaluate the same number of examples")
-        fooled_all, norms_all, queries_all = (layout.gather(a) for a in (fooled_all, norms_all, queries_all))
-        advs_all = None if advs_all is None else layout.gather(advs_all)
-    result = EvaluationResult(
-        eps=float(eps),
-        norm=norm,
-        attacks=names,
-        fooled_by=fooled_all,
-        perturbation_norm=norms_all,
-        queries=queries_all,
-        x_adv=advs_all,
-    )
+    result = tally.result(eps, norm, layout)
+    result.warnings.extend(_non_finite_warnings(result))
     if checks and check_batch is not None:
+        _attach_checks(result, logits_fn, check_batch, attacks, key_checks, bounds)
+    if path is not None and fingerprint is not None:
+        write_checkpoint(path, result, fingerprint=fingerprint, data=hasher, complete=True)
+    return result
+
+
+def _attach_checks(
+    result: EvaluationResult,
+    logits_fn: LogitsFn,
+    batch: tuple[np.ndarray, np.ndarray],
+    attacks: list[SuiteAttack],
+    key: PRNGKey,
+    bounds: Bounds,
+) -> None:
+    """Add the masking checks' warnings and figures to ``result``; a check that fails
+    becomes a warning, so the evaluated examples are never lost to it."""
+    try:
         report = masking_checks(
             logits_fn,
-            check_batch[0],
-            check_batch[1],
-            eps=eps,
-            norm=norm,
-            key=key_checks,
+            batch[0],
+            batch[1],
+            eps=result.eps,
+            norm=cast(Norm, result.norm),
+            key=key,
             bounds=bounds,
             suite_result=result,
             black_box=[a.black_box for a in attacks],
         )
-        result.warnings.extend(report.warnings)
-        result.checks.update(report.figures)
-    if ckpt is not None:
-        write_json_atomic(ckpt, {**result.to_dict(), "complete": True})
-    return result
-
-
-def _evaluate_batch(
-    logits_fn: LogitsFn,
-    xb: np.ndarray,
-    yb: np.ndarray,
-    attacks: list[SuiteAttack],
-    key: PRNGKey,
-    eps: float,
-    norm: Norm,
-    bounds: tuple[np.ndarray, np.ndarray],
-    batch_size: int,
-    layout: _Layout,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    n = xb.shape[0]
-    pred = layout.predict(logits_fn, _pad(xb, layout.size(n, batch_size)))[:n]
-    fooled_by = np.where(pred == yb, ROBUST, MISCLASSIFIED).astype(np.int32)
-    dist = np.zeros(n, np.float32)
-    spent = np.zeros(n, np.int64)
-    x_best = xb.copy()
-    for i, attack in enumerate(attacks):
-        idx = np.nonzero(fooled_by == ROBUST)[0]
-        if layout.agree(idx.size) == 0:  # all processes stop together
-            break
-        size = layout.size(idx.size, batch_size)
-        # A process with nothing left still takes part, with copies of its first example.
-        sel = _pad(idx if idx.size else np.zeros(1, np.int64), size)
-        # Keyed by name, so an attack draws the same randomness alone or in a suite.
-        attack_key = jax.random.fold_in(key, zlib.crc32(attack.name.encode()) & 0x7FFFFFFF)
-        xs, ys = layout.place(xb[sel], yb[sel])
-        out = attack.run(logits_fn, xs, ys, key=attack_key, eps=eps, norm=norm, bounds=bounds)
-        x_adv_dev: Any = getattr(out, "x_adv", out)
-        x_adv = layout.fetch(x_adv_dev)
-        d = _check_feasible(attack.name, x_adv, xb[sel], eps, norm, *bounds)
-        q = getattr(out, "queries", None)
-        if q is not None:
-            spent[idx] += layout.fetch(q)[: idx.size].astype(np.int64)
-        success = layout.fetch(predict(logits_fn, x_adv_dev)) != yb[sel]
-        hit = idx[success[: idx.size]]
-        fooled_by[hit] = i
-        dist[hit] = d[: idx.size][success[: idx.size]]
-        x_best[hit] = x_adv[: idx.size][success[: idx.size]]
-    # The stored examples are the final word: flags agree with re-predicting them.
-    final = layout.predict(logits_fn, _pad(x_best, layout.size(n, batch_size)))[:n]
-    lost = (fooled_by >= 0) & (final == yb)
-    fooled_by[lost] = ROBUST
-    dist[lost] = 0.0
-    x_best[lost] = xb[lost]
-    return fooled_by, dist, spent, x_best
+    except Exception as e:  # noqa: BLE001 - any failure here must not cost the evaluated results
+        result.checks["checks_error"] = f"{type(e).__name__}: {e}"
+        result.warnings.append(
+            f"the gradient-masking checks failed ({type(e).__name__}: {e}); the robust accuracy "
+            "above stands, but was not checked for masking"
+        )
+        return
+    result.warnings.extend(report.warnings)
+    result.checks.update(report.figures)

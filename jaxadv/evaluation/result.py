@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxadv.evaluation.files import read_json, write_json_atomic
 
 #: ``fooled_by`` codes for examples no attack was needed for, or none succeeded on.
 MISCLASSIFIED = -2
@@ -34,6 +33,12 @@ class EvaluationResult:
         iterative, ...).
       x_adv: optional ``[n, ...]`` adversarial examples (the clean example where
         no attack succeeded).
+      non_finite: per attack, how many candidates it returned with a NaN or inf
+        (in the example or in the model's logits on it); each counted as a
+        failed attack on its example.
+      non_finite_clean: clean examples on which the model's logits were not
+        finite; each counted as misclassified.
+      seconds: per attack, wall-clock seconds spent in it, summed over batches.
     """
 
     eps: float
@@ -45,6 +50,16 @@ class EvaluationResult:
     warnings: list[str] = dataclasses.field(default_factory=list)
     checks: dict[str, Any] = dataclasses.field(default_factory=dict)
     x_adv: np.ndarray | None = None
+    non_finite: dict[str, int] = dataclasses.field(default_factory=dict)
+    non_finite_clean: int = 0
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"EvaluationResult(n={self.num_examples}, clean_accuracy={self.clean_accuracy:.4g}, "
+            f"robust_accuracy={self.robust_accuracy:.4g}, norm={self.norm!r}, eps={self.eps:g}, "
+            f"attacks={self.attacks}, warnings={len(self.warnings)})"
+        )
 
     @property
     def num_examples(self) -> int:
@@ -103,6 +118,9 @@ class EvaluationResult:
             lines.append(f"median {self.norm} norm of successful perturbations: {np.median(fooled):.4g}")
         if np.any(self.queries):
             lines.append(f"model queries by score-based attacks: {int(np.sum(self.queries))}")
+        if self.seconds:
+            timing = ", ".join(f"{name} {t:.3g}" for name, t in self.seconds.items())
+            lines.append(f"seconds per attack: {timing}")
         for w in self.warnings:
             lines.append(f"WARNING: {w}")
         return "\n".join(lines)
@@ -121,6 +139,9 @@ class EvaluationResult:
             "fooled_by": self.fooled_by.astype(int).tolist(),
             "perturbation_norm": self.perturbation_norm.astype(float).tolist(),
             "queries": self.queries.astype(int).tolist(),
+            "non_finite": {name: int(self.non_finite.get(name, 0)) for name in self.attacks},
+            "non_finite_clean": int(self.non_finite_clean),
+            "seconds": {name: float(self.seconds.get(name, 0.0)) for name in self.attacks},
             "warnings": list(self.warnings),
             "checks": _jsonable(self.checks),
         }
@@ -136,15 +157,23 @@ class EvaluationResult:
             queries=np.asarray(d["queries"], np.int64),
             warnings=list(d.get("warnings", [])),
             checks=dict(d.get("checks", {})),
+            non_finite={str(k): int(v) for k, v in d.get("non_finite", {}).items()},
+            non_finite_clean=int(d.get("non_finite_clean", 0)),
+            seconds={str(k): float(v) for k, v in d.get("seconds", {}).items()},
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`to_dict` as JSON, atomically (a reader never sees half a file)."""
-        write_json_atomic(Path(path), self.to_dict())
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EvaluationResult:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a result (or a checkpoint) written by :meth:`save`.
+
+        Raises:
+          CheckpointError: the file is not valid JSON (truncated or garbled).
+        """
+        return cls.from_dict(read_json(path, "result file"))
 
 
 def _jsonable(value: Any) -> Any:
@@ -155,11 +184,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (np.generic, np.ndarray)):
         return np.asarray(value).tolist()
     return value
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)

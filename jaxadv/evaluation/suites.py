@@ -11,7 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from jaxadv.typing import Norm
+from jaxadv.attacks.apgd import apgd, apgd_targeted
+from jaxadv.attacks.iterative import pgd
+from jaxadv.attacks.score_based import square
+from jaxadv.attacks.single_step import fgsm
+from jaxadv.losses import cw_margin
+from jaxadv.typing import NORMS, Norm
 
 AttackFn = Callable[..., Any]
 
@@ -24,60 +29,50 @@ class SuiteAttack(NamedTuple):
       run: ``run(logits_fn, x, y, *, key, eps, norm, bounds)``.
       black_box: whether the attack uses only the model's outputs (used by the
         gradient-masking checks).
+      norms: the norms the attack supports; :func:`jaxadv.evaluate` refuses a
+        suite with a member that does not support the requested norm before
+        attacking anything. ``None``: every norm.
     """
 
     name: str
     run: AttackFn
     black_box: bool = False
+    norms: tuple[str, ...] | None = None
 
 
 def _apgd_ce(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
-    import jaxadv
-
-    return jaxadv.apgd(logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, loss="ce", bounds=bounds)
+    return apgd(logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, loss="ce", bounds=bounds)
 
 
 def _apgd_t(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
-    import jaxadv
-
-    return jaxadv.apgd_targeted(logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, bounds=bounds)
+    return apgd_targeted(logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, bounds=bounds)
 
 
 def _square(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
-    import jaxadv
-
-    return jaxadv.square(logits_fn, x, y, key=key, eps=eps, queries=5000, norm=norm, bounds=bounds)
+    return square(logits_fn, x, y, key=key, eps=eps, queries=5000, norm=norm, bounds=bounds)
 
 
 def _pgd(steps: int, restarts: int = 1) -> AttackFn:
     def run(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
-        import jaxadv
-
-        return jaxadv.pgd(logits_fn, x, y, key=key, eps=eps, steps=steps, norm=norm, bounds=bounds)
+        return pgd(logits_fn, x, y, key=key, eps=eps, steps=steps, norm=norm, bounds=bounds)
 
     return run
 
 
 def _fgsm(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
-    import jaxadv
-
     del key
-    return jaxadv.fgsm(logits_fn, x, y, eps=eps, norm=norm, bounds=bounds)
+    return fgsm(logits_fn, x, y, eps=eps, norm=norm, bounds=bounds)
 
 
 def _pgd_cw(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
-    import jaxadv
-
-    return jaxadv.pgd(
-        logits_fn, x, y, key=key, eps=eps, steps=50, norm=norm, bounds=bounds, loss=jaxadv.cw_margin
-    )
+    return pgd(logits_fn, x, y, key=key, eps=eps, steps=50, norm=norm, bounds=bounds, loss=cw_margin)
 
 
 #: Named attacks usable in custom suites by name.
 ATTACKS: dict[str, SuiteAttack] = {
-    "apgd-ce": SuiteAttack("apgd-ce", _apgd_ce),
-    "apgd-t": SuiteAttack("apgd-t", _apgd_t),
-    "square": SuiteAttack("square", _square, black_box=True),
+    "apgd-ce": SuiteAttack("apgd-ce", _apgd_ce, norms=("linf", "l2")),
+    "apgd-t": SuiteAttack("apgd-t", _apgd_t, norms=("linf", "l2")),
+    "square": SuiteAttack("square", _square, black_box=True, norms=("linf", "l2")),
     "fgsm": SuiteAttack("fgsm", _fgsm),
     "pgd-20": SuiteAttack("pgd-20", _pgd(20)),
     "pgd-50-cw": SuiteAttack("pgd-50-cw", _pgd_cw),
@@ -109,7 +104,31 @@ def resolve_suite(suite: str | Sequence[str | SuiteAttack]) -> list[SuiteAttack]
             raise ValueError(f"suite members must be names or SuiteAttack, got {type(item).__name__}")
     if not out:
         raise ValueError("the suite is empty")
+    for a in out:
+        if a.norms is not None and any(n not in NORMS for n in a.norms):
+            raise ValueError(f"attack {a.name!r}: norms must be among {NORMS}, got {a.norms}")
     names = [a.name for a in out]
     if len(set(names)) != len(names):
         raise ValueError(f"attack names in a suite must be unique, got {names}")
     return out
+
+
+def check_suite_norm(suite: str | Sequence[str | SuiteAttack], attacks: list[SuiteAttack], norm: str) -> None:
+    """Refuse a suite with a member that does not support ``norm``, naming the suites that do.
+
+    Raises:
+      ValueError: naming the attacks that cannot run ``norm`` and the built-in
+        suites whose every member can.
+    """
+    unsupported = [a for a in attacks if a.norms is not None and norm not in a.norms]
+    if not unsupported:
+        return
+    usable = [name for name, members in SUITES.items() if all(_supports(ATTACKS[m], norm) for m in members)]
+    label = f"suite {suite!r}" if isinstance(suite, str) else "the suite"
+    names = ", ".join(f"{a.name} ({'/'.join(a.norms or ())})" for a in unsupported)
+    hint = " or ".join(f"suite={s!r}" for s in usable) or "a list of attacks that support it"
+    raise ValueError(f"{label} cannot run norm={norm!r}: {names} do not support it; use {hint}")
+
+
+def _supports(attack: SuiteAttack, norm: str) -> bool:
+    return attack.norms is None or norm in attack.norms
