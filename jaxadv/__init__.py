@@ -28,7 +28,7 @@ from jaxadv.validation import checked
 # isort: split
 # Attack families and tools that list their public names in ``__all__``.
 from jaxadv import callables as _callables
-from jaxadv import evaluation, sharding, training, zoo
+from jaxadv import certify, evaluation, sharding, training, zoo
 from jaxadv import success as _success
 from jaxadv import transfer as _transfer
 from jaxadv.attacks import apgd as _apgd
@@ -54,6 +54,7 @@ __all__ = [
     "Problem",
     "as_onehot",
     "bim",
+    "certify",
     "checked",
     "clip_to_bounds",
     "cross_entropy",

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import jaxadv
+import jaxadv.certify
 import jaxadv.evaluation
 import jaxadv.sharding
 import jaxadv.training
@@ -31,7 +32,10 @@ def _documented() -> set[str]:
 
 def _public() -> dict[str, list[str]]:
     return {
-        "jaxadv": [n for n in jaxadv.__all__ if n not in ("evaluation", "sharding", "training", "zoo")],
+        "jaxadv": [
+            n for n in jaxadv.__all__ if n not in ("certify", "evaluation", "sharding", "training", "zoo")
+        ],
+        "jaxadv.certify": list(jaxadv.certify.__all__),
         "jaxadv.evaluation": list(jaxadv.evaluation.__all__),
         "jaxadv.training": list(jaxadv.training.__all__),
         "jaxadv.sharding": list(jaxadv.sharding.__all__),
