@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from jaxadv.cli import add_evaluate_parser
 
-def main(argv: Sequence[str] | None = None) -> int:
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxadv`` argument parser (subcommands ``demo`` and ``evaluate``)."""
     parser = argparse.ArgumentParser(prog="jaxadv", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="attack a CNN trained on the bundled digits set (default)")
@@ -15,9 +18,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="jaxadv-demo", help="folder for the figures and results.json")
     demo.add_argument("--queries", type=int, default=500, help="query budget of the black-box attacks")
-    from jaxadv.cli import add_evaluate_parser
-
     add_evaluate_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2: a problem with the arguments or inputs)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in (None, "demo"):
         from jaxadv import demo as demo_module

@@ -31,6 +31,19 @@ batch statistics) and a training-mode ``logits_fn`` that returns
 passed directly as ``logits_fn``: the attack then runs a private
 inference-mode copy of it (:func:`jaxadv.from_nnx`) and the outer loss calls the
 module itself, so ``nnx.value_and_grad`` records its batch-statistics updates.
+
+Checks: each loss raises ``ValueError`` (naming the argument) for an unknown
+norm, ``steps < 1``, labels of the wrong shape or dtype and, on concrete
+values, for ``eps < 0``, ``step_size < 0``, ``beta < 0``, ``lo > hi``, labels
+outside ``[0, C)`` and ``x`` outside ``bounds``. Under ``jit`` those values are
+abstract and the value checks are skipped, as in the attacks; wrap the loss
+with :func:`jaxadv.checked` to run them through checkify:
+
+.. code-block:: python
+
+    err, loss = jax.jit(jaxadv.checked(jaxadv.training.pgd_at_loss), static_argnames="steps")(
+        f, x, y, key=key, eps=eps, step_size=0.05, steps=5)
+    err.throw()  # ValueError text of the first failed check, if any
 """
 
 from __future__ import annotations
@@ -46,8 +59,9 @@ from jaxadv.attacks.iterative import pgd, run_projected_gradient
 from jaxadv.losses import as_onehot, cross_entropy
 from jaxadv.models import from_nnx
 from jaxadv.threat_models import project_to_feasible, random_start
+from jaxadv.training.checks import check_labels
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
-from jaxadv.validation import check_norm, check_steps
+from jaxadv.validation import check_nonnegative, check_norm, check_steps
 
 __all__ = ["fast_at_loss", "kl_divergence", "pgd_at_loss", "trades_loss"]
 
@@ -156,6 +170,10 @@ def pgd_at_loss(
 
     Returns:
       The scalar float32 loss (batch mean), or ``(loss, aux)``.
+
+    Raises:
+      ValueError: see the module docstring (bad ``eps``, ``step_size``,
+        ``steps``, ``norm``, ``bounds``, labels, or ``x`` outside ``bounds``).
     """
     x = jnp.asarray(x)
     y = jnp.asarray(y)
@@ -209,8 +227,11 @@ def fast_at_loss(
 
     Returns:
       The scalar float32 loss, or ``(loss, aux)``.
+
+    Raises:
+      ValueError: as :func:`pgd_at_loss`.
     """
-    check_norm(norm)
+    norm = check_norm(norm)
     x = jnp.asarray(x)
     y = jnp.asarray(y)
     attack = _attack_model(logits_fn, attack_logits_fn, has_aux)
@@ -272,18 +293,24 @@ def trades_loss(
     Args:
       logits_fn, x, y, key, eps, step_size, steps, norm, bounds, attack_logits_fn, has_aux: as in
         :func:`pgd_at_loss`.
-      beta: weight of the KL term, scalar (traced).
+      beta: weight of the KL term, scalar ``>= 0`` (traced).
 
     Returns:
       The scalar float32 loss, or ``(loss, aux)``.
+
+    Raises:
+      ValueError: as :func:`pgd_at_loss`, and for ``beta < 0``.
     """
-    check_norm(norm)
+    norm = check_norm(norm)
     steps = check_steps(steps)
+    beta = check_nonnegative(beta, "beta")
     x = jnp.asarray(x)
     y = jnp.asarray(y)
     attack = _attack_model(logits_fn, attack_logits_fn, has_aux)
     x_const = jax.lax.stop_gradient(x)
     q = jax.lax.stop_gradient(jax.nn.softmax(attack(x_const).astype(jnp.float32), axis=-1))
+    # The attack's labels are q, so y is checked here (prepare checks x, eps and bounds).
+    check_labels(y, x.shape[0], q.shape[-1])
     p = prepare(attack, x_const, q, bounds=bounds, eps=eps)
     alpha = check_step_size(step_size, p.x)
     noise = 0.001 * jax.random.normal(key, p.x.shape, jnp.float32)
@@ -304,5 +331,5 @@ def trades_loss(
     logits, aux = _outer(logits_fn, jnp.concatenate([x_const, x_adv.astype(x.dtype)], axis=0), has_aux)
     clean, adv = logits[:batch], logits[batch:]
     robust = kl_divergence(adv, jax.nn.softmax(clean, axis=-1))
-    loss = _mean_ce(clean, y) + jnp.asarray(beta, jnp.float32) * jnp.mean(robust)
+    loss = _mean_ce(clean, y) + beta * jnp.mean(robust)
     return _result(loss, aux, has_aux)

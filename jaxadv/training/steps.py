@@ -42,22 +42,48 @@ corresponding loss uses ``key``, dropout uses ``dropout_key`` (rng stream
 dropout. For NNX, ``key`` is the attack's key and dropout draws from the
 module's own ``nnx.Rngs``. The same key (and module state) gives bit-identical
 steps.
+
+Checks: the builders check the hyperparameters, which are constants of the
+step, and raise ``ValueError`` naming the argument (``eps < 0``,
+``step_size < 0``, ``steps < 1``, ``replays < 1``, ``beta < 0``, ``lo > hi``, an
+unknown norm or method, a missing required value). The batch reaches the
+compiled step as abstract values, so its *value* checks (labels in
+``[0, C)``; ``x`` inside ``bounds`` for the adversarial methods) are skipped by
+default, as in the attacks under ``jit``, and its shape checks always raise.
+Run the value checks through :mod:`jax.experimental.checkify` with
+``checked=True`` (every builder), or, for the linen builders,
+:func:`jaxadv.checked`; the step then returns ``(err, outputs)`` and
+``err.throw()`` raises the ``ValueError`` text of the first failed check:
+
+.. code-block:: python
+
+    step = jaxadv.training.make_train_step(model, tx, method="pgd", eps=0.2, step_size=0.05,
+                                           steps=5, checked=True)
+    err, (state, metrics) = step(state, x, y, key)
+    err.throw()
+
+The checks cost little compute but ``err.throw()`` waits for the step to
+finish; use them while setting up a run, or every ``n`` steps.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from jaxadv import validation
 from jaxadv.losses import as_onehot, cross_entropy
 from jaxadv.models import from_flax
 from jaxadv.threat_models import clip_to_bounds, project, steepest_direction
+from jaxadv.training.checks import check_attack_config, check_bounds, check_labels
 from jaxadv.training.losses import fast_at_loss, pgd_at_loss, trades_loss
 from jaxadv.typing import Array, ArrayLike, Bounds, Norm, PRNGKey
-from jaxadv.validation import check_norm, check_steps
+from jaxadv.validation import check_in_bounds, check_steps
+from jaxadv.validation import checked as checkify_checks
 
 __all__ = [
     "TrainState",
@@ -103,17 +129,47 @@ def init_train_state(variables: Any, tx: optax.GradientTransformation) -> TrainS
 # --- checks -------------------------------------------------------------------
 
 
-def _check_hyper(method: str, eps: Any, step_size: Any, steps: Any) -> None:
+def _check_hyper(
+    method: str, eps: Any, step_size: Any, steps: Any, beta: Any, norm: str, bounds: Bounds
+) -> dict[str, Any]:
+    """The checked hyperparameters of ``method``, keyed like the losses' arguments."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS} (Free has make_free_train_step), got {method!r}")
-    if method == "clean":
-        return
-    if eps is None:
-        raise ValueError(f"method={method!r} needs eps=")
-    if method in ("pgd", "trades"):
-        if step_size is None:
-            raise ValueError(f"method={method!r} needs step_size=")
-        check_steps(steps)
+    multi_step = method in ("pgd", "trades")
+    norm, steps = check_attack_config(
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        beta=beta,
+        norm=norm,
+        bounds=bounds,
+        needs_eps=method != "clean",
+        needs_step_size=multi_step,
+        needs_steps=multi_step,
+        method=method,
+    )
+    return dict(eps=eps, step_size=step_size, steps=steps, beta=beta, norm=norm, bounds=bounds)
+
+
+def _compile(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``jax.jit(step)``, with a second compiled copy for calls inside :func:`jaxadv.checked`.
+
+    A jitted function reuses its first trace: traced without the value checks
+    it would ignore ``jaxadv.checked``; traced with them it would fail outside.
+    Each copy is only ever traced in one of the two modes.
+    """
+    plain = jax.jit(step)
+
+    def step_with_checks(*args: Any) -> Any:
+        return step(*args)
+
+    with_checks = jax.jit(step_with_checks)
+
+    @functools.wraps(step)
+    def run(*args: Any) -> Any:
+        return (with_checks if validation._checks_on() else plain)(*args)
+
+    return run
 
 
 def _method_loss(
@@ -132,6 +188,7 @@ def _method_loss(
         out = train_fn(x)
         logits, aux = out if has_aux else (out, None)
         z = logits.astype(jnp.float32)
+        check_labels(y, x.shape[0], z.shape[-1])
         loss = jnp.mean(cross_entropy(z, as_onehot(y, z.shape[-1])))
         return (loss, aux) if has_aux else loss
     common = dict(key=key, eps=hyper["eps"], norm=hyper["norm"], bounds=hyper["bounds"])
@@ -182,7 +239,8 @@ def make_train_step(
     train_kwargs: dict[str, Any] | None = None,
     eval_kwargs: dict[str, Any] | None = None,
     jit: bool = True,
-) -> Callable[[TrainState, Array, Array, PRNGKey], tuple[TrainState, dict[str, Array]]]:
+    checked: bool = False,
+) -> Callable[[TrainState, Array, Array, PRNGKey], Any]:
     r"""Build ``step(state, x, y, key) -> (state, metrics)`` for a Flax linen model.
 
     One step computes the method's loss (the methods are listed in the module
@@ -212,14 +270,25 @@ def make_train_step(
         (e.g. ``{"train": False}``); hashable values.
       jit: compile the step with :func:`jax.jit` (default). The hyperparameters
         are constants of the compiled step; ``state``, ``x``, ``y``, ``key`` are
-        traced.
+        traced. Inside :func:`jaxadv.checked` a second compiled copy, with
+        the value checks, runs instead.
+      checked: run the batch's value checks through checkify (see the module
+        docstring); the step then returns ``(err, (state, metrics))``. Without
+        it, ``jaxadv.checked(step)`` does the same, and with ``jit=False`` a
+        concrete bad batch raises at once.
 
     Returns:
       ``step(state: TrainState, x [B, ...], y [B], key) -> (TrainState, {"loss": scalar})``.
+
+    Raises:
+      ValueError: when built, for an unknown ``method`` or ``norm``, a missing
+        ``eps``/``step_size``/``steps``, ``eps < 0``, ``step_size < 0``,
+        ``steps < 1``, ``beta < 0`` or ``lo > hi``; when called, for labels or
+        ``x`` of the wrong shape, and, with ``checked=True`` through
+        ``err.throw()``, for labels outside ``[0, C)`` or ``x`` outside
+        ``bounds`` (adversarial methods).
     """
-    check_norm(norm)
-    _check_hyper(method, eps, step_size, steps)
-    hyper = dict(eps=eps, step_size=step_size, steps=steps, beta=beta, norm=norm, bounds=bounds)
+    hyper = _check_hyper(method, eps, step_size, steps, beta, norm, bounds)
     train_kw = dict(train_kwargs or {})
     eval_kw = dict(eval_kwargs or {})
 
@@ -238,7 +307,12 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, batch_stats, opt_state, state.step + 1), {"loss": loss}
 
-    return jax.jit(step) if jit else step
+    return _finish(step, jit=jit, checked=checked)
+
+
+def _finish(step: Callable[..., Any], *, jit: bool, checked: bool) -> Callable[..., Any]:
+    out = checkify_checks(step) if checked else step
+    return _compile(out) if jit else out
 
 
 def _free_delta(delta: Array, grad: Array, eps: Any, norm: Norm) -> Array:
@@ -247,11 +321,30 @@ def _free_delta(delta: Array, grad: Array, eps: Any, norm: Norm) -> Array:
     return project(delta + eps * steepest_direction(grad, norm), eps, norm).astype(delta.dtype)
 
 
-def _check_free(eps: Any, replays: Any, norm: str) -> int:
-    check_norm(norm)
+def _check_free(eps: Any, replays: Any, norm: str, bounds: Bounds) -> tuple[Norm, int]:
+    """The checked ``(norm, replays)`` of Free adversarial training."""
     if eps is None:
         raise ValueError("Free adversarial training needs eps=")
-    return check_steps(replays, "replays")
+    norm, _ = check_attack_config(
+        eps=eps,
+        step_size=None,
+        steps=None,
+        beta=0.0,
+        norm=norm,
+        bounds=bounds,
+        needs_eps=True,
+        needs_step_size=False,
+        needs_steps=False,
+        method="free",
+    )
+    return norm, check_steps(replays, "replays")
+
+
+def _free_loss(logits: Array, x: Array, y: Array) -> Array:
+    """Mean cross-entropy of Free's replay, with the label checks."""
+    z = logits.astype(jnp.float32)
+    check_labels(y, x.shape[0], z.shape[-1])
+    return jnp.mean(cross_entropy(z, as_onehot(y, z.shape[-1])))
 
 
 def make_free_train_step(
@@ -264,7 +357,8 @@ def make_free_train_step(
     bounds: Bounds = (0.0, 1.0),
     train_kwargs: dict[str, Any] | None = None,
     jit: bool = True,
-) -> Callable[..., tuple[TrainState, Array, dict[str, Array]]]:
+    checked: bool = False,
+) -> Callable[..., Any]:
     r"""Free adversarial training (Shafahi et al., 2019) for a Flax linen model.
 
     Builds ``step(state, delta, x, y, key) -> (state, delta, metrics)``. Each
@@ -293,20 +387,29 @@ def make_free_train_step(
       norm, bounds: threat model.
       train_kwargs: keyword arguments of the training ``apply``.
       jit: compile the step (the replays are an unrolled :func:`jax.lax.scan`).
+      checked: run the batch's value checks (labels in ``[0, C)``, ``x``
+        inside ``bounds``) through checkify; the step returns ``(err, (state,
+        delta, metrics))``. See :func:`make_train_step`.
 
     Returns:
       ``step(state, delta [B, ...], x [B, ...], y [B], key) -> (state, delta,
       {"loss": mean loss over the replays})``; ``state.step`` grows by ``replays``.
+
+    Raises:
+      ValueError: when built, for ``eps`` missing or ``< 0``, ``replays < 1``,
+        an unknown norm or ``lo > hi``; when called, as :func:`make_train_step`.
     """
-    replays = _check_free(eps, replays, norm)
+    norm, replays = _check_free(eps, replays, norm, bounds)
     train_kw = dict(train_kwargs or {})
     lo, hi = bounds
+    lo32, hi32 = check_bounds(bounds)
 
     def step(
         state: TrainState, delta: Array, x: Array, y: Array, key: PRNGKey
     ) -> tuple[TrainState, Array, dict[str, Array]]:
         if delta.shape != x.shape:
             raise ValueError(f"delta must have the shape of x {x.shape}, got {delta.shape}")
+        check_in_bounds(jnp.asarray(x), lo32, hi32)
 
         def replay(carry: Any, rng: PRNGKey) -> tuple[Any, Array]:
             params, batch_stats, opt_state, d = carry
@@ -314,8 +417,7 @@ def make_free_train_step(
             def loss_fn(params: Any, d: Array) -> tuple[Array, Any]:
                 train_fn = _linen_train_fn(model, params, batch_stats, train_kw, rng)
                 logits, new_stats = train_fn(clip_to_bounds(x + d, lo, hi))
-                z = logits.astype(jnp.float32)
-                return jnp.mean(cross_entropy(z, as_onehot(y, z.shape[-1]))), new_stats
+                return _free_loss(logits, x, y), new_stats
 
             grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
             (loss, new_stats), (g_params, g_delta) = grad_fn(params, d)
@@ -332,10 +434,30 @@ def make_free_train_step(
         new_state = TrainState(params, batch_stats, opt_state, state.step + replays)
         return new_state, delta, {"loss": jnp.mean(losses)}
 
-    return jax.jit(step) if jit else step
+    return _finish(step, jit=jit, checked=checked)
 
 
 # --- NNX ----------------------------------------------------------------------
+
+
+def _nnx_checked(body: Callable[..., Any], module: Any, optimizer: Any, *args: Any) -> tuple[Any, Any]:
+    """``body(module, optimizer, *args)`` with its value checks run through checkify.
+
+    Checkify cannot wrap in-place updates of objects created outside it, so the
+    body runs on a functional copy (split, merge, run, update back).
+    """
+    from flax import nnx
+
+    graphdef, state = nnx.split((module, optimizer))
+
+    def pure(state: Any, *args: Any) -> tuple[Any, Any]:
+        m, o = nnx.merge(graphdef, state, copy=True)
+        out = body(m, o, *args)
+        return out, nnx.state((m, o))
+
+    err, (out, new_state) = checkify_checks(pure)(state, *args)
+    nnx.update((module, optimizer), new_state)
+    return err, out
 
 
 def make_nnx_train_step(
@@ -347,7 +469,8 @@ def make_nnx_train_step(
     beta: ArrayLike = 6.0,
     norm: Norm = "linf",
     bounds: Bounds = (0.0, 1.0),
-) -> Callable[..., dict[str, Array]]:
+    checked: bool = False,
+) -> Callable[..., Any]:
     r"""Build ``step(module, optimizer, x, y, key) -> metrics`` for a Flax NNX model.
 
     The same methods and maths as :func:`make_train_step`. The step is one
@@ -363,18 +486,22 @@ def make_nnx_train_step(
 
     Args:
       method, eps, step_size, steps, beta, norm, bounds: as in :func:`make_train_step`.
+      checked: run the batch's value checks through checkify; the step returns
+        ``(err, metrics)`` (the module and optimizer are still updated in
+        place). :func:`jaxadv.checked` cannot wrap an in-place NNX step; this
+        flag is its counterpart.
 
     Returns:
       ``step(module, optimizer: nnx.Optimizer, x [B, ...], y [B], key) -> {"loss": scalar}``.
+
+    Raises:
+      ValueError: as :func:`make_train_step`.
     """
     from flax import nnx
 
-    check_norm(norm)
-    _check_hyper(method, eps, step_size, steps)
-    hyper = dict(eps=eps, step_size=step_size, steps=steps, beta=beta, norm=norm, bounds=bounds)
+    hyper = _check_hyper(method, eps, step_size, steps, beta, norm, bounds)
 
-    @nnx.jit
-    def step(module: Any, optimizer: Any, x: Array, y: Array, key: PRNGKey) -> dict[str, Array]:
+    def body(module: Any, optimizer: Any, x: Array, y: Array, key: PRNGKey) -> dict[str, Array]:
         def loss_fn(m: Any) -> Array:
             return _method_loss(method, m, x, y, key=key, attack_fn=None, has_aux=False, hyper=hyper)
 
@@ -382,7 +509,9 @@ def make_nnx_train_step(
         optimizer.update(module, grads)
         return {"loss": loss}
 
-    return step
+    if checked:
+        return nnx.jit(functools.partial(_nnx_checked, body))
+    return nnx.jit(body)
 
 
 def make_nnx_free_train_step(
@@ -391,7 +520,8 @@ def make_nnx_free_train_step(
     replays: int,
     norm: Norm = "linf",
     bounds: Bounds = (0.0, 1.0),
-) -> Callable[..., tuple[Array, dict[str, Array]]]:
+    checked: bool = False,
+) -> Callable[..., Any]:
     r"""Free adversarial training (Shafahi et al., 2019) for a Flax NNX model.
 
     ``step(module, optimizer, delta, x, y) -> (delta, metrics)``: the algorithm
@@ -401,22 +531,30 @@ def make_nnx_free_train_step(
     ``replays`` replays are unrolled in the program (keep ``replays`` small, as
     the paper's 4 to 10).
 
+    Args:
+      eps, replays, norm, bounds: as in :func:`make_free_train_step`.
+      checked: as in :func:`make_nnx_train_step`; the step returns
+        ``(err, (delta, metrics))``.
+
     Returns:
       ``step(module, optimizer, delta [B, ...], x [B, ...], y [B]) -> (delta, {"loss": mean loss})``.
+
+    Raises:
+      ValueError: as :func:`make_free_train_step`.
     """
     from flax import nnx
 
-    replays = _check_free(eps, replays, norm)
+    norm, replays = _check_free(eps, replays, norm, bounds)
     lo, hi = bounds
+    lo32, hi32 = check_bounds(bounds)
 
-    @nnx.jit
-    def step(module: Any, optimizer: Any, delta: Array, x: Array, y: Array) -> tuple[Array, dict[str, Array]]:
+    def body(module: Any, optimizer: Any, delta: Array, x: Array, y: Array) -> tuple[Array, dict[str, Array]]:
         if delta.shape != x.shape:
             raise ValueError(f"delta must have the shape of x {x.shape}, got {delta.shape}")
+        check_in_bounds(jnp.asarray(x), lo32, hi32)
 
         def loss_fn(m: Any, d: Array) -> Array:
-            z = m(clip_to_bounds(x + d, lo, hi)).astype(jnp.float32)
-            return jnp.mean(cross_entropy(z, as_onehot(y, z.shape[-1])))
+            return _free_loss(m(clip_to_bounds(x + d, lo, hi)), x, y)
 
         total = jnp.zeros((), jnp.float32)
         for _ in range(replays):
@@ -426,4 +564,6 @@ def make_nnx_free_train_step(
             total = total + loss
         return delta, {"loss": total / replays}
 
-    return step
+    if checked:
+        return nnx.jit(functools.partial(_nnx_checked, body))
+    return nnx.jit(body)

@@ -1,0 +1,99 @@
+"""Argument checks of the training losses and step builders.
+
+Hyperparameters handed to a step builder are constants of the step, so they are
+checked once, when the step is built, and raise ``ValueError`` naming the
+argument. A batch's ``x`` and ``y`` only reach a compiled step as abstract
+values: their checks go through :func:`jaxadv.validation.value_check`, which
+raises on concrete values and, under ``jit``, records a checkify check that
+runs when the step is wrapped with :func:`jaxadv.checked` (or built with
+``checked=True``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from jaxadv.typing import Array, Bounds, Norm
+from jaxadv.validation import check_nonnegative, check_norm, check_steps, value_check
+
+
+def check_bounds(bounds: Bounds) -> tuple[Array, Array]:
+    """``bounds`` must be a pair ``(lo, hi)`` with ``lo <= hi`` everywhere; float32 arrays."""
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise ValueError(f"bounds must be a pair (lo, hi), got {bounds!r}")
+    lo = jnp.asarray(bounds[0], jnp.float32)
+    hi = jnp.asarray(bounds[1], jnp.float32)
+    value_check(
+        jnp.all(lo <= hi),
+        "bounds must satisfy lo <= hi, got lo={lo} > hi={hi}; pass bounds=(lo, hi) in that order",
+        lo=jnp.max(lo),
+        hi=jnp.min(hi),
+    )
+    return lo, hi
+
+
+def check_labels(y: Any, batch: int, num_classes: int) -> None:
+    """``y``: ``[batch]`` integer labels in ``[0, num_classes)`` or ``[batch, num_classes]`` floats.
+
+    Out-of-range integer labels would one-hot encode to all zeros and contribute
+    a zero loss without any error, so their range is a value check.
+    """
+    y = jnp.asarray(y)
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        if y.shape != (batch,):
+            raise ValueError(
+                f"y must have shape [batch]=({batch},) (integer labels) or "
+                f"[batch, num_classes]=({batch}, {num_classes}) (one-hot), got {y.shape}"
+            )
+        value_check(
+            jnp.all((y >= 0) & (y < num_classes)),
+            f"y must hold labels in [0, {num_classes}), found values in [{{lmin}}, {{lmax}}]",
+            lmin=jnp.min(y),
+            lmax=jnp.max(y),
+        )
+    elif jnp.issubdtype(y.dtype, jnp.floating) or y.dtype == jnp.bool_:
+        if y.shape != (batch, num_classes):
+            raise ValueError(
+                f"one-hot y must have shape [batch, num_classes]=({batch}, {num_classes}), got {y.shape}"
+            )
+    else:
+        raise ValueError(f"y must hold integer labels or one-hot floats, got dtype {y.dtype}")
+
+
+def check_attack_config(
+    *,
+    eps: Any,
+    step_size: Any,
+    steps: Any,
+    beta: Any,
+    norm: str,
+    bounds: Bounds,
+    needs_eps: bool,
+    needs_step_size: bool,
+    needs_steps: bool,
+    method: str,
+) -> tuple[Norm, int | None]:
+    """The static hyperparameters of a training method.
+
+    Returns the canonical norm name and ``steps`` as an int (or None).
+
+    Raises ``ValueError`` naming the argument for a missing required value, an
+    unknown norm, ``eps < 0``, ``step_size < 0``, ``beta < 0``, ``steps < 1`` or
+    ``lo > hi``. Every given value is checked, needed or not.
+    """
+    norm = check_norm(norm)
+    check_bounds(bounds)
+    for name, value, needed in (("eps", eps, needs_eps), ("step_size", step_size, needs_step_size)):
+        if value is None:
+            if needed:
+                raise ValueError(f"method={method!r} needs {name}=")
+        else:
+            check_nonnegative(value, name)
+    check_nonnegative(beta, "beta")
+    if steps is None:
+        if needs_steps:
+            raise ValueError(f"method={method!r} needs steps= (a Python int >= 1)")
+        return norm, None
+    return norm, check_steps(steps)
