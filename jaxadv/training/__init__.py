@@ -1,8 +1,13 @@
-"""Adversarial training that composes with optax: PGD-AT, Fast-AT, TRADES and Free.
+"""Adversarial and certified training that composes with optax: PGD-AT, Fast-AT, TRADES, Free,
+Gaussian augmentation, SmoothAdv, IBP and CROWN-IBP.
 
 * Losses (:mod:`jaxadv.training.losses`): :func:`pgd_at_loss`,
   :func:`fast_at_loss`, :func:`trades_loss`, scalars whose parameter gradient is
   the method's training gradient; they drop into any JAX + optax loop.
+* Losses for certified robustness (:mod:`jaxadv.training.certified`):
+  :func:`gaussian_augmentation_loss` and :func:`smoothadv_loss` (randomized
+  smoothing), :func:`ibp_loss` with :func:`ibp_schedule`, and :func:`crown_ibp_loss`
+  (bound propagation).
 * Whole steps (:mod:`jaxadv.training.steps`): :func:`make_train_step` and
   :func:`make_free_train_step` for Flax linen (:class:`TrainState`),
   :func:`make_nnx_train_step` and :func:`make_nnx_free_train_step` for Flax NNX.
@@ -10,6 +15,13 @@
   :func:`robust_accuracy_monitor`.
 """
 
+from jaxadv.training.certified import (
+    crown_ibp_loss,
+    gaussian_augmentation_loss,
+    ibp_loss,
+    ibp_schedule,
+    smoothadv_loss,
+)
 from jaxadv.training.losses import fast_at_loss, kl_divergence, pgd_at_loss, trades_loss
 from jaxadv.training.monitor import (
     CatastrophicOverfittingWarning,
@@ -31,7 +43,11 @@ __all__ = [
     "CatastrophicOverfittingWarning",
     "MonitorState",
     "TrainState",
+    "crown_ibp_loss",
     "fast_at_loss",
+    "gaussian_augmentation_loss",
+    "ibp_loss",
+    "ibp_schedule",
     "init_train_state",
     "kl_divergence",
     "make_free_train_step",
@@ -41,6 +57,7 @@ __all__ = [
     "pgd_at_loss",
     "robust_accuracy",
     "robust_accuracy_monitor",
+    "smoothadv_loss",
     "trades_loss",
     "update_monitor",
 ]
