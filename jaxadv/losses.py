@@ -9,6 +9,9 @@ An untargeted attack ascends the loss of the true label; a targeted attack
 descends the loss of the target label. Custom losses are welcome: any hashable
 callable with this signature (a module-level function compiles once; a new
 ``functools.partial`` object per call compiles once per object).
+
+The losses stay finite, with finite gradients, for any finite logits however
+large (:func:`log_softmax`; ratios on rescaled logits, see :func:`row_scale`).
 """
 
 from __future__ import annotations
@@ -30,10 +33,86 @@ def as_onehot(labels: Array, num_classes: int) -> Array:
     return labels.astype(jnp.float32)
 
 
+def log_softmax(logits: Array) -> Array:
+    r"""Log-softmax over the last axis, finite for any finite logits, in float32.
+
+    :math:`q = z - \max z` is shifted once more by its own maximum before the
+    exponentials. The second shift is 0 unless the compiler computed the two uses
+    of :math:`z` differently: fused into each use, a model's last multiplication
+    may be contracted with the subtraction into one fused multiply-add that skips
+    the rounding of :math:`z` in one copy and not in the other, so that
+    :math:`q` at the maximum is off by up to half an ulp of :math:`z` (about
+    ``3e4`` for logits near ``1e12``) and :math:`e^q` overflows. After the second
+    shift the largest :math:`q` is exactly 0, so the sum of exponentials lies in
+    ``[1, C]`` and the result is finite, non-positive and has a finite gradient
+    (softmax minus one-hot).
+    """
+    z = logits.astype(jnp.float32)
+    q = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    q = q - jax.lax.stop_gradient(jnp.max(q, axis=-1, keepdims=True))
+    return q - jnp.log(jnp.sum(jnp.exp(q), axis=-1, keepdims=True))
+
+
+def finite_rows(logits: Array) -> Array:
+    """``[batch]`` bool: every logit of the example is finite."""
+    return jnp.all(jnp.isfinite(logits), axis=-1)
+
+
+def _cross_entropy(logits: Array, onehot: Array) -> Array:
+    logp = log_softmax(logits)
+    return -jnp.sum(jnp.where(onehot != 0, onehot * logp, 0.0), axis=-1)
+
+
+def _saturated_direction(logits: Array, onehot: Array) -> tuple[Array, Array]:
+    r"""Where :math:`\mathrm{softmax}(z)\sum_c y_c - y` (the gradient of cross-entropy)
+    underflows to 0 although it is not 0, its direction, from log-probabilities.
+
+    That happens when all the label's mass is on the top class and every other
+    logit is more than ~100 below it. The exact gradient is then
+    :math:`S(p - e_{top})` with :math:`S = \sum_c y_c`; divided by
+    :math:`S \sum_{j \ne top} p_j` it is :math:`-S` at the top class and
+    :math:`S\,p_j / \sum_{k \ne top} p_k` elsewhere, all representable.
+
+    Returns ``(direction [batch, C], used [batch] bool)``.
+    """
+    z = logits.astype(jnp.float32)
+    logp = log_softmax(z)
+    total = jnp.sum(onehot, axis=-1, keepdims=True)
+    exact = jnp.exp(logp) * total - onehot
+    top = jnp.arange(z.shape[-1]) == jnp.argmax(z, axis=-1, keepdims=True)
+    others = jnp.where(top, -jnp.inf, logp)
+    rest = jax.nn.logsumexp(others, axis=-1, keepdims=True)
+    safe_rest = jnp.where(jnp.isfinite(rest), rest, 0.0)
+    direction = total * jnp.where(top, -1.0, jnp.exp(others - safe_rest))
+    used = jnp.all(exact == 0, axis=-1) & jnp.isfinite(rest[:, 0]) & (total[:, 0] != 0) & finite_rows(z)
+    return jax.lax.stop_gradient(direction), jax.lax.stop_gradient(used)
+
+
+@jax.custom_jvp
 def cross_entropy(logits: Array, onehot: Array) -> Array:
-    r"""Softmax cross-entropy :math:`-\sum_c y_c \log \mathrm{softmax}(z)_c`, per example."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.sum(onehot * logp, axis=-1)
+    r"""Softmax cross-entropy :math:`-\sum_c y_c \log \mathrm{softmax}(z)_c`, per example.
+
+    Finite for any finite logits (:func:`log_softmax`; classes with
+    :math:`y_c = 0` contribute nothing even where their log-probability is
+    :math:`-\infty`). Its gradient in the logits is
+    :math:`\mathrm{softmax}(z)\sum_c y_c - y`, except where that underflows to
+    exactly 0 although the true value is not (all of the label on the
+    predicted class, every other logit more than ~100 below it): there the
+    gradient is the true one's direction, scaled so its largest entry is
+    :math:`\sum_c y_c` (:func:`_saturated_direction`). Gradient attacks move along
+    directions, so a saturated but correctly classified example is still attacked
+    instead of being left where it is.
+    """
+    return _cross_entropy(logits, onehot)
+
+
+@cross_entropy.defjvp
+def _cross_entropy_jvp(primals: tuple[Array, Array], tangents: tuple[Array, Array]) -> tuple[Array, Array]:
+    logits, onehot = primals
+    out, tangent = jax.jvp(_cross_entropy, primals, tangents)
+    direction, used = _saturated_direction(logits, onehot)
+    rescued = jnp.sum(direction * tangents[0].astype(jnp.float32), axis=-1)
+    return out, jnp.where(used, rescued, tangent)
 
 
 def cw_margin(logits: Array, onehot: Array) -> Array:
@@ -45,9 +124,19 @@ def cw_margin(logits: Array, onehot: Array) -> Array:
     logits, so it does not saturate like cross-entropy does.
     """
     z = logits.astype(jnp.float32)
-    true = jnp.sum(onehot * z, axis=-1)
+    true = jnp.sum(jnp.where(onehot != 0, onehot * z, 0.0), axis=-1)
     other = jnp.max(jnp.where(onehot > 0, -jnp.inf, z), axis=-1)
     return other - true
+
+
+def row_scale(z: Array) -> Array:
+    """A per-example power of two ``[batch, 1]`` that brings ``max |z|`` near 1 when it
+    exceeds ``2**64``, and 1 otherwise (exact to apply; no gradient flows through
+    it). Ratio losses such as :func:`dlr` are computed on ``z * row_scale(z)``, so
+    that differences of huge logits cannot overflow."""
+    m = jnp.max(jnp.abs(z), axis=-1, keepdims=True)
+    _, e = jnp.frexp(jnp.where(jnp.isfinite(m), m, 1.0))
+    return jax.lax.stop_gradient(jnp.ldexp(jnp.ones_like(m), -jnp.where(e > 64, e, 0)))
 
 
 def dlr(logits: Array, onehot: Array) -> Array:
@@ -63,6 +152,7 @@ def dlr(logits: Array, onehot: Array) -> Array:
     :func:`jaxadv.apgd`).
     """
     z = logits.astype(jnp.float32)
+    z = z * row_scale(z)  # the ratio is scale-invariant; the scale is exact (a power of two)
     top = -jnp.sort(-z, axis=-1)[:, :3]  # a sort: lax.top_k would all-gather a sharded batch
     true = jnp.sum(onehot * z, axis=-1)
     other = jnp.max(jnp.where(onehot > 0, -jnp.inf, z), axis=-1)

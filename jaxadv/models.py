@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from typing import Any, Callable, Hashable
 
 import jax
@@ -63,13 +64,29 @@ class _LinenApply:
     kwargs: tuple[tuple[str, Any], ...]
 
     def __call__(self, variables: Any, mean: Array | None, std: Array | None, x: Array) -> Array:
-        out = self.model.apply(
-            variables,
-            _normalise(x, mean, std),
-            method=self.method,
-            mutable=False,  # batch statistics are never updated by an attack
-            **dict(self.kwargs),
-        )
+        from flax import errors
+
+        try:
+            out = self.model.apply(
+                variables,
+                _normalise(x, mean, std),
+                method=self.method,
+                mutable=False,  # batch statistics are never updated by an attack
+                **dict(self.kwargs),
+            )
+        except (
+            errors.ApplyScopeInvalidVariablesTypeError,
+            errors.ApplyScopeInvalidVariablesStructureError,
+            errors.ScopeCollectionNotFound,
+            errors.ScopeParamNotFoundError,
+        ) as e:
+            if isinstance(variables, Mapping) and "params" not in variables:
+                raise ValueError(
+                    "from_flax got variables without a 'params' collection (the model's parameters "
+                    "alone, such as variables['params']?): pass the full variables dict "
+                    "{'params': ..., 'batch_stats': ...} that model.init returned"
+                ) from e
+            raise
         return _select(out, self.output)
 
 
@@ -120,7 +137,9 @@ def from_flax(
 
     Args:
       model: a ``flax.linen.Module`` or a ``flax.nnx.Module``.
-      variables: the linen variables (``{"params": ..., "batch_stats": ...}``).
+      variables: the linen variables (``{"params": ..., "batch_stats": ...}``), the
+        whole dict ``model.init`` returned: passing ``variables["params"]`` alone
+        raises a ``ValueError`` saying so at the first call.
       mean, std: optional normalisation applied inside the model (scalars or
         arrays broadcasting against ``x``). ``eps`` stays in the raw space.
       method: linen ``method=`` to apply (default ``__call__``).

@@ -24,7 +24,9 @@ from typing import Any, Callable, NamedTuple
 
 import jax.numpy as jnp
 
+from jaxadv.losses import finite_rows
 from jaxadv.models import logits
+from jaxadv.threat_models import cast_into_box
 from jaxadv.typing import Array, ArrayLike, LogitsFn
 
 __all__ = ["AttackResult", "is_adversarial", "with_success"]
@@ -43,24 +45,27 @@ class AttackResult(NamedTuple):
 
 
 def as_returned(x: Array, dtype: Any, lo: Array, hi: Array) -> Array:
-    """Round float32 iterates to the caller's dtype and clip them into the box the way
-    :meth:`jaxadv.Problem.finalize` does, then return them as float32.
+    """Round float32 iterates to the caller's dtype and clip them into the box with
+    :meth:`jaxadv.Problem.finalize`'s rule (:func:`jaxadv.threat_models.cast_into_box`),
+    then return them as float32.
 
     An iterate passed through this is exactly the array an attack would return, so
     a success test on its logits agrees with re-predicting the returned example.
     """
-    out = jnp.clip(x.astype(dtype), lo.astype(dtype), hi.astype(dtype))
-    return out.astype(jnp.float32)
+    return cast_into_box(x, dtype, lo, hi).astype(jnp.float32)
 
 
 def hits(logits: Array, labels: Array, targeted: bool) -> Array:
     """Success of each example given its logits: prediction differs from ``labels``
-    (untargeted) or equals it (targeted). ``labels``: ``[batch]`` ints or one-hot."""
+    (untargeted) or equals it (targeted). ``labels``: ``[batch]`` ints or one-hot.
+
+    An example whose logits are not all finite (NaN or inf) is never a success:
+    its prediction is undefined."""
     labels = jnp.asarray(labels)
     if labels.ndim == 2:
         labels = jnp.argmax(labels, axis=-1)
     pred = jnp.argmax(logits, axis=-1)
-    return pred == labels if targeted else pred != labels
+    return finite_rows(logits) & (pred == labels if targeted else pred != labels)
 
 
 def is_adversarial(
@@ -77,8 +82,9 @@ def is_adversarial(
         s_b = [\arg\max_c f(x'_b)_c = y_b] \quad\text{(targeted)}.
 
     The logits are computed on ``x_adv`` cast to float32 (as the attacks do), so
-    the answer is the one any re-prediction of the returned batch gives. Works
-    under ``jit`` and ``vmap`` (everything is traced).
+    the answer is the one any re-prediction of the returned batch gives. An
+    example whose logits are not finite is not adversarial. Works under ``jit``
+    and ``vmap`` (everything is traced).
 
     Args:
       logits_fn: model ``x -> logits [batch, C]``.

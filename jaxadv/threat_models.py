@@ -12,17 +12,26 @@ Conventions used everywhere in the library:
 * ``eps`` is a scalar or one value per example (shape ``[batch]``).
 * Perturbations have the shape of ``x``: ``[batch, ...]``; norms are taken over
   all axes but the first.
+* ``eps = inf`` is an unbounded ball: the feasible set is then the box alone.
+* Norms, projections and directions stay finite for huge finite values: L2 sums
+  of squares are taken after scaling each row by a power of two (exact, so the
+  result is bit for bit the unscaled one whenever that one does not overflow).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxadv.typing import Array, ArrayLike, Norm, PRNGKey
 from jaxadv.validation import check_norm
 
 _TINY = 1e-12
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def per_example(value: ArrayLike, x: Array) -> Array:
@@ -34,7 +43,7 @@ def per_example(value: ArrayLike, x: Array) -> Array:
 
 
 def _flat(delta: Array) -> Array:
-    return delta.reshape(delta.shape[0], -1)
+    return delta.reshape(delta.shape[0], math.prod(delta.shape[1:]))
 
 
 def row_sum(v: Array, axis: int = 1) -> Array:
@@ -65,21 +74,55 @@ def row_sum(v: Array, axis: int = 1) -> Array:
     return jax.lax.optimization_barrier(jnp.squeeze(v, axis))
 
 
+def _pow2_scale(a: Array) -> Array:
+    """Per row of ``a [batch, n]``, a power of two ``s [batch, 1]`` with ``max|a| * s`` near 1.
+
+    Multiplying by a power of two is exact (the exponent is kept in
+    ``[-125, 125]``, so ``s`` is a normal float32 and ``a * s`` neither overflows
+    nor flushes to zero), so sums of squares of ``a * s`` are those of ``a`` times
+    ``s**2`` exactly, without overflowing for ``|a|`` up to the float32 maximum.
+    Rows that are zero or hold a non-finite value get ``s = 1``.
+    """
+    m = jnp.max(jnp.abs(a), axis=1, keepdims=True)
+    _, e = jnp.frexp(jnp.where(jnp.isfinite(m) & (m > 0), m, 1.0))
+    return jnp.ldexp(jnp.ones_like(m), -jnp.clip(e, -125, 125))
+
+
+def _l2(a: Array, scale: Array) -> Array:
+    """``||a * scale||_2`` per row of ``a [batch, n]`` (``scale`` from :func:`_pow2_scale`)."""
+    a = a * scale
+    return jnp.sqrt(row_sum(a * a))
+
+
 def norm_of(delta: Array, norm: Norm) -> Array:
-    """Per-example norm of ``delta`` (``[batch, ...]`` -> ``[batch]``)."""
-    check_norm(norm)
+    """Per-example norm of ``delta`` (``[batch, ...]`` -> ``[batch]``).
+
+    The L2 norm is computed on the row scaled by a power of two, so it is finite
+    whenever the true norm is (squares of entries above ~1e19 overflow float32).
+    """
+    norm = check_norm(norm)
     d = _flat(delta).astype(jnp.float32)
     if norm == "linf":
         return jnp.max(jnp.abs(d), axis=1)
     if norm == "l2":
-        return jnp.sqrt(row_sum(d * d))
+        scale = _pow2_scale(d)
+        return _l2(d, scale) / scale[:, 0]
     return row_sum(jnp.abs(d))
 
 
 def _project_l1(delta: Array, eps: Array) -> Array:
-    """Euclidean projection onto the L1 ball (Duchi et al., 2008), per example."""
+    """Euclidean projection onto the L1 ball (Duchi et al., 2008), per example.
+
+    Computed on each row scaled by a power of two (exact), so that the cumulative
+    sums of huge perturbations do not overflow."""
     v = _flat(delta).astype(jnp.float32)  # sort/cumsum in float32, also for bfloat16 inputs
+    v = jnp.clip(v, -_F32_MAX, _F32_MAX)
+    scale = _pow2_scale(v)
     eps = jnp.broadcast_to(jnp.reshape(eps, (-1,)) if jnp.ndim(eps) else eps, (v.shape[0],))
+    return (_project_l1_scaled(v * scale, eps * scale[:, 0]) / scale).reshape(delta.shape)
+
+
+def _project_l1_scaled(v: Array, eps: Array) -> Array:
     a = jnp.abs(v)
     u = -jnp.sort(-a, axis=1)  # descending
     css = jnp.cumsum(u, axis=1)
@@ -88,8 +131,12 @@ def _project_l1(delta: Array, eps: Array) -> Array:
     rho = jnp.maximum(jnp.sum(u - (css - eps[:, None]) / idx > 0, axis=1), 1)
     theta = (jnp.take_along_axis(css, (rho - 1)[:, None], axis=1)[:, 0] - eps) / rho
     w = jnp.sign(v) * jnp.maximum(a - theta[:, None], 0.0)
+    # One coordinate kept: its value is eps (a - (a - eps) loses eps when eps << a).
+    top = a == u[:, :1]
+    single = jnp.sign(v) * jnp.where(top, eps[:, None] / jnp.sum(top, axis=1, keepdims=True), 0.0)
+    w = jnp.where((rho == 1)[:, None], single, w)
     inside = row_sum(a) <= eps
-    return jnp.where(inside[:, None], v, w).reshape(delta.shape)
+    return jnp.where(inside[:, None], v, w)
 
 
 def project(delta: Array, eps: ArrayLike, norm: Norm) -> Array:
@@ -100,6 +147,9 @@ def project(delta: Array, eps: ArrayLike, norm: Norm) -> Array:
     * ``"l1"``: the exact Euclidean projection onto the L1 ball (sort-based
       algorithm of Duchi et al., 2008).
 
+    ``eps = inf`` leaves ``delta`` unchanged (for ``"l2"``/``"l1"``, infinite
+    entries become the largest finite float32, so the result is finite).
+
     Args:
       delta: ``[batch, ...]`` perturbations.
       eps: scalar or ``[batch]`` radius, in raw input units.
@@ -108,15 +158,37 @@ def project(delta: Array, eps: ArrayLike, norm: Norm) -> Array:
     Returns:
       The projected perturbations, shape and dtype of ``delta``.
     """
-    check_norm(norm)
+    norm = check_norm(norm)
     eps_b = per_example(eps, delta)
     if norm == "linf":
         return jnp.clip(delta, -eps_b, eps_b).astype(delta.dtype)
     if norm == "l2":
-        n = per_example(norm_of(delta, "l2"), delta)
-        factor = jnp.minimum(1.0, eps_b / jnp.maximum(n, _TINY))
-        return (delta * factor).astype(delta.dtype)
+        d = _flat(jnp.clip(delta, -_F32_MAX, _F32_MAX).astype(jnp.float32))
+        eps_r = jnp.broadcast_to(jnp.reshape(jnp.asarray(eps, jnp.float32), (-1, 1)), (d.shape[0], 1))
+        # d * eps / ||d|| as (d s) * (eps / ||d s||): the same numbers (s a power of two)
+        # without the overflow of ||d||^2 or a factor eps / ||d|| that flushes to 0.
+        scale = _pow2_scale(d)
+        n_s = _l2(d, scale)[:, None]
+        inside = n_s <= eps_r * scale
+        out = jnp.where(inside, d, d * scale * (eps_r / jnp.where(inside, 1.0, n_s)))
+        return out.reshape(delta.shape).astype(delta.dtype)
     return _project_l1(delta, jnp.asarray(eps, jnp.float32)).astype(delta.dtype)
+
+
+def cast_into_box(x: Array, dtype: Any, lo: Array, hi: Array) -> Array:
+    """``x`` cast to ``dtype`` and clipped into ``[lo, hi]`` in that dtype.
+
+    Bounds that ``dtype`` cannot represent are rounded inward, so that the result
+    lies inside the float32 ``[lo, hi]`` exactly. This is how every attack casts
+    its result back to the caller's dtype (:meth:`jaxadv.Problem.finalize`) and
+    how iterative attacks round their iterates before testing them for success
+    (:func:`jaxadv.success.as_returned`): one rule, so the two always agree.
+    """
+    out = x.astype(dtype)
+    lo_d, hi_d = lo.astype(dtype), hi.astype(dtype)
+    lo_d = jnp.where(lo_d.astype(jnp.float32) < lo, jnp.nextafter(lo_d, jnp.asarray(jnp.inf, dtype)), lo_d)
+    hi_d = jnp.where(hi_d.astype(jnp.float32) > hi, jnp.nextafter(hi_d, jnp.asarray(-jnp.inf, dtype)), hi_d)
+    return jnp.clip(out, lo_d, hi_d)
 
 
 def clip_to_bounds(x: Array, lo: ArrayLike, hi: ArrayLike) -> Array:
@@ -151,7 +223,9 @@ def steepest_direction(grad: Array, norm: Norm, *, l1_sparsity: float = 0.05) ->
       :math:`d_i = \mathrm{sign}(g_i)/k` there and 0 elsewhere, so
       :math:`\|d\|_1 = 1`.
 
-    A zero gradient gives a zero direction (never NaN).
+    A zero gradient gives a zero direction (never NaN); huge or infinite
+    gradient entries give a finite direction (the L2 norm is taken on the row
+    scaled by a power of two, infinities count as the largest float32).
 
     Args:
       grad: ``[batch, ...]`` gradients.
@@ -161,13 +235,17 @@ def steepest_direction(grad: Array, norm: Norm, *, l1_sparsity: float = 0.05) ->
     Returns:
       ``[batch, ...]`` directions, dtype of ``grad``.
     """
-    check_norm(norm)
+    norm = check_norm(norm)
     if norm == "linf":
         return jnp.sign(grad)
     g = _flat(grad)
     if norm == "l2":
-        n = norm_of(g, "l2")[:, None]
-        return (g / jnp.maximum(n, _TINY)).reshape(grad.shape).astype(grad.dtype)
+        g = jnp.clip(g.astype(jnp.float32), -_F32_MAX, _F32_MAX)
+        # g / max(||g||, tiny), computed as (g s) / max(||g s||, tiny s): the same
+        # numbers (s is a power of two), without squares that overflow.
+        scale = _pow2_scale(g)
+        d = g * scale / jnp.maximum(_l2(g, scale)[:, None], _TINY * scale)
+        return d.reshape(grad.shape).astype(grad.dtype)
     if not 0.0 < l1_sparsity <= 1.0:
         raise ValueError(f"l1_sparsity must be in (0, 1], got {l1_sparsity}")
     k = max(1, int(round(l1_sparsity * g.shape[1])))
@@ -196,9 +274,10 @@ def random_start(key: PRNGKey, shape: tuple[int, ...], eps: ArrayLike, norm: Nor
       norm: ``"linf"``, ``"l2"`` or ``"l1"``.
 
     Returns:
-      ``float32`` perturbations of the given shape.
+      ``float32`` perturbations of the given shape (use a finite ``eps``; see
+      :func:`random_feasible` for a start point that allows ``eps = inf``).
     """
-    check_norm(norm)
+    norm = check_norm(norm)
     b, n = shape[0], 1
     for s in shape[1:]:
         n *= s
@@ -216,6 +295,38 @@ def random_start(key: PRNGKey, shape: tuple[int, ...], eps: ArrayLike, norm: Nor
     simplex = e[:, :n] / row_sum(e)[:, None]
     signs = jax.random.rademacher(k2, (b, n), dtype=jnp.float32)
     return (simplex * signs * eps_f).reshape(shape)
+
+
+def random_feasible(key: PRNGKey, x: Array, eps: Array, norm: Norm, lo: Array, hi: Array) -> Array:
+    r"""A random start point of the feasible set :math:`B_\epsilon(x) \cap [lo, hi]`.
+
+    ``project_to_feasible(x + random_start(...))`` for finite ``eps``; where ``eps``
+    is infinite the feasible set is the box, and the start is uniform in it
+    (coordinates with an infinite bound start at ``x``).
+    """
+    eps = jnp.asarray(eps, jnp.float32)
+    finite = jnp.isfinite(eps)
+    ball = random_start(key, x.shape, jnp.where(finite, eps, 0.0), norm)
+    x0 = project_to_feasible(x + ball, x, eps, norm, lo, hi)
+    u = jax.random.uniform(jax.random.fold_in(key, 1), x.shape, jnp.float32)
+    boxed = jnp.isfinite(lo) & jnp.isfinite(hi)
+    in_box = jnp.where(boxed, jnp.where(boxed, lo, 0.0) + u * jnp.where(boxed, hi - lo, 0.0), x)
+    return jnp.where(per_example(finite, x) > 0, x0, in_box)
+
+
+def step_along(step_size: ArrayLike, direction: Array) -> Array:
+    """``step_size * direction`` per example, 0 where the direction is 0 (also for an
+    infinite step size, which would otherwise give ``inf * 0 = NaN``)."""
+    return jnp.where(direction == 0, 0.0, per_example(step_size, direction) * direction)
+
+
+def unit_l1(grad: Array) -> Array:
+    """``grad / max(||grad||_1, 1e-12)`` per example, finite for huge or infinite entries
+    (computed on rows scaled by a power of two)."""
+    g = _flat(jnp.clip(grad.astype(jnp.float32), -_F32_MAX, _F32_MAX))
+    scale = _pow2_scale(g)
+    g = g * scale
+    return (g / jnp.maximum(row_sum(jnp.abs(g))[:, None], _TINY * scale)).reshape(grad.shape)
 
 
 def mask_blocked(grad: Array, x: Array, lo: ArrayLike, hi: ArrayLike) -> Array:

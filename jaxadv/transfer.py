@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv.callables import reraise_callable_errors
-from jaxadv.losses import as_onehot
+from jaxadv.losses import as_onehot, log_softmax
 from jaxadv.models import logits as model_logits
 from jaxadv.typing import Array, ArrayLike, LogitsFn
 
@@ -30,7 +30,7 @@ def _mean_logits(fns: tuple[Any, ...], x: Array) -> Array:
 
 
 def _mean_log_probs(fns: tuple[Any, ...], x: Array) -> Array:
-    logp = jnp.stack([jax.nn.log_softmax(f(x).astype(jnp.float32), axis=-1) for f in fns])
+    logp = jnp.stack([log_softmax(f(x)) for f in fns])
     return jax.nn.logsumexp(logp, axis=0) - jnp.log(len(fns))
 
 

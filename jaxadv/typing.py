@@ -15,12 +15,14 @@ ArrayLike = jax.typing.ArrayLike
 LogitsFn = Callable[[Array], Array]
 #: A per-example loss: ``loss(logits [batch, C], onehot [batch, C]) -> [batch]``.
 LossFn = Callable[[Array, Array], Array]
-#: Threat models: the norm that measures a perturbation.
-Norm = Literal["linf", "l2", "l1"]
+#: Threat models: the norm that measures a perturbation. The canonical names are
+#: ``"linf"``, ``"l2"`` and ``"l1"``; any capitalisation, and ``"inf"`` for
+#: ``"linf"``, is accepted (see :func:`jaxadv.validation.check_norm`).
+Norm = Literal["linf", "l2", "l1", "Linf", "LINF", "L2", "L1", "inf"]
 #: ``(lo, hi)``; each a scalar or an array that broadcasts against ``x``.
 Bounds = tuple[ArrayLike, ArrayLike]
 PRNGKey = Any
 #: How an iterative attack runs its loop (see :func:`jaxadv.engine.iterate`).
-LoopMode = Literal["auto", "fori", "host"]
+LoopMode = Literal["auto", "fori", "compiled", "host"]
 
 NORMS: tuple[str, ...] = ("linf", "l2", "l1")

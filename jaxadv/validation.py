@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from jaxadv.typing import NORMS, Array
+from jaxadv.typing import NORMS, Array, Norm
 
 _state = threading.local()
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,6 +34,15 @@ def is_traced(*trees: Any) -> bool:
 
 def _checks_on() -> bool:
     return getattr(_state, "checkify", False)
+
+
+def checks_enabled() -> bool:
+    """Whether the code running now is inside :func:`checked` (value checks under ``jit``).
+
+    Compiled functions that cache a program per setting use it to keep one
+    version with the checks and one without.
+    """
+    return _checks_on()
 
 
 @contextlib.contextmanager
@@ -78,10 +87,22 @@ def value_check(ok: Array | bool, message: str, **fmt: Any) -> None:
         raise ValueError(message.format(**{k: np.asarray(v) for k, v in fmt.items()}))
 
 
-def check_norm(norm: str) -> str:
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    return norm
+#: Accepted spellings of each norm (compared case-insensitively), e.g. AutoAttack's
+#: ``"Linf"`` / ``"L2"`` / ``"L1"`` and ``"inf"``.
+_NORM_ALIASES = {"linf": "linf", "inf": "linf", "l2": "l2", "l1": "l1"}
+
+
+def check_norm(norm: Any) -> Norm:
+    """The canonical name (``"linf"``, ``"l2"`` or ``"l1"``) of a norm.
+
+    Names are case-insensitive and ``"inf"`` means ``"linf"``, so ``"Linf"``,
+    ``"LINF"``, ``"L2"`` and ``"L1"`` are accepted. Callers use the returned name
+    (also as static configuration: an alias compiles nothing new).
+    """
+    canonical = _NORM_ALIASES.get(norm.lower()) if isinstance(norm, str) else None
+    if canonical is None:
+        raise ValueError(f"norm must be one of {NORMS} (case-insensitive; 'inf' means 'linf'), got {norm!r}")
+    return canonical  # type: ignore[return-value]
 
 
 def check_steps(steps: Any, name: str = "steps") -> int:
@@ -110,18 +131,36 @@ def check_batch_array(value: Array, x: Array, name: str) -> Array:
 
 
 def check_inputs(x: Any) -> Array:
+    """``x`` as a JAX array: a floating-point ``[batch, ...]`` array (finite values are
+    checked by :func:`check_in_bounds`)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(x).dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        hint = ""
+        if jnp.issubdtype(dtype, jnp.integer) or dtype == np.bool_:
+            hint = (
+                "; for 8-bit images convert with x.astype(np.float32) / 255 and pass bounds=(0, 1) "
+                "(eps is then measured in that [0, 1] scale, e.g. eps=8 / 255)"
+            )
+        raise ValueError(f"x must be a floating-point array, got dtype {dtype}{hint}")
     x = jnp.asarray(x)
     if x.ndim < 1:
         raise ValueError(f"x must have a leading batch axis, got shape {x.shape}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"x must be a floating-point array, got dtype {x.dtype}")
     return x
 
 
 def check_in_bounds(x: Array, lo: Array, hi: Array) -> None:
-    """``x`` must lie inside ``[lo, hi]`` (up to a relative 1e-6 of the range)."""
+    """``x`` must be finite and lie inside ``[lo, hi]`` (up to a relative 1e-6 of the range)."""
     xf = x.astype(jnp.float32)
-    tol = 1e-6 * jnp.max(hi - lo)
+    value_check(
+        jnp.all(jnp.isfinite(xf)),
+        "x contains NaN/inf values ({count} of them): attacks need finite inputs",
+        count=jnp.sum(~jnp.isfinite(xf)),
+    )
+    span = hi - lo
+    # Infinite bounds: no tolerance is needed (and inf * 1e-6 would loosen finite ones).
+    tol = 1e-6 * jnp.max(jnp.where(jnp.isfinite(span), span, 0.0))
     value_check(
         jnp.all(xf >= lo - tol) & jnp.all(xf <= hi + tol),
         "x must lie inside bounds: found values in [{xmin}, {xmax}] outside the given bounds; "
@@ -129,3 +168,57 @@ def check_in_bounds(x: Array, lo: Array, hi: Array) -> None:
         xmin=jnp.min(xf),
         xmax=jnp.max(xf),
     )
+
+
+def check_labels(y: Any, batch: int, num_classes: int) -> Array:
+    """Integer labels ``[batch]`` as int32, or one-hot/soft labels ``[batch, C]`` as float32.
+
+    Raises ``ValueError`` for: a dtype that is neither integer, float nor bool
+    (strings...); float labels of shape ``[batch]`` (class indices must be passed as
+    integers: ``y.astype(np.int32)``; float ``y`` means one-hot or soft labels of
+    shape ``[batch, C]``); integer labels of the wrong shape; and, when the values
+    are concrete, labels outside ``[0, C)``, checked before the cast to int32 so
+    that int64 labels cannot wrap around into range.
+    """
+    if not isinstance(y, jax.Array):
+        y_np = np.asarray(y)
+        if y_np.dtype.kind not in "iufb":
+            raise ValueError(
+                f"y must hold integer labels or one-hot floats, got dtype {y_np.dtype}: "
+                "pass class indices as integers, e.g. np.asarray(y, np.int32)"
+            )
+        if y_np.dtype.kind in "iu" and y_np.size:
+            lmin, lmax = y_np.min(), y_np.max()
+            if lmin < 0 or lmax >= num_classes:
+                raise ValueError(
+                    f"y must hold labels in [0, {num_classes}), found values in [{lmin}, {lmax}]"
+                )
+        y = y_np
+    labels = jnp.asarray(y)
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        if labels.shape != (batch,):
+            raise ValueError(
+                f"y must have shape [batch]=({batch},) (integer labels) or "
+                f"[batch, num_classes] (one-hot), got {labels.shape}"
+            )
+        if labels.size:
+            value_check(
+                jnp.all((labels >= 0) & (labels < num_classes)),
+                f"y must hold labels in [0, {num_classes}), found values in [{{lmin}}, {{lmax}}]",
+                lmin=jnp.min(labels),
+                lmax=jnp.max(labels),
+            )
+        return labels.astype(jnp.int32)
+    if jnp.issubdtype(labels.dtype, jnp.floating) or labels.dtype == jnp.bool_:
+        if labels.shape == (batch,) and labels.ndim == 1:
+            raise ValueError(
+                f"y of shape [batch]=({batch},) must hold integer class indices, got dtype {labels.dtype}: "
+                "pass y.astype(np.int32) (float y is read as one-hot or soft labels of shape "
+                "[batch, num_classes])"
+            )
+        if labels.shape != (batch, num_classes):
+            raise ValueError(
+                f"one-hot y must have shape [batch, num_classes]=({batch}, {num_classes}), got {labels.shape}"
+            )
+        return labels.astype(jnp.float32)
+    raise ValueError(f"y must hold integer labels or one-hot floats, got dtype {labels.dtype}")

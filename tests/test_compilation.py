@@ -307,7 +307,9 @@ def test_direct_call_runs_the_whole_loop_as_one_program(
     np.testing.assert_allclose(np.asarray(direct), np.asarray(host), atol=1e-5)
     # One program for every step count: the trip count is an argument, not a constant.
     with count_compiles() as c:
-        jaxadv.pgd(mlp.logits_fn, x, y, key=jax.random.key(3), eps=1.0, norm="l2", steps=9).block_until_ready()
+        jaxadv.pgd(
+            mlp.logits_fn, x, y, key=jax.random.key(3), eps=1.0, norm="l2", steps=9
+        ).block_until_ready()
     assert c.count(COMPILE) == 0, c.events
     with pytest.raises(ValueError, match="loop='compiled'"):
         jax.jit(lambda x: jaxadv.pgd(mlp.logits_fn, x, y, key=jax.random.key(0), eps=0.1, loop="compiled"))(x)

@@ -134,7 +134,7 @@ def test_unknown_norm_raises() -> None:
     for fn in (
         lambda: jaxadv.project(d, 0.1, "linf2"),  # type: ignore[arg-type]
         lambda: jaxadv.steepest_direction(d, "l3"),  # type: ignore[arg-type]
-        lambda: jaxadv.norm_of(d, "L2"),  # type: ignore[arg-type]
+        lambda: jaxadv.norm_of(d, "L3"),  # type: ignore[arg-type]
         lambda: jaxadv.random_start(jax.random.key(0), (2, 3), 0.1, "l0"),  # type: ignore[arg-type]
     ):
         with pytest.raises(ValueError, match="norm"):

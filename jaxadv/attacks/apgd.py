@@ -27,7 +27,10 @@ best point seen, when
 
 The highest loss point and every adversarial iterate are tracked per example;
 an example that has become adversarial is frozen (its state no longer changes
-inside the compiled loop) when ``early_stop`` is on.
+inside the compiled loop) when ``early_stop`` is on. A point where the model's
+logits (or the loss, or its gradient) are not finite scores a loss of
+:math:`-\infty` and is never adversarial; examples whose clean logits are not
+finite are returned unchanged.
 """
 
 from __future__ import annotations
@@ -40,15 +43,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv.attacks.base import Problem, prepare
+from jaxadv.attacks.iterative import check_finite_step, finite_step
 from jaxadv.engine import iterate
 from jaxadv.gradients import loss_and_grad
-from jaxadv.losses import cross_entropy, dlr
+from jaxadv.losses import cross_entropy, dlr, finite_rows, row_scale
 from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
-from jaxadv.threat_models import per_example, project_to_feasible, steepest_direction
-from jaxadv.threat_models import random_start as sample_ball
+from jaxadv.threat_models import (
+    per_example,
+    project_to_feasible,
+    random_feasible,
+    steepest_direction,
+    step_along,
+)
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
-from jaxadv.validation import check_steps, is_traced
+from jaxadv.validation import check_norm, check_steps, is_traced
 
 __all__ = ["apgd", "apgd_targeted", "dlr", "dlr_targeted"]
 
@@ -66,6 +75,7 @@ def dlr_targeted(logits: Array, signed: Array) -> Array:
     Needs at least four classes.
     """
     z = logits.astype(jnp.float32)
+    z = z * row_scale(z)  # scale-invariant ratio; the power-of-two scale keeps huge logits finite
     # A sort along the class axis, not lax.top_k: XLA partitions sorts along the
     # batch axis, so batch-sharded logits are not gathered onto one device.
     top = -jnp.sort(-z, axis=-1)[:, :4]
@@ -117,17 +127,28 @@ def _freeze(new: Any, old: Any, frozen: Array) -> Any:
     return jax.tree_util.tree_map(pick, new, old)
 
 
+def _checked_loss_and_grad(
+    logits_fn: LogitsFn, x: Array, loss_labels: Array, loss: LossFn
+) -> tuple[Array, Array, Array]:
+    """:func:`jaxadv.loss_and_grad`, with a point where the logits, the loss or the
+    gradient are not finite scored as loss ``-inf`` (never the best point) with a
+    zero gradient (the next step only follows the momentum)."""
+    loss_val, logits, grad = loss_and_grad(logits_fn, x, loss_labels, loss=loss, targeted=False)
+    ok = finite_step(logits, grad) & jnp.isfinite(loss_val)
+    loss_val = jnp.where(ok, loss_val, -jnp.inf)
+    grad = jnp.where(per_example(ok, grad) > 0, grad, 0.0)
+    return loss_val, logits, grad
+
+
 def _apgd_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
     params, x, y, loss_labels, lo, hi, eps, is_check, window, rho = operands
     model, norm, loss, dtype, early_stop = static
     logits_fn = combine_model(model, params)
     a = jnp.where(i > 0, 0.75, 1.0)
-    z = project_to_feasible(
-        s.x + per_example(s.eta, x) * steepest_direction(s.grad, norm), x, eps, norm, lo, hi
-    )
+    z = project_to_feasible(s.x + step_along(s.eta, steepest_direction(s.grad, norm)), x, eps, norm, lo, hi)
     x_new = project_to_feasible(s.x + a * (z - s.x) + (1.0 - a) * (s.x - s.x_prev), x, eps, norm, lo, hi)
     x_new = as_returned(x_new, dtype, lo, hi)
-    loss_val, logits, grad = loss_and_grad(logits_fn, x_new, loss_labels, loss=loss, targeted=False)
+    loss_val, logits, grad = _checked_loss_and_grad(logits_fn, x_new, loss_labels, loss)
 
     hit = hits(logits, y, False)
     x_adv = _freeze(x_new, s.x_adv, ~hit)
@@ -178,11 +199,8 @@ def _apgd_init(
     loss: LossFn,
     dtype: Any,
 ) -> _State:
-    x0 = project_to_feasible(x + sample_ball(key, x.shape, eps, norm), x, eps, norm, lo, hi)
-    x0 = as_returned(x0, dtype, lo, hi)
-    loss0, logits, grad = loss_and_grad(
-        combine_model(model, params), x0, loss_labels, loss=loss, targeted=False
-    )
+    x0 = as_returned(random_feasible(key, x, eps, norm, lo, hi), dtype, lo, hi)
+    loss0, logits, grad = _checked_loss_and_grad(combine_model(model, params), x0, loss_labels, loss)
     eta = jnp.broadcast_to(2.0 * eps, (x.shape[0],)).astype(jnp.float32)
     return _State(
         x=x0,
@@ -258,12 +276,17 @@ def _run(
     return _Outcome(x_out, prior.found | s.found, jnp.where(higher, s.loss_best, prior.loss))
 
 
-def _check_common(norm: Norm, rho: float, n_restarts: int) -> None:
+def _check_common(norm: Norm, rho: float, n_restarts: int, key: PRNGKey) -> Norm:
+    """Static checks shared by both APGD variants; returns the canonical norm."""
+    norm = check_norm(norm)
     if norm not in ("linf", "l2"):
         raise ValueError(f"APGD supports norm='linf' or 'l2', got {norm!r}")
     if not 0.0 < rho <= 1.0:
         raise ValueError(f"rho must be in (0, 1], got {rho}")
     check_steps(n_restarts, "n_restarts")
+    if key is None:
+        raise ValueError("key is required for the random starts (pass key=jax.random.key(0))")
+    return norm
 
 
 def _start(p: Problem) -> _Outcome:
@@ -271,8 +294,13 @@ def _start(p: Problem) -> _Outcome:
     return _Outcome(p.x, jnp.zeros((b,), bool), jnp.full((b,), -jnp.inf, jnp.float32))
 
 
-def _all_found(out: _Outcome) -> bool:
-    return not is_traced(out.found) and bool(jnp.all(out.found))
+@functools.partial(jax.jit, static_argnames=("model",))
+def _clean_finite(params: Any, x: Array, *, model: Any) -> Array:
+    return finite_rows(combine_model(model, params)(x))
+
+
+def _all_found(out: _Outcome, skip: Array) -> bool:
+    return not is_traced(out.found) and bool(jnp.all(out.found | skip))
 
 
 def apgd(
@@ -312,7 +340,7 @@ def apgd(
       early_stop: freeze an example once it is adversarial (its returned example
         is then the first adversarial iterate; off, the last one).
       bounds: ``(lo, hi)``, scalars or arrays broadcasting against ``x``.
-      loop: ``"auto"``, ``"fori"`` or ``"host"`` (see :mod:`jaxadv.engine`).
+      loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
 
     Returns:
       The adversarial batch, shape and dtype of ``x``: for each example an
@@ -320,12 +348,21 @@ def apgd(
       Use :func:`jaxadv.is_adversarial` (or :func:`jaxadv.with_success`) for the
       per-example success mask.
     """
-    _check_common(norm, rho, n_restarts)
+    norm = _check_common(norm, rho, n_restarts, key)
     steps = check_steps(steps)
     loss_fn = _LOSSES[loss] if isinstance(loss, str) and loss in _LOSSES else loss
     if isinstance(loss_fn, str):
         raise ValueError(f"loss must be 'ce', 'dlr' or a callable, got {loss!r}")
     p = prepare(logits_fn, x, y, bounds=bounds, eps=eps)
+    if loss_fn is dlr and p.num_classes < 3:
+        raise ValueError(
+            f"loss='dlr' needs at least 3 classes (it divides by z_1 - z_3), got {p.num_classes}; "
+            "use loss='ce'"
+        )
+    check_finite_step(p.eps, p.lo, p.hi, "eps")
+    if p.empty:
+        return p.finalize(p.x)
+    clean_bad = ~_clean_finite(p.params, p.x, model=p.model)
     loss_labels = p.labels if p.labels.ndim == 2 else jax.nn.one_hot(p.labels, p.num_classes)
     out = _start(p)
     for r in range(n_restarts):
@@ -341,9 +378,9 @@ def apgd(
             early_stop=early_stop,
             loop=loop,
         )
-        if _all_found(out):
+        if _all_found(out, clean_bad):
             break
-    return p.finalize(out.x)
+    return p.finalize(jnp.where(per_example(clean_bad, p.x) > 0, p.x, out.x))
 
 
 def apgd_targeted(
@@ -380,7 +417,7 @@ def apgd_targeted(
     Returns:
       The adversarial batch, shape and dtype of ``x`` (see :func:`apgd`).
     """
-    _check_common(norm, rho, n_restarts)
+    norm = _check_common(norm, rho, n_restarts, key)
     steps = check_steps(steps)
     n_target_classes = check_steps(n_target_classes, "n_target_classes")
     p = prepare(logits_fn, x, y, bounds=bounds, eps=eps)
@@ -388,8 +425,13 @@ def apgd_targeted(
         raise ValueError("apgd_targeted needs integer labels y of shape [batch]")
     if p.num_classes < 4:
         raise ValueError(f"apgd_targeted needs at least 4 classes, got {p.num_classes}")
+    check_finite_step(p.eps, p.lo, p.hi, "eps")
+    if p.empty:
+        return p.finalize(p.x)
     n_target_classes = min(n_target_classes, p.num_classes - 1)
-    clean_order = jnp.argsort(combine_model(p.model, p.params)(p.x), axis=-1)
+    clean_logits = combine_model(p.model, p.params)(p.x)
+    clean_bad = ~finite_rows(clean_logits)
+    clean_order = jnp.argsort(clean_logits, axis=-1)
     onehot_y = jax.nn.one_hot(p.labels, p.num_classes)
     out = _start(p)
     for k in range(2, n_target_classes + 2):
@@ -408,6 +450,6 @@ def apgd_targeted(
                 early_stop=early_stop,
                 loop=loop,
             )
-        if _all_found(out):
+        if _all_found(out, clean_bad):
             break
-    return p.finalize(out.x)
+    return p.finalize(jnp.where(per_example(clean_bad, p.x) > 0, p.x, out.x))

@@ -17,11 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv.models import ModelStatic, combine_model, predict, split_model
+from jaxadv.threat_models import cast_into_box
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn
 from jaxadv.validation import (
     check_batch_array,
     check_in_bounds,
     check_inputs,
+    check_labels,
     check_nonnegative,
     value_check,
 )
@@ -54,21 +56,17 @@ class Problem(NamedTuple):
     def logits_fn(self) -> LogitsFn:
         return combine_model(self.model, self.params)
 
-    def finalize(self, x_adv: Array) -> Array:
-        """Cast to the caller's dtype and clip into the bounds in that dtype.
+    @property
+    def empty(self) -> bool:
+        """Whether the batch has no examples (attacks then return ``x`` at once)."""
+        return self.x.shape[0] == 0
 
-        Bounds that the dtype cannot represent are rounded inward, so that the
-        result lies inside the float32 ``[lo, hi]`` exactly (``x`` does too).
-        """
-        out = x_adv.astype(self.dtype)
-        lo, hi = self.lo.astype(self.dtype), self.hi.astype(self.dtype)
-        lo = jnp.where(
-            lo.astype(jnp.float32) < self.lo, jnp.nextafter(lo, jnp.asarray(jnp.inf, lo.dtype)), lo
-        )
-        hi = jnp.where(
-            hi.astype(jnp.float32) > self.hi, jnp.nextafter(hi, jnp.asarray(-jnp.inf, hi.dtype)), hi
-        )
-        return jnp.clip(out, lo, hi)
+    def finalize(self, x_adv: Array) -> Array:
+        """Cast to the caller's dtype and clip into the bounds in that dtype
+        (:func:`jaxadv.threat_models.cast_into_box`: bounds that the dtype cannot
+        represent are rounded inward, so that the result lies inside the float32
+        ``[lo, hi]`` exactly; ``x`` does too)."""
+        return cast_into_box(x_adv, self.dtype, self.lo, self.hi)
 
 
 def _aval(a: Any) -> jax.ShapeDtypeStruct:
@@ -98,9 +96,11 @@ def prepare(
 
     Raises ``ValueError`` (naming the argument) for: non-float or batch-less
     ``x``; ``bounds`` that do not broadcast against ``x`` or with ``lo > hi``;
-    logits that are not ``[batch, C]``; labels of the wrong shape or outside
-    ``[0, C)``; a targeted attack without targets; ``eps < 0``; and, when values
-    are concrete, ``x`` outside ``bounds``.
+    logits that are not ``[batch, C]`` or have fewer than 2 classes; labels of the
+    wrong shape, dtype (see :func:`jaxadv.validation.check_labels`: class indices
+    must be integers) or outside ``[0, C)``; a targeted attack without targets;
+    ``eps < 0``; and, when values are concrete, NaN/inf in ``x`` or ``x`` outside
+    ``bounds``.
     """
     x = check_inputs(x)
     dtype = x.dtype
@@ -120,45 +120,39 @@ def prepare(
             raise ValueError(f"{name} of shape {b.shape} does not broadcast against x of shape {x.shape}")
     value_check(jnp.all(lo <= hi), "bounds must satisfy lo <= hi")
 
-    out = output_shape(model, params, x32)
+    batch = x.shape[0]
+    # An empty batch: the model's output is probed on one example instead (a model
+    # that flattens with reshape(batch, -1) cannot trace 0 examples).
+    probe = x32 if batch else jnp.zeros((1, *x.shape[1:]), jnp.float32)
+    out = output_shape(model, params, probe)
+    if len(out) == 2 and out[0] == probe.shape[0]:
+        out = (batch, out[1])
     if len(out) != 2 or out[0] != x.shape[0]:
         raise ValueError(
             f"logits_fn must return logits of shape [batch, num_classes]=({x.shape[0]}, C), got {out}"
         )
     num_classes = out[1]
+    if num_classes < 2:
+        raise ValueError(
+            f"logits_fn returns {num_classes} class score per example; an attack needs at least 2 "
+            "classes (for a binary classifier with one logit z, return jnp.concatenate([-z, z], axis=-1))"
+        )
 
     if y is None:
         if targeted:
             raise ValueError("y is required for a targeted attack: pass the target classes")
-        labels = predict(combine_model(model, params), x32).astype(jnp.int32)
+        labels = (
+            predict(combine_model(model, params), x32).astype(jnp.int32)
+            if batch
+            else jnp.zeros((0,), jnp.int32)
+        )
     else:
-        labels = jnp.asarray(y)
-        if jnp.issubdtype(labels.dtype, jnp.integer):
-            if labels.shape != (x.shape[0],):
-                raise ValueError(
-                    f"y must have shape [batch]=({x.shape[0]},) (integer labels) or "
-                    f"[batch, num_classes] (one-hot), got {labels.shape}"
-                )
-            value_check(
-                jnp.all((labels >= 0) & (labels < num_classes)),
-                f"y must hold labels in [0, {num_classes}), found values in [{{lmin}}, {{lmax}}]",
-                lmin=jnp.min(labels),
-                lmax=jnp.max(labels),
-            )
-            labels = labels.astype(jnp.int32)
-        elif jnp.issubdtype(labels.dtype, jnp.floating) or labels.dtype == jnp.bool_:
-            if labels.shape != (x.shape[0], num_classes):
-                raise ValueError(
-                    f"one-hot y must have shape [batch, num_classes]=({x.shape[0]}, {num_classes}), "
-                    f"got {labels.shape}"
-                )
-            labels = labels.astype(jnp.float32)
-        else:
-            raise ValueError(f"y must hold integer labels or one-hot floats, got dtype {labels.dtype}")
+        labels = check_labels(y, x.shape[0], num_classes)
 
     eps_arr = jnp.zeros((), jnp.float32) if eps is None else check_nonnegative(eps, "eps")
     eps_arr = check_batch_array(eps_arr, x, "eps")
-    check_in_bounds(x32, lo, hi)
+    if x.shape[0]:
+        check_in_bounds(x32, lo, hi)
     return Problem(model, params, x32, labels, lo, hi, eps_arr, dtype, num_classes)
 
 

@@ -6,7 +6,9 @@ change of variables
 .. math::
     x'(w) = lo + (hi - lo)\,\frac{\tanh(w) + 1}{2},
 
-which keeps :math:`x'` inside the box without clipping, by minimising per example
+which keeps :math:`x'` inside the box without clipping (on coordinates with an
+infinite bound, where there is no such change of variables, :math:`x'(w) =
+\mathrm{clip}(w, lo, hi)`), by minimising per example
 
 .. math::
     \|x'(w) - x\|_2^2 + c \cdot \max\big(z_y(x') - \max_{j \ne y} z_j(x'),\, -\kappa\big)
@@ -31,7 +33,7 @@ import optax
 
 from jaxadv.attacks.base import prepare
 from jaxadv.engine import iterate
-from jaxadv.losses import as_onehot, cw_margin
+from jaxadv.losses import as_onehot, cw_margin, finite_rows
 from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
 from jaxadv.threat_models import per_example, row_sum
@@ -55,8 +57,16 @@ class _State(NamedTuple):
     hit_now: Array  # [batch] bool: success during the current search step
 
 
+def _boxed(lo: Array, hi: Array) -> Array:
+    """Where both bounds are finite (there the tanh change of variables applies)."""
+    return jnp.isfinite(lo) & jnp.isfinite(hi)
+
+
 def _to_x(w: Array, lo: Array, hi: Array) -> Array:
-    return lo + (hi - lo) * (jnp.tanh(w) + 1.0) * 0.5
+    boxed = _boxed(lo, hi)
+    # Finite stand-ins on unbounded coordinates, so that no inf * 0 reaches the gradient.
+    lo_s, span = jnp.where(boxed, lo, 0.0), jnp.where(boxed, hi - lo, 1.0)
+    return jnp.where(boxed, lo_s + span * (jnp.tanh(w) + 1.0) * 0.5, jnp.clip(w, lo, hi))
 
 
 def _cw_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
@@ -75,6 +85,9 @@ def _cw_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
         return jnp.sum(l2 + const * jnp.maximum(margin, -kappa)), (l2, z, margin, xa)
 
     (_, (l2, z, margin, xa)), g = jax.value_and_grad(objective, has_aux=True)(s.w)
+    # No update from a point where the logits or the gradient are not finite.
+    finite = finite_rows(z) & jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), axis=1)
+    g = jnp.where(per_example(finite, g) > 0, g, 0.0)
     # Success as in the paper (margin at least kappa) and as the model predicts it.
     ok = hits(z, labels, targeted) & (margin <= -kappa)
     better = ok & (l2 < s.best_l2)
@@ -99,9 +112,10 @@ def _search_update(hit: Array, const: Array, lower: Array, upper: Array) -> tupl
 
 @functools.partial(jax.jit, static_argnames=("optimizer",))
 def _init_w(x: Array, lo: Array, hi: Array, *, optimizer: Any) -> tuple[Array, Any]:
-    span = jnp.maximum(hi - lo, 1e-12)
-    u = jnp.clip((x - lo) / span * 2.0 - 1.0, -1.0, 1.0)
-    w = jnp.arctanh(u * 0.999999)
+    boxed = _boxed(lo, hi)
+    span = jnp.where(boxed, jnp.maximum(hi - lo, 1e-12), 1.0)
+    u = jnp.clip((x - jnp.where(boxed, lo, 0.0)) / span * 2.0 - 1.0, -1.0, 1.0)
+    w = jnp.where(boxed, jnp.arctanh(u * 0.999999), x)
     return w, optimizer.init(w)
 
 
@@ -126,7 +140,10 @@ def cw_l2(
     returned-dtype candidate is not ``y`` (is ``y`` when ``targeted``) *and* the
     margin is at least ``confidence``; the smallest successful perturbation is
     kept per example. Examples never attacked successfully are returned
-    unchanged (:func:`jaxadv.is_adversarial` then reports them as failures).
+    unchanged (:func:`jaxadv.is_adversarial` then reports them as failures), as
+    are those whose logits are not finite at ``x`` (a point where the logits or
+    the gradient are not finite is never a success and gives no update). An
+    empty batch is returned as it is.
     The paper's optional early abort of a search step is not implemented: every
     search step runs all ``steps``.
 
@@ -144,7 +161,7 @@ def cw_l2(
         learning rate 0.05 (the paper: ``optax.adam(1e-2)`` with ``steps=10_000``).
       targeted: make the model predict ``y``.
       bounds: ``(lo, hi)``, scalars or arrays broadcasting against ``x``.
-      loop: ``"auto"``, ``"fori"`` or ``"host"`` (see :mod:`jaxadv.engine`).
+      loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
 
     Returns:
       The adversarial batch, shape and dtype of ``x``.
@@ -153,6 +170,8 @@ def cw_l2(
     binary_search_steps = check_steps(binary_search_steps, "binary_search_steps")
     opt = DEFAULT_OPTIMIZER if optimizer is None else optimizer
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted)
+    if p.empty:
+        return p.finalize(p.x)
     b = p.x.shape[0]
     kappa = jnp.broadcast_to(check_nonnegative(confidence, "confidence"), (b,))
     const = jnp.broadcast_to(check_nonnegative(initial_const, "initial_const"), (b,))

@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv.attacks.base import prepare
-from jaxadv.attacks.score_based import BlackBoxResult, check_queries, finish
+from jaxadv.attacks.score_based import BlackBoxResult, check_queries, empty_result, finish
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
+from jaxadv.losses import finite_rows
 from jaxadv.models import combine_model
 from jaxadv.threat_models import norm_of, per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
@@ -42,9 +43,14 @@ class _HSJState(NamedTuple):
 
 
 def _decide(logits_fn: Any, pts: Array, labels: Array, targeted: bool) -> Array:
-    """The only model output the attack uses: is each point adversarial? ``[n]`` bool."""
-    pred = jnp.argmax(logits_fn(pts), axis=-1)
-    return (pred == labels) if targeted else (pred != labels)
+    """The only model output the attack uses: is each point adversarial? ``[n]`` bool.
+    A point whose scores are not finite is not."""
+    return _decision(logits_fn(pts), labels, targeted)
+
+
+def _decision(z: Array, labels: Array, targeted: bool) -> Array:
+    pred = jnp.argmax(z, axis=-1)
+    return finite_rows(z) & ((pred == labels) if targeted else (pred != labels))
 
 
 def _theta(norm: str, d: int, gamma: float) -> float:
@@ -120,7 +126,10 @@ def _hsj_body(i: Array, state: _HSJState, operands: Any, static: Any) -> _HSJSta
         delta = math.sqrt(d) * theta * state.dist
     else:
         delta = d * theta * state.dist
-    delta = jnp.where(i == 0, 0.1 * jnp.mean(hi - lo), delta)
+    # The first radius is a tenth of the box's mean side; without a finite box, a
+    # tenth of the distance to x.
+    span = jnp.mean(hi - lo)
+    delta = jnp.where(i == 0, jnp.where(jnp.isfinite(span), 0.1 * span, 0.1 * state.dist), delta)
     delta = jnp.maximum(delta, _TINY)
     # Probes are laid out batch-major, [batch, n_max, ...]: merged into one
     # [batch * n_max] query batch, each device keeps its own examples' probes.
@@ -201,20 +210,26 @@ def _hsj_init(
     queries), brought to the boundary by a binary search."""
     logits_fn = combine_model(model, params)
     key, k_noise = jax.random.split(key)
-    clean_adv = _decide(logits_fn, x, labels, targeted)
+    z_clean = logits_fn(x)
+    clean_adv = _decision(z_clean, labels, targeted)
+    # Examples with non-finite clean scores stop here and are returned unchanged.
+    clean_stop = clean_adv | ~finite_rows(z_clean)
     queries = jnp.ones(x.shape[:1], jnp.int32)
     if has_init:
-        can = ~clean_adv & (queries + 1 <= budget)
+        can = ~clean_stop & (queries + 1 <= budget)
         found = can & _decide(logits_fn, x_init, labels, targeted)
         x_adv = jnp.where(per_example(found, x) > 0, x_init, x)
         queries = queries + can.astype(jnp.int32)
     else:
+        # Uniform noise needs a finite box: without one no start point is drawn.
+        boxed = jnp.all(jnp.isfinite(lo)) & jnp.all(jnp.isfinite(hi))
+        lo_s, span = jnp.where(boxed, lo, 0.0), jnp.where(boxed, hi - lo, 0.0)
 
         def attempt(j: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
             found, x_adv, q = carry
-            searching = ~clean_adv & ~found & (q + 1 <= budget)
+            searching = ~clean_stop & ~found & (q + 1 <= budget) & boxed
             noise = jax.random.uniform(jax.random.fold_in(k_noise, j), x.shape, jnp.float32)
-            noise = lo + noise * (hi - lo)
+            noise = lo_s + noise * span
             ok = searching & _decide(logits_fn, noise, labels, targeted)
             x_adv = jnp.where(per_example(ok, x) > 0, noise, x_adv)
             return found | ok, x_adv, q + searching.astype(jnp.int32)
@@ -226,7 +241,7 @@ def _hsj_init(
         norm=norm, targeted=targeted, theta=theta, steps=bs_steps,
     )  # fmt: skip
     dist = jnp.where(found, norm_of(x_adv - x, norm), 0.0)
-    return _HSJState(key, x_adv, dist, queries, found | clean_adv, clean_adv)
+    return _HSJState(key, x_adv, dist, queries, found | clean_adv, clean_stop)
 
 
 def _default_steps(queries: int, init_evals: int, max_evals: int, bs_steps: int) -> int:
@@ -282,12 +297,16 @@ def hop_skip_jump(
        :math:`x' + \xi v` is adversarial, with :math:`v = \hat g/\|\hat g\|_2` (L2)
        or :math:`\mathrm{sign}(\hat g)` (L-inf); then step 1 again.
 
-    Queries: 1 for the clean input (already adversarial examples stop there and
-    are returned unchanged), then one per label query until the budget can no
-    longer pay for the next stage (a gradient estimate costs :math:`n_t`). The
-    current point is always adversarial; an example for which no adversarial
-    start was found is returned as ``x`` with ``success=False``. Loops of fixed
-    length run the searches: ``n_max`` directions are drawn for every estimate
+    Queries: 1 for the clean input (already adversarial examples, and those
+    whose scores are not finite, stop there and are returned unchanged), then
+    one per label query until the budget can no longer pay for the next stage
+    (a gradient estimate costs :math:`n_t`). The current point is always
+    adversarial; an example for which no adversarial start was found is
+    returned as ``x`` with ``success=False``; so is every example when
+    ``bounds`` are not finite and no ``x_init`` is given (no uniform noise can
+    be drawn; no query is spent on it). A point whose scores are not finite is
+    never adversarial. Loops of fixed length run the searches: ``n_max``
+    directions are drawn for every estimate
     but only the first :math:`n_t` are used and counted.
 
     Args:
@@ -308,12 +327,12 @@ def hop_skip_jump(
       init_tries: noise draws for the start point (static).
       geometric_steps: maximum halvings of the step size (static).
       bounds: ``(lo, hi)``.
-      loop: ``"auto"``, ``"fori"`` or ``"host"`` (see :mod:`jaxadv.engine`).
+      loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
 
     Returns:
       :class:`jaxadv.BlackBoxResult`; ``x_adv`` inside ``bounds``.
     """
-    check_norm(norm)
+    norm = check_norm(norm)
     if norm not in ("l2", "linf"):
         raise ValueError(f"hop_skip_jump supports norm='l2' or 'linf', got {norm!r}")
     queries = check_queries(queries, 2)
@@ -328,6 +347,8 @@ def hop_skip_jump(
     if targeted and x_init is None:
         raise ValueError("a targeted hop_skip_jump needs x_init: starting points classified as the targets")
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted)
+    if p.empty:
+        return empty_result(p)
     labels = p.labels if p.labels.ndim == 1 else jnp.argmax(p.labels, axis=-1).astype(jnp.int32)
     if x_init is not None:
         x_init_arr = jnp.asarray(x_init, jnp.float32)

@@ -32,11 +32,12 @@ import jax.numpy as jnp
 
 from jaxadv.attacks.base import prepare
 from jaxadv.engine import iterate
+from jaxadv.losses import finite_rows
 from jaxadv.models import combine_model, logits
 from jaxadv.success import as_returned, hits
 from jaxadv.threat_models import clip_to_bounds, norm_of, per_example
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm
-from jaxadv.validation import check_nonnegative, check_steps
+from jaxadv.validation import check_nonnegative, check_norm, check_steps
 
 __all__ = ["deepfool"]
 
@@ -44,7 +45,7 @@ __all__ = ["deepfool"]
 class _State(NamedTuple):
     r: Array  # accumulated perturbation (before overshoot)
     x_adv: Array  # current candidate x + (1 + overshoot) r, clipped
-    done: Array  # [batch] bool: candidate is adversarial
+    done: Array  # [batch] bool: stopped (candidate adversarial, or the model not finite there)
 
 
 def _deepfool_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
@@ -62,6 +63,9 @@ def _deepfool_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
     # every merged dimension: under batch sharding no example leaves its device.
     jac, z = jax.vmap(jax.jacrev(selected, has_aux=True))(s.x_adv, candidates)
     hit = hits(z, candidates[:, 0], False)
+    finite = finite_rows(z) & jnp.all(jnp.isfinite(jac.reshape(jac.shape[0], -1)), axis=1)
+    jac = jnp.where(per_example(finite, jac) > 0, jac, 0.0)
+    z = jnp.where(finite[:, None], z, 0.0)
     picked = jnp.take_along_axis(z, candidates, axis=1)
     f = picked[:, 1:] - picked[:, :1]  # [batch, K-1]
     w = jac[:, 1:] - jac[:, :1]  # [batch, K-1, ...]
@@ -76,15 +80,22 @@ def _deepfool_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
     if norm == "linf":
         step = per_example((jnp.abs(f_k) + 1e-4) / jnp.maximum(dual_k, 1e-12), x) * jnp.sign(w_k)
     else:
-        step = per_example((jnp.abs(f_k) + 1e-4) / jnp.maximum(dual_k**2, 1e-12), x) * w_k
+        plain = per_example((jnp.abs(f_k) + 1e-4) / jnp.maximum(dual_k**2, 1e-12), x) * w_k
+        # Where ||w||^2 overflows (huge logits), divide by ||w|| twice instead.
+        safe = jnp.maximum(dual_k, 1e-12)
+        split = per_example((jnp.abs(f_k) + 1e-4) / safe, x) * (w_k / per_example(safe, x))
+        step = jnp.where(per_example(jnp.isfinite(dual_k**2), x) > 0, plain, split)
     r = s.r + step
     x_new = as_returned(clip_to_bounds(x + (1.0 + overshoot) * r, lo, hi), dtype, lo, hi)
-    # Examples whose current candidate already fools the model keep their state.
+    # Examples whose current candidate already fools the model keep their state;
+    # those whose candidate makes the model (or its Jacobian) non-finite stop at x.
+    failed = ~s.done & ~hit & ~finite
     stop = per_example(hit | s.done, x) > 0
+    x_adv = jnp.where(stop, s.x_adv, x_new)
     return _State(
         r=jnp.where(stop, s.r, r),
-        x_adv=jnp.where(stop, s.x_adv, x_new),
-        done=s.done | hit,
+        x_adv=jnp.where(per_example(failed, x) > 0, x, x_adv),
+        done=s.done | hit | failed,
     )
 
 
@@ -108,7 +119,10 @@ def deepfool(
     There is no eps: the attack looks for a small perturbation that crosses the
     nearest decision boundary. An example that is misclassified from the start
     is returned unchanged; one that never crosses within ``steps`` is returned at
-    its last candidate (check with :func:`jaxadv.is_adversarial`).
+    its last candidate (check with :func:`jaxadv.is_adversarial`). An example at
+    whose candidate the logits or their Jacobian are not finite stops and is
+    returned unchanged (in particular when they are not finite at ``x``). An
+    empty batch is returned as it is. The model needs at least 2 classes.
 
     Args:
       logits_fn: model ``x -> logits [batch, C]``.
@@ -120,11 +134,12 @@ def deepfool(
       norm: ``"l2"`` or ``"linf"`` (static).
       num_candidates: classes considered, ``y`` included (static; capped at ``C``).
       bounds: ``(lo, hi)``, scalars or arrays broadcasting against ``x``.
-      loop: ``"auto"``, ``"fori"`` or ``"host"`` (see :mod:`jaxadv.engine`).
+      loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
 
     Returns:
       The adversarial batch, shape and dtype of ``x``.
     """
+    norm = check_norm(norm)
     if norm not in ("l2", "linf"):
         raise ValueError(f"deepfool supports norm='l2' or 'linf', got {norm!r}")
     steps = check_steps(steps)
@@ -134,6 +149,8 @@ def deepfool(
         raise ValueError("deepfool needs integer labels y of shape [batch]")
     if num_candidates < 2:
         raise ValueError(f"num_candidates must be >= 2, got {num_candidates}")
+    if p.empty:
+        return p.finalize(p.x)
     k = min(num_candidates, p.num_classes)
     z = logits(combine_model(p.model, p.params), p.x)
     others = jnp.where(jax.nn.one_hot(p.labels, p.num_classes) > 0, -jnp.inf, z)

@@ -25,14 +25,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv.attacks.base import check_step_size, prepare
+from jaxadv.attacks.iterative import check_finite_step, finite_step
 from jaxadv.engine import iterate
 from jaxadv.gradients import loss_and_grad
-from jaxadv.losses import cross_entropy
+from jaxadv.losses import cross_entropy, finite_rows
 from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
-from jaxadv.threat_models import norm_of, per_example, project_to_feasible, steepest_direction
+from jaxadv.threat_models import per_example, project_to_feasible, steepest_direction, step_along, unit_l1
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
-from jaxadv.validation import check_steps
+from jaxadv.validation import check_norm, check_steps
 
 __all__ = ["diverse_inputs", "mifgsm"]
 
@@ -110,12 +111,17 @@ def _mifgsm_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
     logits_fn = combine_model(model, params)
     grad_fn = _logits_through(logits_fn, key, i, prob, rate, axes) if diverse else logits_fn
     _, z, g = loss_and_grad(grad_fn, s.x, labels, loss=loss, targeted=targeted)
+    ok = finite_step(z, g)
     if diverse:
         z = logits_fn(s.x)
     hit = hits(z, labels, targeted)  # success of the current iterate
-    velocity = decay * s.velocity + g / per_example(jnp.maximum(norm_of(g, "l1"), 1e-12), g)
-    step = per_example(alpha, s.x) * steepest_direction(velocity, norm)
+    velocity = decay * s.velocity + unit_l1(jnp.where(per_example(ok, g) > 0, g, 0.0))
+    step = step_along(alpha, steepest_direction(velocity, norm))
     x_new = as_returned(project_to_feasible(s.x + step, x, eps, norm, lo, hi), dtype, lo, hi)
+    # From a point where the logits or the gradient are not finite: back to x, and
+    # the velocity is kept.
+    x_new = jnp.where(per_example(ok, x) > 0, x_new, x)
+    velocity = jnp.where(per_example(ok, x) > 0, velocity, s.velocity)
     frozen = hit if early_stop else jnp.zeros_like(hit)
     keep = per_example(frozen, x) > 0
     return _State(
@@ -127,10 +133,13 @@ def _mifgsm_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "targeted"))
-def _final(params: Any, s: _State, labels: Array, *, model: Any, targeted: bool) -> Array:
-    hit = hits(combine_model(model, params)(s.x), labels, targeted)
+def _final(params: Any, s: _State, x: Array, labels: Array, *, model: Any, targeted: bool) -> Array:
+    z = combine_model(model, params)(s.x)
+    hit = hits(z, labels, targeted)
     use_earlier = per_example(~hit & s.found, s.x) > 0
-    return jnp.where(use_earlier, s.x_adv, s.x)
+    # A last iterate on which the model is not finite is not returned: x is.
+    out = jnp.where(per_example(finite_rows(z), x) > 0, s.x, x)
+    return jnp.where(use_earlier, s.x_adv, out)
 
 
 def mifgsm(
@@ -167,6 +176,10 @@ def mifgsm(
     adversarial (the paper keeps stepping, which gives more confident, better
     transferring examples, hence the default ``False``).
 
+    Examples on which the model's logits (or gradient) are not finite at ``x``
+    are returned unchanged and never count as adversarial; a step from such an
+    iterate goes back to ``x``. An empty batch is returned as it is.
+
     Args:
       logits_fn: model ``x -> logits [batch, C]``.
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
@@ -187,21 +200,25 @@ def mifgsm(
       spatial_axes: the two spatial axes of ``x`` (static; NHWC: ``(1, 2)``).
       key: PRNG key, required when ``diversity_prob > 0``.
       early_stop: freeze an example once it is adversarial.
-      loop: ``"auto"``, ``"fori"`` or ``"host"`` (see :mod:`jaxadv.engine`).
+      loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
 
     Returns:
       The adversarial batch, shape and dtype of ``x``.
     """
+    norm = check_norm(norm)
     if norm not in ("linf", "l2"):
         raise ValueError(f"mifgsm supports norm='linf' or 'l2', got {norm!r}")
     steps = check_steps(steps)
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted, eps=eps)
     alpha = check_step_size(p.eps / steps if step_size is None else step_size, p.x)
+    check_finite_step(alpha, p.lo, p.hi)
     diverse = not (isinstance(diversity_prob, (int, float)) and diversity_prob == 0)
     if diverse and key is None:
         raise ValueError("key is required when diversity_prob > 0 (pass key=jax.random.key(0))")
     if key is None:
         key = jax.random.key(0)
+    if p.empty:
+        return p.finalize(p.x)
     state = _State(p.x, jnp.zeros_like(p.x), p.x, jnp.zeros((p.x.shape[0],), bool))
     operands = (
         p.params,
@@ -218,4 +235,4 @@ def mifgsm(
     )
     static = (p.model, norm, targeted, loss, p.dtype, early_stop, diverse, tuple(spatial_axes))
     state = iterate(_mifgsm_body, state, operands, steps=steps, static=static, loop=loop)
-    return p.finalize(_final(p.params, state, p.labels, model=p.model, targeted=targeted))
+    return p.finalize(_final(p.params, state, p.x, p.labels, model=p.model, targeted=targeted))

@@ -18,6 +18,9 @@ share these rules:
   misclassified (untargeted) or classified as its target (targeted).
 * ``result.success`` is recomputed by one final evaluation of the returned
   examples (a check, not counted in ``queries``).
+* A point where the model's scores are not finite (NaN or inf) is never a
+  success nor an improvement. Examples whose clean scores are not finite are
+  returned unchanged after the first query; an empty batch is returned as it is.
 * The loops run through :func:`jaxadv.iterate` with fixed shapes: rows of
   frozen examples still travel through the model in each batched call, but
   their answers are discarded and not counted. A model built by
@@ -38,9 +41,16 @@ import numpy as np
 from jaxadv.attacks.base import Problem, check_step_size, prepare
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
-from jaxadv.losses import as_onehot, cross_entropy, cw_margin
+from jaxadv.losses import as_onehot, cross_entropy, cw_margin, finite_rows
 from jaxadv.models import combine_model
-from jaxadv.threat_models import norm_of, per_example, project_to_feasible, row_sum, steepest_direction
+from jaxadv.threat_models import (
+    norm_of,
+    per_example,
+    project_to_feasible,
+    row_sum,
+    steepest_direction,
+    step_along,
+)
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_norm, check_steps, is_traced
 
@@ -74,10 +84,11 @@ def success_margin(z: Array, onehot: Array, targeted: bool) -> Array:
     r"""Per-example margin that is negative exactly when the attack succeeded.
 
     Untargeted: :math:`z_y - \max_{j\ne y} z_j`; targeted:
-    :math:`\max_{j\ne t} z_j - z_t`.
+    :math:`\max_{j\ne t} z_j - z_t`. NaN where the scores are not all finite, so
+    that the example is neither a success (``< 0``) nor active (``>= 0``).
     """
     m = cw_margin(z, onehot)
-    return m if targeted else -m
+    return jnp.where(finite_rows(z), m if targeted else -m, jnp.nan)
 
 
 def check_queries(queries: Any, minimum: int) -> int:
@@ -85,6 +96,11 @@ def check_queries(queries: Any, minimum: int) -> int:
     if queries < minimum:
         raise ValueError(f"queries must be >= {minimum} for this attack, got {queries}")
     return queries
+
+
+def empty_result(p: Problem) -> BlackBoxResult:
+    """The result for a batch of 0 examples."""
+    return BlackBoxResult(p.finalize(p.x), jnp.zeros((0,), bool), jnp.zeros((0,), jnp.int32))
 
 
 def finish(p: Problem, x_adv: Array, queries: Array, targeted: bool) -> BlackBoxResult:
@@ -247,7 +263,7 @@ def _square_body(i: Array, state: _SquareState, operands: Any, static: Any) -> _
     eps_b = per_example(eps, xs)
     if norm == "linf":
         best = _to_nhwc(state.x_best, layout)
-        cand = best + m1 * 2.0 * eps_b * signs
+        cand = jnp.where(m1 > 0, best + 2.0 * eps_b * signs, best)  # no inf * 0 for eps = inf
         cand = jnp.clip(cand, xs - eps_b, xs + eps_b)
     else:
         delta = _to_nhwc(state.x_best, layout) - xs
@@ -328,14 +344,17 @@ def _square_init(
         init = xs + _unit_l2(delta) * eps_b
     init = jnp.clip(_from_nhwc(init, layout), lo, hi)
     margin1, loss1 = _square_objectives(logits_fn(init).astype(jnp.float32), labels, targeted)
-    clean_ok = margin0 < 0
-    keep = per_example(clean_ok, x) > 0
+    # Clean success, or clean scores not finite (margin NaN): stop after query 1 at x.
+    clean_stop = ~(margin0 >= 0)
+    # A start point whose scores are not finite is not taken: the search starts at x.
+    take_init = ~clean_stop & (margin1 == margin1)
+    keep = per_example(take_init, x) > 0
     return _SquareState(
         key=k1,
-        x_best=jnp.where(keep, x, init),
-        margin=jnp.where(clean_ok, margin0, margin1),
-        loss=jnp.where(clean_ok, loss0, loss1),
-        queries=jnp.where(clean_ok, 1, 2).astype(jnp.int32),
+        x_best=jnp.where(keep, init, x),
+        margin=jnp.where(take_init, margin1, margin0),
+        loss=jnp.where(take_init, loss1, loss0),
+        queries=jnp.where(clean_stop, 1, 2).astype(jnp.int32),
     )
 
 
@@ -377,10 +396,10 @@ def square(
     (L2), at most ``min(H, W)``. The start point is vertical stripes
     :math:`x + \epsilon\,\sigma_{w,c}` (L-inf) or a grid of L2 patterns (L2).
 
-    Queries: 1 for the clean input (already misclassified examples stop there,
-    returned unchanged), 1 for the start point, then 1 per iteration until the
-    example succeeds; ``queries - 2`` iterations run. See the module docstring
-    for the counting rules and :class:`BlackBoxResult`.
+    Queries: 1 for the clean input (already misclassified examples, and those
+    with non-finite scores, stop there, returned unchanged), 1 for the start
+    point, then 1 per iteration until the example succeeds; ``queries - 2``
+    iterations run. See the module docstring for the counting rules and :class:`BlackBoxResult`.
 
     Args:
       logits_fn: the model, evaluated only (no gradient): a JAX model or
@@ -397,12 +416,12 @@ def square(
       targeted: minimise the target's cross-entropy and stop when it is predicted.
       bounds: ``(lo, hi)``.
       channel_axis: ``-1`` or ``1`` for 4-D inputs (static).
-      loop: ``"auto"``, ``"fori"`` or ``"host"`` (see :mod:`jaxadv.engine`).
+      loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
 
     Returns:
       :class:`BlackBoxResult`; ``x_adv`` inside the eps-ball and ``bounds``.
     """
-    check_norm(norm)
+    norm = check_norm(norm)
     if norm not in ("linf", "l2"):
         raise ValueError(f"square supports norm='linf' or 'l2', got {norm!r}")
     queries = check_queries(queries, 2)
@@ -413,6 +432,9 @@ def square(
         raise ValueError("key is required (pass key=jax.random.key(0))")
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted, eps=eps)
     layout = _layout(p.x, channel_axis)
+    check_finite_eps(p, allow_inf=norm == "linf")  # the L2 proposals rescale to norm eps
+    if p.empty:
+        return empty_result(p)
     with reraise_callable_errors():
         state = _square_init(
             key, p.params, p.x, p.labels, p.lo, p.hi, p.eps,
@@ -465,12 +487,15 @@ def _estimate_body(i: Array, state: _EstimateState, operands: Any, static: Any) 
     diff = (f[:, 0] - f[:, 1]).reshape((b, samples) + (1,) * (x.ndim - 1))
     # The mean over the probes, in row_sum's batch-independent order.
     grad = row_sum(diff * u) / samples / (2.0 * scale_b)
-    step = per_example(alpha, x) * steepest_direction(grad, norm)
+    estimated = jnp.all(jnp.isfinite(grad.reshape(b, -1)), axis=1)
+    grad = jnp.where(per_example(estimated, grad) > 0, grad, 0.0)
+    step = step_along(alpha, steepest_direction(grad, norm))
     x_new = project_to_feasible(state.x_t + step, x, eps, norm, lo, hi)
     z_new = logits_fn(x_new).astype(jnp.float32)
     hit = success_margin(z_new, onehot, targeted) < 0
     active = ~state.done
-    move = per_example(active, x) > 0
+    # No move where a probe's scores or the new point's are not finite.
+    move = per_example(active & estimated & finite_rows(z_new), x) > 0
     return _EstimateState(
         key=key,
         x_t=jnp.where(move, x_new, state.x_t),
@@ -480,9 +505,21 @@ def _estimate_body(i: Array, state: _EstimateState, operands: Any, static: Any) 
 
 
 @functools.partial(jax.jit, static_argnames=("model", "targeted"))
-def _clean_success(params: Any, x: Array, labels: Array, *, model: Any, targeted: bool) -> Array:
+def _clean_done(params: Any, x: Array, labels: Array, *, model: Any, targeted: bool) -> Array:
+    """Examples that stop after the clean query: already a success, or scores not finite."""
     z = combine_model(model, params)(x).astype(jnp.float32)
-    return success_margin(z, as_onehot(labels, z.shape[-1]), targeted) < 0
+    return ~(success_margin(z, as_onehot(labels, z.shape[-1]), targeted) >= 0)
+
+
+def check_finite_eps(p: Problem, *, allow_inf: bool = True) -> None:
+    """Refuse (concrete values) ``eps = inf`` with unbounded ``bounds``, or at all when
+    ``allow_inf`` is false."""
+    if is_traced(p.eps, p.lo, p.hi) or bool(jnp.all(jnp.isfinite(p.eps))):
+        return
+    if not allow_inf:
+        raise ValueError("eps must be finite for this attack and norm, got eps=inf")
+    if not bool(jnp.all(jnp.isfinite(p.lo)) & jnp.all(jnp.isfinite(p.hi))):
+        raise ValueError("eps is infinite and bounds are unbounded: pass a finite eps or finite bounds")
 
 
 def _estimated_pgd(
@@ -503,7 +540,7 @@ def _estimated_pgd(
     distribution: str,
     loop: LoopMode,
 ) -> BlackBoxResult:
-    check_norm(norm)
+    norm = check_norm(norm)
     samples = check_steps(samples, "samples")
     queries = check_queries(queries, 2 * samples + 2)
     if key is None:
@@ -512,8 +549,11 @@ def _estimated_pgd(
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted, eps=eps)
     alpha = check_step_size(p.eps / 4.0 if step_size is None else step_size, p.x)
     scale_arr = check_step_size(scale, p.x, "the finite-difference scale")
+    check_finite_eps(p)
+    if p.empty:
+        return empty_result(p)
     with reraise_callable_errors():
-        done = _clean_success(p.params, p.x, p.labels, model=p.model, targeted=targeted)
+        done = _clean_done(p.params, p.x, p.labels, model=p.model, targeted=targeted)
         state = _EstimateState(key, p.x, done, jnp.ones(p.x.shape[:1], jnp.int32))
         operands = (p.params, p.x, p.labels, p.lo, p.hi, p.eps, alpha, scale_arr)
         static = (p.model, norm, targeted, loss, samples, distribution)

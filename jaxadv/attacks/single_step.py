@@ -3,7 +3,7 @@ r"""Single-step attacks: the fast gradient (sign) method."""
 from __future__ import annotations
 
 from jaxadv.attacks.base import prepare
-from jaxadv.attacks.iterative import run_projected_gradient
+from jaxadv.attacks.iterative import check_finite_step, run_projected_gradient
 from jaxadv.losses import cross_entropy
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LossFn, Norm
 from jaxadv.validation import check_norm
@@ -42,11 +42,19 @@ def fgsm(
       eps: step size and radius, raw input units, scalar or ``[batch]`` (traced).
       norm, targeted, bounds, loss, l1_sparsity: as in :func:`jaxadv.pgd`.
 
+    Examples on which the model's logits (or their gradient) are not finite at
+    ``x`` are returned unchanged; an empty batch is returned as it is.
+    ``eps=inf`` moves every coordinate with a non-zero direction to a bound
+    (refused with unbounded ``bounds``).
+
     Returns:
       The adversarial batch, shape and dtype of ``x``.
     """
-    check_norm(norm)
+    norm = check_norm(norm)
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted, eps=eps)
+    check_finite_step(p.eps, p.lo, p.hi, "eps")
+    if p.empty:
+        return p.finalize(p.x)
     x_adv = run_projected_gradient(
         p,
         p.x,

@@ -73,7 +73,7 @@ def accuracy_vs_eps(
     Returns:
       ``[m]`` accuracies (clean accuracy where eps is 0).
     """
-    check_norm(norm)
+    norm = check_norm(norm)
     check_steps(steps)
     if attack not in ("pgd", "fgsm"):
         raise ValueError(f"attack must be 'pgd' or 'fgsm', got {attack!r}")

@@ -167,7 +167,7 @@ def _compile(step: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(step)
     def run(*args: Any) -> Any:
-        return (with_checks if validation._checks_on() else plain)(*args)
+        return (with_checks if validation.checks_enabled() else plain)(*args)
 
     return run
 
