@@ -59,6 +59,15 @@ def _norm_name(value: str) -> str:
     return _NORMS.get(value.lower(), value)
 
 
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or 'auto', got {text!r}") from None
+
+
 def add_evaluate_parser(sub: Any) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -85,7 +94,12 @@ def add_evaluate_parser(sub: Any) -> None:
     )
     p.add_argument("--suite", default="standard", help="'standard', 'fast' or comma-separated attack names")
     p.add_argument("--out", default="jaxadv-report", help="output folder")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=256,
+        help="examples per compiled call, or 'auto': the largest that fits, halving on out-of-memory",
+    )
     p.add_argument("--bounds", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"))
     p.add_argument(
         "--uint8-scale", action="store_true", help="x is uint8 (0..255): divide by 255, bounds 0 1"
@@ -284,7 +298,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise CliError(f"--bounds must be two finite numbers LO < HI, got {lo} {hi}")
     if args.uint8_scale and (lo, hi) != (0.0, 1.0):
         raise CliError(f"--uint8-scale evaluates x / 255 in bounds (0, 1); --bounds {lo} {hi} contradicts it")
-    if args.batch_size < 1:
+    if args.batch_size != "auto" and args.batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.std is not None and (not _finite(args.std) or min(args.std) <= 0):
         raise CliError(f"--std must hold finite values > 0 (it divides the inputs), got {args.std}")
@@ -409,7 +423,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(summary)
 
     grid = np.linspace(0.0, 2.0 * args.eps, 9)
-    n = min(len(y), args.batch_size)
+    n = min(len(y), result.batch_size or len(y))
     curve = accuracy_vs_eps(logits_fn, x[:n], y[:n], eps_values=grid, key=key, norm=args.norm, bounds=bounds)
     plot_accuracy_vs_eps(grid, {"PGD-20": curve}, norm=args.norm, path=out / "accuracy_vs_eps.png")
     meta = {"eps_grid": grid.tolist(), "pgd20_accuracy": np.asarray(curve).tolist(), "examples": n}

@@ -321,3 +321,16 @@ def test_load_data_labels_and_uint8(tmp_path: Path) -> None:
     np.savez(path, x=raw / 255.0, y=np.asarray([[1, 1, 0], [1, 0, 0]]))  # two 1s in a row
     with pytest.raises(cli.CliError, match="one-hot"):
         cli.load_data(path)
+
+
+def test_cli_batch_size_auto_is_recorded(
+    saved: Saved, tmp_path: Path, capsys: Any, clean_imports: None
+) -> None:
+    out = tmp_path / "out"
+    assert main(_argv(saved, out, batch_size="auto")) == 0
+    report = json.loads((out / "report.json").read_text())
+    # Nothing runs out of memory here: the first try (all the examples) is kept.
+    assert report["batch_size"] == len(saved.y)
+    with pytest.raises(SystemExit) as exc:
+        main(_argv(saved, tmp_path / "other", batch_size="many"))
+    assert exc.value.code == 2 and "integer or 'auto'" in capsys.readouterr().err

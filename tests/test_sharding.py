@@ -21,7 +21,9 @@ APGD's DLR loss, MI-FGSM's input diversity:
   no device ever receives another device's examples; scalar all-reduces (early
   stopping) are allowed.
 
-Then ``jaxadv.evaluate`` over 8 devices against ``sharding=False``, and the
+Then ``jaxadv.evaluate`` over 8 devices against ``sharding=False`` (the digits
+CNN, and a randomly initialised WRN-10-1 of the model zoo on 32x32x3 inputs),
+``batch_size="auto"`` over 8 devices (sizes stay multiples of 8), and the
 adversarial-training step of :func:`jaxadv.training.make_train_step` on a
 sharded batch with a replicated state against one device.
 """
@@ -177,6 +179,76 @@ def _check_evaluate(fn: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     }
 
 
+def _random_variables(module: Any, x: np.ndarray, seed: int) -> Any:
+    """Random parameters and batch-norm statistics, filled in NumPy (``module.init`` of a
+    WRN compiles for many seconds on a CPU)."""
+    rng = np.random.default_rng(seed)
+
+    def fill(path: Any, leaf: Any) -> np.ndarray:
+        name = jax.tree_util.keystr(path)
+        if "kernel" in name:  # He-scaled: the logits vary from one input to another
+            return (rng.normal(size=leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(np.float32)
+        if "'var'" in name:
+            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+        if "'scale'" in name:
+            return np.ones(leaf.shape, np.float32)
+        return (0.1 * rng.normal(size=leaf.shape)).astype(np.float32)
+
+    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.asarray(x[:1]))
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _check_zoo_evaluate() -> dict[str, Any]:
+    import jaxadv
+    from jaxadv import zoo
+    from jaxadv.evaluation import SuiteAttack
+
+    def pgd2(logits_fn: Any, xb: Any, yb: Any, *, key: Any, eps: Any, norm: Any, bounds: Any) -> Any:
+        return jaxadv.pgd(logits_fn, xb, yb, key=key, eps=eps, steps=2, norm=norm, bounds=bounds)
+
+    module = zoo.build("wrn-10-1")
+    x = np.random.default_rng(0).uniform(0, 1, (16, 32, 32, 3)).astype(np.float32)
+    fn = jaxadv.from_flax(module, _random_variables(module, x, 0))
+    y = np.asarray(jaxadv.predict(fn, x))  # every example is attacked
+    kw: dict[str, Any] = dict(
+        eps=0.02, suite=[SuiteAttack("pgd-2", pgd2)], key=jax.random.key(0), progress=False, checks=False
+    )
+    par = jaxadv.evaluate(fn, x, y, sharding=True, batch_size=16, **kw)
+    one = jaxadv.evaluate(fn, x, y, sharding=False, batch_size=16, **kw)
+    return {
+        "num_examples": par.num_examples,
+        "fooled": int(np.sum(par.fooled_by >= 0)),
+        "equal": bool(
+            np.array_equal(par.fooled_by, one.fooled_by)
+            and np.array_equal(par.perturbation_norm, one.perturbation_norm)
+        ),
+        "examples_per_second": par.examples_per_second,
+    }
+
+
+def _check_auto_batch(fn: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    import jaxadv
+
+    tried: list[int] = []
+
+    def small_device(xb: Any) -> Any:  # out of memory beyond 20 rows, as XLA says it
+        tried.append(int(xb.shape[0]))
+        if xb.shape[0] > 20:
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
+        return fn(xb)
+
+    kw: dict[str, Any] = dict(eps=EPS, suite=["fgsm"], key=jax.random.key(6), progress=False, checks=False)
+    auto = jaxadv.evaluate(small_device, x, y, batch_size="auto", max_batch_size=50, **kw)
+    assert auto.batch_size is not None
+    fixed = jaxadv.evaluate(small_device, x, y, batch_size=auto.batch_size, **kw)
+    return {
+        "batch_size": auto.batch_size,
+        "rows_tried": sorted(set(tried), reverse=True),
+        "num_examples": auto.num_examples,
+        "equal": bool(np.array_equal(auto.fooled_by, fixed.fooled_by)),
+    }
+
+
 def _check_train_step(
     model: Any, variables: Any, x: np.ndarray, y: np.ndarray, mesh: Any, dump: Path
 ) -> dict[str, Any]:
@@ -257,6 +329,12 @@ def _worker(params_file: str, dump_dir: str) -> dict[str, Any]:
     start = time.perf_counter()
     out["evaluate"] = _check_evaluate(fn, x, y)
     out["evaluate"]["seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    out["zoo_evaluate"] = _check_zoo_evaluate()
+    out["zoo_evaluate"]["seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    out["auto_batch"] = _check_auto_batch(fn, x, y)
+    out["auto_batch"]["seconds"] = time.perf_counter() - start
     start = time.perf_counter()
     out["train_step"] = _check_train_step(model, variables, test.x, test.y, mesh, Path(dump_dir))
     out["train_step"]["seconds"] = time.perf_counter() - start
@@ -340,6 +418,23 @@ def test_evaluate_data_parallel_equals_single_device(results: dict[str, Any]) ->
     assert r["attack_inputs_on_all_devices"]
     assert r["equal"]
     assert 0.0 <= r["robust_accuracy"] < 0.9
+
+
+@pytest.mark.slow
+def test_evaluate_zoo_model_data_parallel_equals_single_device(results: dict[str, Any]) -> None:
+    r = results["zoo_evaluate"]
+    assert r["num_examples"] == 16 and r["fooled"] > 0
+    assert r["equal"], "WRN-10-1 over 8 devices and on one device disagree on some example"
+    assert r["examples_per_second"] > 0
+
+
+@pytest.mark.slow
+def test_evaluate_auto_batch_size_over_eight_devices(results: dict[str, Any]) -> None:
+    r = results["auto_batch"]
+    # 50 is rounded down to 48 (a multiple of 8), then halved: 48 and 24 do not fit, 8 does.
+    assert r["batch_size"] == 8
+    assert r["rows_tried"][:2] == [48, 24] and all(rows % 8 == 0 for rows in r["rows_tried"])
+    assert r["num_examples"] == N and r["equal"]
 
 
 @pytest.mark.slow

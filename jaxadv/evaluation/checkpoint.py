@@ -4,18 +4,20 @@ A checkpoint is the JSON of a partial :class:`EvaluationResult` (its examples
 are the first ``n`` of the data, in order) plus a ``"checkpoint"`` section:
 
 * ``fingerprint``: what makes two runs the same run (:class:`Fingerprint`):
-  eps, norm, suite, key, bounds and model;
-* ``data``: the number of examples done and a SHA-256 over them
-  (:class:`DataHasher`; inputs and labels, independent of the batching);
+  eps, norm, suite, key, bounds, model and batch size;
+* ``data``: the number of examples done, the number of batches they took and a
+  SHA-256 over them (:class:`DataHasher`; inputs and labels, independent of
+  the batching);
 * ``complete``: whether the run finished (masking checks included).
 
 Resuming (:func:`read_checkpoint`, :func:`check_same_run`, :func:`check_data`)
 refuses, with a :class:`CheckpointError` naming the file and the problem, a
 file that is damaged (not JSON, missing or mistyped fields, arrays of
 different lengths, unknown outcome codes), that belongs to another run (any
-fingerprint field differs) or to other data (the first ``n`` examples hash
-differently, or there are fewer than ``n``). A refused file is never merged
-nor overwritten. Every write goes through :func:`write_json_atomic`.
+fingerprint field differs; a run with ``batch_size="auto"`` takes the
+checkpoint's batch size instead of comparing it) or to other data (the first
+``n`` examples hash differently, or there are fewer than ``n``). A refused
+file is never merged nor overwritten. Every write goes through :func:`write_json_atomic`.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ __all__ = [
 ]
 
 FORMAT = "jaxadv.evaluate checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the batch size in the fingerprint, the batch count in the data
 
 
 def _array_digest(a: Any) -> str:
@@ -110,6 +112,10 @@ class Fingerprint(NamedTuple):
       key: hex of the key's data (``jax.random.key_data``).
       bounds: SHA-256 of ``lo`` and ``hi`` as float32 arrays.
       model: :func:`model_fingerprint` of ``logits_fn``.
+      batch_size: examples per batch. Each batch draws its randomness from its
+        index (and is padded by its size), so another size gives other results.
+        ``None`` in the fingerprint of a ``batch_size="auto"`` run before it
+        starts: it then takes the checkpoint's size.
     """
 
     eps: float
@@ -118,6 +124,7 @@ class Fingerprint(NamedTuple):
     key: str
     bounds: str
     model: str
+    batch_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {name: (list(v) if isinstance(v, list) else v) for name, v in self._asdict().items()}
@@ -130,6 +137,7 @@ _FIELD_NAMES = {
     "key": "key",
     "bounds": "bounds",
     "model": "model (its parameters)",
+    "batch_size": "batch size",
 }
 
 
@@ -141,8 +149,9 @@ def run_fingerprint(
     key: PRNGKey,
     bounds: tuple[Any, Any],
     logits_fn: LogitsFn,
+    batch_size: int | None = None,
 ) -> Fingerprint:
-    """The :class:`Fingerprint` of an evaluation with these arguments."""
+    """The :class:`Fingerprint` of an evaluation with these arguments (``batch_size=None``: "auto")."""
     lo = np.asarray(bounds[0], np.float32)
     hi = np.asarray(bounds[1], np.float32)
     return Fingerprint(
@@ -152,6 +161,7 @@ def run_fingerprint(
         key=_key_data(key).astype(np.uint32).tobytes().hex(),
         bounds=hashlib.sha256((_array_digest(lo) + _array_digest(hi)).encode()).hexdigest(),
         model=model_fingerprint(logits_fn),
+        batch_size=batch_size,
     )
 
 
@@ -194,6 +204,7 @@ class SavedRun(NamedTuple):
       fingerprint: the run it belongs to.
       examples: how many examples it holds. data: their :class:`DataHasher` digest.
       complete: the run finished, masking checks included.
+      batches: how many batches its examples took (the index of the next batch).
     """
 
     path: Path
@@ -202,6 +213,7 @@ class SavedRun(NamedTuple):
     examples: int
     data: str
     complete: bool
+    batches: int = 0
 
 
 def write_checkpoint(
@@ -211,15 +223,19 @@ def write_checkpoint(
     fingerprint: Fingerprint,
     data: DataHasher,
     complete: bool,
+    batches: int = 0,
 ) -> None:
-    """Write ``result`` (the first ``data.count`` examples of the run) as a checkpoint, atomically."""
+    """Write ``result`` (the first ``data.count`` examples of the run, in ``batches``
+    batches) as a checkpoint, atomically."""
     if data.count != result.num_examples:
         raise ValueError(f"the data hash covers {data.count} examples, the result {result.num_examples}")
+    if fingerprint.batch_size is None:
+        raise ValueError("the fingerprint of a checkpoint needs the batch size the run used")
     section = {
         "format": FORMAT,
         "version": VERSION,
         "fingerprint": fingerprint.to_dict(),
-        "data": {"examples": data.count, "sha256": data.hexdigest()},
+        "data": {"examples": data.count, "sha256": data.hexdigest(), "batches": batches},
     }
     write_json_atomic(path, {**result.to_dict(), "complete": complete, "checkpoint": section})
 
@@ -270,7 +286,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> SavedRun:
     if not isinstance(section, dict) or section.get("format") != FORMAT:
         raise _fail(path, "it is not a checkpoint of jaxadv.evaluate with a run fingerprint")
     if section.get("version") != VERSION:
-        raise _fail(path, f"format version {section.get('version')!r} is not {VERSION}")
+        raise _fail(
+            path,
+            f"format version {section.get('version')!r} is not {VERSION} (another jaxadv wrote it)",
+        )
     fp = _field(section, "fingerprint", dict, path)
     fingerprint = Fingerprint(
         eps=float(_field(fp, "eps", (int, float), path)),
@@ -279,9 +298,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> SavedRun:
         key=_field(fp, "key", str, path),
         bounds=_field(fp, "bounds", str, path),
         model=_field(fp, "model", str, path),
+        batch_size=_field(fp, "batch_size", int, path),
     )
     stored = _field(section, "data", dict, path)
     examples = _field(stored, "examples", int, path)
+    batches = _field(stored, "batches", int, path)
+    if fingerprint.batch_size is None or fingerprint.batch_size < 1 or batches < 0:
+        raise _fail(path, "its batch size must be >= 1 and its batch count >= 0")
     digest = _field(stored, "sha256", str, path)
     complete = _field(data, "complete", bool, path)
 
@@ -326,6 +349,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> SavedRun:
         ):
             raise _fail(path, f"field {name!r} must map every attack to a non-negative number")
     non_finite_clean = _field(data, "non_finite_clean", int, path)
+    wall = float(_field(data, "wall_seconds", (int, float), path))
+    if not (np.isfinite(wall) and wall >= 0):
+        raise _fail(path, "field 'wall_seconds' must be a non-negative number")
     result = EvaluationResult(
         eps=eps,
         norm=norm,
@@ -338,8 +364,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> SavedRun:
         non_finite={k: int(v) for k, v in non_finite.items()},
         non_finite_clean=non_finite_clean,
         seconds={k: float(v) for k, v in seconds.items()},
+        batch_size=fingerprint.batch_size,
+        wall_seconds=wall,
     )
-    return SavedRun(path, result, fingerprint, examples, digest, complete)
+    return SavedRun(path, result, fingerprint, examples, digest, complete, batches)
 
 
 def _short(value: Any) -> str:
@@ -350,17 +378,27 @@ def _short(value: Any) -> str:
 def check_same_run(saved: SavedRun, fingerprint: Fingerprint) -> None:
     """Refuse ``saved`` unless it was written by a run with this fingerprint.
 
+    A ``fingerprint`` without a batch size (a ``batch_size="auto"`` run) accepts
+    the checkpoint's.
+
     Raises:
       CheckpointError: naming the first field that differs (eps, norm, suite,
-        key, bounds or model) with both values.
+        key, bounds, model or batch size) with both values.
     """
     for name in Fingerprint._fields:
         mine, theirs = getattr(fingerprint, name), getattr(saved.fingerprint, name)
+        if name == "batch_size" and mine is None:
+            continue
         if mine != theirs:
+            hint = (
+                f"batch_size={theirs} or batch_size='auto' to continue it, or "
+                if name == "batch_size"
+                else ""
+            )
             raise CheckpointError(
                 f"checkpoint {saved.path} was written for another {_FIELD_NAMES[name]} "
                 f"(checkpoint: {_short(theirs)}; this run: {_short(mine)}). The file was left unchanged; "
-                "pass resume=False or another checkpoint path to start a new run"
+                f"pass {hint}resume=False or another checkpoint path to start a new run"
             )
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import os
+import queue
+import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -88,8 +91,12 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
     return y
 
 
-def _batches(x: Any, y: Any, batch_size: int) -> tuple[Iterator[_Batch], int | None]:
-    """Checked ``(x, labels)`` batches and the number of examples (``None`` for an iterator)."""
+def _source(x: Any, y: Any, batch_size: int) -> tuple[Iterator[_Batch], int | None]:
+    """Checked ``(x, labels)`` pieces and the number of examples (``None`` for an iterator).
+
+    Arrays are checked whole, in slices of ``batch_size``, before anything runs;
+    an iterator's batches are checked as they are read.
+    """
     if isinstance(x, (np.ndarray, jax.Array)):
         xs = np.asarray(x)
         if y is None:
@@ -116,6 +123,210 @@ def _batches(x: Any, y: Any, batch_size: int) -> tuple[Iterator[_Batch], int | N
             yield xb, _labels(yb, f"batch {b}")
 
     return stream(), None
+
+
+class _Piece(NamedTuple):
+    """Consecutive examples: inputs, labels and, when already on the devices, the
+    inputs padded for the clean prediction."""
+
+    x: np.ndarray
+    y: np.ndarray
+    placed: Any = None
+
+
+def _join(parts: list[_Piece]) -> _Piece:
+    specs = [f"{p.x.dtype}{list(p.x.shape[1:])}" for p in parts]
+    if len(set(specs)) > 1:
+        other = next(spec for spec in specs if spec != specs[0])
+        raise ValueError(
+            "the batches of x must share their per-example shape and dtype to be cut into batches of "
+            f"batch_size, got {specs[0]} and {other}"
+        )
+    return _Piece(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
+
+
+class _Cutter:
+    """A stream of pieces of any sizes, cut into the sizes asked for, in order.
+
+    A piece handed out whole keeps its placement; pieces that are cut or joined
+    lose it (the caller places them again).
+    """
+
+    def __init__(self, pieces: Iterator[_Piece]) -> None:
+        self._pieces = pieces
+        self._buffer: collections.deque[_Piece] = collections.deque()
+        self._rows = 0
+        self._ended = False
+
+    def take(self, rows: int) -> _Piece | None:
+        """The next ``rows`` examples (fewer at the end of the data); ``None`` after the end."""
+        while self._rows < rows and not self._ended:
+            try:
+                piece = next(self._pieces)
+            except StopIteration:
+                self._ended = True
+                break
+            if len(piece.x):
+                self._buffer.append(piece)
+                self._rows += len(piece.x)
+        parts: list[_Piece] = []
+        need = rows
+        while need and self._buffer:
+            piece = self._buffer.popleft()
+            if len(piece.x) > need:
+                self._buffer.appendleft(_Piece(piece.x[need:], piece.y[need:]))
+                piece = _Piece(piece.x[:need], piece.y[:need])
+            parts.append(piece)
+            need -= len(piece.x)
+        self._rows -= rows - need
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else _join(parts)
+
+    def give_back(self, piece: _Piece) -> None:
+        """Put examples taken but not evaluated back in front of the stream."""
+        self._buffer.appendleft(piece)
+        self._rows += len(piece.x)
+
+
+class _Size:
+    """The batch size, shared with the read-ahead thread (which only reads it)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def _pieces(
+    source: Iterator[_Batch], skip: int, size: _Size, place: Callable[[np.ndarray, int], Any] | None
+) -> Iterator[_Piece]:
+    """The data as the evaluation loop takes it: the ``skip`` examples of a resumed
+    checkpoint in pieces of at most a batch, then batches of ``size.value`` examples,
+    placed on the devices by ``place`` when given."""
+    cutter = _Cutter(_Piece(xb, yb) for xb, yb in source)
+    while skip > 0 and (piece := cutter.take(min(skip, size.value))) is not None:
+        skip -= len(piece.x)
+        yield piece
+    while (piece := cutter.take(size.value)) is not None:
+        yield piece if place is None else piece._replace(placed=place(piece.x, size.value))
+
+
+_END = object()
+
+
+class _ReadAhead:
+    """The items of an iterator, read by a background thread, at most ``depth`` waiting.
+
+    An exception of the iterator is raised by :meth:`__next__` when its turn
+    comes, with its traceback. :meth:`close` stops the thread and waits for it
+    (for a read of the iterator already under way, too): the thread never
+    outlives its owner's ``try``/``finally``.
+    """
+
+    def __init__(self, items: Iterator[Any], depth: int) -> None:
+        self._items = items
+        self._queue: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="jaxadv-evaluate-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any, error: BaseException | None = None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put((item, error), timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed over to the consumer, raised there
+            self._put(_END, e)
+
+    def __iter__(self) -> _ReadAhead:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        item, error = self._queue.get()
+        if item is _END:
+            self._done = True
+            if error is not None:
+                raise error
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._done = True
+
+
+class _FirstExamples:
+    """The first ``limit`` examples of the data (for the masking checks), whatever the batching."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._x: list[np.ndarray] = []
+        self._y: list[np.ndarray] = []
+        self.count = 0
+
+    def offer(self, start: int, piece: _Piece) -> None:
+        """``piece`` holds the examples from index ``start`` on."""
+        lo, hi = self.count - start, self.limit - start
+        if lo < len(piece.x) and lo < hi:
+            self._x.append(piece.x[lo:hi])
+            self._y.append(piece.y[lo:hi])
+            self.count += len(self._x[-1])
+
+    def batch(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if not self._x:
+            return None
+        return np.concatenate(self._x), np.concatenate(self._y)
+
+
+# --- device memory ---------------------------------------------------------------------
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """XLA's error for a buffer that does not fit (raised at compile or run time)."""
+    text = str(e)
+    return isinstance(e, jax.errors.JaxRuntimeError) and (
+        "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+    )
+
+
+def _check_batch_size(batch_size: Any, max_batch_size: int) -> None:
+    if isinstance(batch_size, str):
+        if batch_size != "auto":
+            raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+    elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+    elif batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if (
+        isinstance(max_batch_size, bool)
+        or not isinstance(max_batch_size, (int, np.integer))
+        or max_batch_size < 1
+    ):
+        raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
+
+
+def _first_size(max_batch_size: int, total: int | None, multiple: int) -> int:
+    """The size ``batch_size="auto"`` tries first: ``max_batch_size``, or fewer when the
+    data is smaller, a multiple of the rows each process feeds its devices."""
+    cap = max(multiple, max_batch_size // multiple * multiple)
+    return cap if total is None else min(cap, max(multiple, -(-total // multiple) * multiple))
+
+
+def _halved(size: int, multiple: int) -> int:
+    return max(multiple, size // 2 // multiple * multiple)
 
 
 # --- where the attacks run -------------------------------------------------------
@@ -154,6 +365,28 @@ class _Layout:
         if self.sharding is None:
             return arrays
         return shd.place_rows(arrays, self.sharding)
+
+    def placer(self) -> Callable[[np.ndarray, int], Any] | None:
+        """What the read-ahead thread uses to put a batch's padded inputs on the
+        devices; ``None`` with several processes (padding them needs a collective)."""
+        if self.processes > 1:
+            return None
+        sharding = self.sharding
+        device = jax.config.jax_default_device  # type: ignore[attr-defined]  # the caller's, thread-local
+
+        def place(xb: np.ndarray, batch_size: int) -> Any:
+            padded = shd.pad_batch(xb, self.size(len(xb), batch_size))
+            try:
+                if sharding is not None:
+                    return jax.device_put(padded, sharding)
+                with jax.default_device(device):
+                    return jax.device_put(padded)
+            except jax.errors.JaxRuntimeError as e:
+                if _out_of_memory(e):  # the attacks have the memory now: placed later, in turn
+                    return None
+                raise
+
+        return place
 
     def fetch(self, out: Any) -> np.ndarray:
         """This process's rows of a result (no communication between processes)."""
@@ -253,10 +486,18 @@ def _check_feasible(
     return dist
 
 
-def _evaluate_batch(s: _Setting, xb: np.ndarray, yb: np.ndarray, key: PRNGKey) -> _BatchResult:
-    """Attack one batch with the suite: per-example first successful attack, norm, queries."""
+def _evaluate_batch(
+    s: _Setting, xb: np.ndarray, yb: np.ndarray, key: PRNGKey, placed: Any = None
+) -> _BatchResult:
+    """Attack one batch with the suite: per-example first successful attack, norm, queries.
+
+    ``placed``: the batch's inputs already padded and on the devices, if so.
+    """
     n, k = xb.shape[0], len(s.attacks)
-    z = s.layout.logits(s.logits_fn, shd.pad_batch(xb, s.layout.size(n, s.batch_size)))[:n]
+    rows = s.layout.size(n, s.batch_size)
+    if placed is None or placed.shape[0] != rows:
+        placed = shd.pad_batch(xb, rows)
+    z = s.layout.logits(s.logits_fn, placed)[:n]
     if yb.size and yb.max() >= z.shape[-1]:
         raise ValueError(
             f"labels must be < {z.shape[-1]} (the model's number of classes), found {int(yb.max())}"
@@ -338,7 +579,9 @@ class _Tally:
         self.non_finite_clean += out.non_finite_clean
         self.seconds += out.seconds
 
-    def result(self, eps: float, norm: str, layout: _Layout | None = None) -> EvaluationResult:
+    def result(
+        self, eps: float, norm: str, batch_size: int, wall_seconds: float, layout: _Layout | None = None
+    ) -> EvaluationResult:
         """The result so far; with ``layout``, every process's examples gathered (a collective)."""
 
         def joined(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
@@ -359,6 +602,7 @@ class _Tally:
             counts = layout.gather(np.append(non_finite, clean)).reshape(-1, k + 1).sum(axis=0)
             non_finite, clean = counts[:k], int(counts[k])
             seconds = layout.gather(seconds).reshape(-1, k).max(axis=0)  # wall time: the slowest process
+            wall_seconds = float(layout.gather(np.asarray([wall_seconds], np.float64)).max())
         return EvaluationResult(
             eps=float(eps),
             norm=norm,
@@ -370,6 +614,8 @@ class _Tally:
             non_finite={n: int(c) for n, c in zip(self.names, non_finite, strict=True)},
             non_finite_clean=int(clean),
             seconds={n: float(t) for n, t in zip(self.names, seconds, strict=True)},
+            batch_size=int(batch_size),
+            wall_seconds=float(wall_seconds),
         )
 
 
@@ -404,7 +650,9 @@ def evaluate(
     norm: Norm = "linf",
     suite: str | Sequence[str | SuiteAttack] = "standard",
     key: PRNGKey,
-    batch_size: int = 256,
+    batch_size: int | Literal["auto"] = 256,
+    max_batch_size: int = 1024,
+    prefetch: int = 2,
     bounds: Bounds = (0.0, 1.0),
     progress: bool = True,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -431,9 +679,14 @@ def evaluate(
     Args:
       logits_fn: model ``x -> logits``.
       x: ``[n, ...]`` floating-point inputs (NumPy or JAX) inside ``bounds``, or
-        an iterable of ``(x, y)`` batches (then ``y=None``), e.g. a generator
-        reading from disk. Integer inputs (``uint8`` images) are refused: scale
-        them, e.g. ``x / 255`` with ``bounds=(0, 1)``. NaN or inf is refused.
+        an iterable of ``(x, y)`` NumPy batches of any sizes (then ``y=None``),
+        e.g. a generator reading from disk, a Grain loader or tf.data's
+        ``dataset.as_numpy_iterator()``. Its batches are cut and joined into
+        batches of ``batch_size`` examples, so the result depends on the
+        examples, their order and ``batch_size``, never on how the iterator
+        batches them (its batches must then share their per-example shape and
+        dtype). Integer inputs (``uint8`` images) are refused: scale them, e.g.
+        ``x / 255`` with ``bounds=(0, 1)``. NaN or inf is refused.
       y: ``[n]`` integer labels, or ``[n, C]`` one-hot rows (taken as their
         argmax), when ``x`` is an array. Float, string and out-of-range labels
         are refused.
@@ -445,10 +698,28 @@ def evaluate(
         names from :data:`jaxadv.evaluation.ATTACKS` and :class:`SuiteAttack`.
         A suite with a member that does not support ``norm`` is refused before
         anything runs.
-      key: PRNG key; each batch and attack gets its own fold of it.
-      batch_size: examples per compiled call. Array inputs are cut into
-        batches of this size; attacks run on the still-robust examples padded
-        to a power of two (at most ``log2(batch_size) - 2`` compiled shapes).
+      key: PRNG key; each batch (by its index) and attack gets its own fold of it.
+      batch_size: examples per compiled call: the data is cut into batches of
+        this size; attacks run on the still-robust examples padded to a power
+        of two (at most ``log2(batch_size) - 2`` compiled shapes). The batch
+        size changes the results (each batch draws its own randomness), so it
+        is part of a checkpoint's fingerprint. ``"auto"``: the largest size
+        that fits in device memory. The first batch is tried with
+        ``max_batch_size`` examples (fewer when the data has fewer); when a
+        batch fails with XLA's out-of-memory error (``RESOURCE_EXHAUSTED``)
+        the size is halved and the same examples are evaluated again (none
+        lost, none counted twice), on any batch. When only the first batch
+        needed it, the result equals that of a run with the size found,
+        ``result.batch_size``. With a sharding the size stays a multiple of
+        the device count. Refused with several processes.
+      max_batch_size: the first size ``batch_size="auto"`` tries.
+      prefetch: batches read ahead by a background thread while the current
+        one is attacked: taken from ``x``, checked, cut to ``batch_size`` and
+        put on the devices (a bounded queue; ``0``: none, all in the calling
+        thread). The results do not depend on it. An exception of the
+        iterator is raised here when its turn comes, with its traceback; the
+        thread ends before ``evaluate`` returns or raises (after a read of the
+        iterator already under way).
       bounds: ``(lo, hi)`` valid input range.
       progress: show a progress bar (tqdm) on the terminal.
       checkpoint: JSON file written atomically after every batch with the
@@ -457,8 +728,9 @@ def evaluate(
         lost. Without ``resume`` an existing file is replaced.
       resume: continue from ``checkpoint`` when it exists: its examples are
         skipped (their inputs and labels are still read and hashed). The file
-        must belong to this run (same eps, norm, suite, key, bounds, model and
-        first examples) and be intact, else a
+        must belong to this run (same eps, norm, suite, key, bounds, model,
+        batch size and first examples; ``batch_size="auto"`` continues with the
+        checkpoint's size) and be intact, else a
         :class:`~jaxadv.evaluation.CheckpointError` names the problem and the
         file is left as it is. A complete checkpoint is returned as it is,
         warnings and checks included, without running anything.
@@ -478,28 +750,43 @@ def evaluate(
         process passes *its own* examples, the same number of them (and of
         batches) on every process; the per-example results are gathered once,
         at the end, and every process receives the same result, holding the
-        examples of process 0, then process 1, and so on. ``checkpoint`` is
-        then refused, and the masking checks run on each process's first batch.
+        examples of process 0, then process 1, and so on. ``checkpoint`` and
+        ``batch_size="auto"`` are then refused, and the masking checks run on
+        each process's first examples.
 
     Returns:
-      An :class:`EvaluationResult`; ``result.robust_accuracy`` is the figure.
+      An :class:`EvaluationResult`; ``result.robust_accuracy`` is the figure,
+      ``result.batch_size`` the size used and ``result.examples_per_second``
+      the throughput of the whole run.
 
     Raises:
       ValueError: a bad argument, input or label (the message names it and the fix).
       CheckpointError: with ``resume``, a damaged checkpoint or one from another run.
       RuntimeError: an attack returned examples outside the threat model.
+      jax.errors.JaxRuntimeError: out of device memory with an int
+        ``batch_size``, or with ``"auto"`` even for a batch of one example per
+        device (a note says what to do).
     """
     norm = check_norm(norm)  # the canonical name of an alias such as "Linf"
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_batch_size(batch_size, max_batch_size)
+    if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 0:
+        raise ValueError(f"prefetch must be an int >= 0 (batches read ahead), got {prefetch!r}")
+    auto = batch_size == "auto"
     attacks = resolve_suite(suite)
     check_suite_norm(suite, attacks, norm)
     names = [a.name for a in attacks]
     key_attacks, key_checks = _split_key(key)
     layout = _Layout(shd.resolve_batch_sharding(sharding))
-    batches, total = _batches(x, y, batch_size)
+    if layout.processes > 1 and auto:
+        raise ValueError(
+            "batch_size='auto' is not supported when several processes evaluate together "
+            "(an out-of-memory error on one process would leave the others waiting): pass an int"
+        )
+    # Arrays are checked in slices of the size tried first (or given).
+    first_size = int(max_batch_size if auto else cast(int, batch_size))
+    source, total = _source(x, y, first_size)
     if layout.processes > 1:
         if checkpoint is not None:
             raise ValueError("checkpoint is not supported when several processes evaluate together")
@@ -510,65 +797,122 @@ def evaluate(
     if layout.sharding is not None:
         attacked_fn = shd.replicate(logits_fn, cast(Mesh, layout.sharding.mesh))
     lo, hi = np.asarray(bounds[0], np.float32), np.asarray(bounds[1], np.float32)
-    setting = _Setting(attacked_fn, attacks, float(eps), norm, lo, hi, batch_size, layout)
 
     path = Path(checkpoint) if checkpoint is not None else None
     fingerprint = None
     saved: SavedRun | None = None
     if path is not None:
         fingerprint = run_fingerprint(
-            eps=eps, norm=norm, attacks=names, key=key, bounds=(lo, hi), logits_fn=logits_fn
+            eps=eps,
+            norm=norm,
+            attacks=names,
+            key=key,
+            bounds=(lo, hi),
+            logits_fn=logits_fn,
+            batch_size=None if auto else int(cast(int, batch_size)),
         )
         if resume and path.exists():
             saved = _resume(path, fingerprint)
             if store_adversarial:
                 raise ValueError("store_adversarial cannot be combined with resume")
+    if not auto:
+        size = _Size(int(cast(int, batch_size)))
+    elif saved is not None:  # the size the checkpoint's batches were cut with
+        size = _Size(cast(int, saved.fingerprint.batch_size))
+    else:
+        size = _Size(_first_size(max_batch_size, total, layout.multiple))
+    setting = _Setting(attacked_fn, attacks, float(eps), norm, lo, hi, size.value, layout)
+    skip = 0 if saved is None else saved.examples
     tally = _Tally(names, None if saved is None else saved.result, store_adversarial)
     hasher = DataHasher()  # the examples done so far, as the checkpoint records them
-    verified = saved is None
+    first = _FirstExamples(check_size)  # for the masking checks, resumed or not
+    batch_index = 0 if saved is None else saved.batches
+    wall_before = 0.0 if saved is None else saved.result.wall_seconds
+    start = time.perf_counter()
 
+    def wall() -> float:
+        return wall_before + time.perf_counter() - start
+
+    pieces = _pieces(source, skip, size, layout.placer() if prefetch else None)
+    reader = _ReadAhead(pieces, prefetch) if prefetch else None
+    feed = _Cutter(reader if reader is not None else pieces)
     bar = None
-    if progress and jax.process_index() == 0:
-        from tqdm.auto import tqdm
+    try:
+        if progress and jax.process_index() == 0:
+            from tqdm.auto import tqdm
 
-        done = 0 if saved is None else saved.examples
-        bar = tqdm(total=total, initial=done, unit="ex", desc=f"evaluate {norm} eps={eps:g}")
-    check_batch: tuple[np.ndarray, np.ndarray] | None = None
-    for b, (xb, yb) in enumerate(batches):
-        if check_batch is None:  # the first examples of the data, resumed or not
-            check_batch = (xb[:check_size], yb[:check_size])
-        if saved is not None and not verified:
-            k = min(len(xb), saved.examples - hasher.count)
-            hasher.update(xb[:k], yb[:k])
-            xb, yb = xb[k:], yb[k:]
-            if hasher.count == saved.examples:
-                check_data(saved, hasher, more=len(xb) > 0)
-                verified = True
-        if len(xb) == 0:
-            continue
-        if saved is not None and saved.complete:
-            check_data(saved, hasher, more=True)
-        tally.add(_evaluate_batch(setting, xb, yb, jax.random.fold_in(key_attacks, b)))
-        if path is not None and fingerprint is not None:
-            hasher.update(xb, yb)
-            write_checkpoint(
-                path, tally.result(eps, norm), fingerprint=fingerprint, data=hasher, complete=False
-            )
+            bar = tqdm(total=total, initial=skip, unit="ex", desc=f"evaluate {norm} eps={eps:g}")
+        if saved is not None:
+            while hasher.count < skip:  # read and hashed, not attacked
+                piece = feed.take(min(skip - hasher.count, size.value))
+                if piece is None:
+                    break
+                first.offer(hasher.count, piece)
+                hasher.update(piece.x, piece.y)
+            more = feed.take(size.value)
+            if more is not None:
+                feed.give_back(more)
+            check_data(saved, hasher, more=more is not None)  # refuses another dataset
+            if saved.complete:
+                return saved.result
+        while (piece := feed.take(size.value)) is not None:
+            first.offer(hasher.count, piece)
+            batch_key = jax.random.fold_in(key_attacks, batch_index)
+            try:
+                out = _evaluate_batch(
+                    setting._replace(batch_size=size.value), piece.x, piece.y, batch_key, piece.placed
+                )
+            except jax.errors.JaxRuntimeError as e:
+                if not _out_of_memory(e):
+                    raise
+                smaller = _halved(size.value, layout.multiple)
+                if not auto or smaller >= size.value:
+                    e.add_note(
+                        f"jaxadv.evaluate: a batch of {len(piece.x)} examples does not fit in device memory; "
+                        + (
+                            "pass a smaller batch_size, or batch_size='auto' to find one that fits"
+                            if not auto
+                            else "even the smallest batch (one example per device) does not fit"
+                        )
+                    )
+                    raise
+                feed.give_back(piece._replace(placed=None))  # its device copy is freed
+                size.value = smaller
+                continue
+            tally.add(out)
+            hasher.update(piece.x, piece.y)
+            batch_index += 1
+            if path is not None and fingerprint is not None:
+                write_checkpoint(
+                    path,
+                    tally.result(eps, norm, size.value, wall()),
+                    fingerprint=fingerprint._replace(batch_size=size.value),
+                    data=hasher,
+                    complete=False,
+                    batches=batch_index,
+                )
+            if bar is not None:
+                bar.update(len(piece.x))
+    finally:
+        if reader is not None:
+            reader.close()
         if bar is not None:
-            bar.update(len(xb))
-    if bar is not None:
-        bar.close()
-    if saved is not None and not verified:
-        check_data(saved, hasher)  # the data ended before the checkpoint's examples
-    if saved is not None and saved.complete:
-        return saved.result
+            bar.close()
 
-    result = tally.result(eps, norm, layout)
+    result = tally.result(eps, norm, size.value, wall(), layout)
     result.warnings.extend(_non_finite_warnings(result))
+    check_batch = first.batch()
     if checks and check_batch is not None:
         _attach_checks(result, logits_fn, check_batch, attacks, key_checks, bounds)
     if path is not None and fingerprint is not None:
-        write_checkpoint(path, result, fingerprint=fingerprint, data=hasher, complete=True)
+        write_checkpoint(
+            path,
+            result,
+            fingerprint=fingerprint._replace(batch_size=size.value),
+            data=hasher,
+            complete=True,
+            batches=batch_index,
+        )
     return result
 
 

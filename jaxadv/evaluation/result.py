@@ -39,6 +39,11 @@ class EvaluationResult:
       non_finite_clean: clean examples on which the model's logits were not
         finite; each counted as misclassified.
       seconds: per attack, wall-clock seconds spent in it, summed over batches.
+      batch_size: examples per batch the run ended with (with ``batch_size="auto"``,
+        the size found to fit); ``None`` when unknown (a file from an older version).
+      wall_seconds: wall-clock seconds of the whole run over its examples: reading,
+        transfers, every attack, checkpoint writes and any batch retried after an
+        out-of-memory error, summed over resumed sessions; not the masking checks.
     """
 
     eps: float
@@ -53,6 +58,8 @@ class EvaluationResult:
     non_finite: dict[str, int] = dataclasses.field(default_factory=dict)
     non_finite_clean: int = 0
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    batch_size: int | None = None
+    wall_seconds: float = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -88,6 +95,11 @@ class EvaluationResult:
         """Fraction of examples that every attack failed on (per-example worst case)."""
         return float(np.mean(self.robust)) if self.num_examples else float("nan")
 
+    @property
+    def examples_per_second(self) -> float:
+        """Throughput: ``num_examples / wall_seconds`` (NaN when no time was recorded)."""
+        return self.num_examples / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+
     def robust_accuracy_after(self) -> dict[str, float]:
         """Robust accuracy after each attack of the suite, cumulatively, in order."""
         out: dict[str, float] = {}
@@ -121,6 +133,14 @@ class EvaluationResult:
         if self.seconds:
             timing = ", ".join(f"{name} {t:.3g}" for name, t in self.seconds.items())
             lines.append(f"seconds per attack: {timing}")
+        if self.wall_seconds > 0:
+            size = "" if self.batch_size is None else f", batch size {self.batch_size}"
+            lines.append(
+                f"throughput: {self.examples_per_second:.4g} examples/s "
+                f"({n} examples in {self.wall_seconds:.4g} s{size})"
+            )
+        elif self.batch_size is not None:
+            lines.append(f"batch size: {self.batch_size}")
         for w in self.warnings:
             lines.append(f"WARNING: {w}")
         return "\n".join(lines)
@@ -142,6 +162,9 @@ class EvaluationResult:
             "non_finite": {name: int(self.non_finite.get(name, 0)) for name in self.attacks},
             "non_finite_clean": int(self.non_finite_clean),
             "seconds": {name: float(self.seconds.get(name, 0.0)) for name in self.attacks},
+            "batch_size": self.batch_size,
+            "wall_seconds": float(self.wall_seconds),
+            "examples_per_second": self.examples_per_second if self.wall_seconds > 0 else None,
             "warnings": list(self.warnings),
             "checks": _jsonable(self.checks),
         }
@@ -160,6 +183,8 @@ class EvaluationResult:
             non_finite={str(k): int(v) for k, v in d.get("non_finite", {}).items()},
             non_finite_clean=int(d.get("non_finite_clean", 0)),
             seconds={str(k): float(v) for k, v in d.get("seconds", {}).items()},
+            batch_size=None if d.get("batch_size") is None else int(d["batch_size"]),
+            wall_seconds=float(d.get("wall_seconds", 0.0)),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
