@@ -48,3 +48,14 @@ def cnn_b(digits: Any) -> Trained:
 def mlp(digits: Any) -> Trained:
     """A digits MLP (seed 0)."""
     return _train(examples.DigitsMLP(), digits[0], seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs() -> Any:
+    """Drop JAX's compiled programs after each test file.
+
+    Hundreds of files' worth of executables would otherwise stay alive for the
+    whole session; the trained fixtures (arrays) are kept, only programs go.
+    """
+    yield
+    jax.clear_caches()
