@@ -43,7 +43,8 @@ import numpy as np
 
 import jaxadv
 from jaxadv import examples
-from jaxadv.attacks.iterative import _pgd_body
+from jaxadv.attacks.iterative import projected_gradient
+from jaxadv.compose import loop as composed
 from jaxadv.gradients import loss_and_grad
 from jaxadv.losses import cross_entropy
 from jaxadv.models import combine_model, split_model
@@ -147,9 +148,16 @@ def fori_variant(steps: int, unroll: int | bool) -> Callable[..., jax.Array]:
     def run(logits_fn: Any, x: jax.Array, y: jax.Array) -> jax.Array:
         p = jaxadv.prepare(logits_fn, x, y, bounds=(0.0, 1.0), eps=EPS)
         alpha = jnp.asarray(2.5 * EPS / steps, jnp.float32)
-        operands = (p.params, p.x, p.labels, p.lo, p.hi, p.eps, alpha)
-        static = (p.model, "linf", False, cross_entropy, 0.05)
-        return jax.lax.fori_loop(0, steps, lambda i, s: _pgd_body(i, s, operands, static), p.x, unroll=unroll)
+        operands = composed.Operands(
+            p.params, p.x, p.labels, p.lo, p.hi, p.eps, alpha, jax.random.key(0), projected_gradient()
+        )
+        static = composed.Static(p.model, False, p.dtype)
+        state = composed.LoopState(p.x, (), None)
+
+        def body(i: Any, s: Any) -> Any:
+            return composed.attack_step(i, s, operands, static)
+
+        return jax.lax.fori_loop(0, steps, body, state, unroll=unroll).x
 
     return run
 

@@ -5,7 +5,7 @@ named in each import below.
 """
 
 from jaxadv.attacks.base import Problem, prepare
-from jaxadv.attacks.iterative import bim, pgd
+from jaxadv.attacks.iterative import bim, eot_pgd, pgd
 from jaxadv.attacks.single_step import fgsm
 from jaxadv.engine import iterate
 from jaxadv.evaluation import EvaluationResult, evaluate
@@ -28,7 +28,7 @@ from jaxadv.validation import checked
 # isort: split
 # Attack families and tools that list their public names in ``__all__``.
 from jaxadv import callables as _callables
-from jaxadv import certify, evaluation, sharding, training, zoo
+from jaxadv import certify, compose, evaluation, sharding, training, zoo
 from jaxadv import success as _success
 from jaxadv import transfer as _transfer
 from jaxadv.attacks import apgd as _apgd
@@ -55,10 +55,12 @@ __all__ = [
     "as_onehot",
     "bim",
     "certify",
+    "compose",
     "checked",
     "clip_to_bounds",
     "cross_entropy",
     "cw_margin",
+    "eot_pgd",
     "evaluate",
     "evaluation",
     "fgsm",

@@ -157,3 +157,28 @@ def dlr(logits: Array, onehot: Array) -> Array:
     true = jnp.sum(onehot * z, axis=-1)
     other = jnp.max(jnp.where(onehot > 0, -jnp.inf, z), axis=-1)
     return -(true - other) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def kl_divergence(logits: Array, target_probs: Array) -> Array:
+    r"""Per-example :math:`\mathrm{KL}(q \,\|\, \mathrm{softmax}(z))`, a loss for the attacks.
+
+    .. math::
+        \mathrm{KL}(q \| p_z) = \sum_c q_c (\log q_c - \log \mathrm{softmax}(z)_c)
+
+    with ``target_probs`` :math:`q` of shape ``[batch, C]`` (soft labels, e.g.
+    the model's clean probabilities) and ``logits`` :math:`z` ``[batch, C]``.
+    Returns ``[batch]`` float32; :math:`0 \log 0 = 0`. It has the signature of a
+    library loss, so ``jaxadv.pgd(f, x, q, loss=kl_divergence, ...)`` ascends it
+    (the inner maximisation of TRADES).
+    """
+    q = target_probs.astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.sum(jax.scipy.special.xlogy(q, q) - q * logp, axis=-1)
+
+
+def mean_cross_entropy(logits: Array, labels: Array) -> Array:
+    """Mean over the batch of :func:`cross_entropy`: the training objective.
+
+    ``labels``: ``[batch]`` integer classes or ``[batch, C]`` one-hot / soft labels.
+    """
+    return jnp.mean(cross_entropy(logits, as_onehot(labels, logits.shape[-1])))

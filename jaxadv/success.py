@@ -1,10 +1,11 @@
 r"""Per-example success masks, computed by re-predicting the returned examples.
 
-Every attack in jaxadv returns the adversarial batch only (shape and dtype of
-``x``). Whether each example fooled the model is a separate question, answered
-here by running the model on *exactly* the array the attack returned, so the
-mask agrees with re-prediction by construction (at the boundary of the ball,
-after clipping and after the cast to ``x``'s dtype):
+Every attack in jaxadv returns the adversarial batch (shape and dtype of
+``x``); with ``return_info=True`` it returns an :class:`AttackResult`
+``(x_adv, success, queries)`` instead. Success is always answered by running
+the model on *exactly* the array the attack returned, so the mask agrees with
+re-prediction by construction (at the boundary of the ball, after clipping and
+after the cast to ``x``'s dtype):
 
 * :func:`is_adversarial` — ``argmax f(x_adv) != y`` (untargeted) or
   ``argmax f(x_adv) == y`` (targeted), shape ``[batch]``.
@@ -33,15 +34,19 @@ __all__ = ["AttackResult", "is_adversarial", "with_success"]
 
 
 class AttackResult(NamedTuple):
-    """An attack's output with its per-example success mask.
+    """An attack's output with its per-example success mask: what every attack
+    returns with ``return_info=True`` (and :func:`with_success` for any attack).
 
     Attributes:
       x_adv: ``[batch, ...]`` adversarial batch, shape and dtype of ``x``.
       success: ``[batch]`` bool, ``is_adversarial`` of ``x_adv``.
+      queries: ``[batch]`` int32 model evaluations spent per example, for the
+        attacks that count them (the black-box ones); ``None`` otherwise.
     """
 
     x_adv: Array
     success: Array
+    queries: Array | None = None
 
 
 def as_returned(x: Array, dtype: Any, lo: Array, hi: Array) -> Array:

@@ -17,8 +17,8 @@ from jax import lax
 
 import jaxadv
 from jaxadv import engine, examples
-from jaxadv.attacks.iterative import _pgd_body
-from jaxadv.losses import cross_entropy
+from jaxadv.attacks.iterative import projected_gradient
+from jaxadv.compose import loop as composed
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,20 @@ def cnn(data):
 def plain_fori(f, x, y, steps, key=None):
     """The same attack with the unmodified body (reference)."""
     p = jaxadv.prepare(f, x, y, bounds=(0.0, 1.0), eps=0.1)
-    operands = (p.params, p.x, p.labels, p.lo, p.hi, p.eps, jnp.float32(0.25 * 0.1))
-    static = (p.model, "linf", False, cross_entropy, 0.05)
-    return lax.fori_loop(0, steps, lambda i, s: _pgd_body(i, s, operands, static), p.x)
+    operands = composed.Operands(
+        p.params,
+        p.x,
+        p.labels,
+        p.lo,
+        p.hi,
+        p.eps,
+        jnp.float32(0.25 * 0.1),
+        jax.random.key(0),
+        projected_gradient(),
+    )
+    static = composed.Static(p.model, False, p.dtype)
+    state = composed.LoopState(p.x, (), None)
+    return lax.fori_loop(0, steps, lambda i, s: composed.attack_step(i, s, operands, static), state).x
 
 
 def test_jit_identical_and_canonical(cnn, data):

@@ -16,7 +16,8 @@ from flax import nnx
 import jaxadv
 from jaxadv import training
 from jaxadv.attacks.base import prepare
-from jaxadv.attacks.iterative import run_projected_gradient
+from jaxadv.attacks.iterative import projected_gradient
+from jaxadv.compose import run_from
 
 # --- a linear model: every quantity is cheap and exact ------------------------
 
@@ -57,15 +58,14 @@ def _reference_adv(method: str, params: Any, x: jax.Array, y: jax.Array, key: An
     q = jax.nn.softmax(f(x), axis=-1)
     p = prepare(f, x, q, bounds=(0.0, 1.0), eps=0.3)
     x0 = jaxadv.project_to_feasible(x + 0.001 * jax.random.normal(key, x.shape), x, 0.3, norm, 0.0, 1.0)
-    return run_projected_gradient(
+    return run_from(
+        projected_gradient(norm=norm, loss=training.kl_divergence),
         p,
         x0,
+        key=jax.random.key(0),
         step_size=jnp.asarray(0.1),
         steps=4,
-        norm=norm,
         targeted=False,
-        loss=training.kl_divergence,
-        l1_sparsity=0.05,
         loop="auto",
     )
 
@@ -186,15 +186,14 @@ def test_linen_step_attacks_in_eval_mode_is_deterministic_and_keeps_batch_stats(
         x0 = jaxadv.project_to_feasible(
             x + 0.001 * jax.random.normal(attack_key, x.shape), x, 0.15, "linf", 0, 1
         )
-        x_adv = run_projected_gradient(
+        x_adv = run_from(
+            projected_gradient(norm="linf", loss=training.kl_divergence),
             p,
             x0,
+            key=jax.random.key(0),
             step_size=jnp.asarray(0.05),
             steps=3,
-            norm="linf",
             targeted=False,
-            loss=training.kl_divergence,
-            l1_sparsity=0.05,
             loop="host",
         )
     if method == "trades":

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv.models import ModelStatic, combine_model, predict, split_model
+from jaxadv.success import AttackResult, hits
 from jaxadv.threat_models import cast_into_box
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn
 from jaxadv.validation import (
@@ -67,6 +68,16 @@ class Problem(NamedTuple):
         represent are rounded inward, so that the result lies inside the float32
         ``[lo, hi]`` exactly; ``x`` does too)."""
         return cast_into_box(x_adv, self.dtype, self.lo, self.hi)
+
+    def output(
+        self, x_adv: Array, *, targeted: bool, return_info: bool, queries: Array | None = None
+    ) -> Array | AttackResult:
+        """What an attack returns: the finalised ``x_adv``, or with ``return_info`` the
+        :class:`jaxadv.AttackResult` with success re-predicted on exactly that array."""
+        if not return_info:
+            return x_adv
+        z = combine_model(self.model, self.params)(x_adv.astype(jnp.float32))
+        return AttackResult(x_adv, hits(z, self.labels, targeted), queries)
 
 
 def _aval(a: Any) -> jax.ShapeDtypeStruct:

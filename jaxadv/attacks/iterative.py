@@ -13,101 +13,35 @@ intersection of the eps-ball and the box (:func:`jaxadv.project_to_feasible`).
 
 from __future__ import annotations
 
-import functools
-from typing import Any
+from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from jaxadv.attacks.base import Problem, check_step_size, prepare
-from jaxadv.engine import iterate
-from jaxadv.gradients import loss_and_grad
-from jaxadv.losses import cross_entropy, finite_rows
-from jaxadv.models import ModelStatic, combine_model
-from jaxadv.threat_models import (
-    mask_blocked,
-    per_example,
-    project_to_feasible,
-    random_feasible,
-    steepest_direction,
-    step_along,
-)
+from jaxadv.compose.loop import Attack, check_finite_step
+from jaxadv.compose.sources import EOT, LossGradient, finite_step
+from jaxadv.compose.updates import Steepest
+from jaxadv.losses import cross_entropy
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
-from jaxadv.validation import check_norm, check_steps, is_traced
+from jaxadv.validation import check_norm
+
+__all__ = ["bim", "check_finite_step", "eot_pgd", "finite_step", "pgd", "projected_gradient"]
 
 
-def finite_step(z: Array, g: Array) -> Array:
-    """``[batch]`` bool: the logits ``z`` and the gradient ``g`` of an example are finite,
-    so a step may be taken from it."""
-    return finite_rows(z) & jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), axis=1)
-
-
-def _pgd_body(i: Array, x_t: Array, operands: Any, static: Any) -> Array:
-    del i
-    params, x, labels, lo, hi, eps, alpha = operands
-    model, norm, targeted, loss, l1_sparsity = static
-    logits_fn = combine_model(model, params)
-    _, z, g = loss_and_grad(logits_fn, x_t, labels, loss=loss, targeted=targeted)
-    ok = finite_step(z, g)
-    g = jnp.where(per_example(ok, g) > 0, g, 0.0)
-    if norm == "l1":
-        g = mask_blocked(g, x_t, lo, hi)
-    step = step_along(alpha, steepest_direction(g, norm, l1_sparsity=l1_sparsity))
-    x_new = project_to_feasible(x_t + step, x, eps, norm, lo, hi)
-    # Where the model's logits (or their gradient) are not finite, go back to x.
-    return jnp.where(per_example(ok, x) > 0, x_new, x)
-
-
-@functools.partial(jax.jit, static_argnames=("norm", "model"))
-def _random_init(
-    key: PRNGKey, params: Any, x: Array, eps: Array, lo: Array, hi: Array, *, norm: Norm, model: ModelStatic
-) -> Array:
-    """A random point of the feasible set; ``x`` itself for the examples whose clean
-    logits are not finite (they are returned unchanged)."""
-    x0 = random_feasible(key, x, eps, norm, lo, hi)
-    clean_ok = finite_rows(combine_model(model, params)(x))
-    return jnp.where(per_example(clean_ok, x) > 0, x0, x)
-
-
-def check_finite_step(step_size: Array, lo: Array, hi: Array, name: str = "step_size") -> None:
-    """Refuse (concrete values) an infinite step size with unbounded ``bounds``: the
-    step would leave every finite value."""
-    if is_traced(step_size, lo, hi):
-        return
-    if not bool(np.all(np.isfinite(np.asarray(step_size)))) and not (
-        bool(np.all(np.isfinite(np.asarray(lo)))) and bool(np.all(np.isfinite(np.asarray(hi))))
-    ):
-        raise ValueError(
-            f"{name} is infinite (eps=inf gives an infinite default step) and bounds are unbounded: "
-            "nothing would keep the step finite; pass a finite step_size"
-        )
-
-
-def run_projected_gradient(
-    p: Problem,
-    x_init: Array,
+def projected_gradient(
     *,
-    step_size: Array,
-    steps: int,
-    norm: Norm,
-    targeted: bool,
-    loss: LossFn,
-    l1_sparsity: float,
-    loop: LoopMode,
-) -> Array:
-    """Run ``steps`` projected steepest-ascent steps from ``x_init`` (float32).
-
-    The building block of :func:`fgsm`, :func:`bim` and :func:`pgd`, exposed so
-    that other attacks (adversarial training, transfer) reuse the same step.
-    Returns float32 iterates; use ``p.finalize`` for the caller's dtype. A step
-    from a point where the logits or the gradient are not finite goes back to
-    ``x`` instead (so an example on which the model is not finite stays at ``x``).
-    """
-    norm = check_norm(norm)
-    operands = (p.params, p.x, p.labels, p.lo, p.hi, p.eps, step_size)
-    static = (p.model, norm, targeted, loss, l1_sparsity)
-    return iterate(_pgd_body, x_init, operands, steps=steps, static=static, loop=loop)
+    norm: Norm = "linf",
+    loss: LossFn = cross_entropy,
+    random_start: bool = False,
+    l1_sparsity: float = 0.05,
+) -> Attack:
+    """The composed attack behind :func:`fgsm`, :func:`bim` and :func:`pgd`: the exact
+    gradient of ``loss``, steepest-ascent steps, projection onto ball and box, the
+    last iterate returned."""
+    return Attack(
+        LossGradient(loss),
+        Steepest(),
+        norm=check_norm(norm),
+        random_start=random_start,
+        l1_sparsity=l1_sparsity,
+    )
 
 
 def pgd(
@@ -126,7 +60,8 @@ def pgd(
     loss: LossFn = cross_entropy,
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
-) -> Array:
+    return_info: bool = False,
+) -> Any:
     r"""Projected gradient descent (Madry et al., 2018).
 
     Starts from a uniform random point of the feasible set (``random_start``)
@@ -171,36 +106,20 @@ def pgd(
       loss: per-example loss (default cross-entropy; :func:`jaxadv.cw_margin`).
       l1_sparsity: fraction of coordinates an L1 step moves (static).
       loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
+      return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success, None)``
+        instead of the array (the same for every attack of the library).
 
     Returns:
       The adversarial batch, shape and dtype of ``x``: inside the eps-ball (up to
       float rounding of ``x``'s dtype) and inside ``bounds``.
     """
-    norm = check_norm(norm)
-    steps = check_steps(steps)
     if random_start and key is None:
         raise ValueError("key is required when random_start=True (pass key=jax.random.key(0))")
-    p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted, eps=eps)
-    alpha = check_step_size(2.5 * p.eps / steps if step_size is None else step_size, p.x)
-    check_finite_step(alpha, p.lo, p.hi)
-    if p.empty:
-        return p.finalize(p.x)
-    if random_start:
-        x_init = _random_init(key, p.params, p.x, p.eps, p.lo, p.hi, norm=norm, model=p.model)
-    else:
-        x_init = p.x
-    x_adv = run_projected_gradient(
-        p,
-        x_init,
-        step_size=alpha,
-        steps=steps,
-        norm=norm,
-        targeted=targeted,
-        loss=loss,
-        l1_sparsity=l1_sparsity,
-        loop=loop,
-    )
-    return p.finalize(x_adv)
+    attack = projected_gradient(norm=norm, loss=loss, random_start=random_start, l1_sparsity=l1_sparsity)
+    return attack(
+        logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, targeted=targeted, bounds=bounds,
+        loop=loop, return_info=return_info,
+    )  # fmt: skip
 
 
 def bim(
@@ -217,7 +136,8 @@ def bim(
     loss: LossFn = cross_entropy,
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
-) -> Array:
+    return_info: bool = False,
+) -> Any:
     r"""Basic Iterative Method (Kurakin et al., 2017): PGD started at ``x``.
 
     .. math::
@@ -248,4 +168,78 @@ def bim(
         loss=loss,
         l1_sparsity=l1_sparsity,
         loop=loop,
+        return_info=return_info,
     )
+
+
+def eot_pgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    samples: int = 10,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: LossFn = cross_entropy,
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Any:
+    r"""PGD with expectation over transformation (EOT; Athalye et al., 2018).
+
+    Each step follows the mean gradient over ``samples`` random draws,
+
+    .. math::
+        x_{t+1} = \Pi_{B_\epsilon(x) \cap [lo, hi]}\Big(x_t + \alpha\, d_p\Big(
+            \frac{s}{n}\sum_{j=1}^{n} \nabla_x L\big(f_{k_j}(T_{k_j}(x_t)), y\big)\Big)\Big),
+
+    which is how a model with randomness is attacked honestly: a randomised
+    model ``logits_fn(x, key)`` (``randomized=True``; dropout left on, a
+    randomised defence, a smoothed classifier's noise) and/or a random input
+    transformation ``transform(key, x) -> x`` applied before the model. Each
+    draw gets its own key, folded from ``key`` and the step. Without
+    randomness (``samples=1``, no transform, deterministic model) this is
+    :func:`pgd`.
+
+    A deterministic model's gradient-masking check in :func:`jaxadv.evaluate`
+    points here when results vary between runs.
+
+    Args:
+      logits_fn: ``x -> logits [batch, C]``, or ``(x, key) -> logits`` with
+        ``randomized=True``.
+      x, y, eps, steps, norm, random_start, targeted, bounds, loss,
+        l1_sparsity, loop: as in :func:`pgd`.
+      key: PRNG key (draws and the random start).
+      step_size: default ``2.5 * eps / steps``.
+      samples: draws per step (static); each step costs ``samples``
+        forward-backward passes.
+      transform: optional random input transformation (static callable).
+      randomized: the model takes a key (see above).
+
+    Returns:
+      The adversarial batch, shape and dtype of ``x`` (the last iterate).
+    """
+    if key is None:
+        raise ValueError("key is required (pass key=jax.random.key(0))")
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    attack = Attack(
+        EOT(LossGradient(loss), samples, transform),
+        Steepest(),
+        norm=check_norm(norm),
+        random_start=random_start,
+        l1_sparsity=l1_sparsity,
+        randomized=randomized,
+    )
+    return attack(
+        logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, targeted=targeted, bounds=bounds,
+        loop=loop, return_info=return_info,
+    )  # fmt: skip

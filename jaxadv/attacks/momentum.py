@@ -1,7 +1,7 @@
-r"""Momentum iterative FGSM (Dong et al., 2018) with optional input diversity (Xie et al., 2019).
+r"""The transfer family: momentum iterative FGSM and its variants (MI, NI, VMI, TI, DI).
 
-MI-FGSM accumulates a velocity of L1-normalised gradients and steps along its
-steepest-ascent direction:
+MI-FGSM (Dong et al., 2018) accumulates a velocity of L1-normalised gradients
+and steps along its steepest-ascent direction:
 
 .. math::
     g_{t+1} = \mu\, g_t + \frac{\nabla_x J(x_t, y)}{\|\nabla_x J(x_t, y)\|_1},\qquad
@@ -9,137 +9,77 @@ steepest-ascent direction:
 
 (:math:`d_p = \mathrm{sign}` for L-inf, :math:`g/\|g\|_2` for L2). The momentum
 stabilises the update direction, which makes the examples transfer better to
-other models. With input diversity (DI-MI-FGSM) the gradient at each step is
-taken through a random transformation :math:`T(x_t)` applied with probability
-``diversity_prob``: the input is shrunk by a random factor in
-``[resize_rate, 1]`` (nearest neighbour) and zero-padded back to its size at a
-random offset.
+other models. The variants change one part of that step (see
+:mod:`jaxadv.compose`): NI-FGSM takes the gradient at a Nesterov look-ahead
+point, VMI-FGSM tunes it with the gradients of random neighbours, TI-FGSM
+smooths it with a Gaussian kernel, and input diversity (DI, any of them with
+``diversity_prob > 0``) takes it through a random resize-and-pad
+(:func:`diverse_inputs`) of the input.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, NamedTuple
+from typing import Any
 
-import jax
 import jax.numpy as jnp
 
-from jaxadv.attacks.base import check_step_size, prepare
-from jaxadv.attacks.iterative import check_finite_step, finite_step
-from jaxadv.engine import iterate
-from jaxadv.gradients import loss_and_grad
-from jaxadv.losses import cross_entropy, finite_rows
-from jaxadv.models import combine_model
-from jaxadv.success import as_returned, hits
-from jaxadv.threat_models import per_example, project_to_feasible, steepest_direction, step_along, unit_l1
-from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
-from jaxadv.validation import check_norm, check_steps
+from jaxadv.compose.loop import Attack
+from jaxadv.compose.sources import (
+    InputDiversity,
+    LossGradient,
+    TranslationInvariant,
+    diverse_inputs,
+    gaussian_kernel,
+)
+from jaxadv.compose.updates import Momentum, Nesterov, VarianceTuning
+from jaxadv.losses import cross_entropy
+from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
+from jaxadv.validation import check_norm
 
-__all__ = ["diverse_inputs", "mifgsm"]
-
-
-def _resize_pad_one(key: PRNGKey, xi: Array, rate: Array, axes: tuple[int, int]) -> Array:
-    ks, kh, kw = jax.random.split(key, 3)
-    scale = jax.random.uniform(ks, (), minval=rate, maxval=1.0)
-    out = xi
-    mask = jnp.ones((), bool)
-    for axis, k in zip(axes, (kh, kw), strict=True):
-        size = xi.shape[axis]
-        new = jnp.clip(jnp.floor(size * scale), 1, size).astype(jnp.int32)
-        offset = jnp.floor(jax.random.uniform(k, ()) * (size - new + 1)).astype(jnp.int32)
-        pos = jnp.arange(size) - offset
-        src = jnp.clip((pos * size) // new, 0, size - 1)
-        out = jnp.take(out, src, axis=axis)
-        shape = [1] * xi.ndim
-        shape[axis] = size
-        mask = mask & ((pos >= 0) & (pos < new)).reshape(shape)
-    return jnp.where(mask, out, 0.0)
+__all__ = ["diverse_inputs", "mifgsm", "nifgsm", "tifgsm", "vmifgsm"]
 
 
-def diverse_inputs(
-    key: PRNGKey,
-    x: Array,
-    *,
-    prob: ArrayLike = 0.5,
-    resize_rate: ArrayLike = 0.9,
-    spatial_axes: tuple[int, int] = (1, 2),
-) -> Array:
-    r"""Random resize-and-pad of each example (the input diversity of Xie et al., 2019).
-
-    With probability ``prob`` (independently per example) the image is shrunk by
-    a factor :math:`s \sim U[\text{resize\_rate}, 1]` along both spatial axes
-    (nearest neighbour), then zero-padded back to its original size at a
-    uniformly random offset; otherwise it is left unchanged. Differentiable in
-    ``x`` (a gather), shapes static, everything traced.
-
-    Args:
-      key: PRNG key.
-      x: ``[batch, ...]`` images.
-      prob: probability of transforming an example (traced).
-      resize_rate: smallest shrink factor, in ``(0, 1]`` (traced).
-      spatial_axes: the two spatial axes of ``x`` (static; ``(1, 2)`` for NHWC).
-
-    Returns:
-      The transformed batch, shape and dtype of ``x``.
-    """
-    axes = tuple(a - 1 for a in spatial_axes)
-    if len(axes) != 2 or min(axes) < 0 or max(axes) >= x.ndim - 1:
-        raise ValueError(f"spatial_axes must name two non-batch axes of x, got {spatial_axes}")
-    k_apply, k_tf = jax.random.split(key)
-    keys = jax.random.split(k_tf, x.shape[0])
-    rate = jnp.asarray(resize_rate, jnp.float32)
-    moved = jax.vmap(lambda k, xi: _resize_pad_one(k, xi, rate, (axes[0], axes[1])))(keys, x)
-    apply = jax.random.bernoulli(k_apply, jnp.asarray(prob, jnp.float32), (x.shape[0],))
-    return jnp.where(per_example(apply, x) > 0, moved, x).astype(x.dtype)
+def _transfer_norm(norm: Norm, name: str) -> Norm:
+    norm = check_norm(norm)
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"{name} supports norm='linf' or 'l2', got {norm!r}")
+    return norm
 
 
-class _State(NamedTuple):
-    x: Array  # current iterate
-    velocity: Array  # accumulated normalised gradient
-    x_adv: Array  # last adversarial iterate seen
-    found: Array  # [batch] bool
-
-
-def _logits_through(logits_fn: LogitsFn, key: PRNGKey, i: Array, prob: Array, rate: Array, axes: Any) -> Any:
-    k = jax.random.fold_in(key, i)
-    return lambda xi: logits_fn(diverse_inputs(k, xi, prob=prob, resize_rate=rate, spatial_axes=axes))
-
-
-def _mifgsm_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
-    params, x, labels, lo, hi, eps, alpha, decay, key, prob, rate = operands
-    model, norm, targeted, loss, dtype, early_stop, diverse, axes = static
-    logits_fn = combine_model(model, params)
-    grad_fn = _logits_through(logits_fn, key, i, prob, rate, axes) if diverse else logits_fn
-    _, z, g = loss_and_grad(grad_fn, s.x, labels, loss=loss, targeted=targeted)
-    ok = finite_step(z, g)
-    if diverse:
-        z = logits_fn(s.x)
-    hit = hits(z, labels, targeted)  # success of the current iterate
-    velocity = decay * s.velocity + unit_l1(jnp.where(per_example(ok, g) > 0, g, 0.0))
-    step = step_along(alpha, steepest_direction(velocity, norm))
-    x_new = as_returned(project_to_feasible(s.x + step, x, eps, norm, lo, hi), dtype, lo, hi)
-    # From a point where the logits or the gradient are not finite: back to x, and
-    # the velocity is kept.
-    x_new = jnp.where(per_example(ok, x) > 0, x_new, x)
-    velocity = jnp.where(per_example(ok, x) > 0, velocity, s.velocity)
-    frozen = hit if early_stop else jnp.zeros_like(hit)
-    keep = per_example(frozen, x) > 0
-    return _State(
-        x=jnp.where(keep, s.x, x_new),
-        velocity=jnp.where(keep, s.velocity, velocity),
-        x_adv=jnp.where(per_example(hit, x) > 0, s.x, s.x_adv),
-        found=s.found | hit,
+def _source(loss: LossFn, diversity_prob: Any, resize_rate: Any, spatial_axes: tuple[int, int]) -> Any:
+    """The exact gradient of ``loss``, through input diversity unless ``diversity_prob`` is 0."""
+    source: Any = LossGradient(loss)
+    if isinstance(diversity_prob, (int, float)) and diversity_prob == 0:
+        return source
+    return InputDiversity(
+        source,
+        jnp.asarray(diversity_prob, jnp.float32),
+        jnp.asarray(resize_rate, jnp.float32),
+        tuple(spatial_axes),  # type: ignore[arg-type]
     )
 
 
-@functools.partial(jax.jit, static_argnames=("model", "targeted"))
-def _final(params: Any, s: _State, x: Array, labels: Array, *, model: Any, targeted: bool) -> Array:
-    z = combine_model(model, params)(s.x)
-    hit = hits(z, labels, targeted)
-    use_earlier = per_example(~hit & s.found, s.x) > 0
-    # A last iterate on which the model is not finite is not returned: x is.
-    out = jnp.where(per_example(finite_rows(z), x) > 0, s.x, x)
-    return jnp.where(use_earlier, s.x_adv, out)
+def _run(
+    attack: Attack,
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None,
+    *,
+    key: PRNGKey | None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None,
+    steps: int,
+    targeted: bool,
+    bounds: Bounds,
+    loop: LoopMode,
+    return_info: bool,
+) -> Any:
+    if attack.needs_key and key is None:
+        raise ValueError("key is required when diversity_prob > 0 (pass key=jax.random.key(0))")
+    return attack(
+        logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, targeted=targeted, bounds=bounds,
+        loop=loop, return_info=return_info,
+    )  # fmt: skip
 
 
 def mifgsm(
@@ -161,7 +101,8 @@ def mifgsm(
     key: PRNGKey | None = None,
     early_stop: bool = False,
     loop: LoopMode = "auto",
-) -> Array:
+    return_info: bool = False,
+) -> Any:
     r"""Momentum iterative FGSM (Dong et al., 2018); DI-MI-FGSM with ``diversity_prob > 0``.
 
     Starts at :math:`x_0 = x`, :math:`g_0 = 0` and runs the update of the module
@@ -205,34 +146,197 @@ def mifgsm(
     Returns:
       The adversarial batch, shape and dtype of ``x``.
     """
-    norm = check_norm(norm)
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"mifgsm supports norm='linf' or 'l2', got {norm!r}")
-    steps = check_steps(steps)
-    p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted, eps=eps)
-    alpha = check_step_size(p.eps / steps if step_size is None else step_size, p.x)
-    check_finite_step(alpha, p.lo, p.hi)
-    diverse = not (isinstance(diversity_prob, (int, float)) and diversity_prob == 0)
-    if diverse and key is None:
-        raise ValueError("key is required when diversity_prob > 0 (pass key=jax.random.key(0))")
-    if key is None:
-        key = jax.random.key(0)
-    if p.empty:
-        return p.finalize(p.x)
-    state = _State(p.x, jnp.zeros_like(p.x), p.x, jnp.zeros((p.x.shape[0],), bool))
-    operands = (
-        p.params,
-        p.x,
-        p.labels,
-        p.lo,
-        p.hi,
-        p.eps,
-        alpha,
-        jnp.asarray(decay, jnp.float32),
-        key,
-        jnp.asarray(diversity_prob, jnp.float32),
-        jnp.asarray(resize_rate, jnp.float32),
+    attack = Attack(
+        _source(loss, diversity_prob, resize_rate, spatial_axes),
+        Momentum(jnp.asarray(decay, jnp.float32)),
+        norm=_transfer_norm(norm, "mifgsm"),
+        keep_best=True,
+        early_stop=early_stop,
+        step_factor=1.0,
     )
-    static = (p.model, norm, targeted, loss, p.dtype, early_stop, diverse, tuple(spatial_axes))
-    state = iterate(_mifgsm_body, state, operands, steps=steps, static=static, loop=loop)
-    return p.finalize(_final(p.params, state, p.x, p.labels, model=p.model, targeted=targeted))
+    return _run(
+        attack, logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, targeted=targeted,
+        bounds=bounds, loop=loop, return_info=return_info,
+    )  # fmt: skip
+
+
+def nifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: LossFn = cross_entropy,
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Any:
+    r"""Nesterov iterative FGSM (NI-FGSM; Lin et al., ICLR 2020).
+
+    MI-FGSM with the gradient taken at the look-ahead point:
+
+    .. math::
+        x^{nes}_t = x_t + \alpha\mu\, \bar g_t,\qquad
+        g_{t+1} = \mu g_t + \frac{\nabla_x J(x^{nes}_t, y)}{\|\nabla_x J(x^{nes}_t, y)\|_1},\qquad
+        x_{t+1} = \Pi_{B_\epsilon(x) \cap [lo, hi]}\big(x_t + \alpha\, d_p(g_{t+1})\big),
+
+    with :math:`\bar g_t` the velocity in units of the gradient's mean absolute
+    value (the paper's normalisation; :class:`jaxadv.compose.Nesterov`). The
+    look-ahead point is not projected. Success bookkeeping, ``early_stop``,
+    input diversity and the remaining arguments as in :func:`mifgsm`.
+
+    Returns:
+      The adversarial batch, shape and dtype of ``x``.
+    """
+    attack = Attack(
+        _source(loss, diversity_prob, resize_rate, spatial_axes),
+        Nesterov(jnp.asarray(decay, jnp.float32)),
+        norm=_transfer_norm(norm, "nifgsm"),
+        keep_best=True,
+        early_stop=early_stop,
+        step_factor=1.0,
+    )
+    return _run(
+        attack, logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, targeted=targeted,
+        bounds=bounds, loop=loop, return_info=return_info,
+    )  # fmt: skip
+
+
+def vmifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    num_neighbors: int = 5,
+    beta: ArrayLike = 1.5,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: LossFn = cross_entropy,
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Any:
+    r"""Variance-tuned momentum iterative FGSM (VMI-FGSM; Wang & He, CVPR 2021).
+
+    .. math::
+        g_{t+1} = \mu g_t + \frac{\nabla_x J(x_t) + v_t}{\|\nabla_x J(x_t) + v_t\|_1},\qquad
+        v_{t+1} = \frac1N \sum_{j=1}^{N} \nabla_x J(x_t + r_j) - \nabla_x J(x_t),
+
+    :math:`r_j \sim U[-\beta\epsilon, \beta\epsilon]^n`, :math:`v_0 = 0`, and the
+    step of :func:`mifgsm`. The variance term tunes the current gradient with
+    the gradients around the previous iterate, which stabilises the update
+    direction and improves transfer. Each step costs ``1 + num_neighbors``
+    forward-backward passes.
+
+    Args:
+      num_neighbors: :math:`N`, neighbours per step (static).
+      beta: neighbourhood radius as a multiple of ``eps`` (traced).
+      key: PRNG key for the neighbours (required).
+      Others: as in :func:`mifgsm`.
+
+    Returns:
+      The adversarial batch, shape and dtype of ``x``.
+    """
+    if key is None:
+        raise ValueError("key is required for the neighbours (pass key=jax.random.key(0))")
+    if not isinstance(num_neighbors, int) or isinstance(num_neighbors, bool) or num_neighbors < 1:
+        raise ValueError(f"num_neighbors must be a positive int, got {num_neighbors!r}")
+    attack = Attack(
+        _source(loss, diversity_prob, resize_rate, spatial_axes),
+        VarianceTuning(jnp.asarray(decay, jnp.float32), jnp.asarray(beta, jnp.float32), num_neighbors),
+        norm=_transfer_norm(norm, "vmifgsm"),
+        keep_best=True,
+        early_stop=early_stop,
+        step_factor=1.0,
+    )
+    return _run(
+        attack, logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, targeted=targeted,
+        bounds=bounds, loop=loop, return_info=return_info,
+    )  # fmt: skip
+
+
+def tifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 0.0,
+    kernel_size: int = 15,
+    nsig: float = 3.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: LossFn = cross_entropy,
+    diversity_prob: float = 0.5,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Any:
+    r"""Translation-invariant iterative FGSM (TI-FGSM; Dong et al., CVPR 2019).
+
+    The gradient is convolved, per channel, with a Gaussian kernel :math:`W`
+    (:func:`jaxadv.compose.gaussian_kernel`: ``kernel_size`` points on
+    :math:`[-\text{nsig}, \text{nsig}]`) before the momentum update of
+    :func:`mifgsm`:
+
+    .. math::
+        g_{t+1} = \mu g_t + \frac{W * \nabla_x J(T(x_t), y)}{\|W * \nabla_x J(T(x_t), y)\|_1}
+
+    which approximates the gradient of an ensemble of translated images and
+    makes examples transfer to models with other receptive fields. The defaults
+    are the usual TI-DI-FGSM combination: input diversity ``T`` with
+    probability 0.5 (``diversity_prob=0`` turns it off) and no momentum
+    (``decay=0``; ``decay=1`` gives TI-DI-MI-FGSM). ``x`` must be images with
+    two ``spatial_axes``.
+
+    Args:
+      kernel_size: side of the smoothing kernel (static).
+      nsig: the kernel's extent in standard deviations (static).
+      key: PRNG key, required when ``diversity_prob > 0``.
+      Others: as in :func:`mifgsm`.
+
+    Returns:
+      The adversarial batch, shape and dtype of ``x``.
+    """
+    kernel = jnp.asarray(gaussian_kernel(kernel_size, nsig))
+    attack = Attack(
+        TranslationInvariant(
+            _source(loss, diversity_prob, resize_rate, spatial_axes),
+            kernel,
+            (spatial_axes[0], spatial_axes[1]),
+        ),  # type: ignore[arg-type]
+        Momentum(jnp.asarray(decay, jnp.float32)),
+        norm=_transfer_norm(norm, "tifgsm"),
+        keep_best=True,
+        early_stop=early_stop,
+        step_factor=1.0,
+    )
+    return _run(
+        attack, logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, targeted=targeted,
+        bounds=bounds, loop=loop, return_info=return_info,
+    )  # fmt: skip

@@ -2,11 +2,18 @@ r"""Single-step attacks: the fast gradient (sign) method."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
+
 from jaxadv.attacks.base import prepare
-from jaxadv.attacks.iterative import check_finite_step, run_projected_gradient
+from jaxadv.attacks.iterative import check_finite_step, projected_gradient
+from jaxadv.compose.loop import run_from
 from jaxadv.losses import cross_entropy
-from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LossFn, Norm
+from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LossFn, Norm
 from jaxadv.validation import check_norm
+
+_NO_KEY = jax.random.key(0)  # FGSM draws nothing; the loop's operands still carry a key
 
 
 def fgsm(
@@ -20,7 +27,8 @@ def fgsm(
     bounds: Bounds = (0.0, 1.0),
     loss: LossFn = cross_entropy,
     l1_sparsity: float = 0.05,
-) -> Array:
+    return_info: bool = False,
+) -> Any:
     r"""Fast gradient sign method (Goodfellow et al., 2015).
 
     .. math::
@@ -40,7 +48,7 @@ def fgsm(
       y: ``[batch]`` labels or ``[batch, C]`` one-hot (targets when
         ``targeted``); ``None``: the model's predictions.
       eps: step size and radius, raw input units, scalar or ``[batch]`` (traced).
-      norm, targeted, bounds, loss, l1_sparsity: as in :func:`jaxadv.pgd`.
+      norm, targeted, bounds, loss, l1_sparsity, return_info: as in :func:`jaxadv.pgd`.
 
     Examples on which the model's logits (or their gradient) are not finite at
     ``x`` are returned unchanged; an empty batch is returned as it is.
@@ -54,16 +62,7 @@ def fgsm(
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted, eps=eps)
     check_finite_step(p.eps, p.lo, p.hi, "eps")
     if p.empty:
-        return p.finalize(p.x)
-    x_adv = run_projected_gradient(
-        p,
-        p.x,
-        step_size=p.eps,
-        steps=1,
-        norm=norm,
-        targeted=targeted,
-        loss=loss,
-        l1_sparsity=l1_sparsity,
-        loop="auto",
-    )
-    return p.finalize(x_adv)
+        return p.output(p.finalize(p.x), targeted=targeted, return_info=return_info)
+    attack = projected_gradient(norm=norm, loss=loss, l1_sparsity=l1_sparsity)
+    x_adv = run_from(attack, p, p.x, key=_NO_KEY, step_size=p.eps, steps=1, targeted=targeted, loop="auto")
+    return p.output(p.finalize(x_adv), targeted=targeted, return_info=return_info)

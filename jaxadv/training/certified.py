@@ -50,7 +50,7 @@ import numpy as np
 from jaxadv.attacks.iterative import pgd
 from jaxadv.certify.crown import check_batch_size, crown_lower
 from jaxadv.certify.intervals import _ibp, checked_problem
-from jaxadv.losses import as_onehot, cross_entropy, log_softmax
+from jaxadv.losses import as_onehot, cross_entropy, log_softmax, mean_cross_entropy
 from jaxadv.models import Partial
 from jaxadv.training.checks import check_labels
 from jaxadv.training.losses import _attack_model, _outer, _result
@@ -96,10 +96,6 @@ def _check_count(value: Any, name: str) -> int:
 
 
 # --- shared pieces --------------------------------------------------------------
-
-
-def _mean_ce(logits: Array, y: Array) -> Array:
-    return jnp.mean(cross_entropy(logits, as_onehot(y, logits.shape[-1])))
 
 
 def _class_labels(labels: Array) -> Array:
@@ -180,7 +176,7 @@ def gaussian_augmentation_loss(
     noisy = _noisy_copies(jax.lax.stop_gradient(x), _noise(key, 1, x, sig))
     logits, aux = _outer(logits_fn, noisy, has_aux)
     check_labels(y, x.shape[0], logits.shape[-1])
-    return _result(_mean_ce(logits, y), aux, has_aux)
+    return _result(mean_cross_entropy(logits, y), aux, has_aux)
 
 
 def smoothadv_loss(
@@ -270,7 +266,7 @@ def smoothadv_loss(
     )
     noisy = _noisy_copies(jax.lax.stop_gradient(x_adv), noise)
     logits, aux = _outer(logits_fn, noisy, has_aux)
-    return _result(_mean_ce(logits, _repeat_labels(y, m)), aux, has_aux)
+    return _result(mean_cross_entropy(logits, _repeat_labels(y, m)), aux, has_aux)
 
 
 # --- bound propagation ------------------------------------------------------------

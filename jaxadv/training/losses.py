@@ -13,7 +13,7 @@ its method:
     grads = jax.grad(loss)(variables, x, y, key)
 
 The inner maximisation is the library's own attack (:func:`jaxadv.pgd` and
-:func:`jaxadv.attacks.iterative.run_projected_gradient`), run on the *current*
+:func:`jaxadv.compose.run_from`), run on the *current*
 parameters as traced values. It is never differentiated through: the attack
 sees ``stop_gradient`` copies of the parameters and its result passes through
 ``stop_gradient`` before the outer loss (Madry et al., Wong et al. and Zhang et
@@ -55,32 +55,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv.attacks.base import check_step_size, prepare
-from jaxadv.attacks.iterative import pgd, run_projected_gradient
-from jaxadv.losses import as_onehot, cross_entropy
+from jaxadv.attacks.iterative import pgd, projected_gradient
+from jaxadv.compose.loop import run_from
+from jaxadv.losses import kl_divergence, mean_cross_entropy
 from jaxadv.models import from_nnx
-from jaxadv.threat_models import project_to_feasible, random_start
+from jaxadv.threat_models import project_to_feasible
 from jaxadv.training.checks import check_labels
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
 from jaxadv.validation import check_nonnegative, check_norm, check_steps
 
 __all__ = ["fast_at_loss", "kl_divergence", "pgd_at_loss", "trades_loss"]
-
-
-def kl_divergence(logits: Array, target_probs: Array) -> Array:
-    r"""Per-example :math:`\mathrm{KL}(q \,\|\, \mathrm{softmax}(z))`, a loss for the attacks.
-
-    .. math::
-        \mathrm{KL}(q \| p_z) = \sum_c q_c (\log q_c - \log \mathrm{softmax}(z)_c)
-
-    with ``target_probs`` :math:`q` of shape ``[batch, C]`` (soft labels, e.g.
-    the model's clean probabilities) and ``logits`` :math:`z` ``[batch, C]``.
-    Returns ``[batch]`` float32; :math:`0 \log 0 = 0`. It has the signature of a
-    library loss, so ``jaxadv.pgd(f, x, q, loss=kl_divergence, ...)`` ascends it
-    (the inner maximisation of TRADES).
-    """
-    q = target_probs.astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.sum(jax.scipy.special.xlogy(q, q) - q * logp, axis=-1)
 
 
 # --- shared plumbing ----------------------------------------------------------
@@ -115,10 +99,6 @@ def _outer(logits_fn: Callable[[Array], Any], x: Array, has_aux: bool) -> tuple[
 
 def _result(loss: Array, aux: Any, has_aux: bool) -> Any:
     return (loss, aux) if has_aux else loss
-
-
-def _mean_ce(logits: Array, y: Array) -> Array:
-    return jnp.mean(cross_entropy(logits, as_onehot(y, logits.shape[-1])))
 
 
 # --- the three losses -----------------------------------------------------------
@@ -190,7 +170,7 @@ def pgd_at_loss(
         bounds=bounds,
     )
     logits, aux = _outer(logits_fn, jax.lax.stop_gradient(x_adv), has_aux)
-    return _result(_mean_ce(logits, y), aux, has_aux)
+    return _result(mean_cross_entropy(logits, y), aux, has_aux)
 
 
 def fast_at_loss(
@@ -231,27 +211,17 @@ def fast_at_loss(
     Raises:
       ValueError: as :func:`pgd_at_loss`.
     """
-    norm = check_norm(norm)
     x = jnp.asarray(x)
     y = jnp.asarray(y)
     attack = _attack_model(logits_fn, attack_logits_fn, has_aux)
-    p = prepare(attack, jax.lax.stop_gradient(x), y, bounds=bounds, eps=eps)
-    alpha = check_step_size(1.25 * p.eps if step_size is None else step_size, p.x)
-    start = random_start(key, p.x.shape, p.eps, norm)
-    x_init = project_to_feasible(p.x + start, p.x, p.eps, norm, p.lo, p.hi)
-    x_adv = run_projected_gradient(
-        p,
-        x_init,
-        step_size=alpha,
-        steps=1,
-        norm=norm,
-        targeted=False,
-        loss=cross_entropy,
-        l1_sparsity=0.05,
-        loop="auto",
-    )
-    logits, aux = _outer(logits_fn, jax.lax.stop_gradient(p.finalize(x_adv)), has_aux)
-    return _result(_mean_ce(logits, y), aux, has_aux)
+    eps_arr = check_nonnegative(eps, "eps")
+    alpha = 1.25 * eps_arr if step_size is None else step_size
+    x_adv = pgd(
+        attack, jax.lax.stop_gradient(x), y, key=key, eps=eps_arr, step_size=alpha, steps=1, norm=norm,
+        bounds=bounds,
+    )  # fmt: skip
+    logits, aux = _outer(logits_fn, jax.lax.stop_gradient(x_adv), has_aux)
+    return _result(mean_cross_entropy(logits, y), aux, has_aux)
 
 
 def trades_loss(
@@ -315,21 +285,12 @@ def trades_loss(
     alpha = check_step_size(step_size, p.x)
     noise = 0.001 * jax.random.normal(key, p.x.shape, jnp.float32)
     x_init = project_to_feasible(p.x + noise, p.x, p.eps, norm, p.lo, p.hi)
-    x_adv = run_projected_gradient(
-        p,
-        x_init,
-        step_size=alpha,
-        steps=steps,
-        norm=norm,
-        targeted=False,
-        loss=kl_divergence,
-        l1_sparsity=0.05,
-        loop="auto",
-    )
+    trades = projected_gradient(norm=norm, loss=kl_divergence)
+    x_adv = run_from(trades, p, x_init, key=key, step_size=alpha, steps=steps, targeted=False, loop="auto")
     x_adv = jax.lax.stop_gradient(p.finalize(x_adv))
     batch = x.shape[0]
     logits, aux = _outer(logits_fn, jnp.concatenate([x_const, x_adv.astype(x.dtype)], axis=0), has_aux)
     clean, adv = logits[:batch], logits[batch:]
     robust = kl_divergence(adv, jax.nn.softmax(clean, axis=-1))
-    loss = _mean_ce(clean, y) + beta * jnp.mean(robust)
+    loss = mean_cross_entropy(clean, y) + beta * jnp.mean(robust)
     return _result(loss, aux, has_aux)

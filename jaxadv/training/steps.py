@@ -76,7 +76,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxadv import validation
-from jaxadv.losses import as_onehot, cross_entropy
+from jaxadv.losses import mean_cross_entropy
 from jaxadv.models import from_flax
 from jaxadv.threat_models import clip_to_bounds, project, steepest_direction
 from jaxadv.training.checks import check_attack_config, check_bounds, check_labels
@@ -189,7 +189,7 @@ def _method_loss(
         logits, aux = out if has_aux else (out, None)
         z = logits.astype(jnp.float32)
         check_labels(y, x.shape[0], z.shape[-1])
-        loss = jnp.mean(cross_entropy(z, as_onehot(y, z.shape[-1])))
+        loss = mean_cross_entropy(z, y)
         return (loss, aux) if has_aux else loss
     common = dict(key=key, eps=hyper["eps"], norm=hyper["norm"], bounds=hyper["bounds"])
     common.update(attack_logits_fn=attack_fn, has_aux=has_aux)
@@ -344,7 +344,7 @@ def _free_loss(logits: Array, x: Array, y: Array) -> Array:
     """Mean cross-entropy of Free's replay, with the label checks."""
     z = logits.astype(jnp.float32)
     check_labels(y, x.shape[0], z.shape[-1])
-    return jnp.mean(cross_entropy(z, as_onehot(y, z.shape[-1])))
+    return mean_cross_entropy(z, y)
 
 
 def make_free_train_step(

@@ -1,0 +1,80 @@
+"""Attacks from parts: gradient sources, update rules, threat model, bookkeeping.
+
+Every iterative gradient attack of the library (FGSM, BIM, PGD, MI/NI/VMI/TI/
+DI-FGSM, EOT-PGD) is an :class:`Attack` built from these parts and run by one
+loop body; a user's own attack is built the same way (see the "Build your own
+attack" page of the docs)::
+
+    from jaxadv import compose
+
+    attack = compose.Attack(
+        compose.eot(samples=8, transform=my_random_transform),
+        compose.momentum(0.9),
+        norm="l2",
+        random_start=True,
+    )
+    x_adv = attack(logits_fn, x, y, key=key, eps=0.5, steps=20)
+"""
+
+from jaxadv.compose.bookkeeping import Best, init_best, record, select
+from jaxadv.compose.loop import Attack, LoopState, Operands, attack_step, run_from
+from jaxadv.compose.sources import (
+    EOT,
+    Gradient,
+    GradientSource,
+    InputDiversity,
+    LossGradient,
+    TranslationInvariant,
+    diverse_inputs,
+    eot,
+    gaussian_kernel,
+    input_diversity,
+    loss_gradient,
+    translation_invariant,
+)
+from jaxadv.compose.updates import (
+    Context,
+    Momentum,
+    Nesterov,
+    Steepest,
+    UpdateRule,
+    VarianceTuning,
+    momentum,
+    nesterov,
+    steepest,
+    variance_tuning,
+)
+
+__all__ = [
+    "EOT",
+    "Attack",
+    "Best",
+    "Context",
+    "Gradient",
+    "GradientSource",
+    "InputDiversity",
+    "LoopState",
+    "LossGradient",
+    "Momentum",
+    "Nesterov",
+    "Operands",
+    "Steepest",
+    "TranslationInvariant",
+    "UpdateRule",
+    "VarianceTuning",
+    "attack_step",
+    "diverse_inputs",
+    "eot",
+    "gaussian_kernel",
+    "init_best",
+    "input_diversity",
+    "loss_gradient",
+    "momentum",
+    "nesterov",
+    "record",
+    "run_from",
+    "select",
+    "steepest",
+    "translation_invariant",
+    "variance_tuning",
+]

@@ -1,0 +1,344 @@
+r"""One loop body for every composed gradient attack.
+
+An :class:`Attack` is a gradient source (:mod:`jaxadv.compose.sources`), an
+update rule (:mod:`jaxadv.compose.updates`), a threat model (the norm, the
+radius ``eps`` and the box ``bounds``, with an optional random start) and
+optional bookkeeping (:mod:`jaxadv.compose.bookkeeping`). Each step is
+
+.. math::
+    g_t = \text{source}(x_t^{\text{look}}),\quad
+    (d_t, s_{t+1}) = \text{rule}(g_t, s_t),\quad
+    x_{t+1} = \Pi_{B_\epsilon(x) \cap [lo, hi]}(x_t + \alpha\, d_t),
+
+run by :func:`jaxadv.engine.iterate` (one ``fori_loop`` under a transformation,
+one cached compiled program for a direct call). An example whose logits or
+gradient are not finite at :math:`x_t` goes back to :math:`x` and keeps its
+rule state.
+
+``Attack`` is a frozen dataclass registered as a pytree, and callable with the
+library's attack signature::
+
+    attack = compose.Attack(compose.eot(samples=8), compose.momentum(0.9), norm="l2")
+    x_adv = attack(logits_fn, x, y, key=key, eps=0.5, steps=20)
+
+The parts' array hyperparameters are traced leaves, so new values (a decay,
+``eps``, the model's parameters) reuse the compiled program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxadv.attacks.base import Problem, check_step_size, prepare
+from jaxadv.compose.bookkeeping import Best, init_best, record, select
+from jaxadv.compose.sources import EOT, InputDiversity, LossGradient, _pytree
+from jaxadv.compose.updates import Context, Steepest, VarianceTuning
+from jaxadv.engine import iterate
+from jaxadv.losses import finite_rows
+from jaxadv.models import ModelStatic, combine_model
+from jaxadv.success import as_returned
+from jaxadv.threat_models import mask_blocked, per_example, project_to_feasible, random_feasible, step_along
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
+from jaxadv.validation import check_norm, check_steps, is_traced
+
+__all__ = ["Attack", "LoopState", "Operands", "attack_step", "check_finite_step", "run_from"]
+
+# The key of the model's own draw when a randomised model is evaluated for
+# bookkeeping (independent of the keys the gradient source folds in).
+_EVAL = 0xE7A1
+
+
+@_pytree(
+    data=("source", "rule"),
+    meta=("norm", "random_start", "keep_best", "early_stop", "l1_sparsity", "randomized", "step_factor"),
+)
+@dataclasses.dataclass(frozen=True)
+class Attack:
+    """An iterative gradient attack composed of parts (see the module docstring).
+
+    Attributes:
+      source: a gradient source, e.g. ``loss_gradient()``, ``eot(...)``.
+      rule: an update rule, e.g. ``steepest()``, ``momentum(1.0)``.
+      norm: ``"linf"``, ``"l2"`` or ``"l1"``: the ball, and the steepest direction.
+      random_start: start from a uniform point of the ball (needs ``key``).
+      keep_best: round iterates to the caller's dtype, test each for success and
+        return the best one (:mod:`jaxadv.compose.bookkeeping`); otherwise the
+        last iterate is returned.
+      early_stop: with ``keep_best``, freeze an example once it is adversarial.
+      l1_sparsity: fraction of coordinates an L1 step moves.
+      randomized: the model is called as ``logits_fn(x, key)`` with a fresh key
+        per draw (dropout left on, a randomised defence); use with :class:`EOT`.
+      step_factor: default step size is ``step_factor * eps / steps``.
+    """
+
+    source: Any = None
+    rule: Any = None
+    norm: Norm = "linf"
+    random_start: bool = False
+    keep_best: bool = False
+    early_stop: bool = False
+    l1_sparsity: float = 0.05
+    randomized: bool = False
+    step_factor: float = 2.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", check_norm(self.norm))
+        if self.source is None:
+            object.__setattr__(self, "source", LossGradient())
+        if self.rule is None:
+            object.__setattr__(self, "rule", Steepest())
+        if not 0.0 < self.l1_sparsity <= 1.0:
+            raise ValueError(f"l1_sparsity must be in (0, 1], got {self.l1_sparsity}")
+        if self.early_stop and not self.keep_best:
+            raise ValueError("early_stop needs keep_best=True (success is tested by the bookkeeping)")
+
+    @property
+    def needs_key(self) -> bool:
+        """Whether a run draws random numbers (and so needs ``key``)."""
+        return self.random_start or self.randomized or _random_part(self.source) or _random_part(self.rule)
+
+    def __call__(
+        self,
+        logits_fn: LogitsFn,
+        x: ArrayLike,
+        y: ArrayLike | None = None,
+        *,
+        key: PRNGKey | None = None,
+        eps: ArrayLike,
+        step_size: ArrayLike | None = None,
+        steps: int = 10,
+        targeted: bool = False,
+        bounds: Bounds = (0.0, 1.0),
+        loop: LoopMode = "auto",
+        return_info: bool = False,
+    ) -> Any:
+        r"""Run the attack: ``steps`` steps of size ``step_size`` (default
+        ``step_factor * eps / steps``) inside the ``eps``-ball and ``bounds``.
+
+        Arguments as in :func:`jaxadv.pgd`; ``key`` is required when the attack
+        draws random numbers (:attr:`needs_key`). A randomised model
+        (``randomized=True``) is called as ``logits_fn(x, key)``.
+
+        Returns:
+          The adversarial batch, shape and dtype of ``x``; with ``return_info``
+          an :class:`jaxadv.AttackResult` (``queries`` is ``None``).
+        """
+        steps = check_steps(steps)
+        if self.needs_key and key is None:
+            raise ValueError("key is required: this attack draws random numbers (pass key=jax.random.key(0))")
+        if key is None:
+            key = jax.random.key(0)
+        model = _FixedKey(logits_fn, key) if self.randomized else logits_fn
+        p = prepare(model, x, y, bounds=bounds, targeted=targeted, eps=eps)
+        alpha = check_step_size(self.step_factor * p.eps / steps if step_size is None else step_size, p.x)
+        check_finite_step(alpha, p.lo, p.hi)
+        if p.empty:
+            return p.output(p.finalize(p.x), targeted=targeted, return_info=return_info)
+        if self.randomized:  # the loop calls the model with its own keys
+            p = p._replace(model=_unfix(p.model))
+        x_init = self.start(p, key)
+        x_adv = run_from(self, p, x_init, key=key, step_size=alpha, steps=steps, targeted=targeted, loop=loop)
+        if self.randomized:  # success is judged with the fixed key of the input checks
+            p = p._replace(model=p.model.inner)  # type: ignore[attr-defined]
+        return p.output(p.finalize(x_adv), targeted=targeted, return_info=return_info)
+
+    def start(self, p: Problem, key: PRNGKey) -> Array:
+        """The first iterate: a random point of the feasible set, or ``x``."""
+        if not self.random_start:
+            return p.x
+        return _random_init(
+            key, p.params, p.x, p.eps, p.lo, p.hi, norm=self.norm, model=p.model, randomized=self.randomized
+        )
+
+
+def _random_part(part: Any) -> bool:
+    if isinstance(part, (EOT, InputDiversity, VarianceTuning)):
+        return True
+    if getattr(part, "needs_key", False):
+        return True
+    inner = getattr(part, "source", None)
+    return inner is not None and _random_part(inner)
+
+
+class _FixedKey:
+    """A randomised model seen as a deterministic one, with one fixed key (for
+    input checks and the model's output shape only)."""
+
+    def __init__(self, fn: Any, key: PRNGKey) -> None:
+        self.fn, self.key = fn, key
+
+    def __call__(self, x: Array) -> Array:
+        return self.fn(x, self.key)
+
+
+jax.tree_util.register_pytree_node(
+    _FixedKey, lambda m: ((m.fn, m.key), None), lambda _, c: _FixedKey(c[0], c[1])
+)
+
+
+def _unfix(model: ModelStatic) -> ModelStatic:
+    """The structure of the wrapped randomised model inside a ``_FixedKey``'s."""
+    return _UnfixedModel(model)  # type: ignore[return-value]
+
+
+class _UnfixedModel(NamedTuple):
+    inner: ModelStatic
+
+
+def _as_model(model: Any, params: Any, randomized: bool) -> Any:
+    """``model(x, key) -> logits`` for the sources."""
+    if randomized:
+        fixed = combine_model(model.inner, params)
+        return fixed.fn  # type: ignore[attr-defined]
+    f = combine_model(model, params)
+    return lambda xi, _key: f(xi)
+
+
+@functools.partial(jax.jit, static_argnames=("norm", "model", "randomized"))
+def _random_init(
+    key: PRNGKey,
+    params: Any,
+    x: Array,
+    eps: Array,
+    lo: Array,
+    hi: Array,
+    *,
+    norm: Norm,
+    model: Any,
+    randomized: bool = False,
+) -> Array:
+    """A random point of the feasible set; ``x`` itself for the examples whose clean
+    logits are not finite (they are returned unchanged)."""
+    x0 = random_feasible(key, x, eps, norm, lo, hi)
+    clean_ok = finite_rows(_as_model(model, params, randomized)(x, jax.random.fold_in(key, _EVAL)))
+    return jnp.where(per_example(clean_ok, x) > 0, x0, x)
+
+
+def check_finite_step(step_size: Array, lo: Array, hi: Array, name: str = "step_size") -> None:
+    """Refuse (concrete values) an infinite step size with unbounded ``bounds``: the
+    step would leave every finite value."""
+    if is_traced(step_size, lo, hi):
+        return
+    if not bool(np.all(np.isfinite(np.asarray(step_size)))) and not (
+        bool(np.all(np.isfinite(np.asarray(lo)))) and bool(np.all(np.isfinite(np.asarray(hi))))
+    ):
+        raise ValueError(
+            f"{name} is infinite (eps=inf gives an infinite default step) and bounds are unbounded: "
+            "nothing would keep the step finite; pass a finite step_size"
+        )
+
+
+class LoopState(NamedTuple):
+    """``x``: current iterate; ``rule``: the update rule's state; ``best``: the
+    bookkeeping record (``None`` without ``keep_best``)."""
+
+    x: Array
+    rule: Any
+    best: Best | None
+
+
+class Operands(NamedTuple):
+    """Loop-invariant arrays (traced): the model's parameters, the clean batch and
+    its labels, the box, the radius, the step size, the key and the attack's parts."""
+
+    params: Any
+    x: Array
+    labels: Array
+    lo: Array
+    hi: Array
+    eps: Array
+    step_size: Array
+    key: PRNGKey
+    attack: Attack
+
+
+class Static(NamedTuple):
+    """Hashable configuration: the model's structure, ``targeted``, the caller's dtype."""
+
+    model: Any
+    targeted: bool
+    dtype: Any
+
+
+def _keep(new: Any, old: Any, mask: Array) -> Any:
+    """``new`` where ``mask`` (per example), ``old`` elsewhere, leaf by leaf."""
+    return jax.tree_util.tree_map(lambda n, o: jnp.where(per_example(mask, n) > 0, n, o), new, old)
+
+
+def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopState:
+    """One step of a composed attack (the loop body given to :func:`jaxadv.iterate`)."""
+    a = ops.attack
+    model = _as_model(static.model, ops.params, a.randomized)
+    key = jax.random.fold_in(ops.key, i)
+    point = a.rule.lookahead(s.rule, s.x, ops.step_size)
+    g = a.source(model, point, ops.labels, key=key, targeted=static.targeted)
+    grad = mask_blocked(g.grad, s.x, ops.lo, ops.hi) if a.norm == "l1" else g.grad
+
+    def grad_at(pt: Array, k: PRNGKey) -> Array:
+        return a.source(model, pt, ops.labels, key=k, targeted=static.targeted).grad
+
+    ctx = Context(s.x, key, ops.eps, a.norm, a.l1_sparsity, grad_at)
+    direction, rule_state = a.rule.update(grad, s.rule, ctx)
+    x_new = project_to_feasible(
+        s.x + step_along(ops.step_size, direction), ops.x, ops.eps, a.norm, ops.lo, ops.hi
+    )
+    if a.keep_best:
+        x_new = as_returned(x_new, static.dtype, ops.lo, ops.hi)
+    # From a point where the logits or the gradient are not finite: back to x,
+    # and the rule's state is kept.
+    x_new = jnp.where(per_example(g.ok, ops.x) > 0, x_new, ops.x)
+    rule_state = _keep(rule_state, s.rule, g.ok)
+    if s.best is None:
+        return LoopState(x_new, rule_state, None)
+    z = g.logits if g.logits is not None and point is s.x else model(s.x, jax.random.fold_in(key, _EVAL))
+    best, hit = record(s.best, s.x, z, ops.labels, static.targeted)
+    moving = ~hit if a.early_stop else jnp.ones_like(hit)
+    return LoopState(_keep(x_new, s.x, moving), _keep(rule_state, s.rule, moving), best)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "targeted", "randomized"))
+def _final(
+    params: Any,
+    s: LoopState,
+    x: Array,
+    labels: Array,
+    key: PRNGKey,
+    *,
+    model: Any,
+    targeted: bool,
+    randomized: bool,
+) -> Array:
+    assert s.best is not None
+    z = _as_model(model, params, randomized)(s.x, jax.random.fold_in(key, _EVAL))
+    return select(s.best, s.x, z, x, labels, targeted)
+
+
+def run_from(
+    attack: Attack,
+    p: Problem,
+    x_init: Array,
+    *,
+    key: PRNGKey,
+    step_size: Array,
+    steps: int,
+    targeted: bool,
+    loop: LoopMode,
+) -> Array:
+    """Run ``attack``'s loop from ``x_init`` on a prepared problem; float32 result
+    (``p.finalize`` casts it to the caller's dtype). The building block of the
+    named attacks and of the adversarial-training losses."""
+    state = LoopState(x_init, attack.rule.init(x_init), init_best(x_init) if attack.keep_best else None)
+    operands = Operands(p.params, p.x, p.labels, p.lo, p.hi, p.eps, step_size, key, attack)
+    static = Static(p.model, targeted, p.dtype)
+    state = iterate(attack_step, state, operands, steps=steps, static=static, loop=loop)
+    if not attack.keep_best:
+        return state.x
+    return _final(
+        p.params, state, p.x, p.labels, key, model=p.model, targeted=targeted, randomized=attack.randomized
+    )

@@ -1,0 +1,342 @@
+r"""Gradient sources: where an iterative attack's ascent direction comes from.
+
+A source is called as ``source(model, x, labels, *, key, targeted) -> Gradient``
+with ``model(x, key) -> logits`` (a deterministic model ignores ``key``). It
+returns the ascent gradient of :math:`s \sum_b L(f(x_b), y_b)` (:math:`s = -1`
+when ``targeted``) or an estimate of it, with the examples where that gradient
+could not be computed (non-finite logits or gradient) marked and their gradient
+set to zero.
+
+Sources are frozen dataclasses registered as pytrees: their array
+hyperparameters (a diversity probability, a smoothing kernel) are leaves,
+traced inside compiled attacks; their structure (the loss, the number of
+draws, a transform function) is static. Wrappers (:class:`EOT`,
+:class:`InputDiversity`, :class:`TranslationInvariant`) take another source,
+so they stack: ``translation_invariant(input_diversity(loss_gradient()))`` is
+the gradient of TI-DI-FGSM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Protocol, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxadv.gradients import loss_and_grad
+from jaxadv.losses import cross_entropy, finite_rows
+from jaxadv.threat_models import per_example
+from jaxadv.typing import Array, ArrayLike, LossFn, PRNGKey
+
+__all__ = [
+    "EOT",
+    "Gradient",
+    "GradientSource",
+    "InputDiversity",
+    "LossGradient",
+    "Model",
+    "TranslationInvariant",
+    "diverse_inputs",
+    "eot",
+    "finite_step",
+    "gaussian_kernel",
+    "input_diversity",
+    "loss_gradient",
+    "translation_invariant",
+]
+
+Model = Callable[[Array, PRNGKey], Array]
+"""``model(x, key) -> logits``: how sources call the model (the loop adapts
+deterministic models, which ignore the key)."""
+
+
+class Gradient(NamedTuple):
+    """What a gradient source returns.
+
+    Attributes:
+      loss: ``[batch]`` per-example loss (the mean over draws for :class:`EOT`).
+      logits: ``[batch, C]`` logits of the model at the queried ``x`` itself, or
+        ``None`` when the source only saw transformed inputs.
+      grad: ``[batch, ...]`` ascent gradient (0 where ``ok`` is false).
+      ok: ``[batch]`` bool: logits and gradient were finite.
+    """
+
+    loss: Array
+    logits: Array | None
+    grad: Array
+    ok: Array
+
+
+class GradientSource(Protocol):
+    """``source(model, x, labels, *, key, targeted) -> Gradient``."""
+
+    def __call__(
+        self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool
+    ) -> Gradient: ...
+
+
+def finite_step(z: Array, g: Array) -> Array:
+    """``[batch]`` bool: the logits ``z`` and the gradient ``g`` of an example are finite,
+    so a step may be taken from it."""
+    return finite_rows(z) & jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), axis=1)
+
+
+def _zero_where_bad(g: Array, ok: Array) -> Array:
+    return jnp.where(per_example(ok, g) > 0, g, 0.0)
+
+
+_T = TypeVar("_T")
+
+
+def _pytree(*, data: tuple[str, ...], meta: tuple[str, ...]) -> Callable[[_T], _T]:
+    """Register a dataclass as a pytree with ``data`` leaves and ``meta`` structure."""
+
+    def wrap(cls: _T) -> _T:
+        return jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))  # type: ignore[arg-type,type-var]
+
+    return wrap
+
+
+@_pytree(data=(), meta=("loss",))
+@dataclasses.dataclass(frozen=True)
+class LossGradient:
+    """The exact input gradient of a per-example loss (``loss(logits, onehot) -> [batch]``)."""
+
+    loss: LossFn = cross_entropy
+
+    def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
+        loss, z, g = loss_and_grad(lambda xi: model(xi, key), x, labels, loss=self.loss, targeted=targeted)
+        ok = finite_step(z, g)
+        return Gradient(loss, z, _zero_where_bad(g, ok), ok)
+
+
+@_pytree(data=("source",), meta=("samples", "transform"))
+@dataclasses.dataclass(frozen=True)
+class EOT:
+    r"""Expectation over transformation (Athalye et al., 2018).
+
+    The mean gradient over ``samples`` independent draws
+    :math:`\frac1n\sum_{j} \nabla_x L(f_{k_j}(T_{k_j}(x)), y)`, where each draw has
+    its own key :math:`k_j` (folded from the step's key): the key reaches the
+    model (a randomised model ``model(x, key)``, e.g. dropout left on) and the
+    optional ``transform(key, x) -> x`` (a random input transformation). Draws
+    run one after another (a scan), so memory is that of one gradient. An
+    example whose gradient is not finite in some draw is not stepped.
+    """
+
+    source: Any
+    samples: int = 1
+    transform: Callable[[PRNGKey, Array], Array] | None = None
+
+    def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
+        def draw(carry: tuple[Array, Array, Array], j: Array) -> tuple[tuple[Array, Array, Array], None]:
+            loss_sum, grad_sum, ok = carry
+            k = jax.random.fold_in(key, j)
+            k_model, k_transform = jax.random.split(k)
+            transform = self.transform
+
+            def drawn(xi: Array, _: PRNGKey) -> Array:
+                return model(xi if transform is None else transform(k_transform, xi), k_model)
+
+            g = self.source(drawn, x, labels, key=k, targeted=targeted)
+            return (loss_sum + g.loss, grad_sum + g.grad, ok & g.ok), None
+
+        b = x.shape[0]
+        init = (jnp.zeros((b,), jnp.float32), jnp.zeros(x.shape, jnp.float32), jnp.ones((b,), bool))
+        (loss_sum, grad_sum, ok), _ = jax.lax.scan(draw, init, jnp.arange(self.samples))
+        n = float(self.samples)
+        return Gradient(loss_sum / n, None, _zero_where_bad(grad_sum / n, ok), ok)
+
+
+def _resize_pad_one(key: PRNGKey, xi: Array, rate: Array, axes: tuple[int, int]) -> Array:
+    ks, kh, kw = jax.random.split(key, 3)
+    scale = jax.random.uniform(ks, (), minval=rate, maxval=1.0)
+    out = xi
+    mask = jnp.ones((), bool)
+    for axis, k in zip(axes, (kh, kw), strict=True):
+        size = xi.shape[axis]
+        new = jnp.clip(jnp.floor(size * scale), 1, size).astype(jnp.int32)
+        offset = jnp.floor(jax.random.uniform(k, ()) * (size - new + 1)).astype(jnp.int32)
+        pos = jnp.arange(size) - offset
+        src = jnp.clip((pos * size) // new, 0, size - 1)
+        out = jnp.take(out, src, axis=axis)
+        shape = [1] * xi.ndim
+        shape[axis] = size
+        mask = mask & ((pos >= 0) & (pos < new)).reshape(shape)
+    return jnp.where(mask, out, 0.0)
+
+
+def _check_spatial_axes(spatial_axes: tuple[int, ...], ndim: int) -> tuple[int, int]:
+    axes = tuple(a - 1 for a in spatial_axes)
+    if len(axes) != 2 or min(axes) < 0 or max(axes) >= ndim - 1:
+        raise ValueError(f"spatial_axes must name two non-batch axes of x, got {spatial_axes}")
+    return axes[0], axes[1]
+
+
+def diverse_inputs(
+    key: PRNGKey,
+    x: Array,
+    *,
+    prob: ArrayLike = 0.5,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+) -> Array:
+    r"""Random resize-and-pad of each example (the input diversity of Xie et al., 2019).
+
+    With probability ``prob`` (independently per example) the image is shrunk by
+    a factor :math:`s \sim U[\text{resize\_rate}, 1]` along both spatial axes
+    (nearest neighbour), then zero-padded back to its original size at a
+    uniformly random offset; otherwise it is left unchanged. Differentiable in
+    ``x`` (a gather), shapes static, everything traced.
+
+    Args:
+      key: PRNG key.
+      x: ``[batch, ...]`` images.
+      prob: probability of transforming an example (traced).
+      resize_rate: smallest shrink factor, in ``(0, 1]`` (traced).
+      spatial_axes: the two spatial axes of ``x`` (static; ``(1, 2)`` for NHWC).
+
+    Returns:
+      The transformed batch, shape and dtype of ``x``.
+    """
+    axes = _check_spatial_axes(spatial_axes, x.ndim)
+    k_apply, k_tf = jax.random.split(key)
+    keys = jax.random.split(k_tf, x.shape[0])
+    rate = jnp.asarray(resize_rate, jnp.float32)
+    moved = jax.vmap(lambda k, xi: _resize_pad_one(k, xi, rate, axes))(keys, x)
+    apply = jax.random.bernoulli(k_apply, jnp.asarray(prob, jnp.float32), (x.shape[0],))
+    return jnp.where(per_example(apply, x) > 0, moved, x).astype(x.dtype)
+
+
+# Wrappers draw their own randomness from the step key and hand the wrapped
+# source a key folded with this tag, so that the two are independent.
+_INNER = 0x1D
+
+
+@_pytree(data=("source", "prob", "resize_rate"), meta=("spatial_axes",))
+@dataclasses.dataclass(frozen=True)
+class InputDiversity:
+    """The gradient taken through :func:`diverse_inputs` (DI, Xie et al., 2019), with
+    the transform drawn from the step's key."""
+
+    source: Any
+    prob: Any = 0.5
+    resize_rate: Any = 0.9
+    spatial_axes: tuple[int, int] = (1, 2)
+
+    def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
+        prob, rate, axes = self.prob, self.resize_rate, self.spatial_axes
+
+        def diverse(xi: Array, k: PRNGKey) -> Array:
+            return model(diverse_inputs(key, xi, prob=prob, resize_rate=rate, spatial_axes=axes), k)
+
+        g = self.source(diverse, x, labels, key=jax.random.fold_in(key, _INNER), targeted=targeted)
+        return g._replace(logits=None)
+
+
+def gaussian_kernel(size: int = 15, nsig: float = 3.0) -> np.ndarray:
+    r"""The ``[size, size]`` smoothing kernel of TI-FGSM (Dong et al., 2019).
+
+    :math:`K_{ij} \propto \phi(t_i)\phi(t_j)` with :math:`t` the ``size`` points
+    evenly spaced on :math:`[-\text{nsig}, \text{nsig}]` and :math:`\phi` the
+    standard normal density, normalised to sum to 1.
+    """
+    if size < 1:
+        raise ValueError(f"kernel size must be >= 1, got {size}")
+    t = np.linspace(-nsig, nsig, size)
+    pdf = np.exp(-0.5 * t * t)
+    k = np.outer(pdf, pdf)
+    return (k / k.sum()).astype(np.float32)
+
+
+@_pytree(data=("source", "kernel"), meta=("spatial_axes",))
+@dataclasses.dataclass(frozen=True)
+class TranslationInvariant:
+    r"""The gradient convolved with a kernel over the spatial axes, per channel
+    (TI, Dong et al., 2019): the step of an ensemble of translated images.
+
+    ``kernel``: ``[k, k]`` (traced), e.g. :func:`gaussian_kernel`; the convolution
+    pads with zeros to keep the size (``"SAME"``), as the paper's code does.
+    """
+
+    source: Any
+    kernel: Any = None
+    spatial_axes: tuple[int, int] = (1, 2)
+
+    def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
+        g = self.source(model, x, labels, key=key, targeted=targeted)
+        return g._replace(grad=_smooth(g.grad, jnp.asarray(self.kernel, jnp.float32), self.spatial_axes))
+
+
+def _smooth(grad: Array, kernel: Array, spatial_axes: tuple[int, int]) -> Array:
+    """Depthwise 'SAME' convolution of ``grad`` with ``kernel`` over ``spatial_axes``."""
+    h_axis, w_axis = (a + 1 for a in _check_spatial_axes(spatial_axes, grad.ndim))
+    rest = [a for a in range(1, grad.ndim) if a not in (h_axis, w_axis)]
+    # [batch, H, W, channels...] -> [batch * channels, H, W, 1]
+    g = jnp.transpose(grad, (0, *rest, h_axis, w_axis))
+    lead = g.shape[: g.ndim - 2]
+    flat = g.reshape((-1, g.shape[-2], g.shape[-1], 1))
+    out = jax.lax.conv_general_dilated(
+        flat,
+        kernel[:, :, None, None],
+        window_strides=(1, 1),
+        padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    out = out.reshape((*lead, g.shape[-2], g.shape[-1]))
+    return jnp.transpose(out, tuple(int(a) for a in np.argsort((0, *rest, h_axis, w_axis))))
+
+
+def loss_gradient(loss: LossFn = cross_entropy) -> LossGradient:
+    """The exact input gradient of ``loss`` (:class:`LossGradient`)."""
+    return LossGradient(loss)
+
+
+def eot(
+    source: Any | None = None,
+    *,
+    samples: int,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+) -> EOT:
+    """:class:`EOT` over ``samples`` draws of ``source`` (default: cross-entropy's gradient)."""
+    if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    return EOT(loss_gradient() if source is None else source, int(samples), transform)
+
+
+def input_diversity(
+    source: Any | None = None,
+    *,
+    prob: ArrayLike = 0.5,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+) -> InputDiversity:
+    """:class:`InputDiversity` around ``source`` (default: cross-entropy's gradient)."""
+    return InputDiversity(
+        loss_gradient() if source is None else source,
+        jnp.asarray(prob, jnp.float32),
+        jnp.asarray(resize_rate, jnp.float32),
+        tuple(spatial_axes),  # type: ignore[arg-type]
+    )
+
+
+def translation_invariant(
+    source: Any | None = None,
+    *,
+    kernel_size: int = 15,
+    nsig: float = 3.0,
+    kernel: ArrayLike | None = None,
+    spatial_axes: tuple[int, int] = (1, 2),
+) -> TranslationInvariant:
+    """:class:`TranslationInvariant` around ``source`` with ``kernel`` (default
+    ``gaussian_kernel(kernel_size, nsig)``)."""
+    k = jnp.asarray(gaussian_kernel(kernel_size, nsig) if kernel is None else kernel, jnp.float32)
+    if k.ndim != 2:
+        raise ValueError(f"kernel must be [k, k], got shape {k.shape}")
+    return TranslationInvariant(
+        loss_gradient() if source is None else source,
+        k,
+        tuple(spatial_axes),  # type: ignore[arg-type]
+    )
