@@ -16,16 +16,9 @@ state`` and a number of steps. :func:`iterate` runs it in one of three ways:
   dispatch per step). Kept as an option; ``benchmarks/bench_core.py`` measures
   it next to the compiled loop.
 
-On XLA:CPU, convolutions are fast only in the canonical NHWC/HWIO form (then
-they run on Eigen's convolution); XLA rewrites other forms into it only in the
-top-level program, never inside a ``while`` body. The input-gradient that JAX
-emits for a convolution is not canonical (its kernel is reversed, with the
-input and output features swapped), so inside a plain ``fori_loop`` it runs on
-a naive loop nest and the loop costs 2-3x the gradient (see
-``benchmarks/RESULTS.md``). On CPU the loop body is therefore re-traced
-with every such convolution written in canonical form (explicit transposes,
-for NHWC models of the small kernel only; the same arithmetic), which keeps the
-loop at the gradient floor.
+On XLA:CPU the loop body is re-traced with its convolutions in canonical
+NHWC/HWIO form (:mod:`jaxadv.canonical_conv`), which keeps the loop at the
+gradient floor.
 
 ``"auto"`` (the default) picks ``"fori"`` when any input is traced and
 ``"compiled"`` otherwise. All modes run the same ``body`` and give the same
@@ -40,13 +33,12 @@ values never recompile.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, TypeVar
 
 import jax
-import jax.extend.core as jex
 import jax.numpy as jnp
-import numpy as np
 
+from jaxadv.canonical_conv import CANONICAL_CONV_PLATFORMS, canonical_convs
 from jaxadv.typing import LoopMode
 from jaxadv.validation import is_traced
 
@@ -60,7 +52,7 @@ def _host_step(body: Body, i: jax.Array, state: Any, operands: Any, static: Any)
 
 
 def _loop_body(body: Body) -> Body:
-    return _canonical_convs(body) if jax.default_backend() in _CANONICAL_CONV_PLATFORMS else body
+    return canonical_convs(body) if jax.default_backend() in CANONICAL_CONV_PLATFORMS else body
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
@@ -106,103 +98,3 @@ def iterate(
     for i in range(steps):
         state = _host_step(body, jnp.asarray(i, jnp.int32), state, operands, static)
     return state
-
-
-# --- canonical convolutions inside the loop body (XLA:CPU) --------------------
-
-# Platforms whose compiler leaves non-canonical convolutions in loop bodies slow.
-_CANONICAL_CONV_PLATFORMS = ("cpu",)
-
-
-def _canonical_convs(body: Body) -> Body:
-    """``body`` with its convolutions in NHWC/HWIO form (see the module docstring).
-
-    The step is traced to a jaxpr and evaluated again, primitive by primitive,
-    with each ``conv_general_dilated`` in another layout replaced by transposes
-    around the canonical convolution. Calls (``jit``) are entered; every other
-    primitive is bound unchanged. If anything in the rewrite fails, the plain
-    ``body`` runs instead: the rewrite only changes speed, never results.
-    """
-
-    def step(i: Any, state: Any, operands: Any, static: Any) -> Any:
-        def traced(i: Any, state: Any, operands: Any) -> Any:
-            return body(i, state, operands, static)
-
-        args = (i, state, operands)
-        try:
-            closed, out_shape = jax.make_jaxpr(traced, return_shape=True)(*args)
-            if _has_conv(closed.jaxpr):
-                out = _eval_canonical(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args))
-                return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), out)
-        except Exception:  # noqa: BLE001 - fall back to the unmodified step
-            pass
-        return body(i, state, operands, static)
-
-    return step
-
-
-def _has_conv(jaxpr: Any) -> bool:
-    """Whether ``jaxpr`` or a call inside it holds a convolution."""
-    return any(eqn.primitive.name == "conv_general_dilated" for eqn in jaxpr.eqns) or any(
-        _has_conv(sub) for sub in jex.subjaxprs(jaxpr)
-    )
-
-
-def _eval_canonical(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
-    env: dict[Any, Any] = dict(zip(jaxpr.constvars, consts, strict=True))
-    env.update(zip(jaxpr.invars, args, strict=True))
-
-    def read(v: Any) -> Any:
-        return v.val if isinstance(v, jex.Literal) else env[v]
-
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        name = eqn.primitive.name
-        if name == "conv_general_dilated":
-            out: Any = _canonical_conv(invals[0], invals[1], eqn.params)
-        elif (
-            name in ("pjit", "jit", "closed_call")
-            and isinstance(inner := eqn.params.get("jaxpr", eqn.params.get("call_jaxpr")), jex.ClosedJaxpr)
-            and _has_conv(inner.jaxpr)
-        ):
-            out = _eval_canonical(inner.jaxpr, inner.consts, invals)
-        else:
-            out = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
-        if eqn.primitive.multiple_results:
-            env.update(zip(eqn.outvars, out, strict=True))
-        else:
-            env[eqn.outvars[0]] = out
-    return [read(v) for v in jaxpr.outvars]
-
-
-def _canonical_conv(lhs: Any, rhs: Any, params: dict[str, Any]) -> Any:
-    """``conv_general_dilated`` computed as transpose -> NHWC/HWIO conv -> transpose.
-
-    Left as it is when already canonical, grouped, or when the kernel window is
-    larger than the input's spatial extent: XLA then swaps the two operands
-    itself, and the swapped convolution is fastest from JAX's original layout.
-    """
-    dn = params["dimension_numbers"]
-    n = lhs.ndim
-    spatial = tuple(range(1, n - 1))
-    canon = jax.lax.ConvDimensionNumbers(
-        lhs_spec=(0, n - 1) + spatial,
-        rhs_spec=(n - 1, n - 2) + tuple(range(n - 2)),
-        out_spec=(0, n - 1) + spatial,
-    )
-    in_size = np.prod([lhs.shape[d] for d in dn.lhs_spec[2:]])
-    kernel_size = np.prod([rhs.shape[d] for d in dn.rhs_spec[2:]])
-    if (
-        dn == canon
-        or params["feature_group_count"] != 1
-        or params["batch_group_count"] != 1
-        or kernel_size > in_size
-    ):
-        return jax.lax.conv_general_dilated_p.bind(lhs, rhs, **params)
-    lhs_perm = (dn.lhs_spec[0],) + tuple(dn.lhs_spec[2:]) + (dn.lhs_spec[1],)
-    rhs_perm = tuple(dn.rhs_spec[2:]) + (dn.rhs_spec[1], dn.rhs_spec[0])
-    out = jax.lax.conv_general_dilated_p.bind(
-        jnp.transpose(lhs, lhs_perm), jnp.transpose(rhs, rhs_perm), **{**params, "dimension_numbers": canon}
-    )
-    out_order = (dn.out_spec[0],) + tuple(dn.out_spec[2:]) + (dn.out_spec[1],)
-    return jnp.transpose(out, tuple(int(a) for a in np.argsort(out_order)))

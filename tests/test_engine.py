@@ -16,7 +16,7 @@ import pytest
 from jax import lax
 
 import jaxadv
-from jaxadv import engine, examples
+from jaxadv import canonical_conv, engine, examples
 from jaxadv.attacks.iterative import projected_gradient
 from jaxadv.compose import loop as composed
 
@@ -69,10 +69,26 @@ def test_rewrite_is_used(cnn, data, monkeypatch):
     """Breaking the rewritten conv must change the result (the test can fail)."""
     x, y = data
     good = jax.jit(lambda f, x, y: jaxadv.bim(f, x, y, eps=0.1, steps=3))(cnn, x, y)
-    orig = engine._canonical_conv
-    monkeypatch.setattr(engine, "_canonical_conv", lambda a, b, p: orig(a, b, p) * 0.0)
+    orig = canonical_conv._canonical_conv
+    monkeypatch.setattr(canonical_conv, "_canonical_conv", lambda a, b, p: orig(a, b, p) * 0.0)
     bad = jax.jit(lambda f, x, y: jaxadv.bim(f, x, y, eps=0.1, steps=3))(cnn, x, y)
     assert not np.allclose(np.asarray(good), np.asarray(bad))
+
+
+def test_rewrite_failure_falls_back_with_a_warning(cnn, data, monkeypatch, caplog):
+    """A primitive that does not re-bind: the plain step runs (same result) and it is logged."""
+    x, y = data[0][:3], data[1][:3]  # a batch size no other test compiles
+
+    def broken(*args):
+        raise NotImplementedError("primitive parameters do not round-trip")
+
+    monkeypatch.setattr(canonical_conv, "_eval_canonical", broken)
+    monkeypatch.setattr(canonical_conv, "_warned", set())
+    with caplog.at_level("WARNING", logger="jaxadv"):
+        out = jax.jit(lambda f, x, y: jaxadv.bim(f, x, y, eps=0.1, step_size=0.025, steps=2))(cnn, x, y)
+    assert any("canonical-convolution rewrite" in r.getMessage() for r in caplog.records)
+    ref = jax.jit(functools.partial(plain_fori, steps=2))(cnn, x, y)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-6)
 
 
 def test_vmap_and_grad(cnn, data):
@@ -88,12 +104,12 @@ def test_vmap_and_grad(cnn, data):
         return jnp.sum(xa**2)
 
     g = jax.grad(loss)(jnp.float32(0.1), "fori")
-    saved = engine._CANONICAL_CONV_PLATFORMS
-    engine._CANONICAL_CONV_PLATFORMS = ()
+    saved = engine.CANONICAL_CONV_PLATFORMS
+    engine.CANONICAL_CONV_PLATFORMS = ()
     try:
         g_ref = jax.grad(loss)(jnp.float32(0.1), "fori")
     finally:
-        engine._CANONICAL_CONV_PLATFORMS = saved
+        engine.CANONICAL_CONV_PLATFORMS = saved
     np.testing.assert_allclose(float(g), float(g_ref), rtol=1e-5)
 
 

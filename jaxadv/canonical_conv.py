@@ -1,0 +1,149 @@
+"""Convolutions in canonical form inside loop bodies (XLA:CPU).
+
+On XLA:CPU, convolutions are fast only in the canonical NHWC/HWIO form (then
+they run on Eigen's convolution); XLA rewrites other forms into it only in the
+top-level program, never inside a ``while`` body. The input-gradient that JAX
+emits for a convolution is not canonical (its kernel is reversed, with the
+input and output features swapped), so inside a plain ``fori_loop`` it runs on
+a naive loop nest and the loop costs 2-3x the gradient (see
+``benchmarks/RESULTS.md``). :func:`canonical_convs` re-traces a loop body with
+every such convolution written in canonical form (explicit transposes around
+it; the same arithmetic), which keeps the loop at the gradient floor.
+:mod:`jaxadv.engine` applies it to every loop body on the platforms in
+:data:`CANONICAL_CONV_PLATFORMS`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.extend.core as jex
+import jax.numpy as jnp
+import numpy as np
+
+logger = logging.getLogger("jaxadv")
+
+Body = Callable[[Any, Any, Any, Any], Any]
+
+
+# Platforms whose compiler leaves non-canonical convolutions in loop bodies slow.
+CANONICAL_CONV_PLATFORMS = ("cpu",)
+
+# What evaluating a rewritten jaxpr can raise when a primitive's parameters do
+# not round-trip through ``bind`` (a JAX version the rewrite does not know).
+_REWRITE_ERRORS = (TypeError, ValueError, KeyError, NotImplementedError, AttributeError)
+
+
+def canonical_convs(body: Body) -> Body:
+    """``body`` with its convolutions in NHWC/HWIO form (see the module docstring).
+
+    The step is traced to a jaxpr and evaluated again, primitive by primitive,
+    with each ``conv_general_dilated`` in another layout replaced by transposes
+    around the canonical convolution. Calls (``jit``) are entered; every other
+    primitive is bound unchanged. Errors of the step itself propagate as they
+    would without the rewrite; if re-binding a primitive fails (one of
+    ``_REWRITE_ERRORS``), the plain ``body`` runs instead and a warning is
+    logged once per step function: the rewrite only changes speed, never results.
+    """
+
+    def step(i: Any, state: Any, operands: Any, static: Any) -> Any:
+        def traced(i: Any, state: Any, operands: Any) -> Any:
+            return body(i, state, operands, static)
+
+        args = (i, state, operands)
+        closed, out_shape = jax.make_jaxpr(traced, return_shape=True)(*args)
+        if not _has_conv(closed.jaxpr):
+            return body(i, state, operands, static)
+        try:
+            out = _eval_canonical(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args))
+        except _REWRITE_ERRORS as e:
+            _warn_fallback(body, e)
+            return body(i, state, operands, static)
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), out)
+
+    return step
+
+
+_warned: set[str] = set()
+
+
+def _warn_fallback(body: Body, error: Exception) -> None:
+    name = getattr(body, "__qualname__", repr(body))
+    if name not in _warned:
+        _warned.add(name)
+        logger.warning(
+            "jaxadv: the canonical-convolution rewrite of %s failed (%s: %s); the loop runs unrewritten "
+            "(same results, convolution gradients may be slower on CPU)",
+            name,
+            type(error).__name__,
+            error,
+        )
+
+
+def _has_conv(jaxpr: Any) -> bool:
+    """Whether ``jaxpr`` or a call inside it holds a convolution."""
+    return any(eqn.primitive.name == "conv_general_dilated" for eqn in jaxpr.eqns) or any(
+        _has_conv(sub) for sub in jex.subjaxprs(jaxpr)
+    )
+
+
+def _eval_canonical(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
+    env: dict[Any, Any] = dict(zip(jaxpr.constvars, consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
+
+    def read(v: Any) -> Any:
+        return v.val if isinstance(v, jex.Literal) else env[v]
+
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            out: Any = _canonical_conv(invals[0], invals[1], eqn.params)
+        elif (
+            name in ("pjit", "jit", "closed_call")
+            and isinstance(inner := eqn.params.get("jaxpr", eqn.params.get("call_jaxpr")), jex.ClosedJaxpr)
+            and _has_conv(inner.jaxpr)
+        ):
+            out = _eval_canonical(inner.jaxpr, inner.consts, invals)
+        else:
+            out = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+        if eqn.primitive.multiple_results:
+            env.update(zip(eqn.outvars, out, strict=True))
+        else:
+            env[eqn.outvars[0]] = out
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _canonical_conv(lhs: Any, rhs: Any, params: dict[str, Any]) -> Any:
+    """``conv_general_dilated`` computed as transpose -> NHWC/HWIO conv -> transpose.
+
+    Left as it is when already canonical, grouped, or when the kernel window is
+    larger than the input's spatial extent: XLA then swaps the two operands
+    itself, and the swapped convolution is fastest from JAX's original layout.
+    """
+    dn = params["dimension_numbers"]
+    n = lhs.ndim
+    spatial = tuple(range(1, n - 1))
+    canon = jax.lax.ConvDimensionNumbers(
+        lhs_spec=(0, n - 1) + spatial,
+        rhs_spec=(n - 1, n - 2) + tuple(range(n - 2)),
+        out_spec=(0, n - 1) + spatial,
+    )
+    in_size = np.prod([lhs.shape[d] for d in dn.lhs_spec[2:]])
+    kernel_size = np.prod([rhs.shape[d] for d in dn.rhs_spec[2:]])
+    if (
+        dn == canon
+        or params["feature_group_count"] != 1
+        or params["batch_group_count"] != 1
+        or kernel_size > in_size
+    ):
+        return jax.lax.conv_general_dilated_p.bind(lhs, rhs, **params)
+    lhs_perm = (dn.lhs_spec[0],) + tuple(dn.lhs_spec[2:]) + (dn.lhs_spec[1],)
+    rhs_perm = tuple(dn.rhs_spec[2:]) + (dn.rhs_spec[1], dn.rhs_spec[0])
+    out = jax.lax.conv_general_dilated_p.bind(
+        jnp.transpose(lhs, lhs_perm), jnp.transpose(rhs, rhs_perm), **{**params, "dimension_numbers": canon}
+    )
+    out_order = (dn.out_spec[0],) + tuple(dn.out_spec[2:]) + (dn.out_spec[1],)
+    return jnp.transpose(out, tuple(int(a) for a in np.argsort(out_order)))
