@@ -60,7 +60,7 @@ def as_returned(x: Array, dtype: Any, lo: Array, hi: Array) -> Array:
     return cast_into_box(x, dtype, lo, hi).astype(jnp.float32)
 
 
-def hits(logits: Array, labels: Array, targeted: bool) -> Array:
+def hits(logits: Array, labels: ArrayLike, targeted: bool) -> Array:
     """Success of each example given its logits: prediction differs from ``labels``
     (untargeted) or equals it (targeted). ``labels``: ``[batch]`` ints or one-hot.
 

@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv.callables import reraise_callable_errors
-from jaxadv.losses import as_onehot, log_softmax
+from jaxadv.losses import log_softmax
 from jaxadv.models import logits as model_logits
+from jaxadv.success import hits
 from jaxadv.typing import Array, ArrayLike, LogitsFn
 
 __all__ = ["TransferResult", "ensemble_logits", "transfer"]
@@ -82,14 +83,6 @@ class TransferResult(NamedTuple):
     success_rate: Array
     surrogate_success_rate: Array
     clean_fooled: Array
-
-
-def _fooled(z: Array, labels: ArrayLike, targeted: bool) -> Array:
-    labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        labels = jnp.argmax(as_onehot(labels, z.shape[-1]), axis=-1)
-    pred = jnp.argmax(z, axis=-1)
-    return (pred == labels) if targeted else (pred != labels)
 
 
 def _rate(success: Array, eligible: Array) -> Array:
@@ -157,13 +150,13 @@ def transfer(
     with reraise_callable_errors():
         z_clean = model_logits(target, x32)
         z_adv = model_logits(target, x_adv.astype(jnp.float32))
-        clean_fooled = _fooled(z_clean, y, targeted)
-        success = _fooled(z_adv, y, targeted)
+        clean_fooled = hits(z_clean, y, targeted)
+        success = hits(z_adv, y, targeted)
         clean_fooled, success = jax.block_until_ready((clean_fooled, success))
     eligible = ~clean_fooled
     z_sur = model_logits(surrogate, x_adv.astype(jnp.float32))
-    sur_success = _fooled(z_sur, y, targeted)
-    sur_eligible = ~_fooled(model_logits(surrogate, x32), y, targeted)
+    sur_success = hits(z_sur, y, targeted)
+    sur_eligible = ~hits(model_logits(surrogate, x32), y, targeted)
     return TransferResult(
         x_adv=x_adv,
         success=success,

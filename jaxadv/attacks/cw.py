@@ -132,7 +132,8 @@ def cw_l2(
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
-) -> Array:
+    return_info: bool = False,
+) -> Any:
     r"""Carlini & Wagner L2 (2017): the smallest L2 perturbation found by optimisation.
 
     Runs ``binary_search_steps`` optimisations of ``steps`` steps each (see the
@@ -162,6 +163,8 @@ def cw_l2(
       targeted: make the model predict ``y``.
       bounds: ``(lo, hi)``, scalars or arrays broadcasting against ``x``.
       loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
+      return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success, None)``
+        instead of the array (as every attack does).
 
     Returns:
       The adversarial batch, shape and dtype of ``x``.
@@ -171,7 +174,7 @@ def cw_l2(
     opt = DEFAULT_OPTIMIZER if optimizer is None else optimizer
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted)
     if p.empty:
-        return p.finalize(p.x)
+        return p.output(p.finalize(p.x), targeted=targeted, return_info=return_info)
     b = p.x.shape[0]
     kappa = jnp.broadcast_to(check_nonnegative(confidence, "confidence"), (b,))
     const = jnp.broadcast_to(check_nonnegative(initial_const, "initial_const"), (b,))
@@ -187,4 +190,4 @@ def cw_l2(
         state = iterate(_cw_body, state, operands, steps=steps, static=static, loop=loop)
         best_l2, best_x = state.best_l2, state.best_x
         const, lower, upper = _search_update(state.hit_now, const, lower, upper)
-    return p.finalize(best_x)
+    return p.output(p.finalize(best_x), targeted=targeted, return_info=return_info)

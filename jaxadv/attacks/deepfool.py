@@ -110,7 +110,8 @@ def deepfool(
     num_candidates: int = 10,
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
-) -> Array:
+    return_info: bool = False,
+) -> Any:
     r"""DeepFool (Moosavi-Dezfooli et al., 2016), L2 or L-inf, untargeted.
 
     Runs the iteration of the module docstring for at most ``steps`` steps per
@@ -135,6 +136,8 @@ def deepfool(
       num_candidates: classes considered, ``y`` included (static; capped at ``C``).
       bounds: ``(lo, hi)``, scalars or arrays broadcasting against ``x``.
       loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
+      return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success, None)``
+        instead of the array (as every attack does).
 
     Returns:
       The adversarial batch, shape and dtype of ``x``.
@@ -150,7 +153,7 @@ def deepfool(
     if num_candidates < 2:
         raise ValueError(f"num_candidates must be >= 2, got {num_candidates}")
     if p.empty:
-        return p.finalize(p.x)
+        return p.output(p.finalize(p.x), targeted=False, return_info=return_info)
     k = min(num_candidates, p.num_classes)
     z = logits(combine_model(p.model, p.params), p.x)
     others = jnp.where(jax.nn.one_hot(p.labels, p.num_classes) > 0, -jnp.inf, z)
@@ -163,4 +166,4 @@ def deepfool(
     state = _State(jnp.zeros_like(p.x), p.x, jnp.zeros((p.x.shape[0],), bool))
     operands = (p.params, p.x, candidates, p.lo, p.hi, ov)
     state = iterate(_deepfool_body, state, operands, steps=steps, static=(p.model, norm, p.dtype), loop=loop)
-    return p.finalize(state.x_adv)
+    return p.output(p.finalize(state.x_adv), targeted=False, return_info=return_info)

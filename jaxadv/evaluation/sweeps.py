@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv.attacks.iterative import pgd
+from jaxadv.attacks.single_step import fgsm
 from jaxadv.models import ModelStatic, combine_model, predict, split_model
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
 from jaxadv.validation import check_norm, check_steps
@@ -30,15 +32,13 @@ def _sweep(
     steps: int,
     single_step: bool,
 ) -> Array:
-    import jaxadv
-
     logits_fn = combine_model(model, params)
 
     def correct_at(eps: Array) -> Array:
         if single_step:
-            x_adv = jaxadv.fgsm(logits_fn, x, y, eps=eps, norm=norm, bounds=(lo, hi))
+            x_adv = fgsm(logits_fn, x, y, eps=eps, norm=norm, bounds=(lo, hi))
         else:
-            x_adv = jaxadv.pgd(logits_fn, x, y, key=key, eps=eps, steps=steps, norm=norm, bounds=(lo, hi))
+            x_adv = pgd(logits_fn, x, y, key=key, eps=eps, steps=steps, norm=norm, bounds=(lo, hi))
         return jnp.argmax(logits_fn(x_adv), axis=-1) == y
 
     return jax.vmap(correct_at)(eps_values)
@@ -126,15 +126,13 @@ def minimal_eps(
       (a radius at which a successful example was found).
       :func:`accuracy_curve` turns it into the accuracy-vs-eps curve.
     """
-    import jaxadv
-
     check_steps(iterations, "iterations")
     x = jnp.asarray(x)
     y = jnp.asarray(y, jnp.int32)
     n = x.shape[0]
 
     def fooled(eps: Array, k: PRNGKey) -> Array:
-        x_adv = jaxadv.pgd(logits_fn, x, y, key=k, eps=eps, steps=steps, norm=norm, bounds=bounds)
+        x_adv = pgd(logits_fn, x, y, key=k, eps=eps, steps=steps, norm=norm, bounds=bounds)
         return predict(logits_fn, x_adv) != y
 
     clean_wrong = predict(logits_fn, x) != y
