@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxadv.typing import Array
+from jaxadv.typing import Array, LossFn
 
 
 def as_onehot(labels: Array, num_classes: int) -> Array:
@@ -159,6 +159,25 @@ def dlr(logits: Array, onehot: Array) -> Array:
     return -(true - other) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
+def dlr_targeted(logits: Array, signed: Array) -> Array:
+    r"""Targeted DLR loss of APGD-T (Croce & Hein, 2020), per example.
+
+    .. math::
+        \mathrm{DLR}_t(z, y) = -\frac{z_y - z_t}{z_{\pi_1} - (z_{\pi_3} + z_{\pi_4}) / 2}
+
+    with :math:`z_{\pi_1} \ge z_{\pi_2} \ge \dots` the sorted logits, :math:`y` the
+    true class and :math:`t` the target. ``signed`` is ``onehot(y) - onehot(t)``
+    (``[batch, C]``), so that the loss keeps the library's
+    ``(logits, labels) -> [batch]`` signature; :func:`jaxadv.apgd_targeted` ascends
+    it. Invariant to shifting and rescaling the logits; needs at least four
+    classes.
+    """
+    z = logits.astype(jnp.float32)
+    z = z * row_scale(z)  # scale-invariant ratio; the power-of-two scale keeps huge logits finite
+    top = -jnp.sort(-z, axis=-1)[:, :4]  # a sort: lax.top_k would all-gather a sharded batch
+    return -jnp.sum(signed * z, axis=-1) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
 def kl_divergence(logits: Array, target_probs: Array) -> Array:
     r"""Per-example :math:`\mathrm{KL}(q \,\|\, \mathrm{softmax}(z))`, a loss for the attacks.
 
@@ -182,3 +201,32 @@ def mean_cross_entropy(logits: Array, labels: Array) -> Array:
     ``labels``: ``[batch]`` integer classes or ``[batch, C]`` one-hot / soft labels.
     """
     return jnp.mean(cross_entropy(logits, as_onehot(labels, logits.shape[-1])))
+
+
+_NAMED_LOSSES: dict[str, LossFn] = {
+    "ce": cross_entropy,
+    "cross_entropy": cross_entropy,
+    "cw": cw_margin,
+    "cw_margin": cw_margin,
+    "margin": cw_margin,
+    "dlr": dlr,
+    "kl": kl_divergence,
+    "kl_divergence": kl_divergence,
+}
+
+
+def get_loss(loss: str | LossFn) -> LossFn:
+    """The loss callable for ``loss``: a callable passes through; a name is looked up.
+
+    Every attack that takes a ``loss`` accepts a callable ``(logits, onehot) ->
+    [batch]`` or one of the names ``"ce"`` / ``"cross_entropy"``, ``"cw"`` /
+    ``"cw_margin"`` / ``"margin"``, ``"dlr"``, ``"kl"`` / ``"kl_divergence"``
+    (case-insensitive); this is the one place names are resolved.
+    """
+    if callable(loss):
+        return loss
+    if isinstance(loss, str) and loss.lower() in _NAMED_LOSSES:
+        return _NAMED_LOSSES[loss.lower()]
+    raise ValueError(
+        f"loss must be a callable (logits, onehot) -> [batch] or one of {sorted(_NAMED_LOSSES)}, got {loss!r}"
+    )

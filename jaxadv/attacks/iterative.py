@@ -18,7 +18,7 @@ from typing import Any, Callable
 from jaxadv.compose.loop import Attack, check_finite_step
 from jaxadv.compose.sources import EOT, LossGradient, finite_step
 from jaxadv.compose.updates import Steepest
-from jaxadv.losses import cross_entropy
+from jaxadv.losses import cross_entropy, get_loss
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_norm
 
@@ -28,7 +28,7 @@ __all__ = ["bim", "check_finite_step", "eot_pgd", "finite_step", "pgd", "project
 def projected_gradient(
     *,
     norm: Norm = "linf",
-    loss: LossFn = cross_entropy,
+    loss: str | LossFn = cross_entropy,
     random_start: bool = False,
     l1_sparsity: float = 0.05,
 ) -> Attack:
@@ -36,7 +36,7 @@ def projected_gradient(
     gradient of ``loss``, steepest-ascent steps, projection onto ball and box, the
     last iterate returned."""
     return Attack(
-        LossGradient(loss),
+        LossGradient(get_loss(loss)),
         Steepest(),
         norm=check_norm(norm),
         random_start=random_start,
@@ -57,7 +57,7 @@ def pgd(
     random_start: bool = True,
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: LossFn = cross_entropy,
+    loss: str | LossFn = cross_entropy,
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
@@ -103,7 +103,8 @@ def pgd(
       random_start: start from a uniform point of the ball instead of ``x``.
       targeted: descend the loss of ``y`` instead of ascending it.
       bounds: ``(lo, hi)``, scalars or arrays broadcasting against ``x``.
-      loss: per-example loss (default cross-entropy; :func:`jaxadv.cw_margin`).
+      loss: per-example loss, a callable or a name (:func:`jaxadv.losses.get_loss`);
+        default cross-entropy.
       l1_sparsity: fraction of coordinates an L1 step moves (static).
       loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
       return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success, None)``
@@ -133,7 +134,7 @@ def bim(
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: LossFn = cross_entropy,
+    loss: str | LossFn = cross_entropy,
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
@@ -181,21 +182,21 @@ def eot_pgd(
     eps: ArrayLike,
     step_size: ArrayLike | None = None,
     steps: int = 10,
-    samples: int = 10,
+    num_samples: int = 10,
     transform: Callable[[PRNGKey, Array], Array] | None = None,
     randomized: bool = False,
     norm: Norm = "linf",
     random_start: bool = True,
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: LossFn = cross_entropy,
+    loss: str | LossFn = cross_entropy,
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
 ) -> Any:
     r"""PGD with expectation over transformation (EOT; Athalye et al., 2018).
 
-    Each step follows the mean gradient over ``samples`` random draws,
+    Each step follows the mean gradient over ``num_samples`` random draws,
 
     .. math::
         x_{t+1} = \Pi_{B_\epsilon(x) \cap [lo, hi]}\Big(x_t + \alpha\, d_p\Big(
@@ -206,7 +207,7 @@ def eot_pgd(
     randomised defence, a smoothed classifier's noise) and/or a random input
     transformation ``transform(key, x) -> x`` applied before the model. Each
     draw gets its own key, folded from ``key`` and the step. Without
-    randomness (``samples=1``, no transform, deterministic model) this is
+    randomness (``num_samples=1``, no transform, deterministic model) this is
     :func:`pgd`.
 
     A deterministic model's gradient-masking check in :func:`jaxadv.evaluate`
@@ -219,7 +220,7 @@ def eot_pgd(
         l1_sparsity, loop: as in :func:`pgd`.
       key: PRNG key (draws and the random start).
       step_size: default ``2.5 * eps / steps``.
-      samples: draws per step (static); each step costs ``samples``
+      num_samples: draws per step (static); each step costs ``num_samples``
         forward-backward passes.
       transform: optional random input transformation (static callable).
       randomized: the model takes a key (see above).
@@ -229,10 +230,10 @@ def eot_pgd(
     """
     if key is None:
         raise ValueError("key is required (pass key=jax.random.key(0))")
-    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     attack = Attack(
-        EOT(LossGradient(loss), samples, transform),
+        EOT(LossGradient(get_loss(loss)), num_samples, transform),
         Steepest(),
         norm=check_norm(norm),
         random_start=random_start,

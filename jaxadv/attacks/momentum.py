@@ -32,7 +32,7 @@ from jaxadv.compose.sources import (
     gaussian_kernel,
 )
 from jaxadv.compose.updates import Momentum, Nesterov, VarianceTuning
-from jaxadv.losses import cross_entropy
+from jaxadv.losses import cross_entropy, get_loss
 from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_norm
 
@@ -48,7 +48,7 @@ def _transfer_norm(norm: Norm, name: str) -> Norm:
 
 def _source(loss: LossFn, diversity_prob: Any, resize_rate: Any, spatial_axes: tuple[int, int]) -> Any:
     """The exact gradient of ``loss``, through input diversity unless ``diversity_prob`` is 0."""
-    source: Any = LossGradient(loss)
+    source: Any = LossGradient(get_loss(loss))
     if isinstance(diversity_prob, (int, float)) and diversity_prob == 0:
         return source
     return InputDiversity(
@@ -87,6 +87,7 @@ def mifgsm(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     step_size: ArrayLike | None = None,
     steps: int = 10,
@@ -94,11 +95,10 @@ def mifgsm(
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: LossFn = cross_entropy,
+    loss: str | LossFn = cross_entropy,
     diversity_prob: float = 0.0,
     resize_rate: ArrayLike = 0.9,
     spatial_axes: tuple[int, int] = (1, 2),
-    key: PRNGKey | None = None,
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
@@ -173,7 +173,7 @@ def nifgsm(
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: LossFn = cross_entropy,
+    loss: str | LossFn = cross_entropy,
     diversity_prob: float = 0.0,
     resize_rate: ArrayLike = 0.9,
     spatial_axes: tuple[int, int] = (1, 2),
@@ -227,7 +227,7 @@ def vmifgsm(
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: LossFn = cross_entropy,
+    loss: str | LossFn = cross_entropy,
     diversity_prob: float = 0.0,
     resize_rate: ArrayLike = 0.9,
     spatial_axes: tuple[int, int] = (1, 2),
@@ -289,7 +289,7 @@ def tifgsm(
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: LossFn = cross_entropy,
+    loss: str | LossFn = cross_entropy,
     diversity_prob: float = 0.5,
     resize_rate: ArrayLike = 0.9,
     spatial_axes: tuple[int, int] = (1, 2),

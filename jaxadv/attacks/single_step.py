@@ -10,7 +10,7 @@ from jaxadv.attacks.base import prepare
 from jaxadv.attacks.iterative import check_finite_step, projected_gradient
 from jaxadv.compose.loop import run_from
 from jaxadv.losses import cross_entropy
-from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LossFn, Norm
+from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm
 from jaxadv.validation import check_norm
 
 _NO_KEY = jax.random.key(0)  # FGSM draws nothing; the loop's operands still carry a key
@@ -25,8 +25,9 @@ def fgsm(
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: LossFn = cross_entropy,
+    loss: str | LossFn = cross_entropy,
     l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
     return_info: bool = False,
 ) -> Any:
     r"""Fast gradient sign method (Goodfellow et al., 2015).
@@ -48,7 +49,7 @@ def fgsm(
       y: ``[batch]`` labels or ``[batch, C]`` one-hot (targets when
         ``targeted``); ``None``: the model's predictions.
       eps: step size and radius, raw input units, scalar or ``[batch]`` (traced).
-      norm, targeted, bounds, loss, l1_sparsity, return_info: as in :func:`jaxadv.pgd`.
+      norm, targeted, bounds, loss, l1_sparsity, loop, return_info: as in :func:`jaxadv.pgd`.
 
     Examples on which the model's logits (or their gradient) are not finite at
     ``x`` are returned unchanged; an empty batch is returned as it is.
@@ -64,5 +65,5 @@ def fgsm(
     if p.empty:
         return p.output(p.finalize(p.x), targeted=targeted, return_info=return_info)
     attack = projected_gradient(norm=norm, loss=loss, l1_sparsity=l1_sparsity)
-    x_adv = run_from(attack, p, p.x, key=_NO_KEY, step_size=p.eps, steps=1, targeted=targeted, loop="auto")
+    x_adv = run_from(attack, p, p.x, key=_NO_KEY, step_size=p.eps, steps=1, targeted=targeted, loop=loop)
     return p.output(p.finalize(x_adv), targeted=targeted, return_info=return_info)

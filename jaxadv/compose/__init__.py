@@ -8,7 +8,7 @@ attack" page of the docs)::
     from jaxadv import compose
 
     attack = compose.Attack(
-        compose.eot(samples=8, transform=my_random_transform),
+        compose.eot(num_samples=8, transform=my_random_transform),
         compose.momentum(0.9),
         norm="l2",
         random_start=True,

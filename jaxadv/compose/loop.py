@@ -18,7 +18,7 @@ rule state.
 ``Attack`` is a frozen dataclass registered as a pytree, and callable with the
 library's attack signature::
 
-    attack = compose.Attack(compose.eot(samples=8), compose.momentum(0.9), norm="l2")
+    attack = compose.Attack(compose.eot(num_samples=8), compose.momentum(0.9), norm="l2")
     x_adv = attack(logits_fn, x, y, key=key, eps=0.5, steps=20)
 
 The parts' array hyperparameters are traced leaves, so new values (a decay,

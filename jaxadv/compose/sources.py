@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv.gradients import loss_and_grad
-from jaxadv.losses import cross_entropy, finite_rows
+from jaxadv.losses import cross_entropy, finite_rows, get_loss
 from jaxadv.threat_models import per_example
 from jaxadv.typing import Array, ArrayLike, LossFn, PRNGKey
 
@@ -105,6 +105,9 @@ class LossGradient:
     """The exact input gradient of a per-example loss (``loss(logits, onehot) -> [batch]``)."""
 
     loss: LossFn = cross_entropy
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "loss", get_loss(self.loss))
 
     def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
         loss, z, g = loss_and_grad(lambda xi: model(xi, key), x, labels, loss=self.loss, targeted=targeted)
@@ -289,21 +292,22 @@ def _smooth(grad: Array, kernel: Array, spatial_axes: tuple[int, int]) -> Array:
     return jnp.transpose(out, tuple(int(a) for a in np.argsort((0, *rest, h_axis, w_axis))))
 
 
-def loss_gradient(loss: LossFn = cross_entropy) -> LossGradient:
-    """The exact input gradient of ``loss`` (:class:`LossGradient`)."""
-    return LossGradient(loss)
+def loss_gradient(loss: str | LossFn = cross_entropy) -> LossGradient:
+    """The exact input gradient of ``loss`` (:class:`LossGradient`; a callable or a
+    name, see :func:`jaxadv.losses.get_loss`)."""
+    return LossGradient(get_loss(loss))
 
 
 def eot(
     source: Any | None = None,
     *,
-    samples: int,
+    num_samples: int,
     transform: Callable[[PRNGKey, Array], Array] | None = None,
 ) -> EOT:
-    """:class:`EOT` over ``samples`` draws of ``source`` (default: cross-entropy's gradient)."""
-    if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
-    return EOT(loss_gradient() if source is None else source, int(samples), transform)
+    """:class:`EOT` over ``num_samples`` draws of ``source`` (default: cross-entropy's gradient)."""
+    if not isinstance(num_samples, (int, np.integer)) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    return EOT(loss_gradient() if source is None else source, int(num_samples), transform)
 
 
 def input_diversity(

@@ -204,9 +204,11 @@ def nesterov(decay: ArrayLike = 1.0) -> Nesterov:
     return Nesterov(_traced(decay))
 
 
-def variance_tuning(decay: ArrayLike = 1.0, *, beta: ArrayLike = 1.5, samples: int = 20) -> VarianceTuning:
+def variance_tuning(
+    decay: ArrayLike = 1.0, *, beta: ArrayLike = 1.5, num_neighbors: int = 20
+) -> VarianceTuning:
     """:class:`VarianceTuning` with decay :math:`\\mu`, neighbourhood :math:`\\beta` (traced)
-    and ``samples`` neighbours (static)."""
-    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
-    return VarianceTuning(_traced(decay), _traced(beta), samples)
+    and ``num_neighbors`` neighbours (static)."""
+    if not isinstance(num_neighbors, int) or isinstance(num_neighbors, bool) or num_neighbors < 1:
+        raise ValueError(f"num_neighbors must be a positive int, got {num_neighbors!r}")
+    return VarianceTuning(_traced(decay), _traced(beta), num_neighbors)
