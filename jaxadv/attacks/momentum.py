@@ -46,7 +46,7 @@ def _transfer_norm(norm: Norm, name: str) -> Norm:
     return norm
 
 
-def _source(loss: LossFn, diversity_prob: Any, resize_rate: Any, spatial_axes: tuple[int, int]) -> Any:
+def _source(loss: str | LossFn, diversity_prob: Any, resize_rate: Any, spatial_axes: tuple[int, int]) -> Any:
     """The exact gradient of ``loss``, through input diversity unless ``diversity_prob`` is 0."""
     source: Any = LossGradient(get_loss(loss))
     if isinstance(diversity_prob, (int, float)) and diversity_prob == 0:
