@@ -15,6 +15,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from jaxadv import validation
 from jaxadv.typing import Array, Bounds, Norm
 from jaxadv.validation import check_nonnegative, check_norm, check_steps, value_check
 
@@ -35,31 +36,13 @@ def check_bounds(bounds: Bounds) -> tuple[Array, Array]:
 
 
 def check_labels(y: Any, batch: int, num_classes: int) -> None:
-    """``y``: ``[batch]`` integer labels in ``[0, num_classes)`` or ``[batch, num_classes]`` floats.
+    """``y``: ``[batch]`` integer labels in ``[0, num_classes)`` or ``[batch, num_classes]``
+    floats (:func:`jaxadv.validation.check_labels`, the attacks' own check).
 
     Out-of-range integer labels would one-hot encode to all zeros and contribute
     a zero loss without any error, so their range is a value check.
     """
-    y = jnp.asarray(y)
-    if jnp.issubdtype(y.dtype, jnp.integer):
-        if y.shape != (batch,):
-            raise ValueError(
-                f"y must have shape [batch]=({batch},) (integer labels) or "
-                f"[batch, num_classes]=({batch}, {num_classes}) (one-hot), got {y.shape}"
-            )
-        value_check(
-            jnp.all((y >= 0) & (y < num_classes)),
-            f"y must hold labels in [0, {num_classes}), found values in [{{lmin}}, {{lmax}}]",
-            lmin=jnp.min(y),
-            lmax=jnp.max(y),
-        )
-    elif jnp.issubdtype(y.dtype, jnp.floating) or y.dtype == jnp.bool_:
-        if y.shape != (batch, num_classes):
-            raise ValueError(
-                f"one-hot y must have shape [batch, num_classes]=({batch}, {num_classes}), got {y.shape}"
-            )
-    else:
-        raise ValueError(f"y must hold integer labels or one-hot floats, got dtype {y.dtype}")
+    validation.check_labels(y, batch, num_classes)
 
 
 def check_attack_config(
