@@ -1,9 +1,16 @@
 """Robustness evaluation: attack suites, per-example worst case, sweeps, checks, plots."""
 
+from jaxadv.evaluation.certified import (
+    Certification,
+    CertifiedResult,
+    bound_propagation,
+    certified_accuracy,
+    smoothing,
+)
 from jaxadv.evaluation.checkpoint import CheckpointError
 from jaxadv.evaluation.checks import MaskingReport, masking_checks
 from jaxadv.evaluation.evaluate import evaluate
-from jaxadv.evaluation.plots import plot_accuracy_vs_eps, plot_examples
+from jaxadv.evaluation.plots import plot_accuracy_vs_eps, plot_certified_accuracy, plot_examples
 from jaxadv.evaluation.result import MISCLASSIFIED, ROBUST, EvaluationResult
 from jaxadv.evaluation.suites import ATTACKS, SUITES, SuiteAttack, resolve_suite
 from jaxadv.evaluation.sweeps import accuracy_curve, accuracy_vs_eps, minimal_eps
@@ -13,16 +20,22 @@ __all__ = [
     "MISCLASSIFIED",
     "ROBUST",
     "SUITES",
+    "Certification",
+    "CertifiedResult",
     "CheckpointError",
     "EvaluationResult",
     "MaskingReport",
     "SuiteAttack",
     "accuracy_curve",
     "accuracy_vs_eps",
+    "bound_propagation",
+    "certified_accuracy",
     "evaluate",
     "masking_checks",
     "minimal_eps",
     "plot_accuracy_vs_eps",
+    "plot_certified_accuracy",
     "plot_examples",
     "resolve_suite",
+    "smoothing",
 ]

@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from jaxadv import sharding as shd
+from jaxadv.evaluation.certified import Certification, CertifiedStream
 from jaxadv.evaluation.checkpoint import (
     DataHasher,
     SavedRun,
@@ -661,6 +662,7 @@ def evaluate(
     checks: bool = True,
     check_size: int = 128,
     sharding: Mesh | NamedSharding | bool | None = None,
+    certify: Certification | None = None,
 ) -> EvaluationResult:
     r"""Robust accuracy of ``logits_fn`` under a suite of attacks (per-example worst case).
 
@@ -753,6 +755,13 @@ def evaluate(
         examples of process 0, then process 1, and so on. ``checkpoint`` and
         ``batch_size="auto"`` are then refused, and the masking checks run on
         each process's first examples.
+      certify: also certify the same examples, from
+        :func:`jaxadv.evaluation.smoothing` or
+        :func:`jaxadv.evaluation.bound_propagation`: ``result.certified`` holds the
+        certified accuracy (a lower bound) at each radius, beside the robust
+        accuracy (an upper bound); the numbers of
+        ``certified_accuracy(logits_fn, x, y, certify=certify, key=key, bounds=bounds)``
+        on the same examples. Refused with ``checkpoint`` and with several processes.
 
     Returns:
       An :class:`EvaluationResult`; ``result.robust_accuracy`` is the figure,
@@ -792,6 +801,11 @@ def evaluate(
             raise ValueError("checkpoint is not supported when several processes evaluate together")
         if total is not None and layout.agree(-total) != -layout.agree(total):
             raise ValueError("every process must pass the same number of examples")
+    certifier = None
+    if certify is not None:
+        if checkpoint is not None or layout.processes > 1:
+            raise ValueError("certify cannot be combined with checkpoint or with several processes")
+        certifier = CertifiedStream(logits_fn, certify, key=key, bounds=bounds)
     # Parameters copied to every device once, not at every call of a sharded program.
     attacked_fn = logits_fn
     if layout.sharding is not None:
@@ -880,6 +894,8 @@ def evaluate(
                 size.value = smaller
                 continue
             tally.add(out)
+            if certifier is not None:
+                certifier.add(piece.x, piece.y)
             hasher.update(piece.x, piece.y)
             batch_index += 1
             if path is not None and fingerprint is not None:
@@ -901,6 +917,8 @@ def evaluate(
 
     result = tally.result(eps, norm, size.value, wall(), layout)
     result.warnings.extend(_non_finite_warnings(result))
+    if certifier is not None:
+        result.certified = certifier.result()
     check_batch = first.batch()
     if checks and check_batch is not None:
         _attach_checks(result, logits_fn, check_batch, attacks, key_checks, bounds)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxadv.evaluation.certified import CertifiedResult
 from jaxadv.evaluation.files import read_json, write_json_atomic
 
 #: ``fooled_by`` codes for examples no attack was needed for, or none succeeded on.
@@ -44,6 +45,9 @@ class EvaluationResult:
       wall_seconds: wall-clock seconds of the whole run over its examples: reading,
         transfers, every attack, checkpoint writes and any batch retried after an
         out-of-memory error, summed over resumed sessions; not the masking checks.
+      certified: with ``evaluate(..., certify=...)``, the certified accuracy of the
+        same examples at each radius (a lower bound, beside ``robust_accuracy``, an
+        upper bound); ``None`` otherwise.
     """
 
     eps: float
@@ -60,12 +64,15 @@ class EvaluationResult:
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     batch_size: int | None = None
     wall_seconds: float = 0.0
+    certified: CertifiedResult | None = None
 
     def __repr__(self) -> str:
         return (
             f"EvaluationResult(n={self.num_examples}, clean_accuracy={self.clean_accuracy:.4g}, "
             f"robust_accuracy={self.robust_accuracy:.4g}, norm={self.norm!r}, eps={self.eps:g}, "
-            f"attacks={self.attacks}, warnings={len(self.warnings)})"
+            f"attacks={self.attacks}, warnings={len(self.warnings)}"
+            + ("" if self.certified is None else f", certified={self.certified!r}")
+            + ")"
         )
 
     @property
@@ -125,6 +132,10 @@ class EvaluationResult:
         for name, acc in self.robust_accuracy_after().items():
             lines.append(f"{'after ' + name:<24}{acc:>10.2%}{counts[name]:>8}")
         lines.append(f"{'robust (worst case)':<24}{self.robust_accuracy:>10.2%}")
+        if self.certified is not None:
+            lines += self.certified.summary_lines(
+                eps=self.eps, norm=self.norm, robust_accuracy=self.robust_accuracy
+            )
         fooled = self.perturbation_norm[(self.fooled_by >= 0)]
         if fooled.size:
             lines.append(f"median {self.norm} norm of successful perturbations: {np.median(fooled):.4g}")
@@ -167,6 +178,7 @@ class EvaluationResult:
             "examples_per_second": self.examples_per_second if self.wall_seconds > 0 else None,
             "warnings": list(self.warnings),
             "checks": _jsonable(self.checks),
+            "certified": None if self.certified is None else self.certified.to_dict(),
         }
 
     @classmethod
@@ -185,6 +197,7 @@ class EvaluationResult:
             seconds={str(k): float(v) for k, v in d.get("seconds", {}).items()},
             batch_size=None if d.get("batch_size") is None else int(d["batch_size"]),
             wall_seconds=float(d.get("wall_seconds", 0.0)),
+            certified=None if d.get("certified") is None else CertifiedResult.from_dict(d["certified"]),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
