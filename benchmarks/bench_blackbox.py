@@ -59,17 +59,17 @@ def main() -> None:
 
     for norm, eps in (("linf", 0.1), ("l2", 0.8)):
         for q in budgets:
-            r = jaxadv.square(f, x, y, key=key, eps=eps, queries=q, norm=norm)
+            r = jaxadv.square(f, x, y, key=key, eps=eps, queries=q, norm=norm, return_info=True)
             print(
                 f"square {norm} eps={eps} queries={q}: robust acc {_robust(r):.3f}, "
                 f"mean queries {float(np.mean(np.asarray(r.queries))):.0f}"
             )
     for attack in (jaxadv.spsa, jaxadv.nes):
-        r = attack(f, x, y, key=key, eps=0.15, queries=1000, samples=16)
+        r = attack(f, x, y, key=key, eps=0.15, queries=1000, samples=16, return_info=True)
         print(f"{attack.__name__} linf eps=0.15 queries=1000: robust acc {_robust(r):.3f}")
     for norm in ("l2", "linf"):
         for q in budgets:
-            r = jaxadv.hop_skip_jump(f, x[:64], y[:64], key=key, queries=q, norm=norm)
+            r = jaxadv.hop_skip_jump(f, x[:64], y[:64], key=key, queries=q, norm=norm, return_info=True)
             ok = np.asarray(r.success)
             med = float(np.median(np.asarray(jaxadv.norm_of(r.x_adv - x[:64], norm))[ok]))
             print(f"hop_skip_jump {norm} queries={q}: success {ok.mean():.3f}, median {norm} {med:.3f}")
@@ -114,7 +114,7 @@ def main() -> None:
     t_ref = time.perf_counter() - start
     jaxadv.square(f, x, y, key=key, eps=0.1, queries=1000)  # compile
     start = time.perf_counter()
-    ours = jaxadv.square(f, x, y, key=jax.random.key(1), eps=0.1, queries=1000)
+    ours = jaxadv.square(f, x, y, key=jax.random.key(1), eps=0.1, queries=1000, return_info=True)
     t_ours = time.perf_counter() - start
     print(
         f"square linf eps=0.1 1000 queries: robust acc ours {_robust(ours):.3f} vs reference {ref_acc:.3f}; "

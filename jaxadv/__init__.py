@@ -32,17 +32,21 @@ from jaxadv import certify, compose, evaluation, sharding, training, zoo
 from jaxadv import success as _success
 from jaxadv import transfer as _transfer
 from jaxadv.attacks import apgd as _apgd
+from jaxadv.attacks import blackbox as _blackbox
 from jaxadv.attacks import cw as _cw
 from jaxadv.attacks import decision_based as _decision_based
 from jaxadv.attacks import deepfool as _deepfool
+from jaxadv.attacks import gradient_free as _gradient_free
 from jaxadv.attacks import momentum as _momentum
-from jaxadv.attacks import score_based as _score_based
+from jaxadv.attacks import square as _square
 from jaxadv.attacks.apgd import *  # noqa: F403
+from jaxadv.attacks.blackbox import *  # noqa: F403
 from jaxadv.attacks.cw import *  # noqa: F403
 from jaxadv.attacks.decision_based import *  # noqa: F403
 from jaxadv.attacks.deepfool import *  # noqa: F403
+from jaxadv.attacks.gradient_free import *  # noqa: F403
 from jaxadv.attacks.momentum import *  # noqa: F403
-from jaxadv.attacks.score_based import *  # noqa: F403
+from jaxadv.attacks.square import *  # noqa: F403
 from jaxadv.callables import *  # noqa: F403
 from jaxadv.success import *  # noqa: F403
 from jaxadv.transfer import *  # noqa: F403
@@ -92,7 +96,9 @@ for _module in (
     _decision_based,
     _deepfool,
     _momentum,
-    _score_based,
+    _blackbox,
+    _gradient_free,
+    _square,
     _callables,
     _success,
     _transfer,

@@ -37,11 +37,6 @@ DEFAULT_OUT = "jaxadv-demo"
 _Attack = Callable[[np.ndarray], Any]
 
 
-def _x_adv(result: Any) -> Any:
-    """Black-box attacks return a result with ``x_adv``; the others an array."""
-    return getattr(result, "x_adv", result)
-
-
 def _attack_table(
     logits_fn: Any,
     surrogate_fn: Any,
@@ -216,7 +211,7 @@ def run(
     for i, (name, attack) in enumerate(attacks.items(), 1):
         label = f"[{i}/{len(attacks)}] {name}"
         result = _timed(print_fn, label, functools.partial(attack, eps_rep))
-        adversarial[name] = per_eps(_x_adv(result))
+        adversarial[name] = per_eps(result)
         table[name] = [examples.accuracy(logits_fn, xa, y) for xa in adversarial[name]]
 
     # Targeted: how often the model is steered to the chosen class.
@@ -249,7 +244,7 @@ def run(
     minimal: dict[str, np.ndarray] = {}
     minimal_rows: dict[str, list[str]] = {}
     for name, fn in minimal_attacks.items():
-        xa = np.asarray(_x_adv(_timed(print_fn, name, fn)))
+        xa = np.asarray(_timed(print_fn, name, fn))
         fooled = np.asarray(jaxadv.predict(logits_fn, xa)) != ys
         size = np.sqrt(np.sum((xa - xs).reshape(len(xs), -1) ** 2, axis=1))
         size = np.where(fooled, size, np.inf)

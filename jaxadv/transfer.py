@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.losses import log_softmax
 from jaxadv.models import logits as model_logits
-from jaxadv.success import hits
+from jaxadv.success import AttackResult, hits
 from jaxadv.typing import Array, ArrayLike, LogitsFn
 
 __all__ = ["TransferResult", "ensemble_logits", "transfer"]
@@ -109,7 +109,7 @@ def transfer(
     ``ensemble="probs"``). Any attack of the library works as the crafting
     step (:func:`jaxadv.fgsm`, :func:`jaxadv.bim`, :func:`jaxadv.pgd`,
     :func:`jaxadv.mifgsm` with input diversity, the black-box attacks...); an
-    attack returning a result tuple contributes its ``x_adv``. The target is
+    attack called with ``return_info=True`` contributes its ``x_adv``. The target is
     only evaluated, never differentiated.
 
     Untargeted: ``y`` are the true labels and the target is fooled when
@@ -144,8 +144,7 @@ def transfer(
     if targeted:
         attack_kwargs["targeted"] = True
     out = attack(surrogate, x, y, **attack_kwargs)
-    x_adv = out.x_adv if hasattr(out, "x_adv") else out
-    x_adv = jnp.asarray(x_adv)
+    x_adv = jnp.asarray(out.x_adv if isinstance(out, AttackResult) else out)
     x32 = jnp.asarray(x, jnp.float32)
     with reraise_callable_errors():
         z_clean = model_logits(target, x32)

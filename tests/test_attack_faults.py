@@ -78,16 +78,21 @@ ATTACKS: dict[str, Attack] = {
     "apgd_targeted": lambda f, x, y, **k: jaxadv.apgd_targeted(
         f, x, y, key=KEY, eps=k.pop("eps", 0.1), steps=5, n_target_classes=2, **k
     ),
-    "square": lambda f, x, y, **k: jaxadv.square(f, x, y, key=KEY, eps=k.pop("eps", 0.1), queries=20, **k),
+    # The black-box attacks with their success and query counts.
+    "square": lambda f, x, y, **k: jaxadv.square(
+        f, x, y, key=KEY, eps=k.pop("eps", 0.1), queries=20, return_info=True, **k
+    ),
     "spsa": lambda f, x, y, **k: jaxadv.spsa(
-        f, x, y, key=KEY, eps=k.pop("eps", 0.1), queries=28, samples=4, **k
+        f, x, y, key=KEY, eps=k.pop("eps", 0.1), queries=28, samples=4, return_info=True, **k
     ),
     "nes": lambda f, x, y, **k: jaxadv.nes(
-        f, x, y, key=KEY, eps=k.pop("eps", 0.1), queries=28, samples=4, **k
+        f, x, y, key=KEY, eps=k.pop("eps", 0.1), queries=28, samples=4, return_info=True, **k
     ),
     "deepfool": lambda f, x, y, **k: jaxadv.deepfool(f, x, y, steps=5, **k),
     "cw_l2": lambda f, x, y, **k: jaxadv.cw_l2(f, x, y, steps=5, binary_search_steps=2, **k),
-    "hop_skip_jump": lambda f, x, y, **k: jaxadv.hop_skip_jump(f, x, y, key=KEY, queries=60, **k),
+    "hop_skip_jump": lambda f, x, y, **k: jaxadv.hop_skip_jump(
+        f, x, y, key=KEY, queries=60, return_info=True, **k
+    ),
 }
 GRADIENT = ["fgsm", "bim", "pgd", "mifgsm", "apgd", "apgd_targeted", "deepfool", "cw_l2"]
 BALL = {"fgsm", "bim", "pgd", "mifgsm", "apgd", "apgd_targeted", "square", "spsa", "nes"}
@@ -288,6 +293,30 @@ def test_points_with_nan_logits_are_never_kept(name: str) -> None:
         )
 
 
+def tie_apply(params: Any, x: jax.Array) -> jax.Array:
+    """Classes 0 and 1 tie exactly everywhere (argmax picks 0); classes 2 and 3 are lower."""
+    s = jnp.sum(_flat(x), axis=1) * params
+    return jnp.stack([s, s, s - 1.0, s - 2.0], axis=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "targeted"), [(name, False) for name in sorted(BLACK_BOX)] + [("square", True), ("spsa", True)]
+)
+def test_black_box_success_on_an_exact_tie_agrees_with_is_adversarial(name: str, targeted: bool) -> None:
+    # True class 1 tied with class 0, which argmax picks: the clean input is already
+    # misclassified (and classified as target 0). A margin test (z_y - max_j z_j < 0)
+    # would call it robust; the attacks must agree with re-prediction instead.
+    f, x = jaxadv.from_apply(tie_apply, jnp.float32(1.0)), _x(3)
+    y = jnp.full((3,), 0 if targeted else 1, jnp.int32)
+    out = ATTACKS[name](f, x, y, targeted=targeted)
+    np.testing.assert_array_equal(
+        np.asarray(out.success), np.asarray(jaxadv.is_adversarial(f, out.x_adv, y, targeted=targeted))
+    )
+    assert bool(jnp.all(out.success))
+    np.testing.assert_array_equal(np.asarray(out.queries), 1)  # stopped at the clean query
+    np.testing.assert_array_equal(np.asarray(out.x_adv), np.asarray(x))
+
+
 def test_is_adversarial_is_false_for_non_finite_logits() -> None:
     def odd(x: jax.Array) -> jax.Array:
         z = jnp.stack([jnp.zeros(x.shape[0]), jnp.ones(x.shape[0])], axis=1)
@@ -360,14 +389,16 @@ def test_infinite_eps_with_an_unbounded_box_is_refused() -> None:
 def test_hop_skip_jump_with_infinite_bounds_returns_x_without_spending_queries() -> None:
     f, x = linear(4), _x()
     y = jaxadv.predict(f, x)
-    res = jaxadv.hop_skip_jump(f, x, y, key=KEY, queries=50, bounds=(-jnp.inf, jnp.inf))
+    res = jaxadv.hop_skip_jump(f, x, y, key=KEY, queries=50, bounds=(-jnp.inf, jnp.inf), return_info=True)
     np.testing.assert_array_equal(np.asarray(res.x_adv), np.asarray(x))
     assert not bool(jnp.any(res.success))
     np.testing.assert_array_equal(np.asarray(res.queries), 1)
     # With starting points it attacks: the results are adversarial and finite.
     x_init = x + 3.0 * jnp.asarray(_runner_up_sign(_weights(4), x, y))
     assert bool(jnp.all(jaxadv.is_adversarial(f, x_init, y)))
-    res = jaxadv.hop_skip_jump(f, x, y, key=KEY, queries=200, x_init=x_init, bounds=(-jnp.inf, jnp.inf))
+    res = jaxadv.hop_skip_jump(
+        f, x, y, key=KEY, queries=200, x_init=x_init, bounds=(-jnp.inf, jnp.inf), return_info=True
+    )
     assert bool(jnp.all(jnp.isfinite(res.x_adv))) and bool(jnp.all(res.success))
     assert bool(jnp.all(jaxadv.norm_of(res.x_adv - x, "l2") < jaxadv.norm_of(x_init - x, "l2")))
 

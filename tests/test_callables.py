@@ -98,7 +98,7 @@ def test_sklearn_end_to_end(digits: Any) -> None:
     clean = float(np.mean(clf.predict(x.reshape(24, -1)) == y))
     assert clean > 0.85
 
-    r = jaxadv.square(model, x, y, key=jax.random.key(0), eps=0.15, queries=300)
+    r = jaxadv.square(model, x, y, key=jax.random.key(0), eps=0.15, queries=300, return_info=True)
     assert np.all(np.asarray(r.queries) <= 300)
     assert np.all(np.asarray(jaxadv.norm_of(r.x_adv - x, "linf")) <= 0.15 + 1e-5)
     fooled = clf.predict(np.asarray(r.x_adv).reshape(24, -1)) != y
@@ -108,7 +108,9 @@ def test_sklearn_end_to_end(digits: Any) -> None:
     labels_only = jaxadv.from_callable(
         lambda a: clf.predict(a.reshape(a.shape[0], -1)), num_classes=10, returns="labels"
     )
-    h = jaxadv.hop_skip_jump(labels_only, x, y, key=jax.random.key(0), queries=400, norm="l2", steps=4)
+    h = jaxadv.hop_skip_jump(
+        labels_only, x, y, key=jax.random.key(0), queries=400, norm="l2", steps=4, return_info=True
+    )
     assert np.all(np.asarray(h.queries) <= 400)
     success = np.asarray(h.success)
     assert success.mean() > 0.9
@@ -130,6 +132,6 @@ def test_torch_model_through_from_callable(cnn: Any, digits: Any) -> None:
     model = jaxadv.from_callable(scores, num_classes=10)
     x, y = digits[1].x[:16], digits[1].y[:16]
     np.testing.assert_allclose(np.asarray(model(x)), np.asarray(jaxadv.logits(cnn.logits_fn, x)), atol=1e-4)
-    r = jaxadv.square(model, x, y, key=jax.random.key(0), eps=0.15, queries=200)
+    r = jaxadv.square(model, x, y, key=jax.random.key(0), eps=0.15, queries=200, return_info=True)
     assert np.all(np.asarray(r.queries) <= 200)
     assert float(np.mean(np.asarray(r.success))) > 0.3

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxadv
-from jaxadv.attacks.score_based import _eta, _inverse_squares
+from jaxadv.attacks.square import _eta, _inverse_squares
 
 pytestmark = pytest.mark.crosscheck
 
@@ -57,7 +57,9 @@ def test_square_linf_matches_reference_robust_accuracy(cnn: Any, digits: Any) ->
             ref_acc = float((net(x_ref).argmax(1).numpy() == y).mean())
     finally:
         torch.set_num_threads(threads)
-    ours = jaxadv.square(cnn.logits_fn, x, y, key=jax.random.key(0), eps=eps, queries=budget)
+    ours = jaxadv.square(
+        cnn.logits_fn, x, y, key=jax.random.key(0), eps=eps, queries=budget, return_info=True
+    )
     our_acc = 1.0 - float(np.mean(np.asarray(ours.success)))
     print(
         f"Square L-inf eps={eps}, {budget} queries: robust acc. ours {our_acc:.3f}, reference {ref_acc:.3f}"

@@ -18,10 +18,11 @@ import pytest
 GOLDEN = pathlib.Path(__file__).resolve().parent / "golden" / "attacks.npz"
 
 # Per-case extra keyword arguments, the single place to adapt the calls to an API
-# change that keeps results. E.g. once black-box attacks return a plain array by
-# default, add ``{"return_info": True}`` for "spsa", "nes", "square_linf",
-# "square_l2" and "hop_skip_jump" here so that ``success``/``queries`` are compared again.
-EXTRA_KWARGS: dict[str, dict[str, Any]] = {}
+# change that keeps results. The black-box attacks return a plain array by default:
+# ``return_info=True`` gives their ``success``/``queries``, which are pinned too.
+EXTRA_KWARGS: dict[str, dict[str, Any]] = {
+    name: {"return_info": True} for name in ("spsa", "nes", "square_linf", "square_l2", "hop_skip_jump")
+}
 
 
 def _x_adv(out: Any) -> Any:

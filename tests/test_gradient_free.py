@@ -34,7 +34,9 @@ def test_gradient_free_properties(seed: int, eps: float, case: tuple[str, str]) 
     name, norm = case
     x = _images(seed)
     budget = 1 + 3 * 9  # three iterations of 2 * 4 + 1 queries
-    r = ATTACKS[name](LINEAR, x, key=jax.random.key(seed), eps=eps, queries=budget, samples=4, norm=norm)
+    r = ATTACKS[name](
+        LINEAR, x, key=jax.random.key(seed), eps=eps, queries=budget, samples=4, norm=norm, return_info=True
+    )
     assert r.x_adv.shape == x.shape and r.x_adv.dtype == x.dtype
     assert np.all(np.isfinite(np.asarray(r.x_adv)))
     assert np.all(np.asarray(jaxadv.norm_of(r.x_adv - x, norm)) <= eps + 1e-5)
@@ -51,7 +53,9 @@ def test_gradient_free_linear_model(name: str) -> None:
     need = linear_models.distance_to_boundary(x, _W, "linf")
     budget = 1 + 10 * 17
     # Wide bounds, so that the box never binds and the distances are exact.
-    kw: dict[str, Any] = dict(key=jax.random.key(0), queries=budget, samples=8, bounds=(-5.0, 5.0))
+    kw: dict[str, Any] = dict(
+        key=jax.random.key(0), queries=budget, samples=8, bounds=(-5.0, 5.0), return_info=True
+    )
     # Below the exact distance to the boundary nothing can succeed; each example spends the budget.
     r = ATTACKS[name](LINEAR, x, y, eps=need * 0.99, **kw)
     assert not np.any(np.asarray(r.success))
@@ -68,8 +72,9 @@ def test_gradient_free_targeted_and_errors() -> None:
     x = _images(2)
     y = (np.asarray(jaxadv.predict(LINEAR, x)) + 1) % 4
     r = jaxadv.spsa(
-        LINEAR, x, y, key=jax.random.key(0), eps=1.0, queries=1 + 10 * 17, samples=8, targeted=True
-    )
+        LINEAR, x, y, key=jax.random.key(0), eps=1.0, queries=1 + 10 * 17, samples=8, targeted=True,
+        return_info=True,
+    )  # fmt: skip
     assert np.mean(np.asarray(r.success)) >= 0.5
     np.testing.assert_array_equal(np.asarray(r.success), np.asarray(jaxadv.predict(LINEAR, r.x_adv)) == y)
     with pytest.raises(ValueError, match="queries"):
@@ -78,14 +83,32 @@ def test_gradient_free_targeted_and_errors() -> None:
         jaxadv.nes(LINEAR, x, key=jax.random.key(0), eps=0.1, samples=0)
 
 
+@pytest.mark.parametrize(("name", "alias", "default"), [("spsa", "delta", 0.01), ("nes", "sigma", 0.001)])
+def test_fd_scale_and_its_deprecated_aliases(name: str, alias: str, default: float) -> None:
+    attack, x = ATTACKS[name], _images(4)
+    kw: dict[str, Any] = dict(key=jax.random.key(0), eps=0.1, queries=28, samples=4, return_info=True)
+    # A scale large enough for the probes to reach the box: the estimate depends on it.
+    ref = attack(LINEAR, x, fd_scale=0.3, **kw)
+    with pytest.warns(DeprecationWarning, match=f"{alias}= is deprecated, pass fd_scale="):
+        old = attack(LINEAR, x, **{alias: 0.3}, **kw)
+    for a, b in zip(ref, old, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    dflt, explicit = attack(LINEAR, x, **kw), attack(LINEAR, x, fd_scale=default, **kw)
+    np.testing.assert_array_equal(np.asarray(dflt.x_adv), np.asarray(explicit.x_adv))
+    assert not np.array_equal(np.asarray(dflt.x_adv), np.asarray(ref.x_adv))
+    with pytest.raises(ValueError, match=f"pass fd_scale only \\({alias} is its deprecated alias\\)"):
+        attack(LINEAR, x, fd_scale=0.3, **{alias: 0.3}, **kw)
+
+
 def test_gradient_free_black_box_model() -> None:
     def scores(a: np.ndarray) -> np.ndarray:
         return a.reshape(a.shape[0], -1) @ _W
 
     black_box = jaxadv.from_callable(scores, num_classes=4)
     x = _images(3)
-    r = jaxadv.spsa(black_box, x, key=jax.random.key(0), eps=0.2, queries=28, samples=4)
-    ref = jaxadv.spsa(LINEAR, x, key=jax.random.key(0), eps=0.2, queries=28, samples=4)
+    kw: dict[str, Any] = dict(key=jax.random.key(0), eps=0.2, queries=28, samples=4, return_info=True)
+    r = jaxadv.spsa(black_box, x, **kw)
+    ref = jaxadv.spsa(LINEAR, x, **kw)
     np.testing.assert_array_equal(np.asarray(r.queries), np.asarray(ref.queries))
     np.testing.assert_allclose(np.asarray(r.x_adv), np.asarray(ref.x_adv), atol=1e-5)
 
@@ -93,7 +116,9 @@ def test_gradient_free_black_box_model() -> None:
 def test_gradient_free_digits(cnn: Any, digits: Any) -> None:
     x, y = digits[1].x[:32], digits[1].y[:32]
     clean = float(np.mean(np.asarray(jaxadv.predict(cnn.logits_fn, x)) == y))
-    r = jaxadv.nes(cnn.logits_fn, x, y, key=jax.random.key(0), eps=0.15, queries=500, samples=16)
+    r = jaxadv.nes(
+        cnn.logits_fn, x, y, key=jax.random.key(0), eps=0.15, queries=500, samples=16, return_info=True
+    )
     assert np.all(np.asarray(r.queries) <= 500)
     robust = 1.0 - float(np.mean(np.asarray(r.success)))
     assert robust < clean - 0.25, (robust, clean)

@@ -27,7 +27,9 @@ def _images(seed: int) -> np.ndarray:
 )
 def test_hop_skip_jump_properties(seed: int, budget: int, norm: str) -> None:
     x = _images(seed)
-    r = jaxadv.hop_skip_jump(LINEAR, x, key=jax.random.key(seed), queries=budget, norm=norm, steps=3)
+    r = jaxadv.hop_skip_jump(
+        LINEAR, x, key=jax.random.key(seed), queries=budget, norm=norm, steps=3, return_info=True
+    )
     assert r.x_adv.shape == x.shape and r.x_adv.dtype == x.dtype
     assert np.all(np.isfinite(np.asarray(r.x_adv)))
     assert np.all((np.asarray(r.x_adv) >= 0.0) & (np.asarray(r.x_adv) <= 1.0))
@@ -43,9 +45,9 @@ def test_hop_skip_jump_properties(seed: int, budget: int, norm: str) -> None:
 def test_hop_skip_jump_linear_distance() -> None:
     x = _images(1)
     need = linear_models.distance_to_boundary(x, _W, "l2")
-    r = jaxadv.hop_skip_jump(LINEAR, x, key=jax.random.key(0), queries=1500, norm="l2")
-    assert np.all(np.asarray(r.success))
-    dist = np.asarray(jaxadv.norm_of(r.x_adv - x, "l2"))
+    x_adv = jaxadv.hop_skip_jump(LINEAR, x, key=jax.random.key(0), queries=1500, norm="l2")
+    assert np.all(np.asarray(jaxadv.is_adversarial(LINEAR, x_adv, jaxadv.predict(LINEAR, x))))
+    dist = np.asarray(jaxadv.norm_of(x_adv - x, "l2"))
     assert np.all(dist >= need * (1 - 1e-4))  # no adversarial point is closer than the boundary
     assert np.median(dist / need) < 1.5, dist / need
 
@@ -56,8 +58,9 @@ def test_hop_skip_jump_labels_only_and_gradient_free() -> None:
 
     black_box = jaxadv.from_callable(labels, num_classes=4, returns="labels")
     x = _images(2)
-    r = jaxadv.hop_skip_jump(black_box, x, key=jax.random.key(0), queries=300, norm="l2", steps=3)
-    ref = jaxadv.hop_skip_jump(LINEAR, x, key=jax.random.key(0), queries=300, norm="l2", steps=3)
+    kw: dict[str, Any] = dict(key=jax.random.key(0), queries=300, norm="l2", steps=3, return_info=True)
+    r = jaxadv.hop_skip_jump(black_box, x, **kw)
+    ref = jaxadv.hop_skip_jump(LINEAR, x, **kw)
     np.testing.assert_array_equal(np.asarray(r.queries), np.asarray(ref.queries))
     np.testing.assert_allclose(np.asarray(r.x_adv), np.asarray(ref.x_adv), atol=1e-5)
     assert np.all(np.asarray(r.queries) <= 300)
@@ -74,8 +77,9 @@ def test_hop_skip_jump_targeted() -> None:
     x_init = np.clip(x + 5.0 * direction, 0.0, 1.0)
     start_ok = np.asarray(jaxadv.predict(LINEAR, x_init)) == targets
     r = jaxadv.hop_skip_jump(
-        LINEAR, x, targets, key=jax.random.key(0), queries=300, targeted=True, x_init=x_init, steps=3
-    )
+        LINEAR, x, targets, key=jax.random.key(0), queries=300, targeted=True, x_init=x_init, steps=3,
+        return_info=True,
+    )  # fmt: skip
     np.testing.assert_array_equal(np.asarray(r.success), start_ok)
     moved = np.asarray(jaxadv.norm_of(r.x_adv - x, "l2")) < np.asarray(jaxadv.norm_of(x_init - x, "l2"))
     assert np.all(moved[start_ok])
@@ -87,7 +91,7 @@ def test_hop_skip_jump_digits_shrinks_with_queries(cnn: Any, digits: Any) -> Non
     for budget in (300, 1500):
         # The same static steps for both budgets: one compilation; the smaller budget stops early.
         r = jaxadv.hop_skip_jump(
-            cnn.logits_fn, x, y, key=jax.random.key(0), queries=budget, norm="l2", steps=10
+            cnn.logits_fn, x, y, key=jax.random.key(0), queries=budget, norm="l2", steps=10, return_info=True
         )
         assert np.all(np.asarray(r.queries) <= budget)
         success = np.asarray(r.success)

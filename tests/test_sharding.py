@@ -64,11 +64,16 @@ ATTACK_SETTINGS: dict[str, tuple[dict[str, Any], bool, bool]] = {
     "cw_l2": ({"steps": 3, "binary_search_steps": 2}, False, True),
     "deepfool": ({"steps": 3}, False, True),
     "deepfool:linf": ({"steps": 3, "norm": "linf"}, False, True),
-    "square": ({"eps": EPS, "queries": 20}, True, False),
-    "square:l2": ({"eps": 1.0, "queries": 20, "norm": "l2"}, True, False),
-    "spsa": ({"eps": EPS, "queries": 20, "samples": 4}, True, False),
-    "nes": ({"eps": EPS, "queries": 20, "samples": 4}, True, False),
-    "hop_skip_jump": ({"queries": 60, "init_evals": 10, "max_evals": 20, "init_tries": 10}, True, False),
+    # The black-box attacks with their success and query counts (return_info=True).
+    "square": ({"eps": EPS, "queries": 20, "return_info": True}, True, False),
+    "square:l2": ({"eps": 1.0, "queries": 20, "norm": "l2", "return_info": True}, True, False),
+    "spsa": ({"eps": EPS, "queries": 20, "samples": 4, "return_info": True}, True, False),
+    "nes": ({"eps": EPS, "queries": 20, "samples": 4, "return_info": True}, True, False),
+    "hop_skip_jump": (
+        {"queries": 60, "init_evals": 10, "max_evals": 20, "init_tries": 10, "return_info": True},
+        True,
+        False,
+    ),
 }
 
 #: Attacks equal to the single-device result only up to rounding, with the cause.

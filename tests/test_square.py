@@ -34,8 +34,9 @@ def test_square_properties(seed: int, eps: float, case: tuple[str, bool]) -> Non
     y = np.random.default_rng(seed).integers(0, 4, size=6).astype(np.int32)
     budget = 20
     r = jaxadv.square(
-        LINEAR, x, y, key=jax.random.key(seed), eps=eps, queries=budget, norm=norm, targeted=targeted
-    )
+        LINEAR, x, y, key=jax.random.key(seed), eps=eps, queries=budget, norm=norm, targeted=targeted,
+        return_info=True,
+    )  # fmt: skip
     assert r.x_adv.shape == x.shape and r.x_adv.dtype == x.dtype
     assert np.all(np.isfinite(np.asarray(r.x_adv)))
     assert np.all(np.asarray(jaxadv.norm_of(r.x_adv - x, norm)) <= eps + 1e-5)
@@ -52,13 +53,17 @@ def test_square_query_accounting(norm: str) -> None:
     x = _images(1)
     pred = np.asarray(jaxadv.predict(LINEAR, x))
     # eps = 0: no proposal can succeed, so each example spends exactly the budget.
-    r = jaxadv.square(LINEAR, x, pred, key=jax.random.key(0), eps=0.0, queries=15, norm=norm)
+    r = jaxadv.square(
+        LINEAR, x, pred, key=jax.random.key(0), eps=0.0, queries=15, norm=norm, return_info=True
+    )
     np.testing.assert_array_equal(np.asarray(r.queries), 15)
     np.testing.assert_allclose(np.asarray(r.x_adv), x, atol=1e-7)
     assert not np.any(np.asarray(r.success))
     # Labels the model already disagrees with: one query (the clean input), returned unchanged.
     wrong = (pred + 1) % 4
-    r = jaxadv.square(LINEAR, x, wrong, key=jax.random.key(0), eps=0.3, queries=15, norm=norm)
+    r = jaxadv.square(
+        LINEAR, x, wrong, key=jax.random.key(0), eps=0.3, queries=15, norm=norm, return_info=True
+    )
     np.testing.assert_array_equal(np.asarray(r.queries), 1)
     np.testing.assert_array_equal(np.asarray(r.x_adv), x)
     assert np.all(np.asarray(r.success))
@@ -70,28 +75,29 @@ def test_square_linear_exact_bound() -> None:
     w = np.asarray(LINEAR.args[0][0])
     y = (x.reshape(6, -1) @ w).argmax(1)
     need = linear_models.distance_to_boundary(x, w, "linf")
-    r = jaxadv.square(LINEAR, x, y, key=jax.random.key(0), eps=need * 0.99, queries=60)
-    assert not np.any(np.asarray(r.success))
+    x_adv = jaxadv.square(LINEAR, x, y, key=jax.random.key(0), eps=need * 0.99, queries=60)
+    assert not np.any(np.asarray(jaxadv.is_adversarial(LINEAR, x_adv, y)))
 
 
 def test_square_jit_matches_host() -> None:
     x = _images(3)
-    f = jax.jit(lambda x, e: jaxadv.square(LINEAR, x, key=jax.random.key(5), eps=e, queries=25))
+    kw: dict[str, Any] = dict(key=jax.random.key(5), queries=25, return_info=True)
+    f = jax.jit(lambda x, e: jaxadv.square(LINEAR, x, eps=e, **kw))
     a = f(x, 0.2)
-    b = jaxadv.square(LINEAR, x, key=jax.random.key(5), eps=0.2, queries=25, loop="host")
+    b = jaxadv.square(LINEAR, x, eps=0.2, loop="host", **kw)
     np.testing.assert_array_equal(np.asarray(a.queries), np.asarray(b.queries))
     np.testing.assert_allclose(np.asarray(a.x_adv), np.asarray(b.x_adv), atol=1e-6)
 
 
 def test_square_nchw_layout() -> None:
     x = _images(4)
-    r_nhwc = jaxadv.square(LINEAR, x, key=jax.random.key(0), eps=0.2, queries=10)
+    x_nhwc = jaxadv.square(LINEAR, x, key=jax.random.key(0), eps=0.2, queries=10)
     # The same model seen through NCHW inputs.
     nchw = jaxadv.from_apply(_nchw_linear, LINEAR.args[0])
-    r_nchw = jaxadv.square(
+    x_nchw = jaxadv.square(
         nchw, np.transpose(x, (0, 3, 1, 2)), key=jax.random.key(0), eps=0.2, queries=10, channel_axis=1
     )
-    np.testing.assert_allclose(np.transpose(np.asarray(r_nchw.x_adv), (0, 2, 3, 1)), np.asarray(r_nhwc.x_adv))
+    np.testing.assert_allclose(np.transpose(np.asarray(x_nchw), (0, 2, 3, 1)), np.asarray(x_nhwc))
 
 
 def _nchw_linear(params: Any, x: jax.Array) -> jax.Array:
@@ -121,8 +127,8 @@ def test_square_never_differentiates_the_model() -> None:
     with pytest.raises(jaxadv.GradientNotAvailableError):
         jax.grad(lambda x: black_box(x).sum())(jnp.asarray(_images(0)))
     x = _images(5)
-    r = jaxadv.square(black_box, x, key=jax.random.key(1), eps=0.3, queries=20)
-    ref = jaxadv.square(LINEAR, x, key=jax.random.key(1), eps=0.3, queries=20)
+    r = jaxadv.square(black_box, x, key=jax.random.key(1), eps=0.3, queries=20, return_info=True)
+    ref = jaxadv.square(LINEAR, x, key=jax.random.key(1), eps=0.3, queries=20, return_info=True)
     np.testing.assert_array_equal(np.asarray(r.queries), np.asarray(ref.queries))
     np.testing.assert_allclose(np.asarray(r.x_adv), np.asarray(ref.x_adv), atol=1e-6)
 
@@ -132,7 +138,9 @@ def test_square_digits_improves_with_queries(cnn: Any, digits: Any) -> None:
     x, y = digits[1].x[:48], digits[1].y[:48]
     robust = []
     for budget in (100, 1000):
-        r = jaxadv.square(cnn.logits_fn, x, y, key=jax.random.key(0), eps=eps, queries=budget, norm=norm)
+        r = jaxadv.square(
+            cnn.logits_fn, x, y, key=jax.random.key(0), eps=eps, queries=budget, norm=norm, return_info=True
+        )
         assert np.all(np.asarray(r.queries) <= budget)
         assert np.all(np.asarray(jaxadv.norm_of(r.x_adv - x, norm)) <= eps + 1e-5)
         robust.append(1.0 - float(np.mean(np.asarray(r.success))))

@@ -1,12 +1,15 @@
 r"""Decision-based black-box attacks: they only see the model's top label.
 
 :func:`hop_skip_jump` (Chen, Jordan & Wainwright, 2020), for the L2 and L-inf
-norms, with a per-example query budget. It returns the
-:class:`jaxadv.BlackBoxResult` of the score-based attacks, under the same
-counting rules (see :mod:`jaxadv.attacks.score_based`): the clean input is
-query 1, ``queries`` never exceeds the budget, an example whose budget cannot
-pay for the next stage stops there, and ``success`` is re-evaluated on the
-returned examples.
+norms, with a per-example query budget. It returns the adversarial batch
+(with ``return_info=True`` an :class:`jaxadv.AttackResult` ``(x_adv, success,
+queries)``), under the counting rules of the score-based attacks (see
+:mod:`jaxadv.attacks.blackbox`): the clean input is query 1, ``queries`` never
+exceeds the budget, an example whose budget cannot pay for the next stage
+stops there, and ``success`` is re-evaluated on the returned examples. The
+only model output used is :func:`jaxadv.success.hits` of a point: is it
+adversarial (the argmax test of :func:`jaxadv.is_adversarial`; never where the
+scores are not finite)?
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv.attacks.base import prepare
-from jaxadv.attacks.score_based import BlackBoxResult, check_queries, empty_result, finish
+from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, finish, stop_mask
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
-from jaxadv.losses import finite_rows
 from jaxadv.models import combine_model
+from jaxadv.success import hits
 from jaxadv.threat_models import norm_of, per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_norm, check_steps
@@ -40,17 +43,6 @@ class _HSJState(NamedTuple):
     queries: Array  # [batch] int32
     found: Array  # [batch] bool: x_adv is adversarial
     stopped: Array  # [batch] bool: no more queries for this example
-
-
-def _decide(logits_fn: Any, pts: Array, labels: Array, targeted: bool) -> Array:
-    """The only model output the attack uses: is each point adversarial? ``[n]`` bool.
-    A point whose scores are not finite is not."""
-    return _decision(logits_fn(pts), labels, targeted)
-
-
-def _decision(z: Array, labels: Array, targeted: bool) -> Array:
-    pred = jnp.argmax(z, axis=-1)
-    return finite_rows(z) & ((pred == labels) if targeted else (pred != labels))
 
 
 def _theta(norm: str, d: int, gamma: float) -> float:
@@ -96,7 +88,7 @@ def _binary_search(
         low, high, q = carry
         searching = active & (high - low > tol) & (q + 1 <= budget)
         mid = 0.5 * (low + high)
-        adv = _decide(logits_fn, project(mid), labels, targeted)
+        adv = hits(logits_fn(project(mid)), labels, targeted)
         high = jnp.where(searching & adv, mid, high)
         low = jnp.where(searching & ~adv, mid, low)
         return low, high, q + searching.astype(jnp.int32)
@@ -107,8 +99,29 @@ def _binary_search(
     return jnp.where(per_example(active, x) > 0, out, x_adv), queries
 
 
-def _hsj_body(i: Array, state: _HSJState, operands: Any, static: Any) -> _HSJState:
-    params, x, labels, lo, hi, budget = operands
+class _HSJOperands(NamedTuple):
+    params: Any
+    x: Array
+    labels: Array  # [batch] int32
+    lo: Array
+    hi: Array
+    budget: Array  # int32 per-example query budget
+
+
+class _HSJStatic(NamedTuple):
+    model: Any
+    norm: Norm
+    targeted: bool
+    gamma: float
+    init_evals: int
+    max_evals: int
+    n_max: int  # directions drawn per estimate (the first n_t are used)
+    geo_steps: int
+    bs_steps: int
+
+
+def _hsj_body(i: Array, state: _HSJState, ops: _HSJOperands, static: _HSJStatic) -> _HSJState:
+    params, x, labels, lo, hi, budget = ops
     model, norm, targeted, gamma, init_evals, max_evals, n_max, geo_steps, bs_steps = static
     logits_fn = combine_model(model, params)
     b = x.shape[0]
@@ -145,7 +158,7 @@ def _hsj_body(i: Array, state: _HSJState, operands: Any, static: Any) -> _HSJSta
     pert = jnp.clip(state.x_adv[:, None] + delta_b * u, lo_p, hi_p)
     rv = (pert - state.x_adv[:, None]) / delta_b
     labels_rep = jnp.repeat(labels, n_max, axis=0)
-    adv = _decide(logits_fn, pert.reshape((b * n_max, *x.shape[1:])), labels_rep, targeted)
+    adv = hits(logits_fn(pert.reshape((b * n_max, *x.shape[1:]))), labels_rep, targeted)
     phi = 2.0 * adv.reshape(b, n_max).astype(jnp.float32) - 1.0
     valid = (jnp.arange(n_max) < n_t)[None, :].astype(jnp.float32)
     count = n_t.astype(jnp.float32)
@@ -162,7 +175,7 @@ def _hsj_body(i: Array, state: _HSJState, operands: Any, static: Any) -> _HSJSta
         step, moved, x_new, q = carry
         trying = active & ~moved & (q + 1 <= budget)
         cand = jnp.clip(state.x_adv + per_example(step, x) * direction, lo, hi)
-        ok = _decide(logits_fn, cand, labels, targeted)
+        ok = hits(logits_fn(cand), labels, targeted)
         take = trying & ok
         x_new = jnp.where(per_example(take, x) > 0, cand, x_new)
         step = jnp.where(trying & ~ok, 0.5 * step, step)
@@ -211,13 +224,13 @@ def _hsj_init(
     logits_fn = combine_model(model, params)
     key, k_noise = jax.random.split(key)
     z_clean = logits_fn(x)
-    clean_adv = _decision(z_clean, labels, targeted)
+    clean_adv = hits(z_clean, labels, targeted)
     # Examples with non-finite clean scores stop here and are returned unchanged.
-    clean_stop = clean_adv | ~finite_rows(z_clean)
+    clean_stop = stop_mask(z_clean, labels, targeted)
     queries = jnp.ones(x.shape[:1], jnp.int32)
     if has_init:
         can = ~clean_stop & (queries + 1 <= budget)
-        found = can & _decide(logits_fn, x_init, labels, targeted)
+        found = can & hits(logits_fn(x_init), labels, targeted)
         x_adv = jnp.where(per_example(found, x) > 0, x_init, x)
         queries = queries + can.astype(jnp.int32)
     else:
@@ -230,7 +243,7 @@ def _hsj_init(
             searching = ~clean_stop & ~found & (q + 1 <= budget) & boxed
             noise = jax.random.uniform(jax.random.fold_in(k_noise, j), x.shape, jnp.float32)
             noise = lo_s + noise * span
-            ok = searching & _decide(logits_fn, noise, labels, targeted)
+            ok = searching & hits(logits_fn(noise), labels, targeted)
             x_adv = jnp.where(per_example(ok, x) > 0, noise, x_adv)
             return found | ok, x_adv, q + searching.astype(jnp.int32)
 
@@ -275,7 +288,8 @@ def hop_skip_jump(
     geometric_steps: int = 25,
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
-) -> BlackBoxResult:
+    return_info: bool = False,
+) -> Any:
     r"""HopSkipJump (Chen, Jordan & Wainwright, 2020): a decision-based attack.
 
     Uses only the top-1 label. Minimises :math:`\|x' - x\|_p` (``norm="l2"`` or
@@ -328,9 +342,13 @@ def hop_skip_jump(
       geometric_steps: maximum halvings of the step size (static).
       bounds: ``(lo, hi)``.
       loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
+      return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success, queries)``
+        instead of the array: ``success`` re-predicted on ``x_adv``, ``queries``
+        ``[batch]`` int32 label queries spent per example.
 
     Returns:
-      :class:`jaxadv.BlackBoxResult`; ``x_adv`` inside ``bounds``.
+      The adversarial batch, shape and dtype of ``x``, inside ``bounds`` (an
+      :class:`jaxadv.AttackResult` with ``return_info``).
     """
     norm = check_norm(norm)
     if norm not in ("l2", "linf"):
@@ -342,13 +360,12 @@ def hop_skip_jump(
     geometric_steps = check_steps(geometric_steps, "geometric_steps")
     if not gamma > 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
-    if key is None:
-        raise ValueError("key is required (pass key=jax.random.key(0))")
+    check_key(key)
     if targeted and x_init is None:
         raise ValueError("a targeted hop_skip_jump needs x_init: starting points classified as the targets")
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted)
     if p.empty:
-        return empty_result(p)
+        return empty_result(p, return_info=return_info)
     labels = p.labels if p.labels.ndim == 1 else jnp.argmax(p.labels, axis=-1).astype(jnp.int32)
     if x_init is not None:
         x_init_arr = jnp.asarray(x_init, jnp.float32)
@@ -369,18 +386,10 @@ def hop_skip_jump(
             model=p.model, norm=norm, targeted=targeted, init_tries=init_tries, theta=theta,
             bs_steps=bs_steps, has_init=x_init is not None,
         )  # fmt: skip
-        operands = (p.params, p.x, labels, p.lo, p.hi, budget)
-        static = (
-            p.model,
-            norm,
-            targeted,
-            float(gamma),
-            init_evals,
-            max_evals,
-            n_max,
-            geometric_steps,
-            bs_steps,
+        operands = _HSJOperands(p.params, p.x, labels, p.lo, p.hi, budget)
+        static = _HSJStatic(
+            p.model, norm, targeted, float(gamma), init_evals, max_evals, n_max, geometric_steps, bs_steps
         )
         state = iterate(_hsj_body, state, operands, steps=steps, static=static, loop=loop)
         x_adv = jnp.where(per_example(state.found, p.x) > 0, state.x_adv, p.x)
-        return finish(p, x_adv, state.queries, targeted)
+        return finish(p, x_adv, state.queries, targeted=targeted, return_info=return_info)

@@ -17,6 +17,7 @@ attack" page of the docs)::
 """
 
 from jaxadv.compose.bookkeeping import Best, init_best, record, select
+from jaxadv.compose.estimates import FiniteDifference, finite_difference
 from jaxadv.compose.loop import Attack, LoopState, Operands, attack_step, run_from
 from jaxadv.compose.sources import (
     EOT,
@@ -50,6 +51,7 @@ __all__ = [
     "Attack",
     "Best",
     "Context",
+    "FiniteDifference",
     "Gradient",
     "GradientSource",
     "InputDiversity",
@@ -65,6 +67,7 @@ __all__ = [
     "attack_step",
     "diverse_inputs",
     "eot",
+    "finite_difference",
     "gaussian_kernel",
     "init_best",
     "input_diversity",

@@ -24,8 +24,8 @@ import jax
 import numpy as np
 
 from jaxadv.attacks.iterative import bim, pgd
-from jaxadv.attacks.score_based import square
 from jaxadv.attacks.single_step import fgsm
+from jaxadv.attacks.square import square
 from jaxadv.models import logits as model_logits
 from jaxadv.models import predict
 from jaxadv.typing import Bounds, LogitsFn, Norm, PRNGKey
@@ -141,7 +141,7 @@ def masking_checks(
         warnings.append(f"black-box check skipped: {reason}; it is no evidence for or against masking")
     else:
         sq = square(logits_fn, x, y, key=k2, eps=eps, queries=300, norm=norm, bounds=bounds)
-        a_sq = acc(sq.x_adv)
+        a_sq = acc(sq)
         figures["accuracy_black_box"] = a_sq
         if a_pgd is not None and a_sq < a_pgd - tolerance:
             warnings.append(

@@ -33,6 +33,7 @@ from jaxadv.evaluation.checks import masking_checks
 from jaxadv.evaluation.result import MISCLASSIFIED, ROBUST, EvaluationResult
 from jaxadv.evaluation.suites import SuiteAttack, check_suite_norm, resolve_suite
 from jaxadv.models import logits as model_logits
+from jaxadv.success import AttackResult
 from jaxadv.threat_models import norm_of
 from jaxadv.typing import ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
 from jaxadv.validation import check_norm
@@ -521,7 +522,8 @@ def _evaluate_batch(
         start = time.perf_counter()
         xs, ys = s.layout.place(xb[sel], yb[sel])
         out = attack.run(s.logits_fn, xs, ys, key=attack_key, eps=s.eps, norm=s.norm, bounds=(s.lo, s.hi))
-        candidates: Any = getattr(out, "x_adv", out)  # suite members may return a result tuple
+        # A suite member returns the adversarial array or an AttackResult (with queries).
+        candidates, q = (out.x_adv, out.queries) if isinstance(out, AttackResult) else (out, None)
         x_adv = s.layout.fetch(candidates)[: idx.size]
         z_adv = s.layout.logits(s.logits_fn, candidates)[: idx.size]
         seconds[i] += time.perf_counter() - start
@@ -529,7 +531,6 @@ def _evaluate_batch(
         finite = _finite_rows(x_adv) & np.isfinite(z_adv).all(axis=-1)
         non_finite[i] += int(np.sum(~finite))
         d = _check_feasible(attack.name, x_adv, xb[idx], finite, s)
-        q = getattr(out, "queries", None)
         if q is not None:
             spent[idx] += s.layout.fetch(q)[: idx.size].astype(np.int64)
         success = finite & (np.argmax(z_adv, axis=-1) != yb[idx])
