@@ -163,10 +163,15 @@ def _resize_pad_one(key: PRNGKey, xi: Array, rate: Array, axes: tuple[int, int])
         new = jnp.clip(jnp.floor(size * scale), 1, size).astype(jnp.int32)
         offset = jnp.floor(jax.random.uniform(k, ()) * (size - new + 1)).astype(jnp.int32)
         pos = jnp.arange(size) - offset
-        src = jnp.clip((pos * size) // new, 0, size - 1)
-        out = jnp.take(out, src, axis=axis)
+        # Bilinear resampling of `size` pixels onto `new` (pixel centres aligned, no
+        # antialiasing): every source pixel keeps a share of the gradient.
+        c = jnp.maximum((pos.astype(jnp.float32) + 0.5) * (size / new.astype(jnp.float32)) - 0.5, 0.0)
+        i0 = jnp.clip(jnp.floor(c).astype(jnp.int32), 0, size - 1)
+        i1 = jnp.clip(i0 + 1, 0, size - 1)
         shape = [1] * xi.ndim
         shape[axis] = size
+        w = (c - jnp.floor(c)).reshape(shape)
+        out = jnp.take(out, i0, axis=axis) * (1.0 - w) + jnp.take(out, i1, axis=axis) * w
         mask = mask & ((pos >= 0) & (pos < new)).reshape(shape)
     return jnp.where(mask, out, 0.0)
 
@@ -190,8 +195,8 @@ def diverse_inputs(
 
     With probability ``prob`` (independently per example) the image is shrunk by
     a factor :math:`s \sim U[\text{resize\_rate}, 1]` along both spatial axes
-    (nearest neighbour), then zero-padded back to its original size at a
-    uniformly random offset; otherwise it is left unchanged. Differentiable in
+    (bilinear, pixel centres aligned, no antialiasing), then zero-padded back to
+    its original size at a uniformly random offset; otherwise it is left unchanged. Differentiable in
     ``x`` (a gather), shapes static, everything traced.
 
     Args:
