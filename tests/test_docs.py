@@ -33,8 +33,11 @@ def _documented() -> set[str]:
 def _public() -> dict[str, list[str]]:
     return {
         "jaxadv": [
-            n for n in jaxadv.__all__ if n not in ("certify", "evaluation", "sharding", "training", "zoo")
+            n
+            for n in jaxadv.__all__
+            if n not in ("certify", "compose", "evaluation", "sharding", "training", "zoo")
         ],
+        "jaxadv.compose": list(jaxadv.compose.__all__),
         "jaxadv.certify": list(jaxadv.certify.__all__),
         "jaxadv.evaluation": list(jaxadv.evaluation.__all__),
         "jaxadv.training": list(jaxadv.training.__all__),
