@@ -145,10 +145,10 @@ CASES: dict[str, Case] = {
     ),
     # --- score-based black box
     "spsa": lambda s, kw: jaxadv.spsa(
-        s.mlp, s.x, s.y_mlp, key=_key(11), eps=0.02, queries=200, samples=4, **kw
+        s.mlp, s.x, s.y_mlp, key=_key(11), eps=0.02, queries=200, num_samples=4, **kw
     ),
     "nes": lambda s, kw: jaxadv.nes(
-        s.mlp, s.x, s.y_mlp, key=_key(12), eps=0.02, queries=200, samples=4, **kw
+        s.mlp, s.x, s.y_mlp, key=_key(12), eps=0.02, queries=200, num_samples=4, **kw
     ),
     "square_linf": lambda s, kw: jaxadv.square(
         s.cnn, s.x, s.y_cnn, key=_key(13), eps=0.01, queries=100, **kw

@@ -83,10 +83,10 @@ ATTACKS: dict[str, Attack] = {
         f, x, y, key=KEY, eps=k.pop("eps", 0.1), queries=20, return_info=True, **k
     ),
     "spsa": lambda f, x, y, **k: jaxadv.spsa(
-        f, x, y, key=KEY, eps=k.pop("eps", 0.1), queries=28, samples=4, return_info=True, **k
+        f, x, y, key=KEY, eps=k.pop("eps", 0.1), queries=28, num_samples=4, return_info=True, **k
     ),
     "nes": lambda f, x, y, **k: jaxadv.nes(
-        f, x, y, key=KEY, eps=k.pop("eps", 0.1), queries=28, samples=4, return_info=True, **k
+        f, x, y, key=KEY, eps=k.pop("eps", 0.1), queries=28, num_samples=4, return_info=True, **k
     ),
     "deepfool": lambda f, x, y, **k: jaxadv.deepfool(f, x, y, steps=5, **k),
     "cw_l2": lambda f, x, y, **k: jaxadv.cw_l2(f, x, y, steps=5, binary_search_steps=2, **k),

@@ -50,7 +50,7 @@ def test_estimate_of_a_linear_loss_is_the_probes_projection(distribution: str) -
     # For L(x) = g.x, each antithetic pair gives (g.u) u exactly: the estimate is
     # U^T U g / K with the probes U the source draws from its key.
     x, samples = _x(), 8
-    source = compose.finite_difference(samples=samples, scale=0.01, distribution=distribution)
+    source = compose.finite_difference(num_samples=samples, scale=0.01, distribution=distribution)
     out = _estimate(source, _W2, x, KEY)
     shape = (3, samples, *SHAPE)
     if distribution == "rademacher":
@@ -74,7 +74,7 @@ def test_estimate_converges_to_the_true_gradient_direction(distribution: str) ->
     x = _x()
     cos = []
     for samples in (2, 1024):
-        source = compose.finite_difference(samples=samples, scale=0.01, distribution=distribution)
+        source = compose.finite_difference(num_samples=samples, scale=0.01, distribution=distribution)
         cos.append(_cosine(np.asarray(_estimate(source, _W2, x, jax.random.key(samples)).grad), _TRUE))
     # The error of U^T U / K shrinks like sqrt(d / K): d = 16 here.
     assert np.all(cos[0] < cos[1]), cos
@@ -82,7 +82,7 @@ def test_estimate_converges_to_the_true_gradient_direction(distribution: str) ->
 
 
 def test_probes_are_clipped_into_the_bounds_and_non_finite_scores_are_refused() -> None:
-    source = compose.finite_difference(samples=4, scale=0.5, bounds=(0.0, 1.0))
+    source = compose.finite_difference(num_samples=4, scale=0.5, bounds=(0.0, 1.0))
 
     @jax.jit
     def run(x: jax.Array) -> tuple[jax.Array, Any]:
@@ -105,8 +105,8 @@ def test_probes_are_clipped_into_the_bounds_and_non_finite_scores_are_refused() 
 
 
 def test_finite_difference_argument_errors() -> None:
-    with pytest.raises(ValueError, match="samples"):
-        compose.finite_difference(samples=0)
+    with pytest.raises(ValueError, match="num_samples"):
+        compose.finite_difference(num_samples=0)
     with pytest.raises(ValueError, match="distribution"):
         compose.finite_difference(distribution="uniform")
     with pytest.raises(ValueError, match="bounds"):
@@ -120,7 +120,7 @@ def test_composed_score_based_momentum_attack_stays_in_ball_and_bounds() -> None
 
     black_box = jaxadv.from_callable(scores, num_classes=4)
     attack = compose.Attack(
-        compose.finite_difference(samples=16, scale=0.01, bounds=(0.0, 1.0)), compose.momentum(1.0)
+        compose.finite_difference(num_samples=16, scale=0.01, bounds=(0.0, 1.0)), compose.momentum(1.0)
     )
     eps = 0.3
     x = _x(8, seed=1)

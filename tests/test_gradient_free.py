@@ -35,8 +35,9 @@ def test_gradient_free_properties(seed: int, eps: float, case: tuple[str, str]) 
     x = _images(seed)
     budget = 1 + 3 * 9  # three iterations of 2 * 4 + 1 queries
     r = ATTACKS[name](
-        LINEAR, x, key=jax.random.key(seed), eps=eps, queries=budget, samples=4, norm=norm, return_info=True
-    )
+        LINEAR, x, key=jax.random.key(seed), eps=eps, queries=budget, num_samples=4, norm=norm,
+        return_info=True,
+    )  # fmt: skip
     assert r.x_adv.shape == x.shape and r.x_adv.dtype == x.dtype
     assert np.all(np.isfinite(np.asarray(r.x_adv)))
     assert np.all(np.asarray(jaxadv.norm_of(r.x_adv - x, norm)) <= eps + 1e-5)
@@ -54,7 +55,7 @@ def test_gradient_free_linear_model(name: str) -> None:
     budget = 1 + 10 * 17
     # Wide bounds, so that the box never binds and the distances are exact.
     kw: dict[str, Any] = dict(
-        key=jax.random.key(0), queries=budget, samples=8, bounds=(-5.0, 5.0), return_info=True
+        key=jax.random.key(0), queries=budget, num_samples=8, bounds=(-5.0, 5.0), return_info=True
     )
     # Below the exact distance to the boundary nothing can succeed; each example spends the budget.
     r = ATTACKS[name](LINEAR, x, y, eps=need * 0.99, **kw)
@@ -72,21 +73,21 @@ def test_gradient_free_targeted_and_errors() -> None:
     x = _images(2)
     y = (np.asarray(jaxadv.predict(LINEAR, x)) + 1) % 4
     r = jaxadv.spsa(
-        LINEAR, x, y, key=jax.random.key(0), eps=1.0, queries=1 + 10 * 17, samples=8, targeted=True,
+        LINEAR, x, y, key=jax.random.key(0), eps=1.0, queries=1 + 10 * 17, num_samples=8, targeted=True,
         return_info=True,
     )  # fmt: skip
     assert np.mean(np.asarray(r.success)) >= 0.5
     np.testing.assert_array_equal(np.asarray(r.success), np.asarray(jaxadv.predict(LINEAR, r.x_adv)) == y)
     with pytest.raises(ValueError, match="queries"):
-        jaxadv.nes(LINEAR, x, key=jax.random.key(0), eps=0.1, queries=10, samples=8)
-    with pytest.raises(ValueError, match="samples"):
-        jaxadv.nes(LINEAR, x, key=jax.random.key(0), eps=0.1, samples=0)
+        jaxadv.nes(LINEAR, x, key=jax.random.key(0), eps=0.1, queries=10, num_samples=8)
+    with pytest.raises(ValueError, match="num_samples"):
+        jaxadv.nes(LINEAR, x, key=jax.random.key(0), eps=0.1, num_samples=0)
 
 
 @pytest.mark.parametrize(("name", "alias", "default"), [("spsa", "delta", 0.01), ("nes", "sigma", 0.001)])
 def test_fd_scale_and_its_deprecated_aliases(name: str, alias: str, default: float) -> None:
     attack, x = ATTACKS[name], _images(4)
-    kw: dict[str, Any] = dict(key=jax.random.key(0), eps=0.1, queries=28, samples=4, return_info=True)
+    kw: dict[str, Any] = dict(key=jax.random.key(0), eps=0.1, queries=28, num_samples=4, return_info=True)
     # A scale large enough for the probes to reach the box: the estimate depends on it.
     ref = attack(LINEAR, x, fd_scale=0.3, **kw)
     with pytest.warns(DeprecationWarning, match=f"{alias}= is deprecated, pass fd_scale="):
@@ -98,6 +99,12 @@ def test_fd_scale_and_its_deprecated_aliases(name: str, alias: str, default: flo
     assert not np.array_equal(np.asarray(dflt.x_adv), np.asarray(ref.x_adv))
     with pytest.raises(ValueError, match=f"pass fd_scale only \\({alias} is its deprecated alias\\)"):
         attack(LINEAR, x, fd_scale=0.3, **{alias: 0.3}, **kw)
+    kw.pop("num_samples")
+    with pytest.warns(DeprecationWarning, match="samples is deprecated; pass num_samples"):
+        renamed = attack(LINEAR, x, fd_scale=0.3, samples=4, **kw)
+    np.testing.assert_array_equal(np.asarray(renamed.x_adv), np.asarray(ref.x_adv))
+    with pytest.raises(ValueError, match="pass num_samples only"):
+        attack(LINEAR, x, fd_scale=0.3, samples=4, num_samples=8, **kw)
 
 
 def test_gradient_free_black_box_model() -> None:
@@ -106,7 +113,7 @@ def test_gradient_free_black_box_model() -> None:
 
     black_box = jaxadv.from_callable(scores, num_classes=4)
     x = _images(3)
-    kw: dict[str, Any] = dict(key=jax.random.key(0), eps=0.2, queries=28, samples=4, return_info=True)
+    kw: dict[str, Any] = dict(key=jax.random.key(0), eps=0.2, queries=28, num_samples=4, return_info=True)
     r = jaxadv.spsa(black_box, x, **kw)
     ref = jaxadv.spsa(LINEAR, x, **kw)
     np.testing.assert_array_equal(np.asarray(r.queries), np.asarray(ref.queries))
@@ -117,7 +124,7 @@ def test_gradient_free_digits(cnn: Any, digits: Any) -> None:
     x, y = digits[1].x[:32], digits[1].y[:32]
     clean = float(np.mean(np.asarray(jaxadv.predict(cnn.logits_fn, x)) == y))
     r = jaxadv.nes(
-        cnn.logits_fn, x, y, key=jax.random.key(0), eps=0.15, queries=500, samples=16, return_info=True
+        cnn.logits_fn, x, y, key=jax.random.key(0), eps=0.15, queries=500, num_samples=16, return_info=True
     )
     assert np.all(np.asarray(r.queries) <= 500)
     robust = 1.0 - float(np.mean(np.asarray(r.success)))

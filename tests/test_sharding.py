@@ -57,6 +57,10 @@ ATTACK_SETTINGS: dict[str, tuple[dict[str, Any], bool, bool]] = {
     "pgd:l1": ({"eps": 4.0, "steps": 3, "norm": "l1"}, True, False),
     "mifgsm": ({"eps": EPS, "steps": 3}, False, True),
     "mifgsm:diverse": ({"eps": EPS, "steps": 3, "diversity_prob": 1.0}, True, False),
+    "nifgsm": ({"eps": EPS, "steps": 3}, False, True),
+    "vmifgsm": ({"eps": EPS, "steps": 2, "num_neighbors": 2}, True, False),
+    "tifgsm": ({"eps": EPS, "steps": 2, "kernel_size": 3}, True, False),
+    "eot_pgd": ({"eps": EPS, "steps": 2, "num_samples": 2}, True, False),
     "apgd": ({"eps": EPS, "steps": 6}, True, False),
     "apgd:dlr": ({"eps": EPS, "steps": 6, "loss": "dlr"}, True, False),
     "apgd:l2": ({"eps": 1.0, "steps": 6, "norm": "l2"}, True, False),
@@ -67,8 +71,8 @@ ATTACK_SETTINGS: dict[str, tuple[dict[str, Any], bool, bool]] = {
     # The black-box attacks with their success and query counts (return_info=True).
     "square": ({"eps": EPS, "queries": 20, "return_info": True}, True, False),
     "square:l2": ({"eps": 1.0, "queries": 20, "norm": "l2", "return_info": True}, True, False),
-    "spsa": ({"eps": EPS, "queries": 20, "samples": 4, "return_info": True}, True, False),
-    "nes": ({"eps": EPS, "queries": 20, "samples": 4, "return_info": True}, True, False),
+    "spsa": ({"eps": EPS, "queries": 20, "num_samples": 4, "return_info": True}, True, False),
+    "nes": ({"eps": EPS, "queries": 20, "num_samples": 4, "return_info": True}, True, False),
     "hop_skip_jump": (
         {"queries": 60, "init_evals": 10, "max_evals": 20, "init_tries": 10, "return_info": True},
         True,

@@ -126,7 +126,7 @@ def _estimated_pgd(
     return_info: bool,
 ) -> Any:
     norm = check_norm(norm)
-    samples = check_steps(samples, "samples")
+    samples = check_steps(samples, "num_samples")
     queries = check_queries(queries, 2 * samples + 2)
     check_key(key)
     steps = (queries - 1) // (2 * samples + 1)
@@ -146,6 +146,16 @@ def _estimated_pgd(
         return finish(p, state.x_t, state.queries, targeted=targeted, return_info=return_info)
 
 
+def _num_samples(num_samples: int, samples: int | None) -> int:
+    """``num_samples``, or its deprecated alias ``samples`` (not both)."""
+    if samples is None:
+        return num_samples
+    if num_samples != 16:
+        raise ValueError("pass num_samples only (samples is its deprecated alias)")
+    warnings.warn("samples is deprecated; pass num_samples", DeprecationWarning, stacklevel=3)
+    return samples
+
+
 def spsa(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -154,7 +164,7 @@ def spsa(
     key: PRNGKey,
     eps: ArrayLike,
     queries: int = 1000,
-    samples: int = 16,
+    num_samples: int = 16,
     fd_scale: ArrayLike | None = None,
     step_size: ArrayLike | None = None,
     norm: Norm = "linf",
@@ -164,10 +174,11 @@ def spsa(
     loop: LoopMode = "auto",
     return_info: bool = False,
     delta: ArrayLike | None = None,
+    samples: int | None = None,
 ) -> Any:
     r"""Gradient-free PGD with the SPSA gradient estimate (Uesato et al., 2018).
 
-    Each iteration draws ``samples`` Rademacher directions :math:`v_k \in \{\pm1\}^n`
+    Each iteration draws ``num_samples`` Rademacher directions :math:`v_k \in \{\pm1\}^n`
     and estimates, with :math:`\delta` = ``fd_scale``,
 
     .. math::
@@ -181,9 +192,9 @@ def spsa(
     :math:`L` is ``loss`` (default the margin :func:`jaxadv.cw_margin`), ascended,
     or descended when ``targeted``. The model is only evaluated.
 
-    Queries: 1 for the clean input, then ``2 * samples + 1`` per iteration (the
+    Queries: 1 for the clean input, then ``2 * num_samples + 1`` per iteration (the
     estimate and the new iterate) until the example succeeds (the argmax test of
-    :func:`jaxadv.is_adversarial`); ``(queries - 1) // (2 * samples + 1)``
+    :func:`jaxadv.is_adversarial`); ``(queries - 1) // (2 * num_samples + 1)``
     iterations run. See :mod:`jaxadv.attacks.blackbox` for the counting rules.
 
     Args:
@@ -192,8 +203,8 @@ def spsa(
       y: labels (targets when ``targeted``); ``None``: the model's predictions.
       key: PRNG key.
       eps: radius, scalar or ``[batch]`` (traced).
-      queries: per-example budget (static, at least ``2 * samples + 2``).
-      samples: antithetic pairs per estimate (static).
+      queries: per-example budget (static, at least ``2 * num_samples + 2``).
+      num_samples: antithetic pairs per estimate (static).
       fd_scale: the finite-difference scale :math:`\delta`, scalar or ``[batch]``
         (traced); default 0.01.
       step_size: :math:`\alpha` (traced), default ``eps / 4``.
@@ -203,13 +214,14 @@ def spsa(
         instead of the array: ``success`` re-predicted on ``x_adv``, ``queries``
         ``[batch]`` int32 evaluations spent per example.
       delta: deprecated alias of ``fd_scale``.
+      samples: deprecated alias of ``num_samples``.
 
     Returns:
       The adversarial batch, shape and dtype of ``x``, inside the eps-ball and
       ``bounds`` (an :class:`jaxadv.AttackResult` with ``return_info``).
     """
     return _estimated_pgd(
-        logits_fn, x, y, key=key, eps=eps, queries=queries, samples=samples,
+        logits_fn, x, y, key=key, eps=eps, queries=queries, samples=_num_samples(num_samples, samples),
         fd_scale=_fd_scale(fd_scale, delta, "delta", 0.01), step_size=step_size, norm=norm,
         targeted=targeted, bounds=bounds, loss=loss, distribution="rademacher", loop=loop,
         return_info=return_info,
@@ -224,7 +236,7 @@ def nes(
     key: PRNGKey,
     eps: ArrayLike,
     queries: int = 1000,
-    samples: int = 16,
+    num_samples: int = 16,
     fd_scale: ArrayLike | None = None,
     step_size: ArrayLike | None = None,
     norm: Norm = "linf",
@@ -234,6 +246,7 @@ def nes(
     loop: LoopMode = "auto",
     return_info: bool = False,
     sigma: ArrayLike | None = None,
+    samples: int | None = None,
 ) -> Any:
     r"""Gradient-free PGD with the NES gradient estimate (Ilyas et al., 2018).
 
@@ -248,14 +261,14 @@ def nes(
     (:class:`jaxadv.compose.FiniteDifference` with ``distribution="gaussian"``)
     followed by the projected step of :func:`spsa`. Queries and arguments as in
     :func:`spsa`; ``fd_scale`` (traced) defaults to 0.001, and ``sigma`` is its
-    deprecated alias.
+    deprecated alias (``samples`` that of ``num_samples``).
 
     Returns:
       The adversarial batch, shape and dtype of ``x`` (an
       :class:`jaxadv.AttackResult` ``(x_adv, success, queries)`` with ``return_info``).
     """
     return _estimated_pgd(
-        logits_fn, x, y, key=key, eps=eps, queries=queries, samples=samples,
+        logits_fn, x, y, key=key, eps=eps, queries=queries, samples=_num_samples(num_samples, samples),
         fd_scale=_fd_scale(fd_scale, sigma, "sigma", 0.001), step_size=step_size, norm=norm,
         targeted=targeted, bounds=bounds, loss=loss, distribution="gaussian", loop=loop,
         return_info=return_info,

@@ -216,8 +216,8 @@ def eot_pgd(
     Args:
       logits_fn: ``x -> logits [batch, C]``, or ``(x, key) -> logits`` with
         ``randomized=True``.
-      x, y, eps, steps, norm, random_start, targeted, bounds, loss,
-        l1_sparsity, loop: as in :func:`pgd`.
+      x, y, eps, steps, norm, random_start, targeted, bounds, loss: as in :func:`pgd`.
+      l1_sparsity, loop, return_info: as in :func:`pgd`.
       key: PRNG key (draws and the random start).
       step_size: default ``2.5 * eps / steps``.
       num_samples: draws per step (static); each step costs ``num_samples``

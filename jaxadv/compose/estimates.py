@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv.compose.sources import Gradient, Model, _pytree
-from jaxadv.losses import as_onehot, cw_margin, finite_rows
+from jaxadv.losses import as_onehot, cw_margin, finite_rows, get_loss
 from jaxadv.threat_models import per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LossFn, PRNGKey
 
@@ -116,22 +116,22 @@ def _probe_axes(bound: Any, x: Array) -> Any:
 
 
 def finite_difference(
-    loss: LossFn = cw_margin,
+    loss: str | LossFn = cw_margin,
     *,
-    samples: int = 16,
+    num_samples: int = 16,
     scale: ArrayLike = 0.01,
     distribution: str = "rademacher",
     bounds: Bounds | None = None,
 ) -> FiniteDifference:
     """:class:`FiniteDifference` of ``loss`` (default the margin :func:`jaxadv.cw_margin`,
-    as in :func:`jaxadv.spsa`) from ``samples`` antithetic pairs at ``scale``.
+    as in :func:`jaxadv.spsa`) from ``num_samples`` antithetic pairs at ``scale``.
 
     ``distribution``: ``"rademacher"`` (SPSA) or ``"gaussian"`` (NES). ``bounds``:
     the box ``(lo, hi)`` the probes are clipped into; ``None`` leaves them
     unclipped (the model is then queried up to ``scale`` outside the box).
     """
-    if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    if not isinstance(num_samples, (int, np.integer)) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
     scale_arr = jnp.asarray(scale, jnp.float32)
@@ -142,4 +142,4 @@ def finite_difference(
         if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
             raise ValueError(f"bounds must be a pair (lo, hi) or None, got {bounds!r}")
         lo, hi = jnp.asarray(bounds[0], jnp.float32), jnp.asarray(bounds[1], jnp.float32)
-    return FiniteDifference(loss, int(samples), scale_arr, distribution, lo, hi)
+    return FiniteDifference(get_loss(loss), int(num_samples), scale_arr, distribution, lo, hi)

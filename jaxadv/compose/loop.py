@@ -335,7 +335,9 @@ def run_from(
     named attacks and of the adversarial-training losses."""
     state = LoopState(x_init, attack.rule.init(x_init), init_best(x_init) if attack.keep_best else None)
     operands = Operands(p.params, p.x, p.labels, p.lo, p.hi, p.eps, step_size, key, attack)
-    static = Static(p.model, targeted, p.dtype)
+    # The dtype matters inside the loop only to round iterates for the bookkeeping:
+    # without it, a bfloat16 batch reuses the float32 program.
+    static = Static(p.model, targeted, p.dtype if attack.keep_best else None)
     state = iterate(attack_step, state, operands, steps=steps, static=static, loop=loop)
     if not attack.keep_best:
         return state.x
