@@ -123,16 +123,6 @@ def test_randomized_model_is_called_with_keys(binary):
     assert np.all(np.abs(np.asarray(out) - np.asarray(x)) <= EPS + 1e-6)
 
 
-def test_return_info_is_re_prediction(binary):
-    f, x, y = binary
-    for attack in (jaxadv.fgsm, jaxadv.bim, jaxadv.mifgsm, jaxadv.nifgsm):
-        res = attack(f, x, y, eps=0.3, return_info=True)
-        assert isinstance(res, jaxadv.AttackResult) and res.queries is None
-        np.testing.assert_array_equal(
-            np.asarray(res.success), np.asarray(jaxadv.is_adversarial(f, res.x_adv, y))
-        )
-
-
 def test_bad_parts_are_refused():
     with pytest.raises(ValueError, match="num_samples"):
         compose.eot(num_samples=0)
