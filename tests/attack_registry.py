@@ -26,7 +26,7 @@ from jaxadv import compose
 
 SHAPE = (8, 8, 1)  # one example, NHWC
 HIDDEN = 8
-CLASSES = 4  # apgd_targeted needs >= 4 (n_target_classes=3 below), the DLR loss >= 3
+CLASSES = 4  # apgd_targeted needs >= 4 (num_target_classes=3 below), the DLR loss >= 3
 BATCH = 5
 EPS = 0.05  # L-inf radius of the ball attacks (every entry below is L-inf)
 
@@ -122,7 +122,7 @@ ATTACKS: tuple[Spec, ...] = (
     _named(jaxadv.vmifgsm, L_INF, keyed=True, targeted=True, eps=E, steps=2, num_neighbors=2),
     _named(jaxadv.tifgsm, L_INF, keyed=True, targeted=True, eps=E, steps=2, kernel_size=3),
     _named(jaxadv.apgd, L_INF, keyed=True, targeted=True, eps=E, steps=3),
-    _named(jaxadv.apgd_targeted, L_INF, keyed=True, targeted=False, eps=E, steps=3, n_target_classes=3),
+    _named(jaxadv.apgd_targeted, L_INF, keyed=True, targeted=False, eps=E, steps=3, num_target_classes=3),
     _named(
         jaxadv.cw_l2,
         NO_BALL,

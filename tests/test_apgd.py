@@ -40,25 +40,30 @@ def test_losses() -> None:
     np.testing.assert_allclose(
         dlr_targeted(z, y - t), [-(3 - 0) / (3 - (0 - 1) / 2), -(0 - 2) / (2 - (0 - 2) / 2)], rtol=1e-6
     )
+    # One function, in the losses module, re-exported.
+    assert dlr_targeted is jaxadv.losses.dlr_targeted is jaxadv.dlr_targeted
 
 
-@pytest.mark.parametrize("loss", ["ce", "dlr"])
+@pytest.mark.parametrize("loss", ["ce", "dlr", "ce-targeted"])
 def test_linear_model_reaches_the_corner(loss: str) -> None:
-    # Two classes, logits (0, w.x + b): CE and DLR both grow with w.x, so the
-    # maximiser over the L-inf ball is x + eps * sign(w) (no box in the way).
+    # Two classes, logits (0, w.x + b): CE and DLR both grow with w.x, and so does
+    # minus the CE of class 1 (targeted), so the maximiser over the L-inf ball is
+    # x + eps * sign(w) (no box in the way).
     rng = np.random.default_rng(0)
     w = jnp.asarray(rng.normal(size=6), jnp.float32)
     f = jaxadv.from_apply(_linear_apply, (w, jnp.float32(-8.0)))
     x = jnp.asarray(rng.uniform(-1, 1, size=(5, 6)), jnp.float32)
-    loss_arg = loss if loss == "ce" else jaxadv.cross_entropy
+    loss_arg = "ce" if loss.startswith("ce") else jaxadv.cross_entropy
+    targeted = loss == "ce-targeted"
     out = jaxadv.apgd(
         f,
         x,
-        jnp.zeros(5, jnp.int32),
+        jnp.full(5, int(targeted), jnp.int32),
         key=jax.random.key(1),
         eps=0.3,
         steps=10,
         loss=loss_arg,
+        targeted=targeted,
         bounds=(-10.0, 10.0),
     )
     np.testing.assert_allclose(out, x + 0.3 * jnp.sign(w), atol=1e-6)
@@ -119,7 +124,7 @@ def test_success_is_kept_and_returned(cnn: Any, digits: Any) -> None:
     # Freezing an example once it succeeds does not change which examples succeed.
     np.testing.assert_array_equal(res.success, frozen.success)
     # More restarts never lose a success.
-    more = jaxadv.with_success(jaxadv.apgd)(cnn.logits_fn, x, y, key=key, eps=0.12, steps=10, n_restarts=3)
+    more = jaxadv.with_success(jaxadv.apgd)(cnn.logits_fn, x, y, key=key, eps=0.12, steps=10, num_restarts=3)
     assert bool(jnp.all(more.success >= frozen.success))
 
 
@@ -146,6 +151,6 @@ def test_jit_traced_params_and_eps_and_vmap(cnn: Any, digits: Any) -> None:
 def test_rejects_bad_arguments(cnn: Any, digits: Any) -> None:
     x = jnp.asarray(digits[1].x[:4])
     with pytest.raises(ValueError, match="norm"):
-        jaxadv.apgd(cnn.logits_fn, x, key=jax.random.key(0), eps=0.1, norm="l1")
+        jaxadv.apgd(cnn.logits_fn, x, key=jax.random.key(0), eps=0.1, norm="l0")
     with pytest.raises(ValueError, match="loss"):
         jaxadv.apgd(cnn.logits_fn, x, key=jax.random.key(0), eps=0.1, loss="hinge")

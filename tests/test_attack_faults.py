@@ -76,7 +76,7 @@ ATTACKS: dict[str, Attack] = {
     "mifgsm": lambda f, x, y, **k: jaxadv.mifgsm(f, x, y, eps=k.pop("eps", 0.1), steps=3, **k),
     "apgd": lambda f, x, y, **k: jaxadv.apgd(f, x, y, key=KEY, eps=k.pop("eps", 0.1), steps=5, **k),
     "apgd_targeted": lambda f, x, y, **k: jaxadv.apgd_targeted(
-        f, x, y, key=KEY, eps=k.pop("eps", 0.1), steps=5, n_target_classes=2, **k
+        f, x, y, key=KEY, eps=k.pop("eps", 0.1), steps=5, num_target_classes=2, **k
     ),
     # The black-box attacks with their success and query counts.
     "square": lambda f, x, y, **k: jaxadv.square(

@@ -64,7 +64,7 @@ ATTACK_SETTINGS: dict[str, tuple[dict[str, Any], bool, bool]] = {
     "apgd": ({"eps": EPS, "steps": 6}, True, False),
     "apgd:dlr": ({"eps": EPS, "steps": 6, "loss": "dlr"}, True, False),
     "apgd:l2": ({"eps": 1.0, "steps": 6, "norm": "l2"}, True, False),
-    "apgd_targeted": ({"eps": EPS, "steps": 6, "n_target_classes": 2}, True, False),
+    "apgd_targeted": ({"eps": EPS, "steps": 6, "num_target_classes": 2}, True, False),
     "cw_l2": ({"steps": 3, "binary_search_steps": 2}, False, True),
     "deepfool": ({"steps": 3}, False, True),
     "deepfool:linf": ({"steps": 3, "norm": "linf"}, False, True),

@@ -1,7 +1,8 @@
-r"""Auto-PGD (Croce & Hein, 2020): step-size-free PGD with momentum and restarts.
+r"""Auto-PGD (Croce & Hein, 2020, 2021): step-size-free PGD with restarts, for L-inf, L2 and L1.
 
-APGD runs projected steepest ascent with a momentum term and halves its step
-size at checkpoints when progress stalls, restarting from the best point found:
+**L-inf and L2** (Croce & Hein, 2020). APGD runs projected steepest ascent
+with a momentum term and halves its step size at checkpoints when progress
+stalls, restarting from the best point found:
 
 .. math::
     z^{(k+1)} &= \Pi_S\big(x^{(k)} + \eta^{(k)} d_p(\nabla f(x^{(k)}))\big) \\
@@ -25,34 +26,69 @@ best point seen, when
 2. the step size was not halved at the previous checkpoint and the best loss
    has not improved since then.
 
-The highest loss point and every adversarial iterate are tracked per example;
-an example that has become adversarial is frozen (its state no longer changes
-inside the compiled loop) when ``early_stop`` is on. A point where the model's
-logits (or the loss, or its gradient) are not finite scores a loss of
-:math:`-\infty` and is never adversarial; examples whose clean logits are not
-finite are returned unchanged.
+**L1** ("Mind the box", Croce & Hein, 2021). The feasible set
+:math:`S = B^1_\epsilon(x) \cap [lo, hi]` has sparse corners, and three things
+change:
+
+* the step is sparse: :math:`x^{(k+1)} = \Pi_S(x^{(k)} + \eta^{(k)} d)` with
+  :math:`d_i = \mathrm{sign}(g_i) / |K|` on the set :math:`K` of coordinates
+  whose :math:`|g_i|` reaches the :math:`(1 - \kappa)`-quantile of
+  :math:`|g|` (the top :math:`\kappa` fraction) and 0 elsewhere; no momentum;
+* :math:`\Pi_S` is the exact Euclidean projection onto the L1 ball
+  intersected with the box (:func:`project_l1_box`), not a projection onto the
+  ball followed by clipping;
+* :math:`\eta^{(0)} = \epsilon` and :math:`\kappa^{(0)} = 0.2`; every
+  ``max(int(0.04 N), 1)`` steps, with :math:`s = \|x_{best} - x\|_0` the
+  sparsity of the highest-loss point: :math:`\kappa = s / (1.5 n)` (steps as
+  sparse as the best perturbation, :math:`n` coordinates); if :math:`s` fell
+  below 0.95 times its value at the previous checkpoint the step size is reset
+  to :math:`\epsilon` and the iterate and gradient to the best point,
+  otherwise the step size is divided by 1.5; it stays in
+  :math:`[\epsilon / 10, \epsilon]`.
+
+With ``shrinking_eps`` (L1 only; AutoAttack's L1 configuration) the steps are
+split 30%/30%/40% between the radii :math:`3\epsilon`, :math:`2\epsilon` and
+:math:`\epsilon`; each stage starts from the previous stage's highest-loss
+point projected onto its smaller set, with :math:`\kappa^{(0)}` and the
+reference sparsity taken from that start. Only the last stage's points are
+returned or count as adversarial.
+
+**All norms.** The gradient comes from a gradient source of
+:mod:`jaxadv.compose`: the exact gradient of the loss
+(:class:`jaxadv.compose.LossGradient`), or with ``eot_samples > 1``, a random
+``transform`` or a randomised model, its mean over draws
+(:class:`jaxadv.compose.EOT`). The highest loss point and every adversarial
+iterate (:func:`jaxadv.success.hits`, on the iterate rounded to the caller's
+dtype) are tracked per example; an example that has become adversarial is
+frozen (its state no longer changes inside the compiled loop) when
+``early_stop`` is on. A point where the model's logits (or the loss, or its
+gradient) are not finite scores a loss of :math:`-\infty` and is never
+adversarial; examples whose clean logits are not finite are returned unchanged.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+import math
+import warnings
+from typing import Any, Callable, NamedTuple, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxadv.attacks.base import Problem, prepare
-from jaxadv.attacks.iterative import check_finite_step, finite_step
+from jaxadv.compose.loop import _EVAL, _as_model, _FixedKey, _unfix, check_finite_step
+from jaxadv.compose.sources import EOT, LossGradient
 from jaxadv.engine import iterate
-from jaxadv.gradients import loss_and_grad
-from jaxadv.losses import cross_entropy, dlr, finite_rows, row_scale
+from jaxadv.losses import dlr, dlr_targeted, finite_rows, get_loss
 from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
 from jaxadv.threat_models import (
     per_example,
     project_to_feasible,
     random_feasible,
+    row_sum,
     steepest_direction,
     step_along,
 )
@@ -61,25 +97,30 @@ from jaxadv.validation import check_norm, check_steps, is_traced
 
 __all__ = ["apgd", "apgd_targeted", "dlr", "dlr_targeted"]
 
-_LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "dlr": dlr}
+_F32_MAX = float(np.finfo(np.float32).max)
+# A run's gradient draws use keys folded from its key with this tag, so that
+# they are independent of its random start.
+_GRAD = 0x6AD
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def dlr_targeted(logits: Array, signed: Array) -> Array:
-    r"""Targeted DLR loss of APGD-T (Croce & Hein, 2020), per example.
+def _renamed_keyword(old: str, new: str) -> Callable[[_F], _F]:
+    """Accept the keyword ``old`` as a deprecated spelling of ``new`` (not both)."""
 
-    .. math::
-        -\frac{z_y - z_t}{z_{\pi_1} - (z_{\pi_3} + z_{\pi_4}) / 2}
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if old in kwargs:
+                if new in kwargs:
+                    raise ValueError(f"pass {new}= only: {old}= is its deprecated name, and both were given")
+                warnings.warn(f"{old}= is deprecated; use {new}=", DeprecationWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
 
-    ``signed`` is ``onehot(y) - onehot(t)`` (``[batch, C]``), so that the loss keeps
-    the library's ``(logits, labels) -> [batch]`` signature; APGD-T ascends it.
-    Needs at least four classes.
-    """
-    z = logits.astype(jnp.float32)
-    z = z * row_scale(z)  # scale-invariant ratio; the power-of-two scale keeps huge logits finite
-    # A sort along the class axis, not lax.top_k: XLA partitions sorts along the
-    # batch axis, so batch-sharded logits are not gathered onto one device.
-    top = -jnp.sort(-z, axis=-1)[:, :4]
-    return -jnp.sum(signed * z, axis=-1) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+        return cast(_F, call)
+
+    return wrap
 
 
 def checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,9 +145,96 @@ def checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
     return is_check, window
 
 
+def l1_checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The checkpoints of L1-APGD: every ``max(int(0.04 N), 1)`` iterations (same
+    return format as :func:`checkpoint_schedule`)."""
+    k = max(int(0.04 * steps), 1)
+    is_check = (np.arange(steps) + 1) % k == 0
+    return is_check, np.where(is_check, np.float32(k), np.float32(1.0)).astype(np.float32)
+
+
+def _flat(a: Array) -> Array:
+    return a.reshape(a.shape[0], math.prod(a.shape[1:]))
+
+
+@jax.jit
+def project_l1_box(x_adv: Array, x: Array, eps: ArrayLike, lo: ArrayLike, hi: ArrayLike) -> Array:
+    r"""The Euclidean projection of ``x_adv`` onto :math:`\{z : \|z - x\|_1 \le \epsilon,\ lo \le z \le hi\}`.
+
+    With :math:`y = x' - x` and :math:`u_i` the room in the box along
+    :math:`\mathrm{sign}(y_i)` (:math:`hi_i - x_i` or :math:`x_i - lo_i`), the
+    problem separates per coordinate given the multiplier :math:`\lambda \ge 0`
+    of the L1 constraint:
+    :math:`\delta_i(\lambda) = \mathrm{sign}(y_i)\,\min(\max(|y_i| - \lambda, 0), u_i)`.
+    :math:`\lambda = 0` when :math:`\|\delta(0)\|_1 \le \epsilon`; otherwise
+    :math:`\phi(\lambda) = \|\delta(\lambda)\|_1` is piecewise linear and
+    non-increasing with breakpoints :math:`|y_i|` and :math:`|y_i| - u_i`, so one
+    sort of the :math:`2n` breakpoints and a cumulative sum give the exact
+    :math:`\lambda` with :math:`\phi(\lambda) = \epsilon`. Needs :math:`x` inside
+    the box. Sums that overflow to ``inf`` lie past the crossing, so a finite
+    ``eps`` still finds it; ``eps = inf`` gives the box clip of ``x_adv``.
+
+    Args:
+      x_adv: ``[batch, ...]`` points to project.
+      x: ``[batch, ...]`` centres, inside ``[lo, hi]``.
+      eps: radius, scalar or ``[batch]``.
+      lo, hi: bounds broadcasting against ``x``.
+
+    Returns:
+      The projected points, float32, shape of ``x``.
+    """
+    xf = x.astype(jnp.float32)
+    y = _flat(jnp.clip(x_adv.astype(jnp.float32) - xf, -_F32_MAX, _F32_MAX))
+    up = _flat(jnp.broadcast_to(jnp.asarray(hi, jnp.float32) - xf, x.shape))
+    down = _flat(jnp.broadcast_to(xf - jnp.asarray(lo, jnp.float32), x.shape))
+    a = jnp.abs(y)
+    # For lambda >= 0 a room beyond |y_i| changes nothing: capping it keeps every
+    # breakpoint finite (also for unbounded boxes) and >= 0.
+    room = jnp.clip(jnp.where(y > 0, up, down), 0.0, a)
+    b, n = a.shape
+    eps_b = jnp.broadcast_to(jnp.reshape(jnp.asarray(eps, jnp.float32), (-1,)), (b,))
+    eps_c = eps_b[:, None]
+    breaks = jnp.concatenate([a, a - room], axis=1)
+    slope = jnp.concatenate([jnp.ones((b, n), jnp.float32), -jnp.ones((b, n), jnp.float32)], axis=1)
+    neg_sorted, slope_sorted = jax.lax.sort((-breaks, slope), dimension=1, num_keys=1)
+    knots = -neg_sorted  # descending
+    active = jnp.cumsum(slope_sorted, axis=1)  # coordinates moving with lambda just below each knot
+    phi = jnp.concatenate(
+        [jnp.zeros((b, 1), jnp.float32), jnp.cumsum(active[:, :-1] * (knots[:, :-1] - knots[:, 1:]), axis=1)],
+        axis=1,
+    )
+    j = jnp.maximum(jnp.sum(phi < eps_c, axis=1) - 1, 0)[:, None]
+    slope_j = jnp.maximum(jnp.take_along_axis(active, j, axis=1), 1.0)
+    lam = jnp.take_along_axis(knots, j, axis=1) - (eps_c - jnp.take_along_axis(phi, j, axis=1)) / slope_j
+    lam = jnp.maximum(lam, 0.0)
+    inside = (row_sum(room) <= eps_b)[:, None]
+    delta = jnp.sign(y) * jnp.where(inside, room, jnp.clip(a - lam, 0.0, room))
+    # x + (hi - x) may round past hi: clip (it only shrinks the perturbation).
+    return jnp.clip(xf + delta.reshape(x.shape), lo, hi)
+
+
+def _sparse_direction(grad: Array, topk: Array) -> Array:
+    """``sign(g)`` on the coordinates with ``|g|`` at least its ``(1 - topk)``-quantile
+    (per example), divided by their number: a unit-L1 ascent direction moving the
+    top ``topk`` fraction of coordinates."""
+    g = _flat(grad)
+    n = g.shape[1]
+    a = jnp.abs(g)
+    idx = jnp.clip(jnp.floor((1.0 - topk) * n), 0, n - 1).astype(jnp.int32)
+    # A sort rather than lax.top_k, which a batch-sharded input would all-gather.
+    threshold = jnp.take_along_axis(jnp.sort(a, axis=1), idx[:, None], axis=1)
+    s = jnp.where(a >= threshold, jnp.sign(g), 0.0)
+    return (s / (row_sum(jnp.abs(s))[:, None] + 1e-10)).reshape(grad.shape)
+
+
+def _sparsity(x_t: Array, x: Array) -> Array:
+    """``[batch]`` float32: the number of coordinates where ``x_t`` differs from ``x``."""
+    return jnp.sum(_flat(x_t != x), axis=1).astype(jnp.float32)
+
+
 class _State(NamedTuple):
     x: Array  # current iterate
-    x_prev: Array  # iterate before the last step (momentum)
+    x_prev: Array  # iterate before the last step (momentum; L-inf/L2)
     grad: Array  # ascent gradient at x
     eta: Array  # [batch] step size
     x_best: Array  # highest-loss point
@@ -115,9 +243,40 @@ class _State(NamedTuple):
     x_adv: Array  # last adversarial iterate found
     found: Array  # [batch] bool
     prev_loss: Array  # [batch] loss at the previous iterate
-    n_incr: Array  # [batch] loss increases since the last checkpoint
-    loss_best_last: Array  # [batch] best loss at the last checkpoint
-    reduced_last: Array  # [batch] bool: step halved at the last checkpoint
+    n_incr: Array  # [batch] loss increases since the last checkpoint (L-inf/L2)
+    loss_best_last: Array  # [batch] best loss at the last checkpoint (L-inf/L2)
+    reduced_last: Array  # [batch] bool: step halved at the last checkpoint (L-inf/L2)
+    topk: Array  # [batch] fraction of coordinates an L1 step moves
+    sparsity_last: Array  # [batch] ||x_best - x||_0 at the last L1 checkpoint
+
+
+class _Operands(NamedTuple):
+    """Loop-invariant arrays (traced)."""
+
+    params: Any  # the model's parameters
+    x: Array  # clean batch
+    labels: Array  # what success is tested against (targets when targeted)
+    loss_labels: Array  # [batch, C] labels given to the loss
+    lo: Array
+    hi: Array
+    eps: Array  # this run's radius
+    is_check: Array  # [steps] bool
+    window: Array  # [steps] checkpoint window lengths
+    rho: Array
+    key: PRNGKey  # the run's gradient key
+    source: Any  # gradient source (a pytree)
+    freeze: Array  # bool: early stop of L1 runs (traced: the stages of shrinking_eps share one program)
+
+
+class _Static(NamedTuple):
+    """Hashable configuration."""
+
+    model: Any
+    norm: Norm
+    dtype: Any
+    early_stop: bool  # L-inf/L2 (L1: the operand ``freeze``)
+    targeted: bool
+    randomized: bool
 
 
 def _freeze(new: Any, old: Any, frozen: Array) -> Any:
@@ -127,42 +286,56 @@ def _freeze(new: Any, old: Any, frozen: Array) -> Any:
     return jax.tree_util.tree_map(pick, new, old)
 
 
-def _checked_loss_and_grad(
-    logits_fn: LogitsFn, x: Array, loss_labels: Array, loss: LossFn
-) -> tuple[Array, Array, Array]:
-    """:func:`jaxadv.loss_and_grad`, with a point where the logits, the loss or the
-    gradient are not finite scored as loss ``-inf`` (never the best point) with a
-    zero gradient (the next step only follows the momentum)."""
-    loss_val, logits, grad = loss_and_grad(logits_fn, x, loss_labels, loss=loss, targeted=False)
-    ok = finite_step(logits, grad) & jnp.isfinite(loss_val)
-    loss_val = jnp.where(ok, loss_val, -jnp.inf)
-    grad = jnp.where(per_example(ok, grad) > 0, grad, 0.0)
+def _evaluate(ops: _Operands, static: _Static, x_t: Array, key: PRNGKey) -> tuple[Array, Array, Array]:
+    """``(objective, logits, gradient)`` at ``x_t`` from the gradient source: the
+    objective is the loss, negated when ``targeted``; a point where the logits, the
+    loss or the gradient are not finite scores ``-inf`` (never the best point) with a
+    zero gradient (the next step only follows the momentum). The logits are those
+    the source saw at ``x_t``, or one more draw of the model when it only saw
+    transformed inputs."""
+    model = _as_model(static.model, ops.params, static.randomized)
+    g = ops.source(model, x_t, ops.loss_labels, key=key, targeted=static.targeted)
+    ok = g.ok & jnp.isfinite(g.loss)
+    loss_val = jnp.where(ok, -g.loss if static.targeted else g.loss, -jnp.inf)
+    grad = jnp.where(per_example(ok, g.grad) > 0, g.grad, 0.0)
+    logits = g.logits if g.logits is not None else model(x_t, jax.random.fold_in(key, _EVAL))
     return loss_val, logits, grad
 
 
-def _apgd_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
-    params, x, y, loss_labels, lo, hi, eps, is_check, window, rho = operands
-    model, norm, loss, dtype, early_stop = static
-    logits_fn = combine_model(model, params)
-    a = jnp.where(i > 0, 0.75, 1.0)
-    z = project_to_feasible(s.x + step_along(s.eta, steepest_direction(s.grad, norm)), x, eps, norm, lo, hi)
-    x_new = project_to_feasible(s.x + a * (z - s.x) + (1.0 - a) * (s.x - s.x_prev), x, eps, norm, lo, hi)
-    x_new = as_returned(x_new, dtype, lo, hi)
-    loss_val, logits, grad = _checked_loss_and_grad(logits_fn, x_new, loss_labels, loss)
-
-    hit = hits(logits, y, False)
+def _record(
+    s: _State, x_new: Array, loss_val: Array, logits: Array, grad: Array, ops: _Operands, static: _Static
+) -> tuple[Array, Array, Array, Array, Array]:
+    """Success at ``x_new``, and the new last adversarial iterate, highest-loss point,
+    its gradient and its loss."""
+    hit = hits(logits, ops.labels, static.targeted)
     x_adv = _freeze(x_new, s.x_adv, ~hit)
     better = loss_val > s.loss_best
     x_best = _freeze(x_new, s.x_best, ~better)
     grad_best = _freeze(grad, s.grad_best, ~better)
     loss_best = jnp.where(better, loss_val, s.loss_best)
+    return hit, x_adv, x_best, grad_best, loss_best
+
+
+def _apgd_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
+    """One APGD step for L-inf or L2: momentum step, halving at checkpoints."""
+    norm, lo, hi = static.norm, ops.lo, ops.hi
+    a = jnp.where(i > 0, 0.75, 1.0)
+    z = project_to_feasible(
+        s.x + step_along(s.eta, steepest_direction(s.grad, norm)), ops.x, ops.eps, norm, lo, hi
+    )
+    x_new = project_to_feasible(
+        s.x + a * (z - s.x) + (1.0 - a) * (s.x - s.x_prev), ops.x, ops.eps, norm, lo, hi
+    )
+    x_new = as_returned(x_new, static.dtype, lo, hi)
+    loss_val, logits, grad = _evaluate(ops, static, x_new, jax.random.fold_in(ops.key, i + 1))
+    hit, x_adv, x_best, grad_best, loss_best = _record(s, x_new, loss_val, logits, grad, ops, static)
     n_incr = s.n_incr + (loss_val > s.prev_loss).astype(jnp.float32)
 
-    at_check = is_check[i]
-    few_increases = n_incr <= window[i] * rho
+    at_check = ops.is_check[i]
+    few_increases = n_incr <= ops.window[i] * ops.rho
     stalled = ~s.reduced_last & (s.loss_best_last >= loss_best)
     reduce = at_check & (few_increases | stalled)
-    new = _State(
+    new = s._replace(
         x=_freeze(x_best, x_new, ~reduce),
         x_prev=s.x,
         grad=_freeze(grad_best, grad, ~reduce),
@@ -177,31 +350,70 @@ def _apgd_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
         loss_best_last=jnp.where(at_check, loss_best, s.loss_best_last),
         reduced_last=jnp.where(at_check, reduce, s.reduced_last),
     )
-    if early_stop:
+    if static.early_stop:
         new = _freeze(new, s, s.found)
     return new
 
 
-@functools.partial(jax.jit, static_argnames=("model", "norm", "loss", "dtype"))
+def _apgd_l1_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
+    """One L1-APGD step: sparse step, exact projection, sparsity-driven checkpoints."""
+    lo, hi = ops.lo, ops.hi
+    x_new = project_l1_box(s.x + step_along(s.eta, _sparse_direction(s.grad, s.topk)), ops.x, ops.eps, lo, hi)
+    x_new = as_returned(x_new, static.dtype, lo, hi)
+    loss_val, logits, grad = _evaluate(ops, static, x_new, jax.random.fold_in(ops.key, i + 1))
+    hit, x_adv, x_best, grad_best, loss_best = _record(s, x_new, loss_val, logits, grad, ops, static)
+
+    at_check = ops.is_check[i]
+    sparsity = _sparsity(x_best, ops.x)
+    # The best point got sparser: take full steps again from there.
+    sparser = at_check & (sparsity / s.sparsity_last < 0.95)
+    eps = jnp.broadcast_to(ops.eps, s.eta.shape)
+    eta = jnp.clip(jnp.where(sparser, eps, s.eta / 1.5), eps / 10.0, eps)
+    n = math.prod(ops.x.shape[1:])
+    new = s._replace(
+        x=_freeze(x_best, x_new, ~sparser),
+        x_prev=s.x,
+        grad=_freeze(grad_best, grad, ~sparser),
+        eta=jnp.where(at_check, eta, s.eta),
+        x_best=x_best,
+        grad_best=grad_best,
+        loss_best=loss_best,
+        x_adv=x_adv,
+        found=s.found | hit,
+        prev_loss=loss_val,
+        topk=jnp.where(at_check, sparsity / n / 1.5, s.topk),
+        sparsity_last=jnp.where(at_check, sparsity, s.sparsity_last),
+    )
+    return _freeze(new, s, s.found & ops.freeze)
+
+
+@functools.partial(jax.jit, static_argnames=("static",))
 def _apgd_init(
-    key: PRNGKey,
-    params: Any,
-    x: Array,
-    y: Array,
-    loss_labels: Array,
-    lo: Array,
-    hi: Array,
-    eps: Array,
-    found: Array,
-    *,
-    model: Any,
-    norm: Norm,
-    loss: LossFn,
-    dtype: Any,
+    key: PRNGKey, ops: _Operands, found: Array, x_start: Array | None, *, static: _Static
 ) -> _State:
-    x0 = as_returned(random_feasible(key, x, eps, norm, lo, hi), dtype, lo, hi)
-    loss0, logits, grad = _checked_loss_and_grad(combine_model(model, params), x0, loss_labels, loss)
-    eta = jnp.broadcast_to(2.0 * eps, (x.shape[0],)).astype(jnp.float32)
+    """The state at the start point: a random point of the feasible set (``key``),
+    or ``x_start`` projected onto it (an L1 stage warm-started from the last one)."""
+    if x_start is None:
+        x0 = random_feasible(key, ops.x, ops.eps, static.norm, ops.lo, ops.hi)
+    else:
+        x0 = project_l1_box(x_start, ops.x, ops.eps, ops.lo, ops.hi)
+    x0 = as_returned(x0, static.dtype, ops.lo, ops.hi)
+    loss0, logits, grad = _evaluate(ops, static, x0, jax.random.fold_in(ops.key, 0))
+    b = ops.x.shape[0]
+    eps_b = jnp.broadcast_to(ops.eps, (b,)).astype(jnp.float32)
+    if static.norm == "l1":
+        eta = eps_b
+        if x_start is None:
+            topk, sparsity = (
+                jnp.full((b,), 0.2, jnp.float32),
+                jnp.full((b,), math.prod(ops.x.shape[1:]), jnp.float32),
+            )
+        else:
+            sparsity = _sparsity(x0, ops.x)
+            topk = sparsity / math.prod(ops.x.shape[1:]) / 1.5
+    else:
+        eta = 2.0 * eps_b
+        topk = sparsity = jnp.zeros((b,), jnp.float32)
     return _State(
         x=x0,
         x_prev=x0,
@@ -211,11 +423,13 @@ def _apgd_init(
         grad_best=grad,
         loss_best=loss0,
         x_adv=x0,
-        found=found | hits(logits, y, False),
+        found=found | hits(logits, ops.labels, static.targeted),
         prev_loss=loss0,
         n_incr=jnp.zeros_like(loss0),
         loss_best_last=loss0,
         reduced_last=jnp.ones_like(found),
+        topk=topk,
+        sparsity_last=sparsity,
     )
 
 
@@ -223,6 +437,66 @@ class _Outcome(NamedTuple):
     x: Array
     found: Array
     loss: Array
+
+
+def _gradient_source(loss: LossFn, eot_samples: int, transform: Any, randomized: bool) -> Any:
+    """The exact gradient of ``loss``, or its mean over draws when there is randomness."""
+    if eot_samples == 1 and transform is None and not randomized:
+        return LossGradient(loss)
+    return EOT(LossGradient(loss), eot_samples, transform)
+
+
+def _single_run(
+    p: Problem,
+    key: PRNGKey,
+    loss_labels: Array,
+    source: Any,
+    found: Array,
+    x_start: Array | None,
+    *,
+    eps: Array,
+    steps: int,
+    static: _Static,
+    early_stop: bool,
+    rho: float,
+    loop: LoopMode,
+    length: int | None = None,
+) -> _State:
+    """One APGD run of ``steps`` iterations in the ball of radius ``eps``; the
+    checkpoint arrays are padded to ``length`` (so that runs of different lengths
+    share one compiled loop)."""
+    schedule = l1_checkpoint_schedule if static.norm == "l1" else checkpoint_schedule
+    is_check, window = schedule(steps)
+    if length is not None and length > steps:
+        is_check = np.pad(is_check, (0, length - steps))
+        window = np.pad(window, (0, length - steps), constant_values=1.0)
+    ops = _Operands(
+        params=p.params,
+        x=p.x,
+        labels=p.labels,
+        loss_labels=loss_labels,
+        lo=p.lo,
+        hi=p.hi,
+        eps=eps,
+        is_check=jnp.asarray(is_check),
+        window=jnp.asarray(window),
+        rho=jnp.asarray(rho, jnp.float32),
+        key=jax.random.fold_in(key, _GRAD),
+        source=source,
+        freeze=jnp.asarray(early_stop),
+    )
+    l1 = static.norm == "l1"
+    static = static._replace(early_stop=early_stop and not l1)
+    init = _apgd_init(key, ops, found, x_start, static=static)
+    body = _apgd_l1_body if l1 else _apgd_body
+    return iterate(body, init, ops, steps=steps, static=static, loop=loop)
+
+
+def stage_steps(steps: int) -> tuple[int, int, int]:
+    """Iterations at :math:`3\\epsilon`, :math:`2\\epsilon` and :math:`\\epsilon` with
+    ``shrinking_eps``: ``ceil(0.3 N)``, ``ceil(0.3 N)`` and the rest."""
+    first = math.ceil(0.3 * steps)
+    return first, first, steps - 2 * first
 
 
 def _run(
@@ -237,38 +511,53 @@ def _run(
     rho: float,
     early_stop: bool,
     loop: LoopMode,
+    targeted: bool = False,
+    eot_samples: int = 1,
+    transform: Any = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
 ) -> _Outcome:
-    """One APGD run from a random start; merges into ``prior`` (earlier successes win)."""
-    init = _apgd_init(
-        key,
-        p.params,
-        p.x,
-        p.labels,
-        loss_labels,
-        p.lo,
-        p.hi,
-        p.eps,
-        prior.found,
-        model=p.model,
-        norm=norm,
-        loss=loss,
-        dtype=p.dtype,
-    )
-    is_check, window = checkpoint_schedule(steps)
-    operands = (
-        p.params,
-        p.x,
-        p.labels,
-        loss_labels,
-        p.lo,
-        p.hi,
-        p.eps,
-        jnp.asarray(is_check),
-        jnp.asarray(window),
-        jnp.asarray(rho, jnp.float32),
-    )
-    static = (p.model, norm, loss, p.dtype, early_stop)
-    s = iterate(_apgd_body, init, operands, steps=steps, static=static, loop=loop)
+    """One APGD run from a random start; merges into ``prior`` (earlier successes win).
+
+    ``p.model`` is the model's structure as the loop calls it (for a randomised
+    model, the structure of ``logits_fn(x, key)``)."""
+    source = _gradient_source(loss, eot_samples, transform, randomized)
+    static = _Static(p.model, norm, p.dtype, False, targeted, randomized)
+    if shrinking_eps:
+        x_start = None
+        for stage, (factor, n) in enumerate(zip((3.0, 2.0, 1.0), stage_steps(steps), strict=True)):
+            last = factor == 1.0
+            s = _single_run(
+                p,
+                jax.random.fold_in(key, stage) if stage else key,
+                loss_labels,
+                source,
+                prior.found if last else jnp.zeros_like(prior.found),
+                x_start,
+                eps=p.eps * factor,
+                steps=n,
+                static=static,
+                early_stop=early_stop and last,
+                rho=rho,
+                loop=loop,
+                length=steps,
+            )
+            x_start = s.x_best
+    else:
+        s = _single_run(
+            p,
+            key,
+            loss_labels,
+            source,
+            prior.found,
+            None,
+            eps=p.eps,
+            steps=steps,
+            static=static,
+            early_stop=early_stop,
+            rho=rho,
+            loop=loop,
+        )
     new_hit = s.found & ~prior.found
     higher = ~s.found & ~prior.found & (s.loss_best > prior.loss)
     x_out = _freeze(s.x_adv, prior.x, ~new_hit)
@@ -276,17 +565,45 @@ def _run(
     return _Outcome(x_out, prior.found | s.found, jnp.where(higher, s.loss_best, prior.loss))
 
 
-def _check_common(norm: Norm, rho: float, n_restarts: int, key: PRNGKey) -> Norm:
-    """Static checks shared by both APGD variants; returns the canonical norm."""
+def _check_common(
+    norm: Norm,
+    rho: float,
+    num_restarts: int,
+    key: PRNGKey,
+    eot_samples: int,
+    shrinking_eps: bool,
+    steps: int,
+) -> tuple[Norm, int]:
+    """Static checks shared by both APGD variants; returns the canonical norm and ``steps``."""
     norm = check_norm(norm)
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"APGD supports norm='linf' or 'l2', got {norm!r}")
     if not 0.0 < rho <= 1.0:
         raise ValueError(f"rho must be in (0, 1], got {rho}")
-    check_steps(n_restarts, "n_restarts")
+    check_steps(num_restarts, "num_restarts")
+    steps = check_steps(steps)
     if key is None:
         raise ValueError("key is required for the random starts (pass key=jax.random.key(0))")
-    return norm
+    if not isinstance(eot_samples, (int, np.integer)) or isinstance(eot_samples, bool) or eot_samples < 1:
+        raise ValueError(f"eot_samples must be a positive int, got {eot_samples!r}")
+    if shrinking_eps and norm != "l1":
+        raise ValueError(f"shrinking_eps is part of the L1 version of APGD (norm='l1'), got norm={norm!r}")
+    if shrinking_eps and steps < 3:
+        raise ValueError(f"shrinking_eps splits the steps into three stages: steps must be >= 3, got {steps}")
+    return norm, steps
+
+
+def _problem(
+    logits_fn: LogitsFn, x: ArrayLike, y: ArrayLike | None, key: PRNGKey, eps: ArrayLike, bounds: Bounds,
+    targeted: bool, randomized: bool,
+) -> Problem:  # fmt: skip
+    """:func:`prepare`, with a randomised model seen through one fixed key (for the
+    input checks, the clean logits and the success of the returned batch)."""
+    model = _FixedKey(logits_fn, key) if randomized else logits_fn
+    return prepare(model, x, y, bounds=bounds, targeted=targeted, eps=eps)
+
+
+def _loop_problem(p: Problem, randomized: bool) -> Problem:
+    """The problem whose model the loop calls with its own keys."""
+    return p._replace(model=_unfix(p.model)) if randomized else p
 
 
 def _start(p: Problem) -> _Outcome:
@@ -295,14 +612,15 @@ def _start(p: Problem) -> _Outcome:
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _clean_finite(params: Any, x: Array, *, model: Any) -> Array:
-    return finite_rows(combine_model(model, params)(x))
+def _clean_logits(params: Any, x: Array, *, model: Any) -> Array:
+    return combine_model(model, params)(x)
 
 
 def _all_found(out: _Outcome, skip: Array) -> bool:
     return not is_traced(out.found) and bool(jnp.all(out.found | skip))
 
 
+@_renamed_keyword("n_restarts", "num_restarts")
 def apgd(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -312,48 +630,86 @@ def apgd(
     eps: ArrayLike,
     steps: int = 100,
     norm: Norm = "linf",
-    loss: str | LossFn = "ce",
-    n_restarts: int = 1,
-    rho: float = 0.75,
-    early_stop: bool = True,
+    targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    num_restarts: int = 1,
+    rho: float = 0.75,
+    eot_samples: int = 1,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
+    early_stop: bool | None = None,
     loop: LoopMode = "auto",
-) -> Array:
-    r"""Untargeted Auto-PGD (Croce & Hein, 2020): APGD-CE and APGD-DLR.
+    return_info: bool = False,
+) -> Any:
+    r"""Auto-PGD (Croce & Hein, 2020, 2021): APGD-CE and APGD-DLR, in L-inf, L2 and L1.
 
-    Runs the algorithm of the module docstring ``n_restarts`` times from random
-    points of the ball (each restart only matters for examples not yet fooled),
-    ascending cross-entropy (``loss="ce"``) or the DLR loss (``loss="dlr"``,
-    :func:`jaxadv.dlr`; any ``(logits, onehot) -> [batch]`` callable works too).
+    Runs the algorithm of the module docstring ``num_restarts`` times from random
+    points of the feasible set (each restart only matters for examples not yet
+    fooled), ascending cross-entropy (``loss="ce"``) or the DLR loss
+    (``loss="dlr"``, :func:`jaxadv.dlr`; any ``(logits, onehot) -> [batch]``
+    callable works too). With ``targeted=True``, ``y`` holds target classes and
+    APGD descends the loss of the target (an example succeeds when the model
+    predicts it); the DLR loss has no targeted form here: use
+    :func:`apgd_targeted` (APGD-T) for that.
+
+    Randomness in the model or its input is attacked with expectation over
+    transformation: each gradient is the mean over ``eot_samples`` draws
+    (:class:`jaxadv.compose.EOT`), each with its own key, reaching a randomised
+    model ``logits_fn(x, key)`` (``randomized=True``) and an input
+    ``transform(key, x)``. AutoAttack's version for randomised defences
+    ("rand") runs APGD-CE and APGD-DLR with 20 draws. Success inside the loop
+    is tested on one further draw of the model at each iterate, and the
+    returned ``success`` (``return_info``) on the model with one fixed key.
 
     Args:
-      logits_fn: model ``x -> logits [batch, C]``.
+      logits_fn: model ``x -> logits [batch, C]``, or ``(x, key) -> logits``
+        with ``randomized=True``.
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
-      y: ``[batch]`` labels or ``[batch, C]`` one-hot; ``None``: the model's predictions.
-      key: PRNG key for the random starting points.
+      y: ``[batch]`` labels or ``[batch, C]`` one-hot (targets when
+        ``targeted``); ``None``: the model's predictions.
+      key: PRNG key for the random starting points and the draws.
       eps: radius, scalar or ``[batch]`` (traced).
       steps: iterations per restart :math:`N` (static).
-      norm: ``"linf"`` or ``"l2"``.
-      loss: ``"ce"``, ``"dlr"`` or a loss callable (static).
-      n_restarts: number of random restarts (static).
-      rho: the fraction of condition 1 (static).
-      early_stop: freeze an example once it is adversarial (its returned example
-        is then the first adversarial iterate; off, the last one).
+      norm: ``"linf"``, ``"l2"`` or ``"l1"``.
+      targeted: descend the loss of the target classes ``y`` (``loss="ce"`` or a
+        callable).
       bounds: ``(lo, hi)``, scalars or arrays broadcasting against ``x``.
+      loss: ``"ce"``, ``"dlr"``, another name or a callable
+        (:func:`jaxadv.losses.get_loss`; static).
+      num_restarts: number of random restarts (static). ``n_restarts`` is a
+        deprecated name for it.
+      rho: the fraction of condition 1 (static; L-inf and L2).
+      eot_samples: gradient draws per step (static); each step costs that many
+        forward-backward passes.
+      transform: optional random input transformation ``(key, x) -> x``
+        (static callable), applied before the model in each draw.
+      randomized: the model takes a key (see above).
+      shrinking_eps: with ``norm="l1"``, run 30%/30%/40% of the steps at
+        :math:`3\epsilon`, :math:`2\epsilon`, :math:`\epsilon` (AutoAttack's L1
+        configuration; ``steps >= 3``).
+      early_stop: freeze an example once it is adversarial (its returned example
+        is then the first adversarial iterate; off, the last one). ``None``: on,
+        except for a randomised model, where one draw's success is no reason to
+        stop improving (the highest-loss point keeps rising).
       loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
+      return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success,
+        None)`` instead of the array.
 
     Returns:
       The adversarial batch, shape and dtype of ``x``: for each example an
-      adversarial iterate when one was found, otherwise the highest-loss point.
-      Use :func:`jaxadv.is_adversarial` (or :func:`jaxadv.with_success`) for the
-      per-example success mask.
+      adversarial iterate when one was found, otherwise the highest-loss point
+      (with ``return_info``, an :class:`jaxadv.AttackResult`).
     """
-    norm = _check_common(norm, rho, n_restarts, key)
-    steps = check_steps(steps)
-    loss_fn = _LOSSES[loss] if isinstance(loss, str) and loss in _LOSSES else loss
-    if isinstance(loss_fn, str):
-        raise ValueError(f"loss must be 'ce', 'dlr' or a callable, got {loss!r}")
-    p = prepare(logits_fn, x, y, bounds=bounds, eps=eps)
+    norm, steps = _check_common(norm, rho, num_restarts, key, eot_samples, shrinking_eps, steps)
+    loss_fn = get_loss(loss)
+    if targeted and loss_fn is dlr:
+        raise ValueError(
+            "loss='dlr' has no targeted form in apgd: use jaxadv.apgd_targeted (APGD-T, the targeted "
+            "DLR loss over the top classes), or loss='ce' with targeted=True"
+        )
+    p = _problem(logits_fn, x, y, key, eps, bounds, targeted, randomized)
     if loss_fn is dlr and p.num_classes < 3:
         raise ValueError(
             f"loss='dlr' needs at least 3 classes (it divides by z_1 - z_3), got {p.num_classes}; "
@@ -361,13 +717,14 @@ def apgd(
         )
     check_finite_step(p.eps, p.lo, p.hi, "eps")
     if p.empty:
-        return p.finalize(p.x)
-    clean_bad = ~_clean_finite(p.params, p.x, model=p.model)
+        return p.output(p.finalize(p.x), targeted=targeted, return_info=return_info)
+    clean_bad = ~finite_rows(_clean_logits(p.params, p.x, model=p.model))
     loss_labels = p.labels if p.labels.ndim == 2 else jax.nn.one_hot(p.labels, p.num_classes)
+    q = _loop_problem(p, randomized)
     out = _start(p)
-    for r in range(n_restarts):
+    for r in range(num_restarts):
         out = _run(
-            p,
+            q,
             jax.random.fold_in(key, r),
             loss_labels,
             loss_fn,
@@ -375,14 +732,22 @@ def apgd(
             steps=steps,
             norm=norm,
             rho=rho,
-            early_stop=early_stop,
+            early_stop=not randomized if early_stop is None else early_stop,
             loop=loop,
+            targeted=targeted,
+            eot_samples=eot_samples,
+            transform=transform,
+            randomized=randomized,
+            shrinking_eps=shrinking_eps,
         )
         if _all_found(out, clean_bad):
             break
-    return p.finalize(jnp.where(per_example(clean_bad, p.x) > 0, p.x, out.x))
+    x_adv = p.finalize(jnp.where(per_example(clean_bad, p.x) > 0, p.x, out.x))
+    return p.output(x_adv, targeted=targeted, return_info=return_info)
 
 
+@_renamed_keyword("n_target_classes", "num_target_classes")
+@_renamed_keyword("n_restarts", "num_restarts")
 def apgd_targeted(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -392,64 +757,78 @@ def apgd_targeted(
     eps: ArrayLike,
     steps: int = 100,
     norm: Norm = "linf",
-    n_target_classes: int = 9,
-    n_restarts: int = 1,
-    rho: float = 0.75,
-    early_stop: bool = True,
     bounds: Bounds = (0.0, 1.0),
+    num_target_classes: int = 9,
+    num_restarts: int = 1,
+    rho: float = 0.75,
+    eot_samples: int = 1,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
+    early_stop: bool | None = None,
     loop: LoopMode = "auto",
-) -> Array:
+    return_info: bool = False,
+) -> Any:
     r"""APGD-T (Croce & Hein, 2020): APGD on the targeted DLR loss over the top classes.
 
     For :math:`k = 2, \dots, n_{target}+1` the target :math:`t` of each example is
-    its :math:`k`-th highest clean logit, and APGD (``n_restarts`` random starts
-    each) ascends :func:`dlr_targeted`. The goal is untargeted: an example counts
-    as fooled as soon as any run makes the model predict a class other than
-    ``y``; later runs only matter for examples not yet fooled (and are skipped
-    altogether when every example already is, outside ``jit``).
+    its :math:`k`-th highest clean logit, and APGD (``num_restarts`` random starts
+    each) ascends :func:`jaxadv.dlr_targeted`. The goal is untargeted: an example
+    counts as fooled as soon as any run makes the model predict a class other
+    than ``y``; later runs only matter for examples not yet fooled (and are
+    skipped altogether when every example already is, outside ``jit``).
 
     Args:
-      logits_fn, x, y, key, eps, steps, norm, rho, early_stop, bounds, loop: as in
+      logits_fn, x, y, key, eps, steps, norm, bounds, rho, eot_samples,
+        transform, randomized, shrinking_eps, early_stop, loop: as in
         :func:`apgd`. ``y`` must hold integer labels.
-      n_target_classes: number of target classes tried (static; at most ``C - 1``).
-      n_restarts: random restarts per target class (static).
+      num_target_classes: number of target classes tried (static; at most ``C - 1``).
+      num_restarts: random restarts per target class (static). ``n_restarts`` is
+        a deprecated name for it.
+      return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success,
+        None)`` (success: the prediction differs from ``y``).
 
     Returns:
       The adversarial batch, shape and dtype of ``x`` (see :func:`apgd`).
     """
-    norm = _check_common(norm, rho, n_restarts, key)
-    steps = check_steps(steps)
-    n_target_classes = check_steps(n_target_classes, "n_target_classes")
-    p = prepare(logits_fn, x, y, bounds=bounds, eps=eps)
+    norm, steps = _check_common(norm, rho, num_restarts, key, eot_samples, shrinking_eps, steps)
+    num_target_classes = check_steps(num_target_classes, "num_target_classes")
+    p = _problem(logits_fn, x, y, key, eps, bounds, False, randomized)
     if p.labels.ndim != 1:
         raise ValueError("apgd_targeted needs integer labels y of shape [batch]")
     if p.num_classes < 4:
         raise ValueError(f"apgd_targeted needs at least 4 classes, got {p.num_classes}")
     check_finite_step(p.eps, p.lo, p.hi, "eps")
     if p.empty:
-        return p.finalize(p.x)
-    n_target_classes = min(n_target_classes, p.num_classes - 1)
+        return p.output(p.finalize(p.x), targeted=False, return_info=return_info)
+    num_target_classes = min(num_target_classes, p.num_classes - 1)
     clean_logits = combine_model(p.model, p.params)(p.x)
     clean_bad = ~finite_rows(clean_logits)
     clean_order = jnp.argsort(clean_logits, axis=-1)
     onehot_y = jax.nn.one_hot(p.labels, p.num_classes)
+    q = _loop_problem(p, randomized)
     out = _start(p)
-    for k in range(2, n_target_classes + 2):
+    for k in range(2, num_target_classes + 2):
         target = clean_order[:, -k]
         signed = onehot_y - jax.nn.one_hot(target, p.num_classes)
-        for r in range(n_restarts):
+        for r in range(num_restarts):
             out = _run(
-                p,
-                jax.random.fold_in(key, k * n_restarts + r),
+                q,
+                jax.random.fold_in(key, k * num_restarts + r),
                 signed,
                 dlr_targeted,
                 out,
                 steps=steps,
                 norm=norm,
                 rho=rho,
-                early_stop=early_stop,
+                early_stop=not randomized if early_stop is None else early_stop,
                 loop=loop,
+                eot_samples=eot_samples,
+                transform=transform,
+                randomized=randomized,
+                shrinking_eps=shrinking_eps,
             )
         if _all_found(out, clean_bad):
             break
-    return p.finalize(jnp.where(per_example(clean_bad, p.x) > 0, p.x, out.x))
+    x_adv = p.finalize(jnp.where(per_example(clean_bad, p.x) > 0, p.x, out.x))
+    return p.output(x_adv, targeted=False, return_info=return_info)

@@ -696,7 +696,8 @@ def evaluate(
       eps: radius, raw input units. norm: ``"linf"``, ``"l2"``, ``"l1"`` (any case:
         ``"Linf"``, ``"L2"``).
       suite: ``"standard"`` (APGD-CE, APGD-T, Square; like AutoAttack's
-        standard version; ``linf`` and ``l2`` only), ``"fast"`` (PGD-20 with
+        standard version; for ``l1``: APGD-CE and APGD-T in L1 with
+        AutoAttack's L1 settings, as FAB-T is not part of the library yet), ``"fast"`` (PGD-20 with
         cross-entropy then PGD-50 with the CW margin; every norm), or a list of
         names from :data:`jaxadv.evaluation.ATTACKS` and :class:`SuiteAttack`.
         A suite with a member that does not support ``norm`` is refused before
@@ -784,7 +785,7 @@ def evaluate(
     if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 0:
         raise ValueError(f"prefetch must be an int >= 0 (batches read ahead), got {prefetch!r}")
     auto = batch_size == "auto"
-    attacks = resolve_suite(suite)
+    attacks = resolve_suite(suite, norm=norm)
     check_suite_norm(suite, attacks, norm)
     names = [a.name for a in attacks]
     key_attacks, key_checks = _split_key(key)
