@@ -779,9 +779,9 @@ def apgd_targeted(
     skipped altogether when every example already is, outside ``jit``).
 
     Args:
-      logits_fn, x, y, key, eps, steps, norm, bounds, rho, eot_samples,
-        transform, randomized, shrinking_eps, early_stop, loop: as in
-        :func:`apgd`. ``y`` must hold integer labels.
+      logits_fn, x, key, eps, steps, norm, bounds, rho: as in :func:`apgd`.
+      eot_samples, transform, randomized, shrinking_eps, early_stop, loop: as in :func:`apgd`.
+      y: ``[batch]`` integer labels (not one-hot).
       num_target_classes: number of target classes tried (static; at most ``C - 1``).
       num_restarts: random restarts per target class (static). ``n_restarts`` is
         a deprecated name for it.
