@@ -69,7 +69,24 @@ def _to_x(w: Array, lo: Array, hi: Array) -> Array:
     return jnp.where(boxed, lo_s + span * (jnp.tanh(w) + 1.0) * 0.5, jnp.clip(w, lo, hi))
 
 
-def _cw_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
+class _Operands(NamedTuple):
+    params: Any
+    x: Array
+    labels: Array
+    lo: Array
+    hi: Array
+    const: Array  # [batch] trade-off c of the current search step
+    kappa: Array  # confidence margin
+
+
+class _Static(NamedTuple):
+    model: Any
+    optimizer: Any
+    targeted: bool
+    dtype: Any
+
+
+def _cw_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _State:
     del i
     params, x, labels, lo, hi, const, kappa = operands
     model, optimizer, targeted, dtype = static
@@ -182,11 +199,11 @@ def cw_l2(
     upper = jnp.full((b,), _BIG, jnp.float32)
     best_l2 = jnp.full((b,), jnp.inf, jnp.float32)
     best_x = p.x
-    static = (p.model, opt, targeted, p.dtype)
+    static = _Static(p.model, opt, targeted, p.dtype)
     for _ in range(binary_search_steps):
         w, opt_state = _init_w(p.x, p.lo, p.hi, optimizer=opt)
         state = _State(w, opt_state, best_l2, best_x, jnp.zeros((b,), bool))
-        operands = (p.params, p.x, p.labels, p.lo, p.hi, const, kappa)
+        operands = _Operands(p.params, p.x, p.labels, p.lo, p.hi, const, kappa)
         state = iterate(_cw_body, state, operands, steps=steps, static=static, loop=loop)
         best_l2, best_x = state.best_l2, state.best_x
         const, lower, upper = _search_update(state.hit_now, const, lower, upper)

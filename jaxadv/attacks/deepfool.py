@@ -48,7 +48,22 @@ class _State(NamedTuple):
     done: Array  # [batch] bool: stopped (candidate adversarial, or the model not finite there)
 
 
-def _deepfool_body(i: Array, s: _State, operands: Any, static: Any) -> _State:
+class _Operands(NamedTuple):
+    params: Any
+    x: Array
+    candidates: Array  # [batch, k] int32: y first, then the other candidate classes
+    lo: Array
+    hi: Array
+    overshoot: Array
+
+
+class _Static(NamedTuple):
+    model: Any
+    norm: Norm
+    dtype: Any
+
+
+def _deepfool_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _State:
     del i
     params, x, candidates, lo, hi, overshoot = operands
     model, norm, dtype = static
@@ -164,6 +179,7 @@ def deepfool(
     ov = check_nonnegative(overshoot, "overshoot")
     ov = per_example(ov, p.x)
     state = _State(jnp.zeros_like(p.x), p.x, jnp.zeros((p.x.shape[0],), bool))
-    operands = (p.params, p.x, candidates, p.lo, p.hi, ov)
-    state = iterate(_deepfool_body, state, operands, steps=steps, static=(p.model, norm, p.dtype), loop=loop)
+    operands = _Operands(p.params, p.x, candidates, p.lo, p.hi, ov)
+    static = _Static(p.model, norm, p.dtype)
+    state = iterate(_deepfool_body, state, operands, steps=steps, static=static, loop=loop)
     return p.output(p.finalize(state.x_adv), targeted=False, return_info=return_info)
