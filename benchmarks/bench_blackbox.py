@@ -65,7 +65,7 @@ def main() -> None:
                 f"mean queries {float(np.mean(np.asarray(r.queries))):.0f}"
             )
     for attack in (jaxadv.spsa, jaxadv.nes):
-        r = attack(f, x, y, key=key, eps=0.15, queries=1000, samples=16, return_info=True)
+        r = attack(f, x, y, key=key, eps=0.15, queries=1000, num_samples=16, return_info=True)
         print(f"{attack.__name__} linf eps=0.15 queries=1000: robust acc {_robust(r):.3f}")
     for norm in ("l2", "linf"):
         for q in budgets:

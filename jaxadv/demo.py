@@ -63,14 +63,14 @@ def _attack_table(
         f"MI-FGSM-{steps}": lambda e: jaxadv.mifgsm(logits_fn, x, y, eps=e, steps=steps, key=k_mi),
         f"APGD-CE-{steps}": lambda e: jaxadv.apgd(logits_fn, x, y, key=k_apgd, eps=e, steps=steps),
         f"APGD-T-{steps} (3 targets)": lambda e: jaxadv.apgd_targeted(
-            logits_fn, x, y, key=k_apgd, eps=e, steps=steps, n_target_classes=3
+            logits_fn, x, y, key=k_apgd, eps=e, steps=steps, num_target_classes=3
         ),
         f"Square ({queries} queries)": lambda e: jaxadv.square(
             logits_fn, x, y, key=k_sq, eps=e, queries=queries
         ),
         "transfer from MLP (PGD)": lambda e: jaxadv.transfer(
             jaxadv.pgd, surrogate_fn, logits_fn, x, y, key=k_pgd, eps=e, steps=steps
-        ),
+        ).x_adv,
     }
     return attacks
 
