@@ -38,14 +38,13 @@ the compiled attack within 1.05x of the gradient floor.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import os
 import platform
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +54,9 @@ import jaxadv
 from jaxadv import zoo
 
 EPS, ALPHA = 8 / 255, 2 / 255
+# Row names shared with benchmarks/accelerator.py.
+FLOOR, DIRECT, JITTED = "floor: 10 gradients", "jaxadv.pgd direct", "jax.jit(jaxadv.pgd)"
+APGD, APGD_REFERENCE = "jaxadv.apgd (ce)", "AutoAttack APGDAttack (ce)"
 
 
 def _robustbench(name: str) -> ModuleType:
@@ -104,9 +106,14 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, li
 
 
 def _block(out: Any) -> None:
+    """Wait for ``out``: JAX arrays, and PyTorch's queue when a leaf is a CUDA tensor."""
     for leaf in jax.tree_util.tree_leaves(out):
         if isinstance(leaf, jax.Array):
             leaf.block_until_ready()
+        elif getattr(leaf, "is_cuda", False):
+            import torch
+
+            torch.cuda.synchronize()
 
 
 def one_thread(torch: Any, fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -133,115 +140,204 @@ def _memory(compiled: Any) -> float:
     return total / 2**20
 
 
-def bench_model(arch: str, args: argparse.Namespace, torch: Any, device: str) -> None:
+class Setup(NamedTuple):
+    """One model in both libraries, and one batch for both.
+
+    Attributes:
+      arch: the zoo name.
+      model: RobustBench's PyTorch model (eval mode) on ``device``.
+      module: the converted Flax module; ``variables`` its variables.
+      logits_fn: ``jaxadv.from_flax(module, variables)``.
+      x, y: the batch (NHWC float32 in [0, 1]) and the model's own predictions.
+      xj, yj: the same on JAX's default device; xt, yt: on PyTorch's device (NCHW).
+      device: PyTorch's device, ``"cuda"`` or ``"cpu"``.
+      gap: the largest difference between the two models' logits on ``x``.
+    """
+
+    arch: str
+    model: Any
+    module: Any
+    variables: Any
+    logits_fn: Any
+    x: np.ndarray
+    y: np.ndarray
+    xj: jax.Array
+    yj: jax.Array
+    xt: Any
+    yt: Any
+    device: str
+    gap: float
+
+
+def setup(arch: str, batch: int, torch: Any, device: str) -> Setup:
+    """Build ``arch`` in PyTorch (random weights), convert it, and draw a random batch."""
     model = torch_model(arch, torch).to(device)
     module, variables = zoo.from_torch(arch, {k: v.cpu() for k, v in model.state_dict().items()})
     logits_fn = jaxadv.from_flax(module, variables)
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0.0, 1.0, (args.batch, 32, 32, 3)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(0.0, 1.0, (batch, 32, 32, 3)).astype(np.float32)
     xj = jnp.asarray(x)
     y = np.asarray(jaxadv.predict(logits_fn, xj)).astype(np.int32)
-    yj = jnp.asarray(y)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
     yt = torch.from_numpy(y.astype(np.int64)).to(device)
     with torch.no_grad():
-        gap = float((model(xt).cpu() - torch.from_numpy(np.asarray(logits_fn(xj)))).abs().max())
+        gap = float((model(xt).cpu() - torch.from_numpy(np.array(logits_fn(xj)))).abs().max())
     assert gap < 1e-3, f"converted logits differ from PyTorch's by {gap}"
-    print(f"\n{arch}: batch {args.batch} of 32x32x3, max logit gap to PyTorch {gap:.1e}")
+    return Setup(arch, model, module, variables, logits_fn, x, y, xj, jnp.asarray(y), xt, yt, device, gap)
 
-    onehot = jax.nn.one_hot(yj, logits_fn(xj[:1]).shape[-1])
+
+def _gradient_program(s: Setup) -> Any:
+    onehot = jax.nn.one_hot(s.yj, s.logits_fn(s.xj[:1]).shape[-1])
 
     @jax.jit
     def gradient(f: Any, x: jax.Array) -> jax.Array:
         return jax.grad(lambda v: jnp.sum(jaxadv.cross_entropy(f(v), onehot)))(x)
 
+    return gradient
+
+
+def _pgd(f: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+    return jaxadv.pgd(f, x, y, key=jax.random.key(0), eps=EPS, step_size=ALPHA, steps=10)
+
+
+def pgd_times(s: Setup, torch: Any, repeats: int) -> dict[str, list[float]]:
+    """PGD-10 timings (seconds per call, ``repeats`` interleaved rounds after a warm-up):
+    the floor of 10 jitted input-gradients, ``jaxadv.pgd`` direct and under ``jit``,
+    ``torchattacks.PGD`` (and with one thread on CPU) when installed."""
+    gradient = _gradient_program(s)
+
     def floor() -> Any:
         out = None
         for _ in range(10):
-            out = gradient(logits_fn, xj)
+            out = gradient(s.logits_fn, s.xj)
             out.block_until_ready()
         return out
 
-    key = jax.random.key(0)
-    pgd = functools.partial(jaxadv.pgd, key=key, eps=EPS, step_size=ALPHA, steps=10)
-    jitted_pgd = jax.jit(lambda f, x, y: pgd(f, x, y))
+    jitted_pgd = jax.jit(_pgd)
     fns: dict[str, Callable[[], Any]] = {
-        "floor: 10 gradients": floor,
-        "jaxadv.pgd direct": lambda: pgd(logits_fn, xj, yj),
-        "jax.jit(jaxadv.pgd)": lambda: jitted_pgd(logits_fn, xj, yj),
+        FLOOR: floor,
+        DIRECT: lambda: _pgd(s.logits_fn, s.xj, s.yj),
+        JITTED: lambda: jitted_pgd(s.logits_fn, s.xj, s.yj),
     }
     try:
         import torchattacks
 
-        ta = torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=10, random_start=True)
-        fns["torchattacks.PGD"] = lambda: ta(xt, yt)
-        if device == "cpu":
-            fns["torchattacks.PGD 1 thread"] = one_thread(torch, lambda: ta(xt, yt))
+        ta = torchattacks.PGD(s.model, eps=EPS, alpha=ALPHA, steps=10, random_start=True)
+        fns["torchattacks.PGD"] = lambda: ta(s.xt, s.yt)
+        if s.device == "cpu":
+            fns["torchattacks.PGD 1 thread"] = one_thread(torch, lambda: ta(s.xt, s.yt))
     except ImportError:
         print("  (torchattacks not installed: pip install --no-deps torchattacks)")
-    times = interleaved(fns, args.repeats)
-    base = min(times["floor: 10 gradients"])
+    return interleaved(fns, repeats)
+
+
+def apgd_times(s: Setup, torch: Any, repeats: int, steps: int = 100) -> dict[str, list[float]]:
+    """APGD-CE timings: ``jaxadv.apgd`` and AutoAttack's ``APGDAttack`` (one thread on CPU)."""
+    key = jax.random.key(0)
+    fns: dict[str, Callable[[], Any]] = {
+        APGD: lambda: jaxadv.apgd(s.logits_fn, s.xj, s.yj, key=key, eps=EPS, steps=steps),
+    }
+    try:
+        from pyautoattack.autopgd_base import APGDAttack
+
+        ref = APGDAttack(
+            s.model, n_iter=steps, norm="Linf", eps=EPS, loss="ce", n_restarts=1, device=s.device
+        )
+        run: Callable[[], Any] = lambda: ref.perturb(s.xt, s.yt)  # noqa: E731
+        if s.device == "cpu":
+            fns[APGD_REFERENCE + " 1 thread"] = one_thread(torch, run)
+        else:
+            fns[APGD_REFERENCE] = run
+    except ImportError:
+        print("  (pyautoattack not installed)")
+    return interleaved(fns, repeats)
+
+
+def memory(s: Setup, *, remat: bool = False) -> dict[str, float]:
+    """XLA's buffer assignment (arguments + outputs + temporaries, MiB) of the PGD-10 program
+    and of one forward-backward pass; ``remat`` rebuilds the model with ``remat=True``."""
+    logits_fn = s.logits_fn
+    if remat:
+        logits_fn = jaxadv.from_flax(s.module.clone(remat=True), s.variables)
+    pgd_program = jax.jit(_pgd).lower(logits_fn, s.xj, s.yj).compile()
+    grad_program = _gradient_program(s).lower(logits_fn, s.xj).compile()
+    return {"pgd-10": _memory(pgd_program), "gradient": _memory(grad_program)}
+
+
+class SuiteResult(NamedTuple):
+    """The standard suite in both libraries on the same examples."""
+
+    seconds: float
+    robust_accuracy: float
+    seconds_per_attack: dict[str, float]
+    reference_seconds: float
+    reference_robust_accuracy: float
+
+
+def suite(s: Setup, torch: Any) -> SuiteResult:
+    """``jaxadv.evaluate(suite="standard")`` (warm: a first run compiles) against
+    ``AutoAttack(version="standard")`` (one PyTorch thread on CPU)."""
+    import pyautoattack
+
+    def ours() -> Any:
+        return jaxadv.evaluate(
+            s.logits_fn,
+            s.x,
+            s.y,
+            eps=EPS,
+            key=jax.random.key(0),
+            suite="standard",
+            progress=False,
+            checks=False,
+        )
+
+    ours()  # compile
+    start = time.perf_counter()
+    result = ours()
+    t_ours = time.perf_counter() - start
+    aa = pyautoattack.AutoAttack(s.model, norm="Linf", eps=EPS, version="standard", device=s.device, seed=0)
+    aa.verbose = False
+    run = lambda: aa.run_standard_evaluation(s.xt, s.yt, batch_size=len(s.y))  # noqa: E731
+    start = time.perf_counter()
+    out = one_thread(torch, run)() if s.device == "cpu" else run()
+    _block(out)
+    t_aa = time.perf_counter() - start
+    x_ref = out[0] if isinstance(out, tuple) else out
+    with torch.no_grad():
+        ref_acc = float((s.model(x_ref).argmax(1) == s.yt).float().mean())
+    return SuiteResult(t_ours, result.robust_accuracy, dict(result.seconds), t_aa, ref_acc)
+
+
+def bench_model(arch: str, args: argparse.Namespace, torch: Any, device: str) -> None:
+    s = setup(arch, args.batch, torch, device)
+    print(f"\n{arch}: batch {args.batch} of 32x32x3, max logit gap to PyTorch {s.gap:.1e}")
+
+    times = pgd_times(s, torch, args.repeats)
+    base = min(times[FLOOR])
     torch_best = min((min(t) for n, t in times.items() if n.startswith("torchattacks")), default=None)
     print(f"  {'PGD-10':28s} {'min s':>8s} {'median s':>9s} {'/ floor':>8s} {'/ torch best':>13s}")
     for name, ts in times.items():
         rel = f"{min(ts) / torch_best:12.2f}x" if torch_best else ""
         print(f"  {name:28s} {min(ts):8.3f} {np.median(ts):9.3f} {min(ts) / base:7.2f}x {rel}")
 
-    apgd_fns: dict[str, Callable[[], Any]] = {
-        "jaxadv.apgd (ce, 100)": lambda: jaxadv.apgd(logits_fn, xj, yj, key=key, eps=EPS, steps=100),
-    }
-    try:
-        from pyautoattack.autopgd_base import APGDAttack
-
-        ref = APGDAttack(model, n_iter=100, norm="Linf", eps=EPS, loss="ce", n_restarts=1, device=device)
-        run_ref = (
-            (lambda: ref.perturb(xt, yt))
-            if device != "cpu"
-            else one_thread(torch, lambda: ref.perturb(xt, yt))
-        )
-        apgd_fns["AutoAttack APGDAttack (ce, 100)" + (" 1 thread" if device == "cpu" else "")] = run_ref
-    except ImportError:
-        print("  (pyautoattack not installed)")
-    times = interleaved(apgd_fns, max(1, args.repeats - 1))
-    first = min(times["jaxadv.apgd (ce, 100)"])
+    times = apgd_times(s, torch, max(1, args.repeats - 1))
+    first = min(times[APGD])
     print(f"  {'APGD-CE-100':28s} {'min s':>8s} {'median s':>9s} {'/ jaxadv':>9s}")
     for name, ts in times.items():
         print(f"  {name:28s} {min(ts):8.3f} {np.median(ts):9.3f} {min(ts) / first:8.2f}x")
 
-    pgd_program = jitted_pgd.lower(logits_fn, xj, yj).compile()
-    grad_program = gradient.lower(logits_fn, xj).compile()
+    mib = memory(s)
     print(
-        f"  memory (XLA buffers): PGD-10 program {_memory(pgd_program):.0f} MiB, "
-        f"one forward-backward {_memory(grad_program):.0f} MiB"
+        f"  memory (XLA buffers): PGD-10 program {mib['pgd-10']:.0f} MiB, "
+        f"one forward-backward {mib['gradient']:.0f} MiB"
     )
 
     if args.suite:
-        bench_suite(model, logits_fn, x, y, xt, yt, torch, device)
-
-
-def bench_suite(
-    model: Any, logits_fn: Any, x: Any, y: Any, xt: Any, yt: Any, torch: Any, device: str
-) -> None:
-    import pyautoattack
-
-    start = time.perf_counter()
-    ours = jaxadv.evaluate(
-        logits_fn, x, y, eps=EPS, key=jax.random.key(0), suite="standard", progress=False, checks=False
-    )
-    t_ours = time.perf_counter() - start
-    aa = pyautoattack.AutoAttack(model, norm="Linf", eps=EPS, version="standard", device=device, seed=0)
-    aa.verbose = False
-    run = lambda: aa.run_standard_evaluation(xt, yt, batch_size=len(y))  # noqa: E731
-    start = time.perf_counter()
-    out = one_thread(torch, run)() if device == "cpu" else run()
-    t_aa = time.perf_counter() - start
-    x_ref = out[0] if isinstance(out, tuple) else out
-    with torch.no_grad():
-        ref_acc = float((model(x_ref).argmax(1) == yt).float().mean())
-    print(
-        f"  standard suite: jaxadv {t_ours:.1f} s (robust {ours.robust_accuracy:.1%}), "
-        f"AutoAttack {t_aa:.1f} s (robust {ref_acc:.1%}); time ratio {t_ours / t_aa:.2f}x"
-    )
+        r = suite(s, torch)
+        print(
+            f"  standard suite: jaxadv {r.seconds:.1f} s (robust {r.robust_accuracy:.1%}), "
+            f"AutoAttack {r.reference_seconds:.1f} s (robust {r.reference_robust_accuracy:.1%}); "
+            f"time ratio {r.seconds / r.reference_seconds:.2f}x"
+        )
 
 
 def main() -> None:

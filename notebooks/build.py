@@ -468,21 +468,23 @@ except jaxadv.GradientNotAvailableError as e:
     print("no gradient:", str(e)[:90], "...")
 
 eps_bb, budget = 0.15, 500
-sq = jaxadv.square(black_box, xb, yb, key=key, eps=eps_bb, queries=budget)
+sq = jaxadv.square(black_box, xb, yb, key=key, eps=eps_bb, queries=budget, return_info=True)
 print(f"Square, eps={eps_bb}, {budget} queries: target fooled on {fooled_rate(sq.x_adv):.1%} "
       f"of the {ok.sum()} correctly classified digits; median queries of the successes "
       f"{np.median(np.asarray(sq.queries)[np.asarray(sq.success) & ok]):.0f}")""",
     """md:Query cost matters for a black-box attacker. Each example stops as soon as it
 is misclassified, so the success rate as a function of the budget is the
-cumulative distribution of `result.queries` over the successes. We compare
+cumulative distribution of `result.queries` over the successes (with
+`return_info=True` an attack returns `result`: `x_adv`, `success` and
+`queries`). We compare
 the Square Attack with the two gradient-estimation attacks, SPSA and NES,
 which estimate $\\nabla_x$ of the margin from finite differences along random
 directions and then take PGD steps (run here on the JAX model directly, which
 is faster; they only query it).""",
     """results = {
     "Square": sq,
-    "SPSA": jaxadv.spsa(logits_fn, xb, yb, key=key, eps=eps_bb, queries=budget),
-    "NES": jaxadv.nes(logits_fn, xb, yb, key=key, eps=eps_bb, queries=budget),
+    "SPSA": jaxadv.spsa(logits_fn, xb, yb, key=key, eps=eps_bb, queries=budget, return_info=True),
+    "NES": jaxadv.nes(logits_fn, xb, yb, key=key, eps=eps_bb, queries=budget, return_info=True),
 }
 fig, ax = plt.subplots(figsize=(5.5, 4))
 grid = np.arange(0, budget + 1, 5)
@@ -517,7 +519,7 @@ def l2_found(x_adv):
 
 hsj = jaxadv.hop_skip_jump(labels_only, xs, ys, key=key, queries=1000, init_evals=20, max_evals=100)
 sizes = {
-    "HopSkipJump\\n(1000 label queries)": l2_found(hsj.x_adv),
+    "HopSkipJump\\n(1000 label queries)": l2_found(hsj),
     "DeepFool\\n(white-box)": l2_found(jaxadv.deepfool(logits_fn, xs, ys)),
     "Carlini-Wagner L2\\n(white-box)": l2_found(jaxadv.cw_l2(logits_fn, xs, ys, steps=100, binary_search_steps=5, initial_const=1.0)),
 }
@@ -953,6 +955,332 @@ batch by batch. The documentation's scaling page has launch commands for
 several accelerators and several hosts.""",
 ]
 
+# --------------------------------------------------------------------------- 07
+
+NB07 = [
+    """md:# 7. Certified robustness: lower bounds next to attacks
+
+Every number in the notebooks so far came from an attack. An attack that finds
+an adversarial example proves the model is not robust there; an attack that
+fails proves nothing, because a stronger one may succeed. Robust accuracy under
+attack is therefore an **upper bound** on the true robust accuracy.
+
+A **certificate** is a proof that *no* input of the threat model changes the
+prediction. The fraction of examples with a certificate is a **lower bound**.
+On the same examples at the same radius,
+
+$$\\text{certified accuracy} \\;\\le\\; \\text{true robust accuracy} \\;\\le\\; \\text{accuracy under attack}.$$
+
+The true value lies between the two; the gap is what neither side knows.
+`jaxadv.certify` has two families of certificates, and `jaxadv.evaluation`
+reports either beside the attacks:
+
+* **bound propagation** (IBP, CROWN): deterministic bounds on the logits of the
+  model itself over an $L_\\infty$ (or $L_2$, $L_1$) ball;
+* **randomized smoothing**: a probabilistic $L_2$ certificate for a *smoothed*
+  version of the model.""",
+    SETUP,
+    """import optax
+from jaxadv import evaluation as ev
+from jaxadv import training
+
+train, test = examples.load_digits(seed=0)
+x, y = test.x[:200], test.y[:200]
+model = examples.DigitsMLP(hidden=(64,))
+steps_per_epoch = len(train.y) // 64
+
+
+def fit(loss_fn, epochs):
+    \"\"\"Adam on loss_fn(logits_fn, x, y, key, step) over the training digits.\"\"\"
+    variables = model.init(jax.random.key(0), x[:1])
+    tx = optax.adam(3e-3)
+    opt_state = tx.init(variables)
+
+    @jax.jit
+    def step(variables, opt_state, xb, yb, key, t):
+        grads = jax.grad(lambda v: loss_fn(jaxadv.from_flax(model, v), xb, yb, key, t))(variables)
+        updates, opt_state = tx.update(grads, opt_state, variables)
+        return optax.apply_updates(variables, updates), opt_state
+
+    rng, key, t = np.random.default_rng(0), jax.random.key(1), 0
+    for _ in range(epochs):
+        order = rng.permutation(len(train.y))
+        for start in range(0, len(order) - 63, 64):
+            idx = order[start:start + 64]
+            key, sub = jax.random.split(key)
+            variables, opt_state = step(variables, opt_state, train.x[idx], train.y[idx], sub, t)
+            t += 1
+    return jaxadv.from_flax(model, variables)""",
+    """md:## Bound propagation: is the label provably constant on the ball?
+
+**IBP** (interval bound propagation) replaces every value inside the network by
+an interval: the input box $[x - \\epsilon, x + \\epsilon] \\cap [0, 1]$ goes through
+each layer (a dense layer maps centre $c$ and radius $r$ to $Wc + b$ and $|W| r$; a
+ReLU clips both ends), giving bounds $\\underline z \\le z(x') \\le \\overline z$ on
+the logits for *every* $x'$ in the ball. **CROWN** carries linear bounds backwards
+instead, relaxing each unstable ReLU by two lines; it is tighter and costs more.
+An example is **verified** when the lower bound of $z_y - z_j$ is positive for
+every other class $j$: then no input of the ball is classified otherwise, and no
+attack can ever succeed on it.
+
+A normally trained network has loose bounds: its intervals grow layer by layer.
+**IBP training** (Gowal et al., 2018) minimises the cross-entropy of the
+worst-case logits from the bounds themselves (`jaxadv.training.ibp_loss`), with
+$\\epsilon$ ramped up from 0 (`ibp_schedule`). We train the same small MLP both
+ways, for a threat model of $\\epsilon = 0.1$ on pixels in $[0, 1]$.""",
+    """EPS = 0.1
+
+
+def clean_loss(f, xb, yb, key, t):
+    return optax.softmax_cross_entropy_with_integer_labels(f(xb), yb).mean()
+
+
+def ibp_loss(f, xb, yb, key, t):
+    eps_t, kappa_t = training.ibp_schedule(t, warmup=steps_per_epoch, ramp=10 * steps_per_epoch, eps=1.1 * EPS)
+    return training.ibp_loss(f, xb, yb, eps=eps_t, kappa=kappa_t)
+
+
+models = {"normal training": fit(clean_loss, epochs=10), "IBP training": fit(ibp_loss, epochs=20)}
+for name, f in models.items():
+    print(f"{name:16s} clean test accuracy {examples.accuracy(f, x, y):.1%}")""",
+    """md:`jaxadv.evaluation.certified_accuracy` runs the verification at a list of
+radii (`bound_propagation(radii=..., method="ibp" | "crown")`); an example
+certified at a radius is certified at every smaller one, so the curve never
+rises. Beside it, PGD-20's accuracy at the same radii (one compiled `vmap` over
+eps, `accuracy_vs_eps`).""",
+    """radii = [0.0, 0.025, 0.05, 0.075, 0.1, 0.125]
+key = jax.random.key(0)
+curves = {}
+print(f"{'':24s}" + "".join(f"{r:>8.3f}" for r in radii))
+for name, f in models.items():
+    for method in ("ibp", "crown"):
+        cert = ev.certified_accuracy(f, x, y, certify=ev.bound_propagation(radii=radii, method=method, batch_size=200))
+        curves[name, method] = cert
+        print(f"{name + ', ' + method.upper():24s}" + "".join(f"{a:8.1%}" for a in cert.accuracy))
+    pgd = ev.accuracy_vs_eps(f, x, y, eps_values=radii, key=key, steps=20)
+    curves[name, "pgd"] = dict(zip(radii, np.asarray(pgd)))
+    print(f"{name + ', PGD-20':24s}" + "".join(f"{a:8.1%}" for a in pgd))""",
+    """fig = ev.plot_certified_accuracy(
+    {"IBP bounds": curves["IBP training", "ibp"], "CROWN bounds": curves["IBP training", "crown"]},
+    robust=curves["IBP training", "pgd"],
+    title="IBP-trained MLP: verified vs PGD-20 accuracy",
+)
+plt.show()""",
+    """md:The verified curves stay below the PGD curve at every radius, as they must:
+a verified example cannot be broken by any attack. IBP verifies next to nothing on the
+normally trained model beyond the smallest radius, while the IBP-trained model
+keeps most of its accuracy *provably*; CROWN's tighter bounds verify more of
+both. At $\\epsilon = 0.1$ the true robust accuracy of the IBP-trained model lies
+between the CROWN figure and the PGD figure.
+
+## Randomized smoothing: a certificate for a smoothed classifier
+
+Bound propagation gets loose on deep networks. **Randomized smoothing**
+(Cohen, Rosenfeld & Kolter, 2019) certifies any classifier $f$, at the price of
+changing it: the **smoothed classifier** predicts the class that $f$ returns most
+often under Gaussian noise,
+
+$$g(x) = \\arg\\max_c\\; P_{\\delta \\sim N(0, \\sigma^2 I)}\\big(f(x + \\delta) = c\\big).$$
+
+If the top class has probability at least $\\underline{p_A} > 1/2$, then $g$ is
+constant on the whole $L_2$ ball of radius $R = \\sigma\\, \\Phi^{-1}(\\underline{p_A})$.
+The probability is estimated from `n` noisy copies with a Clopper-Pearson bound,
+so each certificate holds with probability at least $1 - \\alpha$ over the noise,
+and $g$ abstains where the top class is not clearly ahead. With `n` draws the
+largest radius that can be certified is $\\sigma\\,\\Phi^{-1}(\\alpha^{1/n})$.
+
+The base model must be accurate under the noise, so it is trained on noisy
+copies (`jaxadv.training.gaussian_augmentation_loss`). `jaxadv.evaluate` takes
+the certification as one keyword, `certify=`: the result holds the certified
+accuracy of the same examples next to the attacks' robust accuracy.""",
+    """SIGMA = 0.25
+
+
+def gaussian_loss(f, xb, yb, key, t):
+    return training.gaussian_augmentation_loss(f, xb, yb, key=key, sigma=SIGMA)
+
+
+noisy_fn = fit(gaussian_loss, epochs=10)
+smoothing = ev.smoothing(sigma=SIGMA, radii=[0.0, 0.25, 0.5, 0.75], n0=100, n=1000, alpha=0.001, batch_size=200)
+result = jaxadv.evaluate(
+    noisy_fn, x, y, eps=0.5, norm="l2", suite="fast", key=key, batch_size=200,
+    progress=False, checks=False, certify=smoothing,
+)
+print(result.summary())""",
+    """md:The certified accuracy of the smoothed classifier at $r = 0.5$ sits well below
+the attacks' robust accuracy of the base model at $\\epsilon = 0.5$. (Strictly,
+the two bound different classifiers, $g$ and $f$; on a noise-trained model the
+smoothed one is the more robust, so the comparison errs on the safe side.)
+The plot shows the whole certified curve, computed from the per-example radii
+(`result.certified.radius`), against PGD-20's $L_2$ accuracy.""",
+    """l2_radii = [0.25, 0.5, 0.75, 1.0]
+pgd_l2 = ev.accuracy_vs_eps(noisy_fn, x, y, eps_values=l2_radii, key=key, steps=20, norm="l2")
+fig = ev.plot_certified_accuracy(
+    {f"smoothing, sigma={SIGMA}": result.certified},
+    robust=dict(zip(l2_radii, np.asarray(pgd_l2))),
+    title="Gaussian-augmented MLP: certified (smoothed) vs PGD-20",
+)
+plt.show()
+print(f"abstained: {result.certified.num_abstained} of {result.certified.num_examples}; "
+      f"largest radius certifiable with n=1000: {SIGMA * jax.scipy.stats.norm.ppf(0.001 ** (1 / 1000)):.3f}")""",
+    """md:## Lower bounds and upper bounds
+
+* **Attacks** (`jaxadv.evaluate`) give an **upper bound** on robust accuracy. A
+  stronger attack can only lower it; a weak or fooled attack (notebook 5)
+  overstates robustness.
+* **Certificates** give a **lower bound**. Bound propagation is exact
+  arithmetic about the model itself; randomized smoothing is a statement about
+  the smoothed classifier, true with probability $1 - \\alpha$ per example. A
+  looser method (IBP instead of CROWN, fewer noise draws) can only lower it.
+* Report both: `evaluate(..., certify=ev.bound_propagation(...))` or
+  `certify=ev.smoothing(...)` puts them side by side for the same examples. When
+  they meet, robust accuracy is known exactly; the gap between them is the
+  honest uncertainty.""",
+]
+
+# --------------------------------------------------------------------------- 08
+
+NB08 = [
+    """md:# 8. A RobustBench model, converted and evaluated in JAX
+
+The robust models people compare against are PyTorch checkpoints collected by
+[RobustBench](https://robustbench.github.io). `jaxadv.zoo` defines their
+architectures in Flax and converts their weights, so a published model can be
+attacked with every attack of jaxadv, compiled, on any JAX device.
+
+This notebook goes through the whole path with RobustBench's own `WideResNet`
+class: build it in PyTorch, convert its `state_dict()` with `zoo.from_torch`,
+check that both compute the same logits, and run `jaxadv.evaluate`.
+
+**The weights here are random**, because checkpoints cannot be downloaded where
+this notebook is built. Every accuracy below is therefore meaningless as a
+statement about robustness: it only shows that the pipeline runs. Real
+checkpoints come from RobustBench (see the end), and the code stays the same.""",
+    SETUP,
+    """md:RobustBench's architecture files import only PyTorch, but importing the
+`robustbench` package pulls in torchvision and timm. So we load the one file we
+need by its path (`pip install --no-deps robustbench` is enough).""",
+    '''import importlib.util
+from pathlib import Path
+
+import torch
+
+from jaxadv import zoo
+
+
+def robustbench_architecture(name):
+    """robustbench/model_zoo/architectures/<name>.py, loaded without importing robustbench."""
+    found = importlib.util.find_spec("robustbench")
+    if found is None:
+        return None
+    path = Path(list(found.submodule_search_locations)[0]) / "model_zoo" / "architectures" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"rb_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+wide_resnet = robustbench_architecture("wide_resnet")
+print("RobustBench architecture file:", "found" if wide_resnet is not None else "not installed")''',
+    """md:The smallest WideResNet, depth 10 and width 1 (the leaderboards use 28-10,
+34-10, 70-16; the conversion is the same). Random weights, and random
+batch-norm statistics so that the running means and variances are exercised
+as a trained model's would be. Without `robustbench` installed, the cell
+writes a state dict in the same layout from a zoo model instead.""",
+    """torch.manual_seed(0)
+if wide_resnet is not None:
+    torch_model = wide_resnet.WideResNet(depth=10, widen_factor=1).eval()
+    with torch.no_grad():
+        for m in torch_model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0.0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    state_dict = torch_model.state_dict()
+else:  # the same keys and layouts, written out from a Flax twin
+    from flax import traverse_util
+
+    twin = zoo.build("wrn-10-1")
+    flat = traverse_util.flatten_dict(twin.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    names = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
+    state_dict = {}
+    for (_, *path, leaf), value in flat.items():
+        value = np.asarray(value)
+        if leaf == "kernel":  # HWIO -> OIHW, [in, out] -> [out, in]
+            value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+        state_dict[".".join([*path, names.get(leaf, leaf)])] = torch.from_numpy(value.copy())
+    torch_model = None
+
+print(f"{len(state_dict)} tensors, e.g. {list(state_dict)[:3]}")""",
+    """md:`zoo.from_torch` reads the checkpoint (a state dict, a module, or a `.pt`
+path), builds the Flax module and converts every tensor: convolution kernels
+`OIHW -> HWIO`, linear weights transposed, batch-norm statistics into
+`batch_stats`. What the checkpoint decides (here: the number of classes and
+whether the classifier has a bias) is read from it.""",
+    """module, variables = zoo.from_torch("wrn-10-1", state_dict)
+logits_fn = jaxadv.from_flax(module, variables)
+n_params = sum(a.size for a in jax.tree.leaves(variables["params"]))
+print(f"{type(module).__name__}(depth={module.depth}, width={module.width}, "
+      f"num_classes={module.num_classes}): {n_params:,} parameters")""",
+    """md:Both models on the same 8 random 32x32x3 images in $[0, 1]$. JAX takes
+NHWC images, PyTorch NCHW; the logits must agree up to float32 rounding.""",
+    """x = np.random.default_rng(0).uniform(0.0, 1.0, (8, 32, 32, 3)).astype(np.float32)
+ours = np.asarray(logits_fn(x))
+if torch_model is not None:
+    with torch.no_grad():
+        theirs = torch_model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+else:
+    theirs = np.asarray(twin.apply(twin.init(jax.random.key(0), x[:1]), x))
+gap = np.abs(ours - theirs).max() / np.abs(theirs).max()
+print(f"largest logit difference, relative to the largest logit: {gap:.1e}")
+
+fig, ax = plt.subplots(figsize=(4.2, 4))
+ax.scatter(theirs.ravel(), ours.ravel(), s=12)
+lims = [min(theirs.min(), ours.min()), max(theirs.max(), ours.max())]
+ax.plot(lims, lims, color="gray", lw=0.8, ls="--")
+ax.set_xlabel("PyTorch logit")
+ax.set_ylabel("JAX logit (converted)")
+ax.set_title("8 inputs x 10 classes")
+fig.tight_layout()
+plt.show()""",
+    """md:Now the evaluation. There are no true labels for random images, so the
+labels are the model's own predictions: clean accuracy is 100% by
+construction, and robust accuracy is the fraction of inputs whose prediction
+no attack of the suite could change within $\\epsilon = 8/255$ (L-inf, the
+CIFAR-10 leaderboard's threat model). `suite="fast"` is PGD-20 with the
+cross-entropy, then PGD-50 with the CW margin loss on what survives: a quick
+first look; `suite="standard"` is the AutoAttack-style evaluation to report.
+The gradient-masking checks (`checks=True`, the default) run more attacks;
+they are off here to keep the notebook quick.""",
+    """y = np.asarray(jaxadv.predict(logits_fn, x))
+print("predicted classes:", y)
+result = jaxadv.evaluate(logits_fn, x, y, eps=8 / 255, suite="fast", key=jax.random.key(0),
+                         progress=False, checks=False)
+print(result.summary())""",
+    """md:Again: the weights are random, so these accuracies say nothing about any
+published model. An untrained network maps every noise image to nearly the
+same logits (here it predicts one class for all 8), with small margins between
+the classes; whether an attack within $8/255$ flips such a prediction tells
+nothing about a trained one.
+
+**Real checkpoints.** With the `robustbench` package installed in full (it
+needs torchvision and timm), `robustbench.utils.load_model` downloads an
+entry and returns the PyTorch model:
+
+```python
+from robustbench.utils import load_model
+
+torch_model = load_model(model_name="Carmon2019Unlabeled", dataset="cifar10", threat_model="Linf")
+module, variables = zoo.from_torch("wrn-28-10", torch_model.state_dict())
+```
+
+`zoo.from_torch` also reads the downloaded `.pt` files themselves
+(`models/<dataset>/<threat_model>/<name>.pt`). The names of the architectures,
+which RobustBench entry uses which, and how normalisation is handled are in
+the documentation's model zoo page. For the large models (WRN-70-16 and up)
+pass `remat=True` to `from_torch` and `batch_size="auto"` to `evaluate`
+(the scaling page explains both).""",
+]
+
 NOTEBOOKS: dict[str, list[str]] = {
     "01_fgsm_and_bim": NB01,
     "02_targeted_attacks": NB02,
@@ -960,6 +1288,8 @@ NOTEBOOKS: dict[str, list[str]] = {
     "04_defending": NB04,
     "05_honest_evaluation": NB05,
     "06_composing": NB06,
+    "07_certified_robustness": NB07,
+    "08_robustbench_model": NB08,
 }
 
 

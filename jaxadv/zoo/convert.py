@@ -235,6 +235,7 @@ def from_torch(
     state_dict: StateDict | str | os.PathLike[str],
     *,
     num_classes: int | None = None,
+    remat: bool = False,
     **config: Any,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Convert a PyTorch checkpoint of a RobustBench architecture to a Flax module and its variables.
@@ -261,6 +262,8 @@ def from_torch(
         training checkpoint is unwrapped). A ``module.`` prefix
         (``DataParallel``) is stripped.
       num_classes: override the number of classes read from the checkpoint.
+      remat: rematerialise each block in the backward pass (see
+        :func:`~jaxadv.zoo.build`); the variables are the same either way.
       **config: other module attributes (see :func:`~jaxadv.zoo.build`).
 
     Returns:
@@ -281,7 +284,7 @@ def from_torch(
     head = f"{s.head}.weight"
     if num_classes is None and head in state:
         num_classes = int(_as_numpy(state[head]).shape[0])
-    module = build(arch, num_classes=num_classes, **config)
+    module = build(arch, num_classes=num_classes, remat=remat, **config)
     size = int(config.get("image_size", s.image_size))
     ignore = ("sub_block1.",) if s.cls is WideResNet else ()
     variables = load_state_dict(module, state, input_shape=(1, size, size, 3), ignore=ignore)

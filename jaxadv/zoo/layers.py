@@ -12,7 +12,7 @@ so convolutions here always take explicit padding.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar, cast
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ from jaxadv.typing import Array
 #: A ``[(lo, hi), (lo, hi)]`` spatial padding, or one integer for all sides.
 Padding = int | Sequence[tuple[int, int]]
 Activation = Callable[[Array], Array]
+ModuleT = TypeVar("ModuleT", bound=type[nn.Module])
 
 #: CIFAR-10 per-channel mean, as RobustBench's CIFAR-10 models normalise with.
 CIFAR10_MEAN: tuple[float, ...] = (0.4914, 0.4822, 0.4465)
@@ -76,3 +77,16 @@ def cifar_statistics(num_classes: int) -> tuple[tuple[float, ...], tuple[float, 
     if num_classes == 100:
         return CIFAR100_MEAN, CIFAR100_STD
     return CIFAR10_MEAN, CIFAR10_STD
+
+
+_REMATERIALISED: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def block_class(cls: ModuleT, remat: bool) -> ModuleT:
+    """``cls``, or ``flax.linen.remat(cls)`` when ``remat``: the block's activations are then
+    recomputed in the backward pass instead of stored. Same variables, same names."""
+    if not remat:
+        return cls
+    if cls not in _REMATERIALISED:  # one lifted class per block class
+        _REMATERIALISED[cls] = nn.remat(cls)
+    return cast(ModuleT, _REMATERIALISED[cls])

@@ -116,7 +116,7 @@ def _fields(cls: type[nn.Module]) -> set[str]:
     return {f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")}
 
 
-def build(name: str, *, num_classes: int | None = None, **config: Any) -> nn.Module:
+def build(name: str, *, num_classes: int | None = None, remat: bool = False, **config: Any) -> nn.Module:
     """The Flax linen module called ``name``, with fresh (unset) variables.
 
     ``build("wrn-28-10", num_classes=10)`` is ``WideResNet(depth=28, width=10,
@@ -128,6 +128,11 @@ def build(name: str, *, num_classes: int | None = None, **config: Any) -> nn.Mod
         :mod:`jaxadv.zoo.registry`).
       num_classes: logits returned; ``None``: 10 for the CIFAR models, 1000 for
         the ImageNet ones.
+      remat: wrap every residual block (transformer block for a ViT) in
+        :func:`flax.linen.remat`: its activations are recomputed in the backward
+        pass instead of stored, trading one more forward pass for the memory of
+        a gradient's activations. The logits, the gradients and the variables
+        (names, shapes, a converted checkpoint) are those of ``remat=False``.
       **config: other attributes of the module (``mean``, ``std``,
         ``bn_before_fc``, ``image_size``...), overriding the name's.
 
@@ -144,5 +149,10 @@ def build(name: str, *, num_classes: int | None = None, **config: Any) -> nn.Mod
         raise ValueError(
             f"{s.cls.__name__} has no attribute {sorted(unknown)}; it takes {sorted(_fields(s.cls))}"
         )
-    kwargs = {**s.config, "num_classes": s.num_classes if num_classes is None else num_classes, **config}
+    kwargs = {
+        **s.config,
+        "num_classes": s.num_classes if num_classes is None else num_classes,
+        "remat": remat,
+        **config,
+    }
     return s.cls(**kwargs)

@@ -23,7 +23,15 @@ from typing import Sequence
 import flax.linen as nn
 
 from jaxadv.typing import Array
-from jaxadv.zoo.layers import Activation, batch_norm, cifar_statistics, conv, global_average, normalise
+from jaxadv.zoo.layers import (
+    Activation,
+    batch_norm,
+    block_class,
+    cifar_statistics,
+    conv,
+    global_average,
+    normalise,
+)
 
 #: Blocks per stage for each depth (BasicBlock up to 34, Bottleneck from 50).
 STAGES: dict[int, tuple[int, int, int, int]] = {
@@ -71,6 +79,9 @@ class PreActResNet(nn.Module):
       mean: per-channel mean subtracted first (some entries keep it in a
         ``mu`` buffer); ``None`` skips it.
       std: per-channel std divided by next (``sigma``); ``None`` skips it.
+      remat: recompute each residual block's activations in the backward pass
+        (:func:`flax.linen.remat`) instead of storing them: less memory for
+        gradients, one more forward pass of compute. Same variables.
     """
 
     depth: int = 18
@@ -79,6 +90,7 @@ class PreActResNet(nn.Module):
     out_shortcut: bool = False
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -86,10 +98,11 @@ class PreActResNet(nn.Module):
         stages = _stages(self.depth, (18, 34))
         x = conv(64, 3, padding=1, name="conv1")(normalise(x, self.mean, self.std))
         in_planes = 64
+        block = block_class(_PreActBlock, self.remat)
         for s, (blocks, planes) in enumerate(zip(stages, (64, 128, 256, 512), strict=True)):
             for i in range(blocks):
                 stride = 2 if s > 0 and i == 0 else 1
-                x = _PreActBlock(in_planes, planes, stride, self.out_shortcut, name=f"layer{s + 1}.{i}")(x)
+                x = block(in_planes, planes, stride, self.out_shortcut, name=f"layer{s + 1}.{i}")(x)
                 in_planes = planes
         if self.bn_before_fc:
             x = nn.relu(batch_norm("bn")(x))
@@ -124,6 +137,8 @@ class DMPreActResNet(nn.Module):
         RobustBench's CIFAR statistics for ``num_classes`` (CIFAR-100's for 100 classes).
       std: the per-channel std divided by; ``None`` as for ``mean``.
       activation: ``nn.swish`` (Swish); ``nn.relu`` for the class's default.
+      remat: recompute each block's activations in the backward pass (see
+        :class:`PreActResNet`).
     """
 
     depth: int = 18
@@ -131,6 +146,7 @@ class DMPreActResNet(nn.Module):
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
     activation: Activation = nn.swish
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -141,10 +157,11 @@ class DMPreActResNet(nn.Module):
         std = default_std if self.std is None else self.std
         x = conv(64, 3, padding=1, name="conv_2d")(normalise(x, mean, std))
         in_planes = 64
+        block = block_class(_DMPreActBlock, self.remat)
         for s, (blocks, planes) in enumerate(zip(stages, (64, 128, 256, 512), strict=True)):
             for i in range(blocks):
                 stride = 2 if s > 0 and i == 0 else 1
-                x = _DMPreActBlock(in_planes, planes, stride, self.activation, name=f"layer_{s}.{i}")(x)
+                x = block(in_planes, planes, stride, self.activation, name=f"layer_{s}.{i}")(x)
                 in_planes = planes
         x = self.activation(batch_norm("batchnorm")(x))
         return nn.Dense(self.num_classes, name="logits")(global_average(x))
@@ -181,15 +198,16 @@ class _Block(nn.Module):
 
 
 def _residual_stages(
-    x: Array, depth: int, *, width_factor: int, shortcut_name: str, allowed: Sequence[int]
+    x: Array, depth: int, *, width_factor: int, shortcut_name: str, allowed: Sequence[int], remat: bool
 ) -> Array:
     stages = _stages(depth, allowed)
     bottleneck = depth >= 50
     in_planes = 64
+    block = block_class(_Block, remat)
     for s, (blocks, planes) in enumerate(zip(stages, (64, 128, 256, 512), strict=True)):
         for i in range(blocks):
             stride = 2 if s > 0 and i == 0 else 1
-            x = _Block(
+            x = block(
                 in_planes,
                 planes,
                 stride,
@@ -210,19 +228,25 @@ class CifarResNet(nn.Module):
       num_classes: logits returned.
       mean: per-channel mean subtracted first (``mu``); ``None`` skips it.
       std: per-channel std divided by next (``sigma``); ``None`` skips it.
+      remat: recompute each residual block's activations in the backward pass
+        (:func:`flax.linen.remat`) instead of storing them: less memory for
+        gradients, one more forward pass of compute. Same variables.
     """
 
     depth: int = 18
     num_classes: int = 10
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """``[batch, h, w, 3] -> [batch, num_classes]``."""
         x = conv(64, 3, padding=1, name="conv1")(normalise(x, self.mean, self.std))
         x = nn.relu(batch_norm("bn1")(x))
-        x = _residual_stages(x, self.depth, width_factor=1, shortcut_name="shortcut", allowed=tuple(STAGES))
+        x = _residual_stages(
+            x, self.depth, width_factor=1, shortcut_name="shortcut", allowed=tuple(STAGES), remat=self.remat
+        )
         return nn.Dense(self.num_classes, name="linear")(global_average(x))
 
 
@@ -238,6 +262,9 @@ class ResNet(nn.Module):
         :data:`IMAGENET_MEAN`, which :func:`~jaxadv.zoo.from_torch` reads from
         the checkpoint. ``None`` skips it.
       std: per-channel std divided by next (:data:`IMAGENET_STD`); ``None`` skips it.
+      remat: recompute each residual block's activations in the backward pass
+        (:func:`flax.linen.remat`) instead of storing them: less memory for
+        gradients, one more forward pass of compute. Same variables.
     """
 
     depth: int = 50
@@ -245,6 +272,7 @@ class ResNet(nn.Module):
     width_factor: int = 1
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -255,6 +283,11 @@ class ResNet(nn.Module):
         x = nn.relu(batch_norm("bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf
         x = _residual_stages(
-            x, self.depth, width_factor=self.width_factor, shortcut_name="downsample", allowed=tuple(STAGES)
+            x,
+            self.depth,
+            width_factor=self.width_factor,
+            shortcut_name="downsample",
+            allowed=tuple(STAGES),
+            remat=self.remat,
         )
         return nn.Dense(self.num_classes, name="fc")(global_average(x))

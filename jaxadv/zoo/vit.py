@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv.typing import Array
-from jaxadv.zoo.layers import layer_norm, normalise
+from jaxadv.zoo.layers import block_class, layer_norm, normalise
 
 #: ``(dim, depth, num_heads)`` of timm's named sizes.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -73,6 +73,9 @@ class VisionTransformer(nn.Module):
       mlp_ratio: the MLP's hidden width over ``dim``.
       mean: per-channel mean subtracted first; ``None`` skips it.
       std: per-channel std divided by next; ``None`` skips it.
+      remat: recompute each transformer block's activations in the backward
+        pass (:func:`flax.linen.remat`) instead of storing them: less memory
+        for gradients, one more forward pass of compute. Same variables.
     """
 
     num_classes: int = 1000
@@ -84,6 +87,7 @@ class VisionTransformer(nn.Module):
     mlp_ratio: float = 4.0
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -106,7 +110,8 @@ class VisionTransformer(nn.Module):
         pos = self.param("pos_embed", init, (1, tokens, self.dim), jnp.float32)
         x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.dim)).astype(x.dtype), x], axis=1) + pos
         mlp_dim = int(self.dim * self.mlp_ratio)
+        block = block_class(_Block, self.remat)
         for i in range(self.depth):
-            x = _Block(self.dim, self.num_heads, mlp_dim, name=f"blocks.{i}")(x)
+            x = block(self.dim, self.num_heads, mlp_dim, name=f"blocks.{i}")(x)
         x = layer_norm("norm")(x)
         return nn.Dense(self.num_classes, name="head")(x[:, 0])

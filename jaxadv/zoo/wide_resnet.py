@@ -23,7 +23,15 @@ from typing import Sequence
 import flax.linen as nn
 
 from jaxadv.typing import Array
-from jaxadv.zoo.layers import Activation, batch_norm, cifar_statistics, conv, global_average, normalise
+from jaxadv.zoo.layers import (
+    Activation,
+    batch_norm,
+    block_class,
+    cifar_statistics,
+    conv,
+    global_average,
+    normalise,
+)
 
 
 def _blocks_per_group(depth: int) -> int:
@@ -61,6 +69,9 @@ class WideResNet(nn.Module):
       mean: per-channel mean subtracted first (entries with ``mu``/``sigma``
         buffers); ``None``, the reference model's behaviour, skips it.
       std: per-channel std divided by next; ``None`` skips it.
+      remat: recompute each residual block's activations in the backward pass
+        (:func:`flax.linen.remat`) instead of storing them: less memory for
+        gradients, one more forward pass of compute. Same variables.
     """
 
     depth: int = 28
@@ -69,6 +80,7 @@ class WideResNet(nn.Module):
     bias_last: bool = True
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -76,10 +88,11 @@ class WideResNet(nn.Module):
         n = _blocks_per_group(self.depth)
         channels = (16, 16 * self.width, 32 * self.width, 64 * self.width)
         x = conv(channels[0], 3, padding=1, name="conv1")(normalise(x, self.mean, self.std))
+        block = block_class(_Block, self.remat)
         for group, stride in enumerate((1, 2, 2)):
             for i in range(n):
                 in_planes = channels[group] if i == 0 else channels[group + 1]
-                x = _Block(
+                x = block(
                     in_planes,
                     channels[group + 1],
                     stride if i == 0 else 1,
@@ -120,6 +133,8 @@ class DMWideResNet(nn.Module):
       std: the per-channel std divided by; ``None`` as for ``mean``.
       activation: ``nn.swish`` (RobustBench's ``Swish`` and ``nn.SiLU``); pass
         ``nn.relu`` for the class's ReLU default.
+      remat: recompute each block's activations in the backward pass (see
+        :class:`WideResNet`).
     """
 
     depth: int = 70
@@ -128,6 +143,7 @@ class DMWideResNet(nn.Module):
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
     activation: Activation = nn.swish
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -138,9 +154,10 @@ class DMWideResNet(nn.Module):
         std = default_std if self.std is None else self.std
         channels = (16, 16 * self.width, 32 * self.width, 64 * self.width)
         x = conv(channels[0], 3, padding=1, name="init_conv")(normalise(x, mean, std))
+        block = block_class(_DMBlock, self.remat)
         for group, stride in enumerate((1, 2, 2)):
             for i in range(n):
-                x = _DMBlock(
+                x = block(
                     channels[group] if i == 0 else channels[group + 1],
                     channels[group + 1],
                     stride if i == 0 else 1,
