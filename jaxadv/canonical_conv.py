@@ -101,6 +101,10 @@ def _eval_canonical(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> l
         name = eqn.primitive.name
         if name == "conv_general_dilated":
             out: Any = _canonical_conv(invals[0], invals[1], eqn.params)
+        elif name in ("remat2", "checkpoint") and _has_conv(eqn.params["jaxpr"]):
+            # A rematerialised block (jax.checkpoint / nn.remat): rewritten inside,
+            # and checkpointed again with the same policy.
+            out = _remat_canonical(eqn.params, invals)
         elif (
             name in ("pjit", "jit", "closed_call")
             and isinstance(inner := eqn.params.get("jaxpr", eqn.params.get("call_jaxpr")), jex.ClosedJaxpr)
@@ -114,6 +118,16 @@ def _eval_canonical(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> l
         else:
             env[eqn.outvars[0]] = out
     return [read(v) for v in jaxpr.outvars]
+
+
+def _remat_canonical(params: dict[str, Any], invals: Sequence[Any]) -> list[Any]:
+    inner = params["jaxpr"]
+    jaxpr, consts = (inner.jaxpr, inner.consts) if isinstance(inner, jex.ClosedJaxpr) else (inner, [])
+
+    def block(*args: Any) -> list[Any]:
+        return _eval_canonical(jaxpr, consts, args)
+
+    return jax.checkpoint(block, prevent_cse=params["prevent_cse"], policy=params["policy"])(*invals)
 
 
 def _canonical_conv(lhs: Any, rhs: Any, params: dict[str, Any]) -> Any:

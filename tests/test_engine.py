@@ -75,6 +75,17 @@ def test_rewrite_is_used(cnn, data, monkeypatch):
     assert not np.allclose(np.asarray(good), np.asarray(bad))
 
 
+def test_rematerialised_model_is_rewritten_too(cnn, data):
+    """Convolutions inside jax.checkpoint (nn.remat blocks) are made canonical as well,
+    with the same result."""
+    x, y = data
+    remat = jax.tree_util.Partial(lambda f, x: jax.checkpoint(f)(x), cnn)
+    run = jax.jit(lambda f, x, y: jaxadv.bim(f, x, y, eps=0.1, step_size=0.025, steps=3))
+    np.testing.assert_allclose(np.asarray(run(remat, x, y)), np.asarray(run(cnn, x, y)), atol=1e-6)
+    labels = re.findall(r"dim_labels=(\S+?),", run.lower(remat, x, y).compile().as_text())
+    assert "b01f_01oi->b01f" not in labels, labels
+
+
 def test_rewrite_failure_falls_back_with_a_warning(cnn, data, monkeypatch, caplog):
     """A primitive that does not re-bind: the plain step runs (same result) and it is logged."""
     x, y = data[0][:3], data[1][:3]  # a batch size no other test compiles
