@@ -72,6 +72,16 @@ def test_early_stop_freezes_successful_examples(cnn: Any, digits: Any) -> None:
     assert float(jnp.mean(jnp.abs(early.x_adv - x))) < float(jnp.mean(jnp.abs(full - x)))
 
 
+def _bilinear(img: np.ndarray, new: int) -> np.ndarray:
+    """``img [n, n, c]`` resized to ``[new, new, c]``: bilinear, centres aligned, no antialiasing."""
+    n = img.shape[0]
+    c = np.maximum((np.arange(new) + 0.5) * n / new - 0.5, 0.0)
+    i0 = np.minimum(np.floor(c).astype(int), n - 1)
+    i1, w = np.minimum(i0 + 1, n - 1), c - np.floor(c)
+    rows = img[i0] * (1 - w)[:, None, None] + img[i1] * w[:, None, None]
+    return rows[:, i0] * (1 - w)[None, :, None] + rows[:, i1] * w[None, :, None]
+
+
 def test_diverse_inputs() -> None:
     key = jax.random.key(0)
     x = jax.random.uniform(jax.random.key(1), (16, 8, 8, 3)) + 1.0  # > 0 so padding is visible
@@ -85,9 +95,9 @@ def test_diverse_inputs() -> None:
         cols = np.flatnonzero(np.any(out[b] > 0, axis=(0, 2)))
         h, w = len(rows), len(cols)
         assert 4 <= h <= 8 and h == w and rows[-1] - rows[0] == h - 1
-        # Nearest-neighbour resize: every pixel of the window is a pixel of the input.
-        window = out[b][rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].reshape(-1, 1, 3)
-        assert np.all(np.any(np.all(window == xn[b].reshape(1, -1, 3), axis=2), axis=1))
+        # The window is the input resized bilinearly to h x h (pixel centres aligned).
+        window = out[b][rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        np.testing.assert_allclose(window, _bilinear(xn[b], h), rtol=1e-5, atol=1e-6)
     g = jax.grad(lambda z: jnp.sum(jaxadv.diverse_inputs(key, z, prob=0.5) ** 2))(x)
     assert bool(jnp.all(jnp.isfinite(g)))
 
