@@ -68,9 +68,9 @@ def _attack_table(
         f"Square ({queries} queries)": lambda e: jaxadv.square(
             logits_fn, x, y, key=k_sq, eps=e, queries=queries
         ),
-        "transfer from MLP (PGD)": lambda e: jaxadv.transfer(
-            jaxadv.pgd, surrogate_fn, logits_fn, x, y, key=k_pgd, eps=e, steps=steps
-        ).x_adv,
+        "transfer from MLP (PGD)": lambda e: (
+            jaxadv.transfer(jaxadv.pgd, surrogate_fn, logits_fn, x, y, key=k_pgd, eps=e, steps=steps).x_adv
+        ),
     }
     return attacks
 
