@@ -77,8 +77,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv.attacks.base import Problem, prepare
-from jaxadv.compose.loop import _EVAL, _as_model, _FixedKey, _unfix, check_finite_step
+from jaxadv.attacks.base import Problem
+from jaxadv.compose.loop import EVAL_FOLD, check_finite_step, loop_problem, prepare_problem, source_model
 from jaxadv.compose.sources import EOT, LossGradient
 from jaxadv.engine import iterate
 from jaxadv.losses import dlr, dlr_targeted, finite_rows, get_loss
@@ -293,12 +293,12 @@ def _evaluate(ops: _Operands, static: _Static, x_t: Array, key: PRNGKey) -> tupl
     zero gradient (the next step only follows the momentum). The logits are those
     the source saw at ``x_t``, or one more draw of the model when it only saw
     transformed inputs."""
-    model = _as_model(static.model, ops.params, static.randomized)
+    model = source_model(static.model, ops.params, static.randomized)
     g = ops.source(model, x_t, ops.loss_labels, key=key, targeted=static.targeted)
     ok = g.ok & jnp.isfinite(g.loss)
     loss_val = jnp.where(ok, -g.loss if static.targeted else g.loss, -jnp.inf)
     grad = jnp.where(per_example(ok, g.grad) > 0, g.grad, 0.0)
-    logits = g.logits if g.logits is not None else model(x_t, jax.random.fold_in(key, _EVAL))
+    logits = g.logits if g.logits is not None else model(x_t, jax.random.fold_in(key, EVAL_FOLD))
     return loss_val, logits, grad
 
 
@@ -591,21 +591,6 @@ def _check_common(
     return norm, steps
 
 
-def _problem(
-    logits_fn: LogitsFn, x: ArrayLike, y: ArrayLike | None, key: PRNGKey, eps: ArrayLike, bounds: Bounds,
-    targeted: bool, randomized: bool,
-) -> Problem:  # fmt: skip
-    """:func:`prepare`, with a randomised model seen through one fixed key (for the
-    input checks, the clean logits and the success of the returned batch)."""
-    model = _FixedKey(logits_fn, key) if randomized else logits_fn
-    return prepare(model, x, y, bounds=bounds, targeted=targeted, eps=eps)
-
-
-def _loop_problem(p: Problem, randomized: bool) -> Problem:
-    """The problem whose model the loop calls with its own keys."""
-    return p._replace(model=_unfix(p.model)) if randomized else p
-
-
 def _start(p: Problem) -> _Outcome:
     b = p.x.shape[0]
     return _Outcome(p.x, jnp.zeros((b,), bool), jnp.full((b,), -jnp.inf, jnp.float32))
@@ -709,7 +694,9 @@ def apgd(
             "loss='dlr' has no targeted form in apgd: use jaxadv.apgd_targeted (APGD-T, the targeted "
             "DLR loss over the top classes), or loss='ce' with targeted=True"
         )
-    p = _problem(logits_fn, x, y, key, eps, bounds, targeted, randomized)
+    p = prepare_problem(
+        logits_fn, x, y, key=key, randomized=randomized, bounds=bounds, targeted=targeted, eps=eps
+    )
     if loss_fn is dlr and p.num_classes < 3:
         raise ValueError(
             f"loss='dlr' needs at least 3 classes (it divides by z_1 - z_3), got {p.num_classes}; "
@@ -720,7 +707,7 @@ def apgd(
         return p.output(p.finalize(p.x), targeted=targeted, return_info=return_info)
     clean_bad = ~finite_rows(_clean_logits(p.params, p.x, model=p.model))
     loss_labels = p.labels if p.labels.ndim == 2 else jax.nn.one_hot(p.labels, p.num_classes)
-    q = _loop_problem(p, randomized)
+    q = loop_problem(p, randomized)
     out = _start(p)
     for r in range(num_restarts):
         out = _run(
@@ -793,7 +780,9 @@ def apgd_targeted(
     """
     norm, steps = _check_common(norm, rho, num_restarts, key, eot_samples, shrinking_eps, steps)
     num_target_classes = check_steps(num_target_classes, "num_target_classes")
-    p = _problem(logits_fn, x, y, key, eps, bounds, False, randomized)
+    p = prepare_problem(
+        logits_fn, x, y, key=key, randomized=randomized, bounds=bounds, targeted=False, eps=eps
+    )
     if p.labels.ndim != 1:
         raise ValueError("apgd_targeted needs integer labels y of shape [batch]")
     if p.num_classes < 4:
@@ -806,7 +795,7 @@ def apgd_targeted(
     clean_bad = ~finite_rows(clean_logits)
     clean_order = jnp.argsort(clean_logits, axis=-1)
     onehot_y = jax.nn.one_hot(p.labels, p.num_classes)
-    q = _loop_problem(p, randomized)
+    q = loop_problem(p, randomized)
     out = _start(p)
     for k in range(2, num_target_classes + 2):
         target = clean_order[:, -k]

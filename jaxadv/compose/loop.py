@@ -47,11 +47,22 @@ from jaxadv.threat_models import mask_blocked, per_example, project_to_feasible,
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_norm, check_steps, is_traced
 
-__all__ = ["Attack", "LoopState", "Operands", "attack_step", "check_finite_step", "run_from"]
+__all__ = [
+    "EVAL_FOLD",
+    "Attack",
+    "LoopState",
+    "Operands",
+    "attack_step",
+    "check_finite_step",
+    "loop_problem",
+    "prepare_problem",
+    "run_from",
+    "source_model",
+]
 
 # The key of the model's own draw when a randomised model is evaluated for
 # bookkeeping (independent of the keys the gradient source folds in).
-_EVAL = 0xE7A1
+EVAL_FOLD = 0xE7A1
 
 
 @_pytree(
@@ -134,18 +145,19 @@ class Attack:
             raise ValueError("key is required: this attack draws random numbers (pass key=jax.random.key(0))")
         if key is None:
             key = jax.random.key(0)
-        model = _FixedKey(logits_fn, key) if self.randomized else logits_fn
-        p = prepare(model, x, y, bounds=bounds, targeted=targeted, eps=eps)
+        p = prepare_problem(
+            logits_fn, x, y, key=key, randomized=self.randomized, bounds=bounds, targeted=targeted, eps=eps
+        )
         alpha = check_step_size(self.step_factor * p.eps / steps if step_size is None else step_size, p.x)
         check_finite_step(alpha, p.lo, p.hi)
         if p.empty:
             return p.output(p.finalize(p.x), targeted=targeted, return_info=return_info)
-        if self.randomized:  # the loop calls the model with its own keys
-            p = p._replace(model=_unfix(p.model))
-        x_init = self.start(p, key)
-        x_adv = run_from(self, p, x_init, key=key, step_size=alpha, steps=steps, targeted=targeted, loop=loop)
-        if self.randomized:  # success is judged with the fixed key of the input checks
-            p = p._replace(model=p.model.inner)  # type: ignore[attr-defined]
+        # The loop calls a randomised model with its own keys; success is judged
+        # with the fixed key of the input checks (p).
+        q = loop_problem(p, self.randomized)
+        x_adv = run_from(
+            self, q, self.start(q, key), key=key, step_size=alpha, steps=steps, targeted=targeted, loop=loop
+        )
         return p.output(p.finalize(x_adv), targeted=targeted, return_info=return_info)
 
     def start(self, p: Problem, key: PRNGKey) -> Array:
@@ -182,6 +194,30 @@ jax.tree_util.register_pytree_node(
 )
 
 
+def prepare_problem(
+    logits_fn: Any,
+    x: ArrayLike,
+    y: ArrayLike | None,
+    *,
+    key: PRNGKey,
+    randomized: bool,
+    bounds: Bounds,
+    targeted: bool,
+    eps: ArrayLike | None,
+) -> Problem:
+    """:func:`jaxadv.prepare`, with a randomised model ``logits_fn(x, key)`` seen
+    through one fixed ``key`` (for the input checks, the clean labels and the
+    success of the returned batch)."""
+    model = _FixedKey(logits_fn, key) if randomized else logits_fn
+    return prepare(model, x, y, bounds=bounds, targeted=targeted, eps=eps)
+
+
+def loop_problem(p: Problem, randomized: bool) -> Problem:
+    """The problem whose model a loop calls with its own keys (``p`` itself for a
+    deterministic model); see :func:`source_model`."""
+    return p._replace(model=_unfix(p.model)) if randomized else p
+
+
 def _unfix(model: ModelStatic) -> ModelStatic:
     """The structure of the wrapped randomised model inside a ``_FixedKey``'s."""
     return _UnfixedModel(model)  # type: ignore[return-value]
@@ -191,7 +227,7 @@ class _UnfixedModel(NamedTuple):
     inner: ModelStatic
 
 
-def _as_model(model: Any, params: Any, randomized: bool) -> Any:
+def source_model(model: Any, params: Any, randomized: bool) -> Any:
     """``model(x, key) -> logits`` for the sources."""
     if randomized:
         fixed = combine_model(model.inner, params)
@@ -216,7 +252,7 @@ def _random_init(
     """A random point of the feasible set; ``x`` itself for the examples whose clean
     logits are not finite (they are returned unchanged)."""
     x0 = random_feasible(key, x, eps, norm, lo, hi)
-    clean_ok = finite_rows(_as_model(model, params, randomized)(x, jax.random.fold_in(key, _EVAL)))
+    clean_ok = finite_rows(source_model(model, params, randomized)(x, jax.random.fold_in(key, EVAL_FOLD)))
     return jnp.where(per_example(clean_ok, x) > 0, x0, x)
 
 
@@ -274,7 +310,7 @@ def _keep(new: Any, old: Any, mask: Array) -> Any:
 def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopState:
     """One step of a composed attack (the loop body given to :func:`jaxadv.iterate`)."""
     a = ops.attack
-    model = _as_model(static.model, ops.params, a.randomized)
+    model = source_model(static.model, ops.params, a.randomized)
     key = jax.random.fold_in(ops.key, i)
     point = a.rule.lookahead(s.rule, s.x, ops.step_size)
     g = a.source(model, point, ops.labels, key=key, targeted=static.targeted)
@@ -296,7 +332,7 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
     rule_state = _keep(rule_state, s.rule, g.ok)
     if s.best is None:
         return LoopState(x_new, rule_state, None)
-    z = g.logits if g.logits is not None and point is s.x else model(s.x, jax.random.fold_in(key, _EVAL))
+    z = g.logits if g.logits is not None and point is s.x else model(s.x, jax.random.fold_in(key, EVAL_FOLD))
     best, hit = record(s.best, s.x, z, ops.labels, static.targeted)
     moving = ~hit if a.early_stop else jnp.ones_like(hit)
     return LoopState(_keep(x_new, s.x, moving), _keep(rule_state, s.rule, moving), best)
@@ -315,7 +351,7 @@ def _final(
     randomized: bool,
 ) -> Array:
     assert s.best is not None
-    z = _as_model(model, params, randomized)(s.x, jax.random.fold_in(key, _EVAL))
+    z = source_model(model, params, randomized)(s.x, jax.random.fold_in(key, EVAL_FOLD))
     return select(s.best, s.x, z, x, labels, targeted)
 
 
