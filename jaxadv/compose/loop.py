@@ -37,8 +37,8 @@ import numpy as np
 
 from jaxadv.attacks.base import Problem, check_step_size, prepare
 from jaxadv.compose.bookkeeping import Best, init_best, record, select
-from jaxadv.compose.sources import EOT, InputDiversity, LossGradient, _pytree
-from jaxadv.compose.updates import Context, Steepest, VarianceTuning
+from jaxadv.compose.sources import LossGradient, _pytree
+from jaxadv.compose.updates import Context, Steepest
 from jaxadv.engine import iterate
 from jaxadv.losses import finite_rows
 from jaxadv.models import ModelStatic, combine_model
@@ -170,8 +170,7 @@ class Attack:
 
 
 def _random_part(part: Any) -> bool:
-    if isinstance(part, (EOT, InputDiversity, VarianceTuning)):
-        return True
+    """A part draws random numbers when it says so (``needs_key``) or wraps one that does."""
     if getattr(part, "needs_key", False):
         return True
     inner = getattr(part, "source", None)

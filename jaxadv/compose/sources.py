@@ -133,6 +133,8 @@ class EOT:
     samples: int = 1
     transform: Callable[[PRNGKey, Array], Array] | None = None
 
+    needs_key = True  # draws per step (not a field)
+
     def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
         def draw(carry: tuple[Array, Array, Array], j: Array) -> tuple[tuple[Array, Array, Array], None]:
             loss_sum, grad_sum, ok = carry
@@ -233,6 +235,8 @@ class InputDiversity:
     prob: Any = 0.5
     resize_rate: Any = 0.9
     spatial_axes: tuple[int, int] = (1, 2)
+
+    needs_key = True  # a random transform per step (not a field)
 
     def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
         prob, rate, axes = self.prob, self.resize_rate, self.spatial_axes

@@ -165,6 +165,8 @@ class VarianceTuning:
     beta: Any = 1.5
     samples: int = 20
 
+    needs_key = True  # random neighbours (not a field)
+
     def init(self, x: Array) -> VarianceState:
         return VarianceState(jnp.zeros_like(x, jnp.float32), jnp.zeros_like(x, jnp.float32))
 
