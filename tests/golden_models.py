@@ -127,21 +127,40 @@ CASES: dict[str, Case] = {
     "mifgsm_early_stop": lambda s, kw: jaxadv.mifgsm(
         s.mlp, s.x, s.y_mlp, eps=0.02, steps=5, early_stop=True, **kw
     ),
-    # --- APGD
+    # --- APGD (pinned when early_stop was on by default: it is passed explicitly)
     "apgd_ce_linf": lambda s, kw: jaxadv.apgd(
-        s.mlp, s.x, s.y_mlp, key=_key(6), eps=0.02, steps=10, num_restarts=2, **kw
+        s.mlp, s.x, s.y_mlp, key=_key(6), eps=0.02, steps=10, num_restarts=2, early_stop=True, **kw
     ),
     "apgd_dlr_linf": lambda s, kw: jaxadv.apgd(
-        s.mlp, s.x, s.y_mlp, key=_key(7), eps=0.02, steps=10, loss="dlr", num_restarts=2, **kw
+        s.mlp,
+        s.x,
+        s.y_mlp,
+        key=_key(7),
+        eps=0.02,
+        steps=10,
+        loss="dlr",
+        num_restarts=2,
+        early_stop=True,
+        **kw,
     ),
     "apgd_ce_l2": lambda s, kw: jaxadv.apgd(
-        s.mlp, s.x, s.y_mlp, key=_key(8), eps=0.1, steps=10, norm="l2", num_restarts=2, **kw
+        s.mlp, s.x, s.y_mlp, key=_key(8), eps=0.1, steps=10, norm="l2", num_restarts=2, early_stop=True, **kw
     ),
     "apgd_dlr_l2": lambda s, kw: jaxadv.apgd(
-        s.mlp, s.x, s.y_mlp, key=_key(9), eps=0.1, steps=10, norm="l2", loss="dlr", num_restarts=2, **kw
+        s.mlp,
+        s.x,
+        s.y_mlp,
+        key=_key(9),
+        eps=0.1,
+        steps=10,
+        norm="l2",
+        loss="dlr",
+        num_restarts=2,
+        early_stop=True,
+        **kw,
     ),
     "apgd_targeted": lambda s, kw: jaxadv.apgd_targeted(
-        s.mlp, s.x, s.y_mlp, key=_key(10), eps=0.02, steps=10, num_target_classes=4, **kw
+        s.mlp, s.x, s.y_mlp, key=_key(10), eps=0.02, steps=10, num_target_classes=4, early_stop=True, **kw
     ),
     # --- score-based black box
     "spsa": lambda s, kw: jaxadv.spsa(

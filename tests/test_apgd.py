@@ -118,8 +118,10 @@ def test_apgd_targeted_at_least_as_strong_on_most_seeds(cnn: Any, digits: Any) -
 def test_success_is_kept_and_returned(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:64]), jnp.asarray(digits[1].y[:64])
     key = jax.random.key(3)
-    res = jaxadv.with_success(jaxadv.apgd)(cnn.logits_fn, x, y, key=key, eps=0.12, steps=10, early_stop=False)
-    frozen = jaxadv.with_success(jaxadv.apgd)(cnn.logits_fn, x, y, key=key, eps=0.12, steps=10)
+    res = jaxadv.with_success(jaxadv.apgd)(cnn.logits_fn, x, y, key=key, eps=0.12, steps=10)
+    frozen = jaxadv.with_success(jaxadv.apgd)(
+        cnn.logits_fn, x, y, key=key, eps=0.12, steps=10, early_stop=True
+    )
     np.testing.assert_array_equal(res.success, jaxadv.predict(cnn.logits_fn, res.x_adv) != y)
     # Freezing an example once it succeeds does not change which examples succeed.
     np.testing.assert_array_equal(res.success, frozen.success)

@@ -624,7 +624,7 @@ def apgd(
     transform: Callable[[PRNGKey, Array], Array] | None = None,
     randomized: bool = False,
     shrinking_eps: bool = False,
-    early_stop: bool | None = None,
+    early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
 ) -> Any:
@@ -675,9 +675,10 @@ def apgd(
         :math:`3\epsilon`, :math:`2\epsilon`, :math:`\epsilon` (AutoAttack's L1
         configuration; ``steps >= 3``).
       early_stop: freeze an example once it is adversarial (its returned example
-        is then the first adversarial iterate; off, the last one). ``None``: on,
-        except for a randomised model, where one draw's success is no reason to
-        stop improving (the highest-loss point keeps rising).
+        is then the first adversarial iterate; off, the last one). Off by
+        default, as in every attack of the library: which examples succeed does
+        not depend on it (a success is kept either way), and for a randomised
+        model one draw's success is no reason to stop improving.
       loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
       return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success,
         None)`` instead of the array.
@@ -719,7 +720,7 @@ def apgd(
             steps=steps,
             norm=norm,
             rho=rho,
-            early_stop=not randomized if early_stop is None else early_stop,
+            early_stop=early_stop,
             loop=loop,
             targeted=targeted,
             eot_samples=eot_samples,
@@ -752,7 +753,7 @@ def apgd_targeted(
     transform: Callable[[PRNGKey, Array], Array] | None = None,
     randomized: bool = False,
     shrinking_eps: bool = False,
-    early_stop: bool | None = None,
+    early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
 ) -> Any:
@@ -810,7 +811,7 @@ def apgd_targeted(
                 steps=steps,
                 norm=norm,
                 rho=rho,
-                early_stop=not randomized if early_stop is None else early_stop,
+                early_stop=early_stop,
                 loop=loop,
                 eot_samples=eot_samples,
                 transform=transform,
