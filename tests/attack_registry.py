@@ -136,7 +136,7 @@ ATTACKS: tuple[Spec, ...] = (
         jaxadv.deepfool,
         NO_BALL,
         keyed=False,
-        targeted=False,
+        targeted=True,
         steps=3,
         num_candidates=4,
         retune={"overshoot": 0.05},

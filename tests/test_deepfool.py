@@ -75,3 +75,44 @@ def test_misclassified_examples_are_left_alone_and_jit(cnn: Any, digits: Any) ->
     before = run._cache_size()
     run(f, jnp.float32(0.1))
     assert run._cache_size() == before
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_targeted_two_class_affine_step_is_exact(norm: str) -> None:
+    # Two affine classes: reaching target 1 from class 0 is one step onto the
+    # boundary z_1 = z_0 against w_0 - w_1, the closed form of the minimal perturbation.
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(6, 2)).astype(np.float32)
+    b = np.array([1.5, 0.0], np.float32)
+    x = rng.uniform(-0.2, 0.2, size=(4, 6)).astype(np.float32)
+    f = jaxadv.from_apply(_affine_apply, (jnp.asarray(w), jnp.asarray(b)))
+    t = jnp.ones(4, jnp.int32)
+    out = np.asarray(
+        jaxadv.deepfool(f, x, t, targeted=True, norm=norm, overshoot=0.0, bounds=(-10.0, 10.0), steps=3)
+    )
+    wk = w[:, 1] - w[:, 0]
+    gap = (x @ w + b)[:, 0] - (x @ w + b)[:, 1]
+    assert np.all(gap > 0)
+    if norm == "l2":
+        r = ((gap + 1e-4) / np.sum(wk**2))[:, None] * wk
+    else:
+        r = ((gap + 1e-4) / np.sum(np.abs(wk)))[:, None] * np.sign(wk)
+    np.testing.assert_allclose(out, x + r, rtol=1e-4, atol=1e-5)
+    assert bool(jnp.all(jaxadv.predict(f, out) == 1))
+
+
+def test_targeted_reaches_targets_on_the_cnn(cnn: Any, digits: Any) -> None:
+    x, y = jnp.asarray(digits[1].x[:32]), jnp.asarray(digits[1].y[:32])
+    f = cnn.logits_fn
+    t = (y + 3) % 10
+    res = jaxadv.deepfool(f, x, t, targeted=True, steps=50, return_info=True)
+    np.testing.assert_array_equal(res.success, jaxadv.predict(f, res.x_adv) == t)
+    assert float(jnp.mean(res.success)) >= 0.9
+    # Untargeted DeepFool goes to the nearest boundary: never farther than a chosen target.
+    un = jaxadv.with_success(jaxadv.deepfool)(f, x, y, steps=50)
+    both = res.success & un.success
+    assert float(jnp.median(jaxadv.norm_of(un.x_adv - x, "l2")[both])) <= float(
+        jnp.median(jaxadv.norm_of(res.x_adv - x, "l2")[both])
+    )
+    with pytest.raises(ValueError, match="targeted"):
+        jaxadv.deepfool(f, x, None, targeted=True)

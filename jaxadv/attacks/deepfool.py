@@ -61,12 +61,13 @@ class _Static(NamedTuple):
     model: Any
     norm: Norm
     dtype: Any
+    targeted: bool
 
 
 def _deepfool_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _State:
     del i
     params, x, candidates, lo, hi, overshoot = operands
-    model, norm, dtype = static
+    model, norm, dtype, targeted = static
     logits_fn = combine_model(model, params)
 
     def selected(xi: Array, ci: Array) -> tuple[Array, Array]:
@@ -77,7 +78,7 @@ def _deepfool_body(i: Array, s: _State, operands: _Operands, static: _Static) ->
     # The vmap over the batch is outermost so the batch stays the major axis of
     # every merged dimension: under batch sharding no example leaves its device.
     jac, z = jax.vmap(jax.jacrev(selected, has_aux=True))(s.x_adv, candidates)
-    hit = hits(z, candidates[:, 0], False)
+    hit = hits(z, candidates[:, 0], targeted)
     finite = finite_rows(z) & jnp.all(jnp.isfinite(jac.reshape(jac.shape[0], -1)), axis=1)
     jac = jnp.where(per_example(finite, jac) > 0, jac, 0.0)
     z = jnp.where(finite[:, None], z, 0.0)
@@ -88,7 +89,13 @@ def _deepfool_body(i: Array, s: _State, operands: _Operands, static: _Static) ->
     # The dual norm of each w_k: L1 for an L-inf attack, L2 for an L2 one.
     dual = norm_of(w_flat.reshape(-1, w_flat.shape[-1]), "l1" if norm == "linf" else "l2").reshape(f.shape)
     dist = jnp.abs(f) / jnp.maximum(dual, 1e-12)
-    best = jnp.argmin(dist, axis=1)
+    if targeted:
+        # The target must overtake every class ahead of it: head for the farthest
+        # of their linearised boundaries, against the gradient of z_k - z_t.
+        best = jnp.argmax(jnp.where(f >= 0, dist, -1.0), axis=1)
+        w_flat = -w_flat
+    else:
+        best = jnp.argmin(dist, axis=1)
     w_k = jnp.take_along_axis(w_flat, best[:, None, None], axis=1)[:, 0].reshape(x.shape)
     f_k = jnp.take_along_axis(f, best[:, None], axis=1)[:, 0]
     dual_k = jnp.take_along_axis(dual, best[:, None], axis=1)[:, 0]
@@ -122,12 +129,13 @@ def deepfool(
     steps: int = 50,
     overshoot: ArrayLike = 0.02,
     norm: Norm = "l2",
+    targeted: bool = False,
     num_candidates: int = 10,
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
 ) -> Any:
-    r"""DeepFool (Moosavi-Dezfooli et al., 2016), L2 or L-inf, untargeted.
+    r"""DeepFool (Moosavi-Dezfooli et al., 2016), L2 or L-inf, untargeted or targeted.
 
     Runs the iteration of the module docstring for at most ``steps`` steps per
     example (an example stops once its candidate is misclassified), and returns
@@ -140,14 +148,22 @@ def deepfool(
     returned unchanged (in particular when they are not finite at ``x``). An
     empty batch is returned as it is. The model needs at least 2 classes.
 
+    Targeted (``targeted=True``, ``y`` the targets :math:`t`): the candidates are
+    :math:`t` and the ``num_candidates - 1`` other classes with the highest clean
+    logits; each step moves against :math:`w_k = \nabla z_k - \nabla z_t` to the
+    farthest linearised boundary among the candidates still ahead of :math:`t`
+    (:math:`f_k = z_k - z_t \ge 0`), and an example stops once :math:`t` is
+    predicted. Examples already predicted as their target are returned unchanged.
+
     Args:
       logits_fn: model ``x -> logits [batch, C]``.
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` integer labels; ``None``: the model's predictions (the
-        original algorithm).
+        original algorithm). With ``targeted=True``: the target classes (required).
       steps: maximum number of iterations (static).
       overshoot: :math:`\eta`, scalar or ``[batch]`` (traced; the paper uses 0.02).
       norm: ``"l2"`` or ``"linf"`` (static).
+      targeted: move towards the classes ``y`` instead of away from them (static).
       num_candidates: classes considered, ``y`` included (static; capped at ``C``).
       bounds: ``(lo, hi)``, scalars or arrays broadcasting against ``x``.
       loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
@@ -162,13 +178,13 @@ def deepfool(
         raise ValueError(f"deepfool supports norm='l2' or 'linf', got {norm!r}")
     steps = check_steps(steps)
     num_candidates = check_steps(num_candidates, "num_candidates")
-    p = prepare(logits_fn, x, y, bounds=bounds)
+    p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted)
     if p.labels.ndim != 1:
         raise ValueError("deepfool needs integer labels y of shape [batch]")
     if num_candidates < 2:
         raise ValueError(f"num_candidates must be >= 2, got {num_candidates}")
     if p.empty:
-        return p.output(p.finalize(p.x), targeted=False, return_info=return_info)
+        return p.output(p.finalize(p.x), targeted=targeted, return_info=return_info)
     k = min(num_candidates, p.num_classes)
     z = logits(combine_model(p.model, p.params), p.x)
     others = jnp.where(jax.nn.one_hot(p.labels, p.num_classes) > 0, -jnp.inf, z)
@@ -180,6 +196,6 @@ def deepfool(
     ov = per_example(ov, p.x)
     state = _State(jnp.zeros_like(p.x), p.x, jnp.zeros((p.x.shape[0],), bool))
     operands = _Operands(p.params, p.x, candidates, p.lo, p.hi, ov)
-    static = _Static(p.model, norm, p.dtype)
+    static = _Static(p.model, norm, p.dtype, bool(targeted))
     state = iterate(_deepfool_body, state, operands, steps=steps, static=static, loop=loop)
-    return p.output(p.finalize(state.x_adv), targeted=False, return_info=return_info)
+    return p.output(p.finalize(state.x_adv), targeted=targeted, return_info=return_info)
