@@ -17,6 +17,7 @@ Every test runs on tiny linear models on ``[batch, 4, 4, 1]`` images.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Callable, Iterator
 
 import flax.linen as nn
@@ -24,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attack_registry import ATTACKS as REGISTRY
+from attack_registry import call as registry_call
 
 import jaxadv
 from jaxadv.attacks import apgd as apgd_module
@@ -94,6 +97,17 @@ ATTACKS: dict[str, Attack] = {
         f, x, y, key=KEY, queries=60, return_info=True, **k
     ),
 }
+
+
+def _registry_call(spec: Any, f: Any, x: Any, y: Any, **kwargs: Any) -> Any:
+    return registry_call(spec, f, x, y, **kwargs)
+
+
+# Every other attack of the registry (tests/attack_registry.py) with its minimal
+# call there, so that a new attack enters the fault tests by its registry line.
+for _spec in REGISTRY:
+    ATTACKS.setdefault(_spec.name, functools.partial(_registry_call, _spec))
+
 GRADIENT = ["fgsm", "bim", "pgd", "mifgsm", "apgd", "apgd_targeted", "deepfool", "cw_l2"]
 BALL = {"fgsm", "bim", "pgd", "mifgsm", "apgd", "apgd_targeted", "square", "spsa", "nes"}
 BLACK_BOX = {"square", "spsa", "nes", "hop_skip_jump"}
