@@ -23,16 +23,26 @@ def plot_accuracy_vs_eps(
 
     Returns the matplotlib figure (saved to ``path`` when given).
     """
+    fig, ax = _accuracy_axes()
+    for name, acc in curves.items():
+        ax.plot(np.asarray(eps_values), np.asarray(acc) * 100, marker="o", label=name)
+    return _finish(fig, ax, f"eps ({norm})", title, path)
+
+
+def _accuracy_axes() -> tuple[Any, Any]:
+    """A figure with one axes for accuracy curves (percent on the y axis)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name, acc in curves.items():
-        ax.plot(np.asarray(eps_values), np.asarray(acc) * 100, marker="o", label=name)
-    ax.set_xlabel(f"eps ({norm})")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title(title)
     ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _finish(fig: Any, ax: Any, xlabel: str, title: str, path: str | os.PathLike[str] | None) -> Any:
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     if path is not None:
@@ -58,10 +68,8 @@ def plot_certified_accuracy(
 
     Returns the matplotlib figure (saved to ``path`` when given).
     """
-    import matplotlib.pyplot as plt
-
     curves = {"certified": certified} if isinstance(certified, CertifiedResult) else dict(certified)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = _accuracy_axes()
     for name, res in curves.items():
         radii = res.radii
         if res.method == "smoothing":
@@ -78,16 +86,7 @@ def plot_certified_accuracy(
         label = "robust accuracy under attack (upper bound)"
         ax.plot(eps, [robust[e] * 100 for e in eps], "x", color="crimson", markersize=8, mew=2, label=label)
     norms = sorted({res.norm for res in curves.values()})
-    ax.set_xlabel(f"radius ({', '.join(norms)})")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return _finish(fig, ax, f"radius ({', '.join(norms)})", title, path)
 
 
 def plot_examples(
