@@ -36,7 +36,9 @@ from jaxadv.attacks import blackbox as _blackbox
 from jaxadv.attacks import cw as _cw
 from jaxadv.attacks import decision_based as _decision_based
 from jaxadv.attacks import deepfool as _deepfool
+from jaxadv.attacks import ead as _ead
 from jaxadv.attacks import gradient_free as _gradient_free
+from jaxadv.attacks import jsma as _jsma
 from jaxadv.attacks import momentum as _momentum
 from jaxadv.attacks import square as _square
 from jaxadv.attacks.apgd import *  # noqa: F403
@@ -44,7 +46,9 @@ from jaxadv.attacks.blackbox import *  # noqa: F403
 from jaxadv.attacks.cw import *  # noqa: F403
 from jaxadv.attacks.decision_based import *  # noqa: F403
 from jaxadv.attacks.deepfool import *  # noqa: F403
+from jaxadv.attacks.ead import *  # noqa: F403
 from jaxadv.attacks.gradient_free import *  # noqa: F403
+from jaxadv.attacks.jsma import *  # noqa: F403
 from jaxadv.attacks.momentum import *  # noqa: F403
 from jaxadv.attacks.square import *  # noqa: F403
 from jaxadv.callables import *  # noqa: F403
@@ -95,6 +99,8 @@ for _module in (
     _cw,
     _decision_based,
     _deepfool,
+    _ead,
+    _jsma,
     _momentum,
     _blackbox,
     _gradient_free,

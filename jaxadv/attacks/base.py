@@ -76,6 +76,8 @@ class Problem(NamedTuple):
         :class:`jaxadv.AttackResult` with success re-predicted on exactly that array."""
         if not return_info:
             return x_adv
+        if self.empty:  # not re-predicted: a model may not trace zero examples
+            return AttackResult(x_adv, jnp.zeros((0,), bool), queries)
         z = combine_model(self.model, self.params)(x_adv.astype(jnp.float32))
         return AttackResult(x_adv, hits(z, self.labels, targeted), queries)
 
