@@ -37,6 +37,7 @@ from jaxadv.attacks import cw as _cw
 from jaxadv.attacks import decision_based as _decision_based
 from jaxadv.attacks import deepfool as _deepfool
 from jaxadv.attacks import ead as _ead
+from jaxadv.attacks import fmn as _fmn
 from jaxadv.attacks import gradient_free as _gradient_free
 from jaxadv.attacks import jsma as _jsma
 from jaxadv.attacks import momentum as _momentum
@@ -47,6 +48,7 @@ from jaxadv.attacks.cw import *  # noqa: F403
 from jaxadv.attacks.decision_based import *  # noqa: F403
 from jaxadv.attacks.deepfool import *  # noqa: F403
 from jaxadv.attacks.ead import *  # noqa: F403
+from jaxadv.attacks.fmn import *  # noqa: F403
 from jaxadv.attacks.gradient_free import *  # noqa: F403
 from jaxadv.attacks.jsma import *  # noqa: F403
 from jaxadv.attacks.momentum import *  # noqa: F403
@@ -100,6 +102,7 @@ for _module in (
     _decision_based,
     _deepfool,
     _ead,
+    _fmn,
     _jsma,
     _momentum,
     _blackbox,

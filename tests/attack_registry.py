@@ -152,6 +152,7 @@ ATTACKS: tuple[Spec, ...] = (
         learning_rate=0.1,
         retune={"beta": 0.01},
     ),
+    _named(jaxadv.fmn, NO_BALL, keyed=False, targeted=True, steps=3, retune={"alpha_init": 0.5}),
     _named(jaxadv.jsma, NO_BALL, keyed=False, targeted=True, gamma=0.1, retune={"theta": 0.5}),
     _named(jaxadv.square, L_INF, keyed=True, targeted=True, eps=E, queries=24),
     _named(jaxadv.spsa, L_INF, keyed=True, targeted=True, eps=E, queries=24, num_samples=4),

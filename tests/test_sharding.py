@@ -70,6 +70,8 @@ ATTACK_SETTINGS: dict[str, tuple[dict[str, Any], bool, bool]] = {
     "deepfool:linf": ({"steps": 3, "norm": "linf"}, False, True),
     "ead": ({"steps": 3, "binary_search_steps": 2}, False, True),
     "jsma": ({"gamma": 0.1}, False, True),
+    "fmn": ({"steps": 3}, False, True),
+    "fmn:l0": ({"steps": 3, "norm": "l0"}, False, True),
     # The black-box attacks with their success and query counts (return_info=True).
     "square": ({"eps": EPS, "queries": 20, "return_info": True}, True, False),
     "square:l2": ({"eps": 1.0, "queries": 20, "norm": "l2", "return_info": True}, True, False),
