@@ -41,6 +41,7 @@ from jaxadv.attacks import fmn as _fmn
 from jaxadv.attacks import gradient_free as _gradient_free
 from jaxadv.attacks import jsma as _jsma
 from jaxadv.attacks import momentum as _momentum
+from jaxadv.attacks import sparse_rs as _sparse_rs
 from jaxadv.attacks import square as _square
 from jaxadv.attacks.apgd import *  # noqa: F403
 from jaxadv.attacks.blackbox import *  # noqa: F403
@@ -52,6 +53,7 @@ from jaxadv.attacks.fmn import *  # noqa: F403
 from jaxadv.attacks.gradient_free import *  # noqa: F403
 from jaxadv.attacks.jsma import *  # noqa: F403
 from jaxadv.attacks.momentum import *  # noqa: F403
+from jaxadv.attacks.sparse_rs import *  # noqa: F403
 from jaxadv.attacks.square import *  # noqa: F403
 from jaxadv.callables import *  # noqa: F403
 from jaxadv.success import *  # noqa: F403
@@ -105,6 +107,7 @@ for _module in (
     _fmn,
     _jsma,
     _momentum,
+    _sparse_rs,
     _blackbox,
     _gradient_free,
     _square,

@@ -155,6 +155,7 @@ ATTACKS: tuple[Spec, ...] = (
     _named(jaxadv.fmn, NO_BALL, keyed=False, targeted=True, steps=3, retune={"alpha_init": 0.5}),
     _named(jaxadv.jsma, NO_BALL, keyed=False, targeted=True, gamma=0.1, retune={"theta": 0.5}),
     _named(jaxadv.square, L_INF, keyed=True, targeted=True, eps=E, queries=24),
+    _named(jaxadv.sparse_rs, NO_BALL, keyed=True, targeted=True, k=3, queries=24),
     _named(jaxadv.spsa, L_INF, keyed=True, targeted=True, eps=E, queries=24, num_samples=4),
     _named(jaxadv.nes, L_INF, keyed=True, targeted=True, eps=E, queries=24, num_samples=4),
     _named(

@@ -77,6 +77,8 @@ ATTACK_SETTINGS: dict[str, tuple[dict[str, Any], bool, bool]] = {
     "square:l2": ({"eps": 1.0, "queries": 20, "norm": "l2", "return_info": True}, True, False),
     "spsa": ({"eps": EPS, "queries": 20, "num_samples": 4, "return_info": True}, True, False),
     "nes": ({"eps": EPS, "queries": 20, "num_samples": 4, "return_info": True}, True, False),
+    "sparse_rs": ({"k": 3, "queries": 20, "return_info": True}, True, False),
+    "sparse_rs:patch": ({"k": 2, "queries": 20, "threat": "patch", "return_info": True}, True, False),
     "hop_skip_jump": (
         {"queries": 60, "init_evals": 10, "max_evals": 20, "init_tries": 10, "return_info": True},
         True,
