@@ -28,7 +28,7 @@ from jaxadv.validation import checked
 # isort: split
 # Attack families and tools that list their public names in ``__all__``.
 from jaxadv import callables as _callables
-from jaxadv import certify, compose, evaluation, sharding, training, zoo
+from jaxadv import certify, compose, evaluation, sharding, training, universal, zoo
 from jaxadv import success as _success
 from jaxadv import transfer as _transfer
 from jaxadv.attacks import apgd as _apgd
@@ -37,6 +37,7 @@ from jaxadv.attacks import cw as _cw
 from jaxadv.attacks import decision_based as _decision_based
 from jaxadv.attacks import deepfool as _deepfool
 from jaxadv.attacks import ead as _ead
+from jaxadv.attacks import fab as _fab
 from jaxadv.attacks import fmn as _fmn
 from jaxadv.attacks import gradient_free as _gradient_free
 from jaxadv.attacks import jsma as _jsma
@@ -49,6 +50,7 @@ from jaxadv.attacks.cw import *  # noqa: F403
 from jaxadv.attacks.decision_based import *  # noqa: F403
 from jaxadv.attacks.deepfool import *  # noqa: F403
 from jaxadv.attacks.ead import *  # noqa: F403
+from jaxadv.attacks.fab import *  # noqa: F403
 from jaxadv.attacks.fmn import *  # noqa: F403
 from jaxadv.attacks.gradient_free import *  # noqa: F403
 from jaxadv.attacks.jsma import *  # noqa: F403
@@ -96,6 +98,7 @@ __all__ = [
     "sharding",
     "steepest_direction",
     "training",
+    "universal",
     "zoo",
 ]
 for _module in (
@@ -104,6 +107,7 @@ for _module in (
     _decision_based,
     _deepfool,
     _ead,
+    _fab,
     _fmn,
     _jsma,
     _momentum,

@@ -123,6 +123,17 @@ ATTACKS: tuple[Spec, ...] = (
     _named(jaxadv.tifgsm, L_INF, keyed=True, targeted=True, eps=E, steps=2, kernel_size=3),
     _named(jaxadv.apgd, L_INF, keyed=True, targeted=True, eps=E, steps=3),
     _named(jaxadv.apgd_targeted, L_INF, keyed=True, targeted=False, eps=E, steps=3, num_target_classes=3),
+    _named(jaxadv.fab, L_INF, keyed=True, targeted=False, eps=E, steps=3, retune={"eta": 1.2}),
+    _named(
+        jaxadv.fab_targeted,
+        L_INF,
+        keyed=True,
+        targeted=False,
+        eps=E,
+        steps=3,
+        num_target_classes=2,
+        retune={"alpha_max": 0.2},
+    ),
     _named(
         jaxadv.cw_l2,
         NO_BALL,
