@@ -92,7 +92,11 @@ def add_evaluate_parser(sub: Any) -> None:
         choices=["linf", "l2", "l1"],
         help="threat model; any capitalisation (Linf, L2, L1)",
     )
-    p.add_argument("--suite", default="standard", help="'standard', 'fast' or comma-separated attack names")
+    p.add_argument(
+        "--suite",
+        default="standard",
+        help="'standard', 'plus', 'rand', 'fast' or comma-separated attack names",
+    )
     p.add_argument("--out", default="jaxadv-report", help="output folder")
     p.add_argument(
         "--batch-size",

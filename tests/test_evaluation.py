@@ -238,6 +238,55 @@ def test_minimal_eps_on_a_linear_model_is_the_analytic_margin() -> None:
     assert curve[0] == 1.0 and curve[2] == 0.0 and 0.3 < curve[1] < 0.7
 
 
+@pytest.mark.parametrize("attack", ["fmn", "fab", "deepfool"])
+def test_minimal_eps_from_one_minimal_norm_run_is_the_analytic_margin(attack: str, tmp_path: Any) -> None:
+    # The same two-class linear model: the L2 margin |x.w| / ||w||_2 in closed form.
+    rng = np.random.default_rng(0)
+    d = 12
+    w = rng.normal(size=(d,)).astype(np.float32)
+    params = {"w": jnp.stack([jnp.zeros(d), jnp.asarray(w)], axis=1), "b": jnp.zeros(2)}
+    f = jaxadv.from_apply(_linear, params)
+    x = rng.uniform(-1, 1, size=(20, d)).astype(np.float32)
+    y = (x @ w > 0).astype(np.int32)
+    y[:2] = 1 - y[:2]  # two examples misclassified from the start: radius 0
+    expected = np.abs(x @ w) / np.linalg.norm(w)
+    expected[:2] = 0.0
+    kw: dict[str, Any] = dict(norm="l2", attack=attack, bounds=(-10.0, 10.0), key=jax.random.key(0))
+    got = minimal_eps(f, x, y, **kw)
+    np.testing.assert_allclose(got, expected, rtol=0.01 if attack != "deepfool" else 0.03, atol=1e-4)
+    # A cap turns larger radii into "not found"; the curve and its plot follow.
+    cap = float(np.median(expected))
+    capped = minimal_eps(f, x, y, eps_max=cap, **kw)
+    assert np.all(np.isinf(capped[got > cap * 1.001])) and np.all(
+        capped[got <= cap * 0.999] == got[got <= cap * 0.999]
+    )
+    eps_grid = [0.0, cap, 10.0]
+    curve = accuracy_curve(got, eps_grid)
+    assert curve[0] == 0.9 and curve[2] == 0.0
+    fig = jaxadv.evaluation.plot_accuracy_vs_eps(
+        eps_grid, {attack: curve}, norm="l2", path=tmp_path / "c.png"
+    )
+    assert (tmp_path / "c.png").stat().st_size > 0 and len(fig.axes[0].lines) == 1
+
+
+def test_minimal_eps_takes_a_callable_and_refuses_bad_attacks() -> None:
+    params = {"w": jnp.asarray([[0.0, 1.0], [0.0, 0.0]]), "b": jnp.zeros(2)}
+    f = jaxadv.from_apply(_linear, params)
+    x = np.asarray([[0.3, 0.0], [-0.2, 0.0]], np.float32)
+    y = np.asarray([1, 0], np.int32)
+
+    def flip(logits_fn: Any, x: Any, y: Any) -> Any:  # crosses x_0 = 0 by 0.1 past it
+        return x.at[:, 0].set(-jnp.sign(x[:, 0]) * 0.1)
+
+    np.testing.assert_allclose(minimal_eps(f, x, y, attack=flip, norm="linf"), [0.4, 0.3], rtol=1e-6)
+    with pytest.raises(ValueError, match="attack must be"):
+        minimal_eps(f, x, y, attack="nope")
+    with pytest.raises(ValueError, match="needs eps_max and key"):
+        minimal_eps(f, x, y)
+    with pytest.raises(ValueError, match="pass key"):
+        minimal_eps(f, x, y, attack="fab", norm="l2")
+
+
 def _masked_apply(inner: Any) -> Any:
     def apply(x: Any) -> Any:
         # Rounding the input hides the gradient (zero almost everywhere).

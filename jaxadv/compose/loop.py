@@ -193,6 +193,13 @@ jax.tree_util.register_pytree_node(
 )
 
 
+def fix_key(logits_fn: Any, key: PRNGKey) -> LogitsFn:
+    """A randomised model ``logits_fn(x, key) -> logits`` seen as the deterministic
+    model ``x -> logits_fn(x, key)`` of one draw. The key is a traced leaf of the
+    result: a new key reuses the compiled programs."""
+    return _FixedKey(logits_fn, key)
+
+
 def prepare_problem(
     logits_fn: Any,
     x: ArrayLike,

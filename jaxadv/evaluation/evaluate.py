@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from jaxadv import sharding as shd
+from jaxadv.compose.loop import fix_key
 from jaxadv.evaluation.certified import Certification, CertifiedStream
 from jaxadv.evaluation.checkpoint import (
     DataHasher,
@@ -42,6 +43,10 @@ _Batch = tuple[np.ndarray, np.ndarray]
 
 
 # --- arguments -----------------------------------------------------------------
+
+
+#: Folded into a batch's key for the draw of a randomised model that judges it.
+_PREDICTION = 0x5EED
 
 
 def _split_key(key: PRNGKey) -> tuple[PRNGKey, PRNGKey]:
@@ -423,6 +428,7 @@ class _Setting(NamedTuple):
     hi: np.ndarray
     batch_size: int
     layout: _Layout
+    randomized: bool = False
 
 
 class _BatchResult(NamedTuple):
@@ -499,7 +505,11 @@ def _evaluate_batch(
     rows = s.layout.size(n, s.batch_size)
     if placed is None or placed.shape[0] != rows:
         placed = shd.pad_batch(xb, rows)
-    z = s.layout.logits(s.logits_fn, placed)[:n]
+    # A randomised model is judged on one draw per batch (its own fold of the key),
+    # the same draw for the clean and every adversarial prediction.
+    judge = fix_key(s.logits_fn, jax.random.fold_in(key, _PREDICTION)) if s.randomized else s.logits_fn
+    extra = {"randomized": True} if s.randomized else {}
+    z = s.layout.logits(judge, placed)[:n]
     if yb.size and yb.max() >= z.shape[-1]:
         raise ValueError(
             f"labels must be < {z.shape[-1]} (the model's number of classes), found {int(yb.max())}"
@@ -521,11 +531,13 @@ def _evaluate_batch(
         attack_key = jax.random.fold_in(key, zlib.crc32(attack.name.encode()) & 0x7FFFFFFF)
         start = time.perf_counter()
         xs, ys = s.layout.place(xb[sel], yb[sel])
-        out = attack.run(s.logits_fn, xs, ys, key=attack_key, eps=s.eps, norm=s.norm, bounds=(s.lo, s.hi))
+        out = attack.run(
+            s.logits_fn, xs, ys, key=attack_key, eps=s.eps, norm=s.norm, bounds=(s.lo, s.hi), **extra
+        )
         # A suite member returns the adversarial array or an AttackResult (with queries).
         candidates, q = (out.x_adv, out.queries) if isinstance(out, AttackResult) else (out, None)
         x_adv = s.layout.fetch(candidates)[: idx.size]
-        z_adv = s.layout.logits(s.logits_fn, candidates)[: idx.size]
+        z_adv = s.layout.logits(judge, candidates)[: idx.size]
         seconds[i] += time.perf_counter() - start
         # A NaN or inf candidate (or logits) decides nothing: the attack failed on that example.
         finite = _finite_rows(x_adv) & np.isfinite(z_adv).all(axis=-1)
@@ -539,7 +551,7 @@ def _evaluate_batch(
         dist[hit] = d[success]
         x_best[hit] = x_adv[success]
     # The stored examples are the final word: flags agree with re-predicting them.
-    zf = s.layout.logits(s.logits_fn, shd.pad_batch(x_best, s.layout.size(n, s.batch_size)))[:n]
+    zf = s.layout.logits(judge, shd.pad_batch(x_best, s.layout.size(n, s.batch_size)))[:n]
     lost = (fooled_by >= 0) & ((np.argmax(zf, axis=-1) == yb) | ~np.isfinite(zf).all(axis=-1))
     fooled_by[lost] = ROBUST
     dist[lost] = 0.0
@@ -664,6 +676,7 @@ def evaluate(
     check_size: int = 128,
     sharding: Mesh | NamedSharding | bool | None = None,
     certify: Certification | None = None,
+    randomized: bool = False,
 ) -> EvaluationResult:
     r"""Robust accuracy of ``logits_fn`` under a suite of attacks (per-example worst case).
 
@@ -695,11 +708,12 @@ def evaluate(
         are refused.
       eps: radius, raw input units. norm: ``"linf"``, ``"l2"``, ``"l1"`` (any case:
         ``"Linf"``, ``"L2"``).
-      suite: ``"standard"`` (APGD-CE, APGD-T, Square; like AutoAttack's
-        standard version; for ``l1``: APGD-CE and APGD-T in L1 with
-        AutoAttack's L1 settings, as FAB-T is not part of the library yet), ``"fast"`` (PGD-20 with
-        cross-entropy then PGD-50 with the CW margin; every norm), or a list of
-        names from :data:`jaxadv.evaluation.ATTACKS` and :class:`SuiteAttack`.
+      suite: ``"standard"``, ``"plus"`` or ``"rand"`` (AutoAttack's versions:
+        ``"standard"`` is APGD-CE, APGD-T, FAB-T and Square for L-inf and L2,
+        APGD-CE, APGD-T and FAB-T in L1; see :mod:`jaxadv.evaluation.suites`
+        for every member and budget), ``"fast"`` (PGD-20 with cross-entropy then
+        PGD-50 with the CW margin; every norm), or a list of names from
+        :data:`jaxadv.evaluation.ATTACKS` and :class:`SuiteAttack`.
         A suite with a member that does not support ``norm`` is refused before
         anything runs.
       key: PRNG key; each batch (by its index) and attack gets its own fold of it.
@@ -764,6 +778,16 @@ def evaluate(
         accuracy (an upper bound); the numbers of
         ``certified_accuracy(logits_fn, x, y, certify=certify, key=key, bounds=bounds)``
         on the same examples. Refused with ``checkpoint`` and with several processes.
+      randomized: the model is randomised, ``logits_fn(x, key) -> logits`` (dropout
+        left on, a random input transformation, noise): the attacks get the
+        model itself and draw their own keys (use ``suite="rand"``, whose members
+        average the gradient over 20 draws; a suite with a member that cannot
+        attack a randomised model is refused), while every prediction of a
+        batch (clean, and of each attack's candidates) uses one draw of the
+        model, keyed by the batch. The figure is then that draw's robust
+        accuracy, as AutoAttack's ``"rand"`` version reports it; evaluate with
+        several keys to see its spread. The masking checks see one fixed draw.
+        Refused with ``certify``.
 
     Returns:
       An :class:`EvaluationResult`; ``result.robust_accuracy`` is the figure,
@@ -787,6 +811,15 @@ def evaluate(
     auto = batch_size == "auto"
     attacks = resolve_suite(suite, norm=norm)
     check_suite_norm(suite, attacks, norm)
+    if randomized:
+        cannot = [a.name for a in attacks if not a.randomized]
+        if cannot:
+            raise ValueError(
+                f"randomized=True: {', '.join(cannot)} cannot attack a randomised model "
+                "logits_fn(x, key); use suite='rand' or members built with SuiteAttack(randomized=True)"
+            )
+        if certify is not None:
+            raise ValueError("certify cannot be combined with randomized=True")
     names = [a.name for a in attacks]
     key_attacks, key_checks = _split_key(key)
     layout = _Layout(shd.resolve_batch_sharding(sharding))
@@ -837,7 +870,7 @@ def evaluate(
         size = _Size(cast(int, saved.fingerprint.batch_size))
     else:
         size = _Size(_first_size(max_batch_size, total, layout.multiple))
-    setting = _Setting(attacked_fn, attacks, float(eps), norm, lo, hi, size.value, layout)
+    setting = _Setting(attacked_fn, attacks, float(eps), norm, lo, hi, size.value, layout, randomized)
     skip = 0 if saved is None else saved.examples
     tally = _Tally(names, None if saved is None else saved.result, store_adversarial)
     hasher = DataHasher()  # the examples done so far, as the checkpoint records them
@@ -923,7 +956,8 @@ def evaluate(
         result.certified = certifier.result()
     check_batch = first.batch()
     if checks and check_batch is not None:
-        _attach_checks(result, logits_fn, check_batch, attacks, key_checks, bounds)
+        checked = fix_key(logits_fn, key_checks) if randomized else logits_fn
+        _attach_checks(result, checked, check_batch, attacks, key_checks, bounds)
     if path is not None and fingerprint is not None:
         write_checkpoint(
             path,

@@ -1,19 +1,28 @@
 """Attack suites for :func:`jaxadv.evaluate`.
 
 A suite is a sequence of :class:`SuiteAttack`: a name and a function
-``run(logits_fn, x, y, *, key, eps, norm, bounds) -> x_adv`` (or a result with an
-``x_adv`` attribute, and optionally ``queries``). Success is always decided by
-re-predicting the returned examples, never by an attack's own flag.
+``run(logits_fn, x, y, *, key, eps, norm, bounds) -> x_adv`` (or an
+:class:`jaxadv.AttackResult`, whose ``queries`` are then counted). Success is
+always decided by re-predicting the returned examples, never by an attack's own
+flag. The built-in suites reproduce AutoAttack's versions (Croce & Hein, 2020),
+with its iterations, restarts and target counts; each member runs on the
+examples still robust after the members before it:
 
-The ``"standard"`` suite mirrors AutoAttack's standard version for the norm:
-
-* L-inf and L2: APGD-CE, APGD-T (9 target classes), Square (5000 queries);
-  AutoAttack's FAB-T is not in the library yet.
-* L1 (Croce & Hein, 2021): APGD-CE with 5 restarts and APGD-T, both in their
-  L1 version with the shrinking radius (``shrinking_eps``), 100 steps each.
-  AutoAttack's L1 version also runs FAB-T and the L1 Square attack, which the
-  library does not have yet: where those two would add successes, this suite
-  reports a higher robust accuracy than AutoAttack.
+* ``"standard"``, L-inf and L2: APGD-CE (100 steps), APGD-T (100 steps, 9 target
+  classes), FAB-T (100 steps, 9 target classes), Square (5000 queries).
+* ``"standard"``, L1 ("Mind the box", Croce & Hein, 2021): APGD-CE (5 restarts)
+  and APGD-T (5 target classes), both in L1 with the shrinking radius
+  (``shrinking_eps``), then FAB-T (9 target classes). AutoAttack's L1 version
+  also runs the L1 Square attack, which the library does not have: where it
+  would add successes, this suite reports a higher robust accuracy.
+* ``"plus"``: APGD-CE and APGD-DLR (5 restarts each), FAB (5 restarts), Square
+  (5000 queries), APGD-T (9 target classes), FAB-T (9 target classes).
+* ``"rand"``, for randomised defences: APGD-CE and APGD-DLR, each with the
+  expectation of the gradient over 20 draws (EOT) per step, one restart. With
+  ``evaluate(..., randomized=True)`` the model is ``logits_fn(x, key)`` and
+  every draw gets its own key; a deterministic model is accepted too (as in
+  AutoAttack), where the 20 draws are equal.
+* ``"fast"``: PGD-20 with cross-entropy, then PGD-50 with the CW margin (every norm).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from jaxadv.attacks.apgd import apgd, apgd_targeted
+from jaxadv.attacks.fab import fab, fab_targeted
 from jaxadv.attacks.iterative import pgd
 from jaxadv.attacks.single_step import fgsm
 from jaxadv.attacks.square import square
@@ -43,12 +53,16 @@ class SuiteAttack(NamedTuple):
       norms: the norms the attack supports; :func:`jaxadv.evaluate` refuses a
         suite with a member that does not support the requested norm before
         attacking anything. ``None``: every norm.
+      randomized: ``run`` also takes ``randomized=True`` and then attacks a
+        randomised model ``logits_fn(x, key)`` (``evaluate(..., randomized=True)``
+        refuses a suite with a member that cannot).
     """
 
     name: str
     run: AttackFn
     black_box: bool = False
     norms: tuple[str, ...] | None = None
+    randomized: bool = False
 
 
 def _apgd_ce(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
@@ -61,8 +75,56 @@ def _apgd_ce(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, 
 
 
 def _apgd_t(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
+    # AutoAttack's L1 version attacks 5 target classes, the others 9.
+    l1 = norm == "l1"
     return apgd_targeted(
-        logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, bounds=bounds, shrinking_eps=norm == "l1"
+        logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, bounds=bounds, shrinking_eps=l1,
+        num_target_classes=5 if l1 else 9,
+    )  # fmt: skip
+
+
+def _apgd_restarts(loss: str, restarts: int) -> AttackFn:
+    def run(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
+        return apgd(
+            logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, loss=loss, bounds=bounds,
+            num_restarts=restarts,
+        )  # fmt: skip
+
+    return run
+
+
+def _apgd_eot(loss: str) -> AttackFn:
+    # AutoAttack's "rand" version: one restart, the gradient averaged over 20 draws.
+    def run(
+        logits_fn: Any,
+        x: Any,
+        y: Any,
+        *,
+        key: Any,
+        eps: Any,
+        norm: Norm,
+        bounds: Any,
+        randomized: bool = False,
+    ) -> Any:
+        return apgd(
+            logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, loss=loss, bounds=bounds,
+            eot_samples=20, randomized=randomized,
+        )  # fmt: skip
+
+    return run
+
+
+def _fab_t(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
+    # AutoAttack's FAB has no final search (search_steps=0): the same algorithm.
+    return fab_targeted(
+        logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, bounds=bounds, num_target_classes=9,
+        search_steps=0,
+    )  # fmt: skip
+
+
+def _fab(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
+    return fab(
+        logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, bounds=bounds, num_restarts=5, search_steps=0
     )
 
 
@@ -91,17 +153,29 @@ def _pgd_cw(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, b
 ATTACKS: dict[str, SuiteAttack] = {
     "apgd-ce": SuiteAttack("apgd-ce", _apgd_ce, norms=("linf", "l2", "l1")),
     "apgd-t": SuiteAttack("apgd-t", _apgd_t, norms=("linf", "l2", "l1")),
+    "fab-t": SuiteAttack("fab-t", _fab_t, norms=("linf", "l2", "l1")),
+    "apgd-ce-x5": SuiteAttack("apgd-ce-x5", _apgd_restarts("ce", 5), norms=("linf", "l2")),
+    "apgd-dlr-x5": SuiteAttack("apgd-dlr-x5", _apgd_restarts("dlr", 5), norms=("linf", "l2")),
+    "fab-x5": SuiteAttack("fab-x5", _fab, norms=("linf", "l2", "l1")),
+    "apgd-ce-eot20": SuiteAttack(
+        "apgd-ce-eot20", _apgd_eot("ce"), norms=("linf", "l2", "l1"), randomized=True
+    ),
+    "apgd-dlr-eot20": SuiteAttack(
+        "apgd-dlr-eot20", _apgd_eot("dlr"), norms=("linf", "l2", "l1"), randomized=True
+    ),
     "square": SuiteAttack("square", _square, black_box=True, norms=("linf", "l2")),
     "fgsm": SuiteAttack("fgsm", _fgsm),
     "pgd-20": SuiteAttack("pgd-20", _pgd(20)),
     "pgd-50-cw": SuiteAttack("pgd-50-cw", _pgd_cw),
 }
 
-#: Built-in suites. ``"standard"`` mirrors AutoAttack's standard version
-#: (APGD-CE, APGD-T, Square; for L1 see :data:`SUITES_BY_NORM`); ``"fast"`` is
-#: a quick first look.
+#: Built-in suites (see the module docstring): AutoAttack's ``"standard"``,
+#: ``"plus"`` and ``"rand"`` versions (for L1 see :data:`SUITES_BY_NORM`), and
+#: ``"fast"``, a quick first look.
 SUITES: dict[str, tuple[str, ...]] = {
-    "standard": ("apgd-ce", "apgd-t", "square"),
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce-x5", "apgd-dlr-x5", "fab-x5", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce-eot20", "apgd-dlr-eot20"),
     "fast": ("pgd-20", "pgd-50-cw"),
 }
 
@@ -109,7 +183,7 @@ SUITES: dict[str, tuple[str, ...]] = {
 #: ``"standard"`` is AutoAttack's L1 members that the library has (see the
 #: module docstring).
 SUITES_BY_NORM: dict[str, dict[str, tuple[str, ...]]] = {
-    "l1": {"standard": ("apgd-ce", "apgd-t")},
+    "l1": {"standard": ("apgd-ce", "apgd-t", "fab-t")},
 }
 
 
