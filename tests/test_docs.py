@@ -15,6 +15,7 @@ import jaxadv.certify
 import jaxadv.evaluation
 import jaxadv.sharding
 import jaxadv.training
+import jaxadv.universal
 import jaxadv.zoo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +36,13 @@ def _public() -> dict[str, list[str]]:
         "jaxadv": [
             n
             for n in jaxadv.__all__
-            if n not in ("certify", "compose", "evaluation", "sharding", "training", "zoo")
+            if n not in ("certify", "compose", "evaluation", "sharding", "training", "universal", "zoo")
         ],
         "jaxadv.compose": list(jaxadv.compose.__all__),
         "jaxadv.certify": list(jaxadv.certify.__all__),
         "jaxadv.evaluation": list(jaxadv.evaluation.__all__),
         "jaxadv.training": list(jaxadv.training.__all__),
+        "jaxadv.universal": list(jaxadv.universal.__all__),
         "jaxadv.sharding": list(jaxadv.sharding.__all__),
         "jaxadv.zoo": list(jaxadv.zoo.__all__),
     }
