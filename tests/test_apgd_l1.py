@@ -196,6 +196,10 @@ def test_n_restarts_is_a_deprecated_alias() -> None:
     for attack in (jaxadv.apgd, jaxadv.apgd_targeted):
         with pytest.raises(ValueError, match="both"):
             attack(f, x, n_restarts=2, num_restarts=2, **kw)
+        with pytest.raises(ValueError, match="both"):
+            attack(f, x, eot_samples=2, num_samples=2, **kw)
+    with pytest.warns(DeprecationWarning, match="eot_samples= is deprecated; use num_samples="):
+        jaxadv.apgd(f, x, eot_samples=1, **kw)
 
 
 def test_rejects_bad_arguments() -> None:
@@ -204,8 +208,8 @@ def test_rejects_bad_arguments() -> None:
         jaxadv.apgd(f, x, key=KEY, eps=0.1, shrinking_eps=True)
     with pytest.raises(ValueError, match="steps must be >= 3"):
         jaxadv.apgd(f, x, key=KEY, eps=0.1, norm="l1", steps=2, shrinking_eps=True)
-    with pytest.raises(ValueError, match="eot_samples"):
-        jaxadv.apgd(f, x, key=KEY, eps=0.1, eot_samples=0)
+    with pytest.raises(ValueError, match="num_samples"):
+        jaxadv.apgd(f, x, key=KEY, eps=0.1, num_samples=0)
     with pytest.raises(ValueError, match="num_restarts"):
         jaxadv.apgd_targeted(f, x, key=KEY, eps=0.1, num_restarts=0)
 
@@ -236,7 +240,7 @@ def test_eot_is_no_weaker_on_a_randomised_model() -> None:
     # success at an iterate is no reason to stop.
     kw = dict(key=KEY, eps=3.0, steps=STEPS, norm="l1", randomized=True)
     one = _mean_accuracy(model, jaxadv.apgd(model, x, y, **kw), y)
-    eot = _mean_accuracy(model, jaxadv.apgd(model, x, y, eot_samples=8, **kw), y)
+    eot = _mean_accuracy(model, jaxadv.apgd(model, x, y, num_samples=8, **kw), y)
     clean = _mean_accuracy(model, x, y)
     assert eot <= one, (eot, one)
     assert eot < clean - 0.3, (eot, clean)

@@ -55,7 +55,7 @@ returned or count as adversarial.
 
 **All norms.** The gradient comes from a gradient source of
 :mod:`jaxadv.compose`: the exact gradient of the loss
-(:class:`jaxadv.compose.LossGradient`), or with ``eot_samples > 1``, a random
+(:class:`jaxadv.compose.LossGradient`), or with ``num_samples > 1``, a random
 ``transform`` or a randomised model, its mean over draws
 (:class:`jaxadv.compose.EOT`). The highest loss point and every adversarial
 iterate (:func:`jaxadv.success.hits`, on the iterate rounded to the caller's
@@ -583,7 +583,7 @@ def _check_common(
     if key is None:
         raise ValueError("key is required for the random starts (pass key=jax.random.key(0))")
     if not isinstance(eot_samples, (int, np.integer)) or isinstance(eot_samples, bool) or eot_samples < 1:
-        raise ValueError(f"eot_samples must be a positive int, got {eot_samples!r}")
+        raise ValueError(f"num_samples must be a positive int, got {eot_samples!r}")
     if shrinking_eps and norm != "l1":
         raise ValueError(f"shrinking_eps is part of the L1 version of APGD (norm='l1'), got norm={norm!r}")
     if shrinking_eps and steps < 3:
@@ -605,6 +605,7 @@ def _all_found(out: _Outcome, skip: Array) -> bool:
     return not is_traced(out.found) and bool(jnp.all(out.found | skip))
 
 
+@_renamed_keyword("eot_samples", "num_samples")
 @_renamed_keyword("n_restarts", "num_restarts")
 def apgd(
     logits_fn: LogitsFn,
@@ -620,7 +621,7 @@ def apgd(
     loss: str | LossFn = "ce",
     num_restarts: int = 1,
     rho: float = 0.75,
-    eot_samples: int = 1,
+    num_samples: int = 1,
     transform: Callable[[PRNGKey, Array], Array] | None = None,
     randomized: bool = False,
     shrinking_eps: bool = False,
@@ -640,7 +641,7 @@ def apgd(
     :func:`apgd_targeted` (APGD-T) for that.
 
     Randomness in the model or its input is attacked with expectation over
-    transformation: each gradient is the mean over ``eot_samples`` draws
+    transformation: each gradient is the mean over ``num_samples`` draws
     (:class:`jaxadv.compose.EOT`), each with its own key, reaching a randomised
     model ``logits_fn(x, key)`` (``randomized=True``) and an input
     ``transform(key, x)``. AutoAttack's version for randomised defences
@@ -666,7 +667,7 @@ def apgd(
       num_restarts: number of random restarts (static). ``n_restarts`` is a
         deprecated name for it.
       rho: the fraction of condition 1 (static; L-inf and L2).
-      eot_samples: gradient draws per step (static); each step costs that many
+      num_samples: gradient draws per step (static); each step costs that many
         forward-backward passes.
       transform: optional random input transformation ``(key, x) -> x``
         (static callable), applied before the model in each draw.
@@ -688,7 +689,7 @@ def apgd(
       adversarial iterate when one was found, otherwise the highest-loss point
       (with ``return_info``, an :class:`jaxadv.AttackResult`).
     """
-    norm, steps = _check_common(norm, rho, num_restarts, key, eot_samples, shrinking_eps, steps)
+    norm, steps = _check_common(norm, rho, num_restarts, key, num_samples, shrinking_eps, steps)
     loss_fn = get_loss(loss)
     if targeted and loss_fn is dlr:
         raise ValueError(
@@ -723,7 +724,7 @@ def apgd(
             early_stop=early_stop,
             loop=loop,
             targeted=targeted,
-            eot_samples=eot_samples,
+            eot_samples=num_samples,
             transform=transform,
             randomized=randomized,
             shrinking_eps=shrinking_eps,
@@ -734,6 +735,7 @@ def apgd(
     return p.output(x_adv, targeted=targeted, return_info=return_info)
 
 
+@_renamed_keyword("eot_samples", "num_samples")
 @_renamed_keyword("n_target_classes", "num_target_classes")
 @_renamed_keyword("n_restarts", "num_restarts")
 def apgd_targeted(
@@ -749,7 +751,7 @@ def apgd_targeted(
     num_target_classes: int = 9,
     num_restarts: int = 1,
     rho: float = 0.75,
-    eot_samples: int = 1,
+    num_samples: int = 1,
     transform: Callable[[PRNGKey, Array], Array] | None = None,
     randomized: bool = False,
     shrinking_eps: bool = False,
@@ -768,7 +770,7 @@ def apgd_targeted(
 
     Args:
       logits_fn, x, key, eps, steps, norm, bounds, rho: as in :func:`apgd`.
-      eot_samples, transform, randomized, shrinking_eps, early_stop, loop: as in :func:`apgd`.
+      num_samples, transform, randomized, shrinking_eps, early_stop, loop: as in :func:`apgd`.
       y: ``[batch]`` integer labels (not one-hot).
       num_target_classes: number of target classes tried (static; at most ``C - 1``).
       num_restarts: random restarts per target class (static). ``n_restarts`` is
@@ -779,7 +781,7 @@ def apgd_targeted(
     Returns:
       The adversarial batch, shape and dtype of ``x`` (see :func:`apgd`).
     """
-    norm, steps = _check_common(norm, rho, num_restarts, key, eot_samples, shrinking_eps, steps)
+    norm, steps = _check_common(norm, rho, num_restarts, key, num_samples, shrinking_eps, steps)
     num_target_classes = check_steps(num_target_classes, "num_target_classes")
     p = prepare_problem(
         logits_fn, x, y, key=key, randomized=randomized, bounds=bounds, targeted=False, eps=eps
@@ -813,7 +815,7 @@ def apgd_targeted(
                 rho=rho,
                 early_stop=early_stop,
                 loop=loop,
-                eot_samples=eot_samples,
+                eot_samples=num_samples,
                 transform=transform,
                 randomized=randomized,
                 shrinking_eps=shrinking_eps,

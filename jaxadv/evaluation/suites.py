@@ -108,7 +108,7 @@ def _apgd_eot(loss: str) -> AttackFn:
     ) -> Any:
         return apgd(
             logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, loss=loss, bounds=bounds,
-            eot_samples=20, randomized=randomized,
+            num_samples=20, randomized=randomized,
         )  # fmt: skip
 
     return run
