@@ -630,8 +630,8 @@ def fab_targeted(
     first run that finds one within ``eps`` settles the example).
 
     Args:
-      logits_fn, x, key, eps, steps, norm, alpha_max, eta, beta, search_steps,
-        bounds, loop: as in :func:`fab`.
+      logits_fn, x, key, eps, steps, norm: as in :func:`fab`.
+      alpha_max, eta, beta, search_steps, bounds, loop: as in :func:`fab`.
       y: ``[batch]`` integer labels; ``None``: the model's predictions.
       num_target_classes: target classes tried (static; at most ``C - 1``).
       num_restarts: runs per target class (static).
