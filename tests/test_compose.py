@@ -136,3 +136,22 @@ def test_bad_parts_are_refused():
         compose.Attack(compose.eot(num_samples=2))(
             lambda x: x.reshape(2, -1)[:, :3], jnp.zeros((2, 3)), eps=0.1
         )
+
+
+@pytest.mark.parametrize("size", [1, 4, 5, 15])
+def test_separable_kernel_equals_the_two_dimensional_convolution(size: int) -> None:
+    """A ``[k]`` kernel (two banded products) gives the depthwise 'SAME' convolution with
+    ``outer(k, k)``, for odd and even sizes and a kernel wider than the image."""
+    g = jax.random.normal(jax.random.key(3), (2, 7, 9, 3))
+    k1 = compose.gaussian_kernel_1d(size, 2.0)
+    np.testing.assert_allclose(np.outer(k1, k1), compose.gaussian_kernel(size, 2.0), rtol=1e-6, atol=1e-9)
+    source = compose.loss_gradient()
+    two_d = compose.sources._smooth(g, jnp.asarray(np.outer(k1, k1)), (1, 2))
+    separable = compose.sources._smooth(g, jnp.asarray(k1), (1, 2))
+    np.testing.assert_allclose(separable, two_d, rtol=1e-5, atol=1e-6)
+    # NCHW: the spatial axes are (2, 3) of x, i.e. (1, 2) after the batch axis.
+    nchw = jnp.transpose(g, (0, 3, 1, 2))
+    out = compose.sources._smooth(nchw, jnp.asarray(k1), (2, 3))
+    np.testing.assert_allclose(jnp.transpose(out, (0, 2, 3, 1)), two_d, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="kernel must be"):
+        compose.translation_invariant(source, kernel=np.ones((3, 4)))

@@ -29,7 +29,7 @@ from jaxadv.compose.sources import (
     LossGradient,
     TranslationInvariant,
     diverse_inputs,
-    gaussian_kernel,
+    gaussian_kernel_1d,
 )
 from jaxadv.compose.updates import Momentum, Nesterov, VarianceTuning
 from jaxadv.losses import cross_entropy, get_loss
@@ -323,7 +323,7 @@ def tifgsm(
     Returns:
       The adversarial batch, shape and dtype of ``x``.
     """
-    kernel = jnp.asarray(gaussian_kernel(kernel_size, nsig))
+    kernel = jnp.asarray(gaussian_kernel_1d(kernel_size, nsig))  # separable: two banded products
     attack = Attack(
         TranslationInvariant(
             _source(loss, diversity_prob, resize_rate, spatial_axes),
