@@ -690,12 +690,13 @@ gradient attacks go nowhere, while its decision boundaries stay close to the
 data. An honest evaluation
 
 1. reports the **per-example worst case** over a diverse suite of attacks
-   (different losses, a targeted attack, a black-box attack), and
+   (different losses, targeted attacks, a minimal-norm attack, a black-box
+   attack), and
 2. runs **sanity checks** whose failure reveals masking.
 
 `jaxadv.evaluate` does the first (`suite="standard"`: APGD with
-cross-entropy, targeted APGD on the DLR loss, and the Square Attack), and
-`jaxadv.evaluation.masking_checks` the second.""",
+cross-entropy, targeted APGD on the DLR loss, targeted FAB and the Square
+Attack), and `jaxadv.evaluation.masking_checks` the second.""",
     SETUP,
     TRAIN_CNN,
     """md:## The standard suite on an ordinary model
@@ -770,16 +771,25 @@ hid them from gradients.
 
 Multiplying the logits by a large constant changes no prediction, but it
 saturates the softmax: for a confident example the cross-entropy is exactly
-zero in float32 and so is its gradient. Margin losses (Carlini-Wagner's,
-APGD's DLR) do not saturate and see through it.""",
+zero in float32 and so is its textbook gradient, $\\mathrm{softmax}(z) - y$.
+PGD on that loss stays where it starts. Margin losses (Carlini-Wagner's,
+APGD's DLR) do not saturate and see through it; so does the library's
+`jaxadv.cross_entropy` (the default loss), which steps along the true direction
+of the gradient where its value underflows to zero.""",
     """def scaled_apply(params, inputs):
     return 1e4 * model.apply(params, inputs)
 
+def textbook_cross_entropy(logits, onehot):
+    return -jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1)
+
 saturated_fn = jaxadv.from_apply(scaled_apply, variables)
-ce = jaxadv.pgd(saturated_fn, xe, ye, key=key, eps=eps, steps=20)
-cw = jaxadv.pgd(saturated_fn, xe, ye, key=key, eps=eps, steps=20, loss=jaxadv.cw_margin)
-print(f"saturated model: PGD-20 with cross-entropy {examples.accuracy(saturated_fn, ce, ye):.1%}, "
-      f"with the CW margin loss {examples.accuracy(saturated_fn, cw, ye):.1%}")""",
+for name, loss in {
+    "textbook cross-entropy": textbook_cross_entropy,
+    "jaxadv.cross_entropy": jaxadv.cross_entropy,
+    "CW margin loss": jaxadv.cw_margin,
+}.items():
+    x_adv = jaxadv.pgd(saturated_fn, xe, ye, key=key, eps=eps, steps=20, loss=loss)
+    print(f"saturated model, PGD-20 with the {name}: accuracy {examples.accuracy(saturated_fn, x_adv, ye):.1%}")""",
     """md:## Checklist
 
 * Report the worst case over a diverse suite, never a single attack.
@@ -1281,6 +1291,291 @@ pass `remat=True` to `from_torch` and `batch_size="auto"` to `evaluate`
 (the scaling page explains both).""",
 ]
 
+# --------------------------------------------------------------------------- 09
+
+NB09 = [
+    """md:# 9. Minimal perturbations and sparse attacks
+
+The attacks of the earlier notebooks answer one question per run: *is there an
+adversarial example within $\\epsilon$?* This notebook asks two others.
+
+* **How far is the nearest adversarial example?** A *minimal-norm* attack
+  returns, per example, the smallest perturbation it can find, whatever its
+  size. The distances $r_i$ of all examples give the robust accuracy at every
+  $\\epsilon$ at once,
+  $$\\mathrm{acc}(\\epsilon) = \\tfrac1n \\textstyle\\sum_i \\mathbb{1}[r_i > \\epsilon],$$
+  a *security evaluation curve*.
+* **How few pixels must change?** *Sparse* attacks bound the number of changed
+  pixels, the $L_0$ "norm", instead of how much each one changes.
+
+The last two sections move from one example to a whole dataset: a **universal
+perturbation**, one $\\delta$ added to every input, and an **adversarial
+patch**, one small image pasted anywhere.""",
+    SETUP,
+    SHOW_DIGITS,
+    TRAIN_CNN,
+    """md:## Security evaluation curves
+
+`jaxadv.evaluation.minimal_eps` returns the per-example radius $r_i$ (0 for a
+digit that is already misclassified, `inf` where the attack fails). It gets it
+in one of two ways:
+
+* one run of a minimal-norm attack: **FMN** (fast minimum-norm, `jaxadv.fmn`),
+  which shrinks or grows a radius around each example while stepping along the
+  gradient, or **FAB** (`jaxadv.fab`), which steps towards the nearest
+  linearised decision boundary;
+* a **binary search** over $\\epsilon$ with a fixed-radius attack (PGD, the
+  default): here ten PGD-20 runs, each at the middle of every example's
+  current interval.
+
+`accuracy_curve(radii, eps_grid)` turns the radii into the curve. We run the
+three on the first 100 test digits, in $L_2$ and $L_\\infty$.""",
+    """ev = jaxadv.evaluation
+n = 100
+xe, ye = x[:n], y[:n]
+key = jax.random.key(0)
+eps_max = {"l2": 3.0, "linf": 0.5}  # the binary search starts from [0, eps_max]
+
+radii = {}
+for norm in ("l2", "linf"):
+    radii[norm] = {
+        "FMN": ev.minimal_eps(logits_fn, xe, ye, attack="fmn", norm=norm, steps=100),
+        "FAB": ev.minimal_eps(logits_fn, xe, ye, attack="fab", norm=norm, key=key, steps=100),
+        "PGD-20, binary search": ev.minimal_eps(
+            logits_fn, xe, ye, norm=norm, key=key, eps_max=eps_max[norm], steps=20, iterations=10
+        ),
+    }
+    # The smallest radius any of the three found: the tightest curve.
+    radii[norm]["smallest of the three"] = np.min(np.stack(list(radii[norm].values())), axis=0)
+
+for norm, found in radii.items():
+    print(f"{norm}: median radius " + ", ".join(f"{name} {np.median(r):.3f}" for name, r in found.items()))""",
+    """grids = {"l2": np.linspace(0.0, 1.5, 31), "linf": np.linspace(0.0, 0.3, 31)}
+for norm, found in radii.items():
+    curves = {name: ev.accuracy_curve(r, grids[norm]) for name, r in found.items()}
+    ev.plot_accuracy_vs_eps(grids[norm], curves, norm=norm, title=f"Security evaluation curve, {norm}")
+    plt.show()""",
+    """for norm, at in (("l2", 0.5), ("linf", 0.1)):
+    print(f"{norm}, eps={at}: robust accuracy " + ", ".join(
+        f"{name} {float(ev.accuracy_curve(r, [at])[0]):.0%}" for name, r in radii[norm].items()))
+    fmn, fab = radii[norm]["FMN"], radii[norm]["FAB"]
+    print(f"    FMN found the smaller radius on {np.mean(fmn < fab):.0%} of the digits, FAB on {np.mean(fab < fmn):.0%}")""",
+    """md:Every radius is the norm of an adversarial example that was found, so each
+curve is an **upper bound** on the true robust accuracy at every $\\epsilon$,
+exactly like the accuracy under a fixed-$\\epsilon$ attack; a closer adversarial
+example may exist. The three curves lie close together, and the per-example
+minimum over them, the tightest bound of the three, is barely below the best
+single one (where two curves coincide, the one drawn last hides the other). Neither minimal-norm attack wins on every digit, which is why an
+evaluation takes the per-example worst case over several attacks (notebook 5).
+
+What changes is the cost. A fixed-$\\epsilon$ evaluation gives one point of the
+curve per run; the binary search gives the whole curve for ten runs of PGD-20;
+FMN and FAB give it for one run each, with no $\\epsilon$ to choose in advance.
+
+## Sparse attacks: few pixels, changed a lot
+
+An $L_0$ attack may set a pixel anywhere in $[0, 1]$, but only a few pixels.
+Three of them, on the same 100 digits:
+
+* **FMN** with `norm="l0"`: the same minimal-norm search with the fewest
+  changed pixels as its norm, white-box.
+* **Sparse-RS** (`jaxadv.sparse_rs`, `threat="l0"`): a score-based random
+  search over sets of at most `k` pixels, each set to black or white. It only
+  queries the model's scores, never a gradient.
+* **JSMA** (`jaxadv.jsma`): the classic targeted attack; it raises pairs of
+  pixels chosen from a saliency map of the Jacobian until the target class
+  wins (here a random target per digit, and at most half of the pixels).""",
+    """def changed_pixels(x_adv, x_ref):
+    return np.sum(np.asarray(x_adv) != np.asarray(x_ref), axis=(1, 2, 3))
+
+K = 3
+targets = np.asarray(jaxadv.random_targets(key, ye, num_classes=10))
+sparse = {
+    "FMN, L0": jaxadv.fmn(logits_fn, xe, ye, norm="l0", steps=100, return_info=True),
+    f"Sparse-RS, k={K}": jaxadv.sparse_rs(logits_fn, xe, ye, key=key, k=K, threat="l0", queries=1000, return_info=True),
+    "JSMA, random target": jaxadv.jsma(logits_fn, xe, targets, targeted=True, gamma=0.5, return_info=True),
+}
+for name, res in sparse.items():
+    ok = np.asarray(res.success)
+    count = changed_pixels(res.x_adv, xe)[ok]
+    print(f"{name:20s} success {ok.mean():5.0%}   changed pixels of 64: median {np.median(count):3.0f}, max {count.max():3d}")
+queries = np.asarray(sparse[f"Sparse-RS, k={K}"].queries)[np.asarray(sparse[f"Sparse-RS, k={K}"].success)]
+print(f"Sparse-RS queries per successful digit: median {np.median(queries):.0f}")""",
+    '''def show_sparse(x_ref, rows, row_labels, titles, colors, suptitle):
+    """Digits with their changed pixels outlined: clean on top, one attack per row below."""
+    n_cols = len(x_ref)
+    fig, axes = plt.subplots(len(rows) + 1, n_cols, figsize=(1.35 * n_cols, 1.5 * (len(rows) + 1) + 0.4), squeeze=False)
+    for r, imgs in enumerate([x_ref, *rows]):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            img, ref = np.asarray(imgs[c]).squeeze(), np.asarray(x_ref[c]).squeeze()
+            ax.imshow(img, vmin=0, vmax=1, interpolation="nearest")
+            for i, j in zip(*np.nonzero(img != ref)):
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="crimson", lw=1.5))
+            ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+            ax.set_title(titles[r][c], fontsize=9, color=colors[r][c])
+        axes[r, 0].set_ylabel(row_labels[r], fontsize=9)
+    fig.suptitle(suptitle)
+    fig.tight_layout()
+    plt.show()
+
+
+sel = np.arange(8)
+rows, titles, colors = [], [[f"label {int(c)}" for c in ye[sel]]], [["black"] * len(sel)]
+for name, res in sparse.items():
+    x_adv = np.asarray(res.x_adv)[sel]
+    pred = np.asarray(jaxadv.predict(logits_fn, x_adv))
+    goal = targets[sel] if name.startswith("JSMA") else None
+    rows.append(x_adv)
+    titles.append([f"{p} ({n} px)" for p, n in zip(pred, changed_pixels(x_adv, xe[sel]))])
+    colors.append(["crimson" if (p == g if goal is not None else p != t) else "black"
+                   for p, g, t in zip(pred, goal if goal is not None else ye[sel], ye[sel])])
+show_sparse(xe[sel], rows, ["clean", *sparse], titles, colors,
+            "Sparse attacks: prediction (changed pixels); red: fooled, or target reached")
+print("JSMA targets:", targets[sel])''',
+    """md:A handful of pixels is enough for most digits. FMN, which reads the
+gradient and searches for the minimum, needs the fewest on most of them;
+Sparse-RS, with only the scores, still fools nearly every digit within its
+budget of `k` pixels; JSMA needs more, since it must reach one particular class
+and changes pixels two at a time. On 8x8 images a changed pixel is a large
+change: these attacks do not hide, they show how little the model needs to
+change its mind.
+
+`minimal_eps` takes `norm="l0"` too: FMN's counts give the $L_0$ security
+curve, accuracy against the number of pixels allowed to change, with the
+Sparse-RS result as one point beside it.""",
+    """l0 = ev.minimal_eps(logits_fn, xe, ye, attack="fmn", norm="l0", steps=100)
+pixel_grid = np.arange(0, 11)
+rs_acc = 1 - float(np.mean(np.asarray(sparse[f"Sparse-RS, k={K}"].success) | (np.asarray(jaxadv.predict(logits_fn, xe)) != ye)))
+fig, ax = plt.subplots(figsize=(5.5, 4))
+ax.step(pixel_grid, ev.accuracy_curve(l0, pixel_grid) * 100, where="post", marker="o", label="FMN, L0 (one run)")
+ax.plot([K], [rs_acc * 100], "s", ms=9, color="crimson", label=f"Sparse-RS, k={K}")
+ax.set_xlabel("pixels allowed to change ($L_0$)")
+ax.set_ylabel("accuracy (%)")
+ax.set_ylim(-2, 102)
+ax.set_title("Security evaluation curve, L0")
+ax.legend()
+plt.show()
+print(f"at {K} pixels: FMN {float(ev.accuracy_curve(l0, [K])[0]):.0%} accuracy, Sparse-RS {rs_acc:.0%}")""",
+    """md:At `k` pixels the random search leaves fewer digits standing than FMN's
+curve does: it fools some digits for which FMN's search stopped at a larger
+count. A minimal-norm attack's radius is an upper bound on the true minimum in
+$L_0$ as in any norm, and the per-example best of several attacks is again the
+honest figure.""",
+    """md:## One perturbation for every digit
+
+A **universal adversarial perturbation** (Moosavi-Dezfooli et al., 2017) is a
+single $\\delta$ with $\\|\\delta\\|_\\infty \\le \\epsilon$ that fools the model on
+a large share of *all* inputs. `jaxadv.universal.universal_perturbation` finds
+it by projected stochastic gradient ascent on the average loss over the
+training digits (sign-SGD with step $\\epsilon/10$ by default). We measure it on
+the held-out test digits, where it was never trained, next to a random
+perturbation of the same norm: every pixel moved by $\\pm\\epsilon$ at random.""",
+    """from jaxadv import universal
+
+eps_u = 0.25
+batches = [(train.x[i:i + 100], train.y[i:i + 100]) for i in range(0, len(train.y) - 99, 100)]
+delta = universal.universal_perturbation(logits_fn, batches, eps=eps_u, epochs=5, key=key)
+random_delta = eps_u * jax.random.rademacher(jax.random.key(1), delta.shape, dtype=jnp.float32)
+print(f"L-inf norm: universal {float(jnp.abs(delta).max()):.2f}, random {float(jnp.abs(random_delta).max()):.2f}")
+print(f"fooling rate on the {len(y)} test digits: universal {float(universal.fooling_rate(logits_fn, delta, x, y)):.1%}, "
+      f"random signs {float(universal.fooling_rate(logits_fn, random_delta, x, y)):.1%}")
+counts = np.bincount(np.asarray(jaxadv.predict(logits_fn, universal.apply_universal(x, delta))), minlength=10)
+print("predicted classes under the universal perturbation:", dict(enumerate(counts.tolist())))""",
+    """fig, ax = plt.subplots(figsize=(2.6, 2.6))
+im = ax.imshow(np.asarray(delta).squeeze(), cmap="RdBu_r", vmin=-eps_u, vmax=eps_u, interpolation="nearest")
+ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+ax.set_title(f"universal $\\\\delta$, eps={eps_u}", fontsize=10)
+fig.colorbar(im, ax=ax, fraction=0.046)
+plt.show()
+
+sel = np.arange(10)
+x_u = np.asarray(universal.apply_universal(x[sel], delta))
+p_clean = np.asarray(jaxadv.predict(logits_fn, x[sel]))
+p_u = np.asarray(jaxadv.predict(logits_fn, x_u))
+show_digits(
+    [x[sel], x_u],
+    ["clean", "+ universal"],
+    [[f"pred {p}" for p in p_clean], [f"pred {p}" for p in p_u]],
+    "The same perturbation added to ten test digits",
+    colors=[["black"] * len(sel), ["crimson" if p != c else "black" for p, c in zip(p_u, y[sel])]],
+)""",
+    """md:The universal perturbation fools far more digits than random signs of the
+same size, on digits it never saw: it is not noise but a direction that many
+inputs share. The class counts show where it sends them: most fooled digits
+land in the same few classes, the regions that lie in that direction from much
+of the data.
+
+## An adversarial patch
+
+A **patch** (Brown et al., 2017) gives up the bound on the size of each change
+and bounds where the change is: a small square pasted onto the image,
+anything inside it. `universal.adversarial_patch` trains one patch for a
+target class over the training digits, each time at a random place, scale
+(0.8 to 1.2) and rotation (up to 22.5 degrees), so that it works wherever it
+lands (expectation over transformations). It returns the patch and a function
+that pastes it.""",
+    """target = 3
+patch, apply_fn = universal.adversarial_patch(logits_fn, batches, target=target, size=5, key=key, epochs=5)
+rate = universal.patch_success_rate(logits_fn, patch, x, y, target=target, key=jax.random.key(2))
+print(f"{patch.shape[0]}x{patch.shape[1]} patch ({patch.shape[0] * patch.shape[1] / 64:.0%} of the image), "
+      f"target {target}: the patched test digits predicted as {target}: {float(rate):.1%}")
+
+fig, ax = plt.subplots(figsize=(1.8, 1.8))
+ax.imshow(np.asarray(patch).squeeze(), vmin=0, vmax=1, interpolation="nearest")
+ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+ax.set_title(f"patch for {target}", fontsize=10)
+plt.show()
+
+sel = np.nonzero(y != target)[0][:10]
+x_p = np.asarray(apply_fn(x[sel], key=jax.random.key(3)))
+p_p = np.asarray(jaxadv.predict(logits_fn, x_p))
+show_digits(
+    [x[sel], x_p],
+    ["clean", "patched"],
+    [[f"label {int(c)}" for c in y[sel]], [f"pred {p}" for p in p_p]],
+    f"The patch at random places; red: predicted {target}",
+    colors=[["black"] * len(sel), ["crimson" if p == target else "black" for p in p_p]],
+)""",
+    """md:How large must the patch be? `universal.success_by_patch_size` trains one
+patch per side length and measures each on the test digits at random
+placements, next to a random patch of the same size at the same placements.""",
+    """rows = universal.success_by_patch_size(logits_fn, batches, x, y, target=target, sizes=[3, 4, 5], key=key, epochs=5)
+for r in rows:
+    print(f"side {r.size}: {r.area:4.0%} of the image, success {float(r.success_rate):6.1%} "
+          f"(random patch {float(r.random_success_rate):5.1%})")
+
+fig, ax = plt.subplots(figsize=(5.5, 4))
+area = [100 * r.area for r in rows]
+ax.plot(area, [100 * float(r.success_rate) for r in rows], marker="o", label="trained patch")
+ax.plot(area, [100 * float(r.random_success_rate) for r in rows], marker="s", label="random patch")
+for r, a in zip(rows, area):
+    ax.annotate(f"{r.size}x{r.size}", (a, 100 * float(r.success_rate)), textcoords="offset points", xytext=(4, -12), fontsize=8)
+ax.set_xlabel("patch area (% of the image)")
+ax.set_ylabel(f"predicted as {target} (%)")
+ax.set_ylim(-2, 102)
+ax.set_title(f"Targeted patch success vs area (target {target})")
+ax.legend()
+plt.show()""",
+    """md:A random patch of any of these sizes rarely produces the target: covering
+part of a digit is not enough. The trained patch's success grows quickly with
+its area. On 8x8 digits even the smallest of these patches covers a large share
+of the image, and what it leaves visible of the digit still argues for the true
+class.
+
+## Summary
+
+* `fmn` and `fab` return the smallest adversarial example they find; with
+  `minimal_eps` and `accuracy_curve`, one run gives the whole security
+  evaluation curve, an upper bound on robust accuracy at every $\\epsilon$.
+* Sparse threat models count pixels: `fmn(norm="l0")` (white-box, minimal),
+  `sparse_rs` (scores only, at most `k` pixels, or a patch or a frame with
+  `threat=`) and `jsma` (targeted).
+* `jaxadv.universal` attacks a whole dataset with one object: a universal
+  perturbation (`universal_perturbation`, `fooling_rate`) or a patch
+  (`adversarial_patch`, `patch_success_rate`, `success_by_patch_size`).""",
+]
+
 NOTEBOOKS: dict[str, list[str]] = {
     "01_fgsm_and_bim": NB01,
     "02_targeted_attacks": NB02,
@@ -1290,6 +1585,7 @@ NOTEBOOKS: dict[str, list[str]] = {
     "06_composing": NB06,
     "07_certified_robustness": NB07,
     "08_robustbench_model": NB08,
+    "09_minimal_and_sparse": NB09,
 }
 
 
