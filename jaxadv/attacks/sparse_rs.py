@@ -290,11 +290,14 @@ def _pick(u: Array, among: Array, count: int, m: Array) -> Array:
     """``[b, n]`` bool: ``m`` pixels drawn uniformly without replacement, per example,
     from the ``True`` entries of ``among [b, n]`` (which has at least ``count >= m`` of
     them): the ``m`` largest of the uniform scores ``u [b, n]`` over ``among``."""
-    b, n = among.shape
     score = jnp.where(among, u, -1.0)
-    _, idx = jax.lax.top_k(score, count)
-    chosen = jnp.arange(count)[None, :] < m
-    return jnp.zeros((b, n), bool).at[jnp.arange(b)[:, None], idx].set(chosen)
+    # The rank of each score in its row (ties: the lower index first, as lax.top_k).
+    # Sorts along the pixels, not lax.top_k and a scatter, which XLA partitions by
+    # gathering the whole batch on every device when the batch is sharded.
+    order = jnp.argsort(-score, axis=1, stable=True)
+    rank = jnp.argsort(order, axis=1, stable=True)
+    limit = jnp.minimum(jnp.asarray(m), count)
+    return rank < (limit[:, None] if limit.ndim == 1 else limit)
 
 
 def _propose_l0(key: Array, state: _State, ops: _Operands, static: _Static, it: Array) -> _State:
@@ -330,6 +333,14 @@ def _new_colour(key: Array, u: Array, current: Array, size: Array, single: Array
     return jnp.where(single, current ^ flip, drawn)
 
 
+def _pixel_at(bits: Array, rc: Array) -> Array:
+    """``[b, C]``: the pixel ``bits[i, rc[i, 0], rc[i, 1]]`` of each example, by a mask,
+    not a gather (which XLA partitions by gathering a sharded batch on every device)."""
+    rows = jnp.arange(bits.shape[1])[None, :, None] == rc[:, 0, None, None]
+    cols = jnp.arange(bits.shape[2])[None, None, :] == rc[:, 1, None, None]
+    return jnp.any(bits & (rows & cols)[..., None], axis=(1, 2))
+
+
 def _propose_patch(key: Array, state: _State, ops: _Operands, static: _Static, it: Array) -> _State:
     """Either move the patch by up to ``shift`` :math:`= \\lfloor 0.75 H (n - it) / n \\rfloor`
     pixels per axis (every 4th iteration, 10th when targeted, while ``shift > 0``) or
@@ -341,7 +352,7 @@ def _propose_patch(key: Array, state: _State, ops: _Operands, static: _Static, i
     update_loc = (it % static.move_every == 0) & (shift > 0)
     u = jax.random.uniform(key, (b, 6))
     at = _below(u[:, 0:2], k - size + 1)
-    current = state.bits[jnp.arange(b), at[:, 0], at[:, 1]]
+    current = _pixel_at(state.bits, at)
     colour = _new_colour(key, u[:, 2:4], current, size, single)
     r = jnp.arange(k)[None, :, None] - at[:, 0, None, None]
     c = jnp.arange(k)[None, None, :] - at[:, 1, None, None]
@@ -362,7 +373,7 @@ def _propose_frame(key: Array, state: _State, ops: _Operands, static: _Static, i
     u = jax.random.uniform(key, (b, 5))
     start = ops.frame_rc[_below(u[:, 0], ops.frame_rc.shape[0])]
     direction = jnp.where(u[:, 1:3] < 0.5, -1, 1)
-    current = state.bits[jnp.arange(b), start[:, 0], start[:, 1]]
+    current = _pixel_at(state.bits, start)
     colour = _new_colour(key, u[:, 3:5], current, size, single)
     dr = (jnp.arange(h)[None, :, None] - start[:, 0, None, None]) * direction[:, 0, None, None]
     dc = (jnp.arange(w)[None, None, :] - start[:, 1, None, None]) * direction[:, 1, None, None]
