@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxadv.attacks.base import prepare
 from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, finish, stop_mask
+from jaxadv.attacks.square import from_nhwc, image_layout, to_nhwc
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
 from jaxadv.losses import as_onehot, cross_entropy, cw_margin, finite_rows
@@ -44,36 +45,6 @@ _P_INIT = {"l0": (0.3, 0.1), "patch": (0.4, 0.1), "frame": (0.5, 0.5)}
 _MAX_EXACT_CHANNELS = 16
 # Squares drawn to initialise a patch (the reference's "random_squares" start).
 _PATCH_INIT_SQUARES = 1000
-
-
-# --- layout --------------------------------------------------------------------
-
-
-def _layout(x: Array, channel_axis: int) -> str:
-    if x.ndim == 4:
-        if channel_axis in (-1, 3):
-            return "nhwc"
-        if channel_axis == 1:
-            return "nchw"
-        raise ValueError(f"channel_axis must be -1 (NHWC) or 1 (NCHW), got {channel_axis}")
-    if x.ndim == 3:
-        return "nhw"
-    raise ValueError(
-        "sparse_rs needs image-shaped inputs [batch, H, W, C], [batch, C, H, W] or [batch, H, W]; "
-        f"got shape {x.shape}"
-    )
-
-
-def _to_nhwc(a: Array, layout: str) -> Array:
-    if layout == "nchw":
-        return jnp.transpose(a, (0, 2, 3, 1))
-    return a[..., None] if layout == "nhw" else a
-
-
-def _from_nhwc(a: Array, layout: str) -> Array:
-    if layout == "nchw":
-        return jnp.transpose(a, (0, 3, 1, 2))
-    return a[..., 0] if layout == "nhw" else a
 
 
 # --- schedules -----------------------------------------------------------------
@@ -389,7 +360,7 @@ def _body(i: Array, state: _State, ops: _Operands, static: _Static) -> _State:
     # Iteration i is the reference's iteration i + 1 (its iteration 0 is the start point).
     proposal = _PROPOSALS[static.threat](k_prop, state, ops, static, i + 1)
     proposal = proposal._replace(moved=jnp.ones_like(state.moved))
-    cand = _from_nhwc(_image(proposal, ops, static), static.layout)
+    cand = from_nhwc(_image(proposal, ops, static), static.layout)
     z = combine_model(static.model, ops.params)(cand).astype(jnp.float32)
     hit, loss = _objectives(z, ops.labels, static.targeted, static.loss)
     active = ~state.done
@@ -448,7 +419,7 @@ def _init(key: Array, ops: _Operands, *, static: _Static) -> _State:
     b, h, w, ch = ops.x.shape
     k = static.k
     key, k_draw = jax.random.split(key)
-    z0 = logits_fn(_from_nhwc(ops.x, static.layout)).astype(jnp.float32)
+    z0 = logits_fn(from_nhwc(ops.x, static.layout)).astype(jnp.float32)
     _, loss0 = _objectives(z0, ops.labels, static.targeted, static.loss)
     loc = jnp.zeros((b, 2), jnp.int32)
     if static.threat == "patch":
@@ -466,7 +437,7 @@ def _init(key: Array, ops: _Operands, *, static: _Static) -> _State:
     start = _State(
         key, bits, on, loc, jnp.ones((b,), bool), loss0, jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32)
     )
-    z1 = logits_fn(_from_nhwc(_image(start, ops, static), static.layout)).astype(jnp.float32)
+    z1 = logits_fn(from_nhwc(_image(start, ops, static), static.layout)).astype(jnp.float32)
     hit1, loss1 = _objectives(z1, ops.labels, static.targeted, static.loss)
     clean_stop = stop_mask(z0, ops.labels, static.targeted)
     take = ~clean_stop & finite_rows(z1)
@@ -583,15 +554,15 @@ def sparse_rs(
         raise ValueError(f"p_init must be in (0, 1] ({threat!r}: > 0 for 'frame'), got {p_init}")
     check_key(key)
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted)
-    layout = _layout(p.x, channel_axis)
-    xs = _to_nhwc(p.x, layout)
+    layout = image_layout(p.x, channel_axis, "sparse_rs")
+    xs = to_nhwc(p.x, layout)
     b, h, w, ch = xs.shape
     k = _check_k(k, threat, h, w)
     if p.empty:
         return empty_result(p, return_info=return_info)
     # Scalar bounds stay scalars; others are broadcast to x, then laid out as NHWC.
-    lo = p.lo if p.lo.ndim == 0 else _to_nhwc(jnp.broadcast_to(p.lo, p.x.shape), layout)
-    hi = p.hi if p.hi.ndim == 0 else _to_nhwc(jnp.broadcast_to(p.hi, p.x.shape), layout)
+    lo = p.lo if p.lo.ndim == 0 else to_nhwc(jnp.broadcast_to(p.lo, p.x.shape), layout)
+    hi = p.hi if p.hi.ndim == 0 else to_nhwc(jnp.broadcast_to(p.hi, p.x.shape), layout)
     at_corner = jnp.all((xs == lo) | (xs == hi), axis=-1)
     x_corner = jnp.where(at_corner, _corner_index(xs == hi), -1)
     frame_rc = np.argwhere(_frame_mask(h, w, k)) if threat == "frame" else np.zeros((1, 2))
@@ -604,5 +575,5 @@ def sparse_rs(
         state = _init(key, ops, static=static)
         if queries > 2:
             state = iterate(_body, state, ops, steps=queries - 2, static=static, loop=loop)
-        x_adv = _from_nhwc(_image(state, ops, static), layout)
+        x_adv = from_nhwc(_image(state, ops, static), layout)
         return finish(p, x_adv, state.queries, targeted=targeted, return_info=return_info)

@@ -38,7 +38,9 @@ _TINY = 1e-12
 _P_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def _layout(x: Array, channel_axis: int) -> str:
+def image_layout(x: Array, channel_axis: int, attack: str = "square") -> str:
+    """The layout of image batch ``x``: ``"nhwc"``, ``"nchw"`` or ``"nhw"`` (shared by
+    the attacks that work on pixels: Square, Sparse-RS)."""
     if x.ndim == 4:
         if channel_axis in (-1, 3):
             return "nhwc"
@@ -48,12 +50,12 @@ def _layout(x: Array, channel_axis: int) -> str:
     if x.ndim == 3:
         return "nhw"
     raise ValueError(
-        "square needs image-shaped inputs [batch, H, W, C], [batch, C, H, W] or [batch, H, W]; "
+        f"{attack} needs image-shaped inputs [batch, H, W, C], [batch, C, H, W] or [batch, H, W]; "
         f"got shape {x.shape} (reshape flat features to an image, e.g. inside from_callable's fn)"
     )
 
 
-def _to_nhwc(a: Array, layout: str) -> Array:
+def to_nhwc(a: Array, layout: str) -> Array:
     if layout == "nchw":
         return jnp.transpose(a, (0, 2, 3, 1))
     if layout == "nhw":
@@ -61,7 +63,7 @@ def _to_nhwc(a: Array, layout: str) -> Array:
     return a
 
 
-def _from_nhwc(a: Array, layout: str) -> Array:
+def from_nhwc(a: Array, layout: str) -> Array:
     if layout == "nchw":
         return jnp.transpose(a, (0, 3, 1, 2))
     if layout == "nhw":
@@ -198,7 +200,7 @@ class _SquareStatic(NamedTuple):
 def _square_body(i: Array, state: _SquareState, ops: _SquareOperands, static: _SquareStatic) -> _SquareState:
     x, norm, layout = ops.x, static.norm, static.layout
     key, k_draw = jax.random.split(state.key)
-    xs = _to_nhwc(x, layout)
+    xs = to_nhwc(x, layout)
     b, h, w, ch = xs.shape
     # One draw per iteration: two window corners, a transpose coin and the signs.
     u = jax.random.uniform(k_draw, (b, 5 + ch))
@@ -208,11 +210,11 @@ def _square_body(i: Array, state: _SquareState, ops: _SquareOperands, static: _S
     signs = jnp.where(u[:, 5:, None, None] < 0.5, -1.0, 1.0).transpose(0, 2, 3, 1)
     eps_b = per_example(ops.eps, xs)
     if norm == "linf":
-        best = _to_nhwc(state.x_best, layout)
+        best = to_nhwc(state.x_best, layout)
         cand = jnp.where(m1 > 0, best + 2.0 * eps_b * signs, best)  # no inf * 0 for eps = inf
         cand = jnp.clip(cand, xs - eps_b, xs + eps_b)
     else:
-        delta = _to_nhwc(state.x_best, layout) - xs
+        delta = to_nhwc(state.x_best, layout) - xs
         inside2, _, _ = _window(u[:, 2:4], h, w, s)
         m2 = inside2[..., None].astype(jnp.float32)
         union = jnp.maximum(m1, m2)
@@ -227,7 +229,7 @@ def _square_body(i: Array, state: _SquareState, ops: _SquareOperands, static: _S
         new = new / (new_norm + _TINY) * jnp.sqrt(room)
         delta = delta * (1.0 - m2) * (1.0 - m1) + new * m1
         cand = xs + _unit_l2(delta) * eps_b
-    cand = _from_nhwc(cand, layout)
+    cand = from_nhwc(cand, layout)
     cand = jnp.clip(cand, ops.lo, ops.hi)
     z = combine_model(static.model, ops.params)(cand).astype(jnp.float32)
     hit, loss = _square_objectives(z, ops.labels, static.targeted)
@@ -265,7 +267,7 @@ def _square_init(
     key, k0, k1 = jax.random.split(key, 3)
     z0 = logits_fn(x).astype(jnp.float32)
     _, loss0 = _square_objectives(z0, labels, targeted)
-    xs = _to_nhwc(x, layout)
+    xs = to_nhwc(x, layout)
     b, h, w, ch = xs.shape
     eps_b = per_example(eps, xs)
     if norm == "linf":
@@ -290,7 +292,7 @@ def _square_init(
         tile_signs = jax.random.rademacher(k0, (b, n_tiles, ch), dtype=jnp.float32)
         delta = pattern[None, :, :, None] * tile_signs[:, jnp.asarray(tile.reshape(-1))].reshape(b, h, w, ch)
         init = xs + _unit_l2(delta) * eps_b
-    init = jnp.clip(_from_nhwc(init, layout), lo, hi)
+    init = jnp.clip(from_nhwc(init, layout), lo, hi)
     z1 = logits_fn(init).astype(jnp.float32)
     hit1, loss1 = _square_objectives(z1, labels, targeted)
     # Clean success, or clean scores not finite: stop after query 1 at x.
@@ -385,7 +387,7 @@ def square(
         raise ValueError(f"p_init must be in (0, 1], got {p_init}")
     check_key(key)
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted, eps=eps)
-    layout = _layout(p.x, channel_axis)
+    layout = image_layout(p.x, channel_axis)
     check_finite_eps(p, allow_inf=norm == "linf")  # the L2 proposals rescale to norm eps
     if p.empty:
         return empty_result(p, return_info=return_info)
