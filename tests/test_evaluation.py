@@ -220,13 +220,18 @@ def _linear(params: Any, x: Any) -> Any:
     return x.reshape(x.shape[0], -1) @ params["w"] + params["b"]
 
 
-def test_minimal_eps_on_a_linear_model_is_the_analytic_margin() -> None:
+def _two_class_linear() -> tuple[Any, np.ndarray, np.ndarray]:
+    """Logits ``[0, x.w]`` for 12 random weights ``w``, and 20 inputs in ``[-1, 1]``."""
     rng = np.random.default_rng(0)
     d = 12
     w = rng.normal(size=(d,)).astype(np.float32)
     params = {"w": jnp.stack([jnp.zeros(d), jnp.asarray(w)], axis=1), "b": jnp.zeros(2)}
-    f = jaxadv.from_apply(_linear, params)
     x = rng.uniform(-1, 1, size=(20, d)).astype(np.float32)
+    return jaxadv.from_apply(_linear, params), x, w
+
+
+def test_minimal_eps_on_a_linear_model_is_the_analytic_margin() -> None:
+    f, x, w = _two_class_linear()
     y = (x @ w > 0).astype(np.int32)
     # Logit difference is x.w; the smallest L-inf change flipping its sign is |x.w| / ||w||_1.
     expected = np.abs(x @ w) / np.abs(w).sum()
@@ -241,12 +246,7 @@ def test_minimal_eps_on_a_linear_model_is_the_analytic_margin() -> None:
 @pytest.mark.parametrize("attack", ["fmn", "fab", "deepfool"])
 def test_minimal_eps_from_one_minimal_norm_run_is_the_analytic_margin(attack: str, tmp_path: Any) -> None:
     # The same two-class linear model: the L2 margin |x.w| / ||w||_2 in closed form.
-    rng = np.random.default_rng(0)
-    d = 12
-    w = rng.normal(size=(d,)).astype(np.float32)
-    params = {"w": jnp.stack([jnp.zeros(d), jnp.asarray(w)], axis=1), "b": jnp.zeros(2)}
-    f = jaxadv.from_apply(_linear, params)
-    x = rng.uniform(-1, 1, size=(20, d)).astype(np.float32)
+    f, x, w = _two_class_linear()
     y = (x @ w > 0).astype(np.int32)
     y[:2] = 1 - y[:2]  # two examples misclassified from the start: radius 0
     expected = np.abs(x @ w) / np.linalg.norm(w)
