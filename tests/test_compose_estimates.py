@@ -134,3 +134,80 @@ def test_composed_score_based_momentum_attack_stays_in_ball_and_bounds() -> None
     assert np.mean(np.asarray(out.success)) >= 0.5  # the estimate points the right way
     with pytest.raises(ValueError, match="key is required"):
         attack(black_box, x, y, eps=eps, steps=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "distribution", "scale", "norm"),
+    [
+        ("spsa", "rademacher", 0.01, "linf"),
+        ("nes", "gaussian", 0.001, "l1"),
+        ("spsa", "rademacher", 0.01, "l2"),
+    ],
+)
+def test_spsa_and_nes_are_the_counted_composed_loop(
+    name: str, distribution: str, scale: float, norm: str
+) -> None:
+    # The named attacks are this configuration: same iterates, successes and query counts.
+    model = linear_models.model(_W4)
+    x = _x(8, seed=2)
+    eps, samples, queries = {"linf": 0.2, "l2": 0.8, "l1": 2.0}[norm], 4, 100
+    steps = (queries - 1) // (2 * samples + 1)
+    source = compose.finite_difference(
+        num_samples=samples, scale=scale, distribution=distribution, bounds=(0.0, 1.0)
+    )
+    attack = compose.Attack(source, compose.steepest(), norm=norm, count_queries=True)
+    got = attack(model, x, key=KEY, eps=eps, steps=steps, step_size=eps / 4, return_info=True)
+    want = getattr(jaxadv, name)(
+        model, x, key=KEY, eps=eps, queries=queries, num_samples=samples, norm=norm, return_info=True
+    )
+    np.testing.assert_array_equal(np.asarray(got.x_adv), np.asarray(want.x_adv))
+    np.testing.assert_array_equal(np.asarray(got.success), np.asarray(want.success))
+    np.testing.assert_array_equal(np.asarray(got.queries), np.asarray(want.queries))
+
+
+def test_counted_loop_stops_each_example_at_its_first_success() -> None:
+    # Momentum on the estimate, counted: an example that succeeds stops moving and
+    # spending; one that never does pays 1 + steps * (2 * samples + 1).
+    model = linear_models.model(_W4)
+    x = _x(16, seed=3)
+    y = jaxadv.predict(model, x)
+    samples, steps = 4, 12
+    attack = compose.Attack(
+        compose.finite_difference(num_samples=samples, bounds=(0.0, 1.0)),
+        compose.momentum(1.0),
+        count_queries=True,
+    )
+    out = attack(model, x, y, key=KEY, eps=0.06, step_size=0.02, steps=steps, return_info=True)
+    queries, success = np.asarray(out.queries), np.asarray(out.success)
+    assert 0 < success.sum() < len(success)  # both kinds of example are present
+    np.testing.assert_array_equal(queries[~success], 1 + steps * (2 * samples + 1))
+    assert np.all(queries[success] < 1 + steps * (2 * samples + 1))
+    assert np.all((queries - 1) % (2 * samples + 1) == 0)
+    # The stopped example is the adversarial iterate at which it stopped: running for
+    # exactly its own number of steps gives the same point.
+    b = int(np.argmin(np.where(success, queries, 10**9)))
+    own = (int(queries[b]) - 1) // (2 * samples + 1)
+    short = attack(model, x, y, key=KEY, eps=0.06, step_size=0.02, steps=own)
+    np.testing.assert_array_equal(np.asarray(short[b]), np.asarray(out.x_adv[b]))
+    # An example already misclassified costs the clean query only and is returned as it is.
+    wrong = (y + 1) % 4
+    out = attack(model, x[:3], wrong[:3], key=KEY, eps=0.3, steps=steps, return_info=True)
+    np.testing.assert_array_equal(np.asarray(out.queries), [1, 1, 1])
+    np.testing.assert_array_equal(np.asarray(out.x_adv), np.asarray(x[:3]))
+
+
+def test_counted_loop_refuses_what_it_cannot_count() -> None:
+    fd = compose.finite_difference()
+    with pytest.raises(ValueError, match="states its model evaluations"):
+        compose.Attack(compose.loss_gradient(), count_queries=True)
+    with pytest.raises(ValueError, match="excludes keep_best and random_start"):
+        compose.Attack(fd, keep_best=True, count_queries=True)
+    with pytest.raises(ValueError, match="excludes keep_best and random_start"):
+        compose.Attack(fd, random_start=True, count_queries=True)
+    counted = compose.Attack(fd, count_queries=True)
+    x = _x(2)
+    problem = jaxadv.prepare(linear_models.model(_W4), x, None, bounds=(0.0, 1.0), targeted=False, eps=0.1)
+    with pytest.raises(ValueError, match="run_with_queries"):
+        compose.run_from(counted, problem, x, key=KEY, step_size=0.01, steps=1, targeted=False, loop="auto")
+    empty = counted(linear_models.model(_W4), x[:0], key=KEY, eps=0.1, steps=2, return_info=True)
+    assert empty.x_adv.shape == (0, *SHAPE) and empty.queries.shape == (0,)

@@ -3,95 +3,31 @@ r"""Gradient-free PGD: projected steps along a gradient *estimated* from scores.
 :func:`spsa` (Uesato et al., 2018) and :func:`nes` (Ilyas et al., 2018) take
 PGD steps along the finite-difference estimate of
 :class:`jaxadv.compose.FiniteDifference` (Rademacher and Gaussian probes), and
-count their queries under the rules of :mod:`jaxadv.attacks.blackbox`. They
-keep their own loop (rather than :class:`jaxadv.compose.Attack`'s) for that
-accounting: an example stops spending queries once it succeeds.
+count their queries under the rules of :mod:`jaxadv.attacks.blackbox`. Each
+is a named configuration of the composed loop::
+
+    compose.Attack(FiniteDifference(...), compose.steepest(), norm=norm, count_queries=True)
+
+run by :func:`jaxadv.compose.loop.run_with_queries`: an example stops spending
+queries once it succeeds.
 """
 
 from __future__ import annotations
 
-import functools
 import warnings
-from typing import Any, NamedTuple
-
-import jax
-import jax.numpy as jnp
+from typing import Any
 
 from jaxadv.attacks.base import check_step_size, prepare
-from jaxadv.attacks.blackbox import (
-    check_finite_eps,
-    check_key,
-    check_queries,
-    empty_result,
-    finish,
-    stop_mask,
-)
+from jaxadv.attacks.blackbox import check_finite_eps, check_key, check_queries, empty_result, finish
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.compose.estimates import FiniteDifference
-from jaxadv.engine import iterate
-from jaxadv.losses import cw_margin, finite_rows
-from jaxadv.models import combine_model
-from jaxadv.success import hits
-from jaxadv.threat_models import per_example, project_to_feasible, steepest_direction, step_along
-from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
+from jaxadv.compose.loop import Attack, run_with_queries
+from jaxadv.compose.updates import Steepest
+from jaxadv.losses import cw_margin
+from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_norm, check_steps
 
 __all__ = ["nes", "spsa"]
-
-
-class _EstimateState(NamedTuple):
-    """``x_t``: the iterate; ``done``: the example has stopped (a success, or clean
-    scores not finite); ``queries``: evaluations spent."""
-
-    key: Array
-    x_t: Array
-    done: Array
-    queries: Array
-
-
-class _EstimateOperands(NamedTuple):
-    params: Any
-    x: Array
-    labels: Array
-    lo: Array
-    hi: Array
-    eps: Array
-    step_size: Array
-    source: FiniteDifference
-
-
-class _EstimateStatic(NamedTuple):
-    model: Any
-    norm: Norm
-    targeted: bool
-
-
-def _estimate_body(
-    i: Array, state: _EstimateState, ops: _EstimateOperands, static: _EstimateStatic
-) -> _EstimateState:
-    del i
-    logits_fn = combine_model(static.model, ops.params)
-    key, k_dir = jax.random.split(state.key)
-    g = ops.source(lambda xi, _: logits_fn(xi), state.x_t, ops.labels, key=k_dir, targeted=static.targeted)
-    step = step_along(ops.step_size, steepest_direction(g.grad, static.norm))
-    x_new = project_to_feasible(state.x_t + step, ops.x, ops.eps, static.norm, ops.lo, ops.hi)
-    z_new = logits_fn(x_new).astype(jnp.float32)
-    hit = hits(z_new, ops.labels, static.targeted)
-    active = ~state.done
-    # No move where a probe's scores, the estimate or the new point's scores are not finite.
-    move = per_example(active & g.ok & finite_rows(z_new), ops.x) > 0
-    return _EstimateState(
-        key=key,
-        x_t=jnp.where(move, x_new, state.x_t),
-        done=state.done | (active & hit),
-        queries=state.queries + active.astype(jnp.int32) * (2 * ops.source.samples + 1),
-    )
-
-
-@functools.partial(jax.jit, static_argnames=("model", "targeted"))
-def _clean_stop(params: Any, x: Array, labels: Array, *, model: Any, targeted: bool) -> Array:
-    """Examples that stop after the clean query: already a success, or scores not finite."""
-    return stop_mask(combine_model(model, params)(x), labels, targeted)
 
 
 def _fd_scale(
@@ -137,13 +73,12 @@ def _estimated_pgd(
     if p.empty:
         return empty_result(p, return_info=return_info)
     source = FiniteDifference(loss, samples, scale, distribution, p.lo, p.hi)
+    attack = Attack(source, Steepest(), norm=norm, count_queries=True)
     with reraise_callable_errors():
-        done = _clean_stop(p.params, p.x, p.labels, model=p.model, targeted=targeted)
-        state = _EstimateState(key, p.x, done, jnp.ones(p.x.shape[:1], jnp.int32))
-        operands = _EstimateOperands(p.params, p.x, p.labels, p.lo, p.hi, p.eps, alpha, source)
-        static = _EstimateStatic(p.model, norm, targeted)
-        state = iterate(_estimate_body, state, operands, steps=steps, static=static, loop=loop)
-        return finish(p, state.x_t, state.queries, targeted=targeted, return_info=return_info)
+        x_adv, spent = run_with_queries(
+            attack, p, key=key, step_size=alpha, steps=steps, targeted=targeted, loop=loop
+        )
+        return finish(p, x_adv, spent, targeted=targeted, return_info=return_info)
 
 
 def _num_samples(num_samples: int, samples: int | None) -> int:

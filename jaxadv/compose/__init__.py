@@ -1,9 +1,9 @@
 """Attacks from parts: gradient sources, update rules, threat model, bookkeeping.
 
 Every iterative gradient attack of the library (FGSM, BIM, PGD, MI/NI/VMI/TI/
-DI-FGSM, EOT-PGD) is an :class:`Attack` built from these parts and run by one
-loop body; a user's own attack is built the same way (see the "Build your own
-attack" page of the docs)::
+DI-FGSM, EOT-PGD, and the score-based SPSA and NES) is an :class:`Attack`
+built from these parts and run by one loop body; a user's own attack is built
+the same way (see the "Build your own attack" page of the docs)::
 
     from jaxadv import compose
 
@@ -16,9 +16,9 @@ attack" page of the docs)::
     x_adv = attack(logits_fn, x, y, key=key, eps=0.5, steps=20)
 """
 
-from jaxadv.compose.bookkeeping import Best, init_best, record, select
+from jaxadv.compose.bookkeeping import Best, QueryCount, charge, init_best, record, select
 from jaxadv.compose.estimates import FiniteDifference, finite_difference
-from jaxadv.compose.loop import Attack, LoopState, Operands, attack_step, run_from
+from jaxadv.compose.loop import Attack, LoopState, Operands, attack_step, run_from, run_with_queries
 from jaxadv.compose.sources import (
     EOT,
     Gradient,
@@ -61,11 +61,13 @@ __all__ = [
     "Momentum",
     "Nesterov",
     "Operands",
+    "QueryCount",
     "Steepest",
     "TranslationInvariant",
     "UpdateRule",
     "VarianceTuning",
     "attack_step",
+    "charge",
     "diverse_inputs",
     "eot",
     "finite_difference",
@@ -78,6 +80,7 @@ __all__ = [
     "nesterov",
     "record",
     "run_from",
+    "run_with_queries",
     "select",
     "steepest",
     "translation_invariant",

@@ -1,4 +1,5 @@
-"""Bookkeeping: the best adversarial iterate per example, and per-example early stop.
+"""Bookkeeping: the best adversarial iterate per example, per-example early stop,
+and the query count of score-based attacks.
 
 Success is :func:`jaxadv.success.hits` on the model's logits at an iterate
 rounded to the caller's dtype (:func:`jaxadv.success.as_returned`), so it
@@ -6,6 +7,12 @@ agrees with re-predicting the returned array. An attack that keeps the best
 iterate returns its last iterate when that is adversarial, otherwise the last
 adversarial iterate it saw, otherwise the last iterate: a later step never
 loses a success.
+
+A score-based attack (:func:`jaxadv.spsa`, :func:`jaxadv.nes`) keeps a
+:class:`QueryCount` instead, under the rules of :mod:`jaxadv.attacks.blackbox`:
+each new iterate is evaluated once, an example stops (is frozen, and stops
+spending queries) at its first success, and each example's evaluations are
+counted.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from jaxadv.success import hits
 from jaxadv.threat_models import per_example
 from jaxadv.typing import Array
 
-__all__ = ["Best", "init_best", "record", "select"]
+__all__ = ["Best", "QueryCount", "charge", "init_best", "record", "select"]
 
 
 class Best(NamedTuple):
@@ -47,3 +54,29 @@ def select(best: Best, x_t: Array, logits: Array, x: Array, labels: Array, targe
     hit = hits(logits, labels, targeted)
     out = jnp.where(per_example(finite_rows(logits), x) > 0, x_t, x)
     return jnp.where(per_example(~hit & best.found, x_t) > 0, best.x_adv, out)
+
+
+class QueryCount(NamedTuple):
+    """The bookkeeping of a score-based attack.
+
+    Attributes:
+      key: the chain each step's key is split from.
+      done: ``[batch]`` bool, the example has stopped: a success on an evaluated
+        iterate, or clean scores that are not finite.
+      queries: ``[batch]`` int32, the model evaluations spent per example.
+    """
+
+    key: Array
+    done: Array
+    queries: Array
+
+
+def charge(
+    count: QueryCount, chain: Array, logits: Array, labels: Array, targeted: bool, cost: int
+) -> tuple[QueryCount, Array]:
+    """Charge ``cost`` evaluations to each active example and stop those that the
+    new iterate's ``logits`` show adversarial. Returns the new count and the
+    ``[batch]`` mask of examples that were active (not done) before this step."""
+    active = ~count.done
+    done = count.done | (active & hits(logits, labels, targeted))
+    return QueryCount(chain, done, count.queries + active.astype(jnp.int32) * cost), active

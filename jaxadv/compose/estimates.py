@@ -17,8 +17,9 @@ the estimate inside :func:`jaxadv.spsa` and :func:`jaxadv.nes`, and a part for
     attack = compose.Attack(compose.finite_difference(samples=32, scale=0.01), compose.momentum(1.0))
     x_adv = attack(logits_fn, x, y, key=key, eps=8 / 255, steps=20)
 
-is a score-based momentum attack (each step costs ``2 * samples`` queries; it
-does not count them, see :func:`jaxadv.spsa` for an attack that does).
+is a score-based momentum attack (each step costs ``2 * samples`` queries);
+with ``count_queries=True`` the attack counts them and stops each example at
+its first success, as :func:`jaxadv.spsa` does.
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ class FiniteDifference:
     def needs_key(self) -> bool:
         """The probes are random: an attack using this source needs a ``key``."""
         return True
+
+    @property
+    def queries(self) -> int:
+        """Model evaluations per call and example: ``2 * samples``."""
+        return 2 * self.samples
 
     def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
         b, n = x.shape[0], self.samples

@@ -23,6 +23,13 @@ library's attack signature::
 
 The parts' array hyperparameters are traced leaves, so new values (a decay,
 ``eps``, the model's parameters) reuse the compiled program.
+
+With ``count_queries=True`` the loop keeps the books of a score-based attack
+(:class:`jaxadv.compose.QueryCount`): the clean input is the first query,
+every step evaluates its new iterate once (besides the source's own
+evaluations), an example stops at its first success, and the queries are
+returned with ``return_info``. :func:`jaxadv.spsa` and :func:`jaxadv.nes` are
+this loop with a :class:`jaxadv.compose.FiniteDifference` source.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv.attacks.base import Problem, check_step_size, prepare
-from jaxadv.compose.bookkeeping import Best, init_best, record, select
+from jaxadv.attacks.blackbox import stop_mask
+from jaxadv.compose.bookkeeping import Best, QueryCount, charge, init_best, record, select
 from jaxadv.compose.sources import LossGradient, _pytree
 from jaxadv.compose.updates import Context, Steepest
 from jaxadv.engine import iterate
@@ -57,6 +65,7 @@ __all__ = [
     "loop_problem",
     "prepare_problem",
     "run_from",
+    "run_with_queries",
     "source_model",
 ]
 
@@ -67,7 +76,16 @@ EVAL_FOLD = 0xE7A1
 
 @_pytree(
     data=("source", "rule"),
-    meta=("norm", "random_start", "keep_best", "early_stop", "l1_sparsity", "randomized", "step_factor"),
+    meta=(
+        "norm",
+        "random_start",
+        "keep_best",
+        "early_stop",
+        "l1_sparsity",
+        "randomized",
+        "step_factor",
+        "count_queries",
+    ),
 )
 @dataclasses.dataclass(frozen=True)
 class Attack:
@@ -86,6 +104,10 @@ class Attack:
       randomized: the model is called as ``logits_fn(x, key)`` with a fresh key
         per draw (dropout left on, a randomised defence); use with :class:`EOT`.
       step_factor: default step size is ``step_factor * eps / steps``.
+      count_queries: keep the books of a score-based attack (see the module
+        docstring); needs a source that states its evaluations per call
+        (``queries``, as :class:`jaxadv.compose.FiniteDifference` does), and
+        excludes ``keep_best`` and ``random_start``.
     """
 
     source: Any = None
@@ -97,6 +119,7 @@ class Attack:
     l1_sparsity: float = 0.05
     randomized: bool = False
     step_factor: float = 2.5
+    count_queries: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", check_norm(self.norm))
@@ -108,6 +131,19 @@ class Attack:
             raise ValueError(f"l1_sparsity must be in (0, 1], got {self.l1_sparsity}")
         if self.early_stop and not self.keep_best:
             raise ValueError("early_stop needs keep_best=True (success is tested by the bookkeeping)")
+        if self.count_queries:
+            if self.keep_best or self.random_start:
+                raise ValueError(
+                    "count_queries stops each example at its first success from the clean input: "
+                    "it excludes keep_best and random_start"
+                )
+            cost = getattr(self.source, "queries", None)
+            if not isinstance(cost, int) or isinstance(cost, bool) or cost < 0:
+                raise ValueError(
+                    "count_queries needs a source that states its model evaluations per call "
+                    f"(an int attribute queries, as FiniteDifference has); "
+                    f"{type(self.source).__name__} does not"
+                )
 
     @property
     def needs_key(self) -> bool:
@@ -138,7 +174,8 @@ class Attack:
 
         Returns:
           The adversarial batch, shape and dtype of ``x``; with ``return_info``
-          an :class:`jaxadv.AttackResult` (``queries`` is ``None``).
+          an :class:`jaxadv.AttackResult` (``queries`` is ``None``, or the
+          ``[batch]`` evaluations spent with ``count_queries``).
         """
         steps = check_steps(steps)
         if self.needs_key and key is None:
@@ -150,15 +187,18 @@ class Attack:
         )
         alpha = check_step_size(self.step_factor * p.eps / steps if step_size is None else step_size, p.x)
         check_finite_step(alpha, p.lo, p.hi)
+        no_queries = jnp.zeros((0,), jnp.int32) if self.count_queries else None
         if p.empty:
-            return p.output(p.finalize(p.x), targeted=targeted, return_info=return_info)
+            return p.output(p.finalize(p.x), targeted=targeted, return_info=return_info, queries=no_queries)
         # The loop calls a randomised model with its own keys; success is judged
         # with the fixed key of the input checks (p).
         q = loop_problem(p, self.randomized)
-        x_adv = run_from(
-            self, q, self.start(q, key), key=key, step_size=alpha, steps=steps, targeted=targeted, loop=loop
-        )
-        return p.output(p.finalize(x_adv), targeted=targeted, return_info=return_info)
+        run = dict(key=key, step_size=alpha, steps=steps, targeted=targeted, loop=loop)
+        if not self.count_queries:
+            x_adv = run_from(self, q, self.start(q, key), **run)  # type: ignore[arg-type]
+            return p.output(p.finalize(x_adv), targeted=targeted, return_info=return_info)
+        x_adv, queries = run_with_queries(self, q, **run)  # type: ignore[arg-type]
+        return p.output(p.finalize(x_adv), targeted=targeted, return_info=return_info, queries=queries)
 
     def start(self, p: Problem, key: PRNGKey) -> Array:
         """The first iterate: a random point of the feasible set, or ``x``."""
@@ -278,11 +318,13 @@ def check_finite_step(step_size: Array, lo: Array, hi: Array, name: str = "step_
 
 class LoopState(NamedTuple):
     """``x``: current iterate; ``rule``: the update rule's state; ``best``: the
-    bookkeeping record (``None`` without ``keep_best``)."""
+    bookkeeping record (``None`` without ``keep_best``); ``tally``: the query
+    count (``None`` without ``count_queries``)."""
 
     x: Array
     rule: Any
     best: Best | None
+    tally: QueryCount | None = None
 
 
 class Operands(NamedTuple):
@@ -317,7 +359,10 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
     """One step of a composed attack (the loop body given to :func:`jaxadv.iterate`)."""
     a = ops.attack
     model = source_model(static.model, ops.params, a.randomized)
-    key = jax.random.fold_in(ops.key, i)
+    if s.tally is None:
+        key = jax.random.fold_in(ops.key, i)
+    else:  # the score-based attacks' key chain
+        chain, key = jax.random.split(s.tally.key)
     point = a.rule.lookahead(s.rule, s.x, ops.step_size)
     g = a.source(model, point, ops.labels, key=key, targeted=static.targeted)
     grad = mask_blocked(g.grad, s.x, ops.lo, ops.hi) if a.norm == "l1" else g.grad
@@ -330,6 +375,13 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
     x_new = project_to_feasible(
         s.x + step_along(ops.step_size, direction), ops.x, ops.eps, a.norm, ops.lo, ops.hi
     )
+    if s.tally is not None:
+        # One query at the new iterate; it is taken only where it and the
+        # estimate are finite, and only by examples still active.
+        z = model(x_new, jax.random.fold_in(key, EVAL_FOLD)).astype(jnp.float32)
+        count, active = charge(s.tally, chain, z, ops.labels, static.targeted, a.source.queries + 1)
+        move = active & g.ok & finite_rows(z)
+        return LoopState(_keep(x_new, s.x, move), _keep(rule_state, s.rule, move), None, count)
     if a.keep_best:
         x_new = as_returned(x_new, static.dtype, ops.lo, ops.hi)
     # From a point where the logits or the gradient are not finite: back to x,
@@ -341,7 +393,7 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
     z = g.logits if g.logits is not None and point is s.x else model(s.x, jax.random.fold_in(key, EVAL_FOLD))
     best, hit = record(s.best, s.x, z, ops.labels, static.targeted)
     moving = ~hit if a.early_stop else jnp.ones_like(hit)
-    return LoopState(_keep(x_new, s.x, moving), _keep(rule_state, s.rule, moving), best)
+    return LoopState(_keep(x_new, s.x, moving), _keep(rule_state, s.rule, moving), best, None)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "targeted", "randomized"))
@@ -361,6 +413,24 @@ def _final(
     return select(s.best, s.x, z, x, labels, targeted)
 
 
+def _run(
+    attack: Attack,
+    p: Problem,
+    state: LoopState,
+    *,
+    key: PRNGKey,
+    step_size: Array,
+    steps: int,
+    targeted: bool,
+    loop: LoopMode,
+) -> LoopState:
+    operands = Operands(p.params, p.x, p.labels, p.lo, p.hi, p.eps, step_size, key, attack)
+    # The dtype matters inside the loop only to round iterates for the bookkeeping:
+    # without it, a bfloat16 batch reuses the float32 program.
+    static = Static(p.model, targeted, p.dtype if attack.keep_best else None)
+    return iterate(attack_step, state, operands, steps=steps, static=static, loop=loop)
+
+
 def run_from(
     attack: Attack,
     p: Problem,
@@ -374,15 +444,49 @@ def run_from(
 ) -> Array:
     """Run ``attack``'s loop from ``x_init`` on a prepared problem; float32 result
     (``p.finalize`` casts it to the caller's dtype). The building block of the
-    named attacks and of the adversarial-training losses."""
+    named attacks and of the adversarial-training losses. (An attack with
+    ``count_queries`` runs through :func:`run_with_queries`.)"""
+    if attack.count_queries:
+        raise ValueError("an attack with count_queries runs through run_with_queries")
     state = LoopState(x_init, attack.rule.init(x_init), init_best(x_init) if attack.keep_best else None)
-    operands = Operands(p.params, p.x, p.labels, p.lo, p.hi, p.eps, step_size, key, attack)
-    # The dtype matters inside the loop only to round iterates for the bookkeeping:
-    # without it, a bfloat16 batch reuses the float32 program.
-    static = Static(p.model, targeted, p.dtype if attack.keep_best else None)
-    state = iterate(attack_step, state, operands, steps=steps, static=static, loop=loop)
+    state = _run(attack, p, state, key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop)
     if not attack.keep_best:
         return state.x
     return _final(
         p.params, state, p.x, p.labels, key, model=p.model, targeted=targeted, randomized=attack.randomized
     )
+
+
+@functools.partial(jax.jit, static_argnames=("model", "targeted", "randomized"))
+def _clean_stop(
+    params: Any, x: Array, labels: Array, key: PRNGKey, *, model: Any, targeted: bool, randomized: bool
+) -> Array:
+    """The examples that stop after the clean query: already a success, or scores not finite."""
+    z = source_model(model, params, randomized)(x, jax.random.fold_in(key, EVAL_FOLD))
+    return stop_mask(z, labels, targeted)
+
+
+def run_with_queries(
+    attack: Attack,
+    p: Problem,
+    *,
+    key: PRNGKey,
+    step_size: Array,
+    steps: int,
+    targeted: bool,
+    loop: LoopMode,
+) -> tuple[Array, Array]:
+    """Run an attack with ``count_queries`` from the clean inputs of a prepared
+    problem: the float32 result and the ``[batch]`` int32 evaluations spent per
+    example (the clean query included). The loop of :func:`jaxadv.spsa` and
+    :func:`jaxadv.nes`."""
+    if not attack.count_queries:
+        raise ValueError("run_with_queries needs an attack with count_queries=True")
+    done = _clean_stop(
+        p.params, p.x, p.labels, key, model=p.model, targeted=targeted, randomized=attack.randomized
+    )
+    count = QueryCount(key, done, jnp.ones(p.x.shape[:1], jnp.int32))
+    state = LoopState(p.x, attack.rule.init(p.x), None, count)
+    state = _run(attack, p, state, key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop)
+    assert state.tally is not None
+    return state.x, state.tally.queries
