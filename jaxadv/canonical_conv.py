@@ -41,8 +41,10 @@ def canonical_convs(body: Body) -> Body:
 
     The step is traced to a jaxpr and evaluated again, primitive by primitive,
     with each ``conv_general_dilated`` in another layout replaced by transposes
-    around the canonical convolution. Calls (``jit``) are entered; every other
-    primitive is bound unchanged. Errors of the step itself propagate as they
+    around the canonical convolution. Calls (``jit``), rematerialised blocks and
+    nested loops and branches (``scan``, ``while``, ``cond``) are entered and
+    rebuilt around their rewritten bodies; every other primitive is bound
+    unchanged. Errors of the step itself propagate as they
     would without the rewrite; if re-binding a primitive fails (one of
     ``_REWRITE_ERRORS``), the plain ``body`` runs instead and a warning is
     logged once per step function: the rewrite only changes speed, never results.
@@ -105,6 +107,10 @@ def _eval_canonical(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> l
             # A rematerialised block (jax.checkpoint / nn.remat): rewritten inside,
             # and checkpointed again with the same policy.
             out = _remat_canonical(eqn.params, invals)
+        elif name in _LOOPS and any(_has_conv(sub) for sub in _param_jaxprs(eqn.params)):
+            # A loop or branch inside the step (EOT's draws and VMI's neighbours
+            # are scans): its body is a nested computation, rewritten the same way.
+            out = _LOOPS[name](eqn.params, invals)
         elif (
             name in ("pjit", "jit", "closed_call")
             and isinstance(inner := eqn.params.get("jaxpr", eqn.params.get("call_jaxpr")), jex.ClosedJaxpr)
@@ -118,6 +124,66 @@ def _eval_canonical(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> l
         else:
             env[eqn.outvars[0]] = out
     return [read(v) for v in jaxpr.outvars]
+
+
+def _scan_canonical(params: dict[str, Any], invals: Sequence[Any]) -> list[Any]:
+    inner = params["jaxpr"]
+    nc, nk = params["num_consts"], params["num_carry"]
+    consts, carry, xs = invals[:nc], invals[nc : nc + nk], invals[nc + nk :]
+
+    def body(c: list[Any], x: list[Any]) -> tuple[list[Any], list[Any]]:
+        out = _eval_canonical(inner.jaxpr, inner.consts, [*consts, *c, *x])
+        return out[:nk], out[nk:]
+
+    carry_out, ys = jax.lax.scan(
+        body,
+        list(carry),
+        list(xs),
+        length=params["length"],
+        reverse=params["reverse"],
+        unroll=params["unroll"],
+    )
+    return [*carry_out, *ys]
+
+
+def _while_canonical(params: dict[str, Any], invals: Sequence[Any]) -> list[Any]:
+    cond_j, body_j = params["cond_jaxpr"], params["body_jaxpr"]
+    nc, nb = params["cond_nconsts"], params["body_nconsts"]
+    cond_consts, body_consts, init = invals[:nc], invals[nc : nc + nb], invals[nc + nb :]
+
+    def cond(v: Any) -> Any:
+        return _eval_canonical(cond_j.jaxpr, cond_j.consts, [*cond_consts, *v])[0]
+
+    def body(v: Any) -> list[Any]:
+        return _eval_canonical(body_j.jaxpr, body_j.consts, [*body_consts, *v])
+
+    return list(jax.lax.while_loop(cond, body, list(init)))
+
+
+def _cond_canonical(params: dict[str, Any], invals: Sequence[Any]) -> list[Any]:
+    def branch(closed: Any) -> Callable[..., list[Any]]:
+        return lambda *ops: _eval_canonical(closed.jaxpr, closed.consts, ops)
+
+    return list(jax.lax.switch(invals[0], [branch(b) for b in params["branches"]], *invals[1:]))
+
+
+def _param_jaxprs(params: dict[str, Any]) -> list[Any]:
+    """The jaxprs among a primitive's parameters (a loop's body, a cond's branches)."""
+    found = []
+    for value in params.values():
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, jex.ClosedJaxpr):
+                found.append(v.jaxpr)
+            elif isinstance(v, jex.Jaxpr):
+                found.append(v)
+    return found
+
+
+_LOOPS: dict[str, Callable[[dict[str, Any], Sequence[Any]], list[Any]]] = {
+    "scan": _scan_canonical,
+    "while": _while_canonical,
+    "cond": _cond_canonical,
+}
 
 
 def _remat_canonical(params: dict[str, Any], invals: Sequence[Any]) -> list[Any]:

@@ -180,3 +180,37 @@ def test_mlp_untouched(data):
     ours = jax.jit(lambda f, x, y: jaxadv.bim(f, x, y, eps=0.1, step_size=0.025, steps=3))
     ref = jax.jit(functools.partial(plain_fori, steps=3))
     np.testing.assert_array_equal(np.asarray(ours(f, x, y)), np.asarray(ref(f, x, y)))
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        pytest.param(
+            lambda f, x, y: jaxadv.vmifgsm(f, x, y, key=jax.random.key(1), eps=0.1, steps=2, num_neighbors=3),
+            id="vmi-scan",
+        ),
+        pytest.param(
+            lambda f, x, y: jaxadv.eot_pgd(
+                f, x, y, key=jax.random.key(1), eps=0.1, steps=2, num_samples=2, transform=_jitter
+            ),
+            id="eot-scan",
+        ),
+    ],
+)
+def test_convolutions_in_nested_loops_are_rewritten(cnn, data, monkeypatch, attack):
+    """EOT's draws and VMI's neighbours are scans inside the step: their convolutions
+    are canonical too, with the result of the unrewritten loop."""
+    x, y = data
+    run = jax.jit(attack)
+    labels = re.findall(r"dim_labels=(\S+?),", run.lower(cnn, x, y).compile().as_text())
+    assert "b01f_01oi->b01f" not in labels, labels
+    got = run(cnn, x, y)
+    monkeypatch.setattr(engine, "CANONICAL_CONV_PLATFORMS", ())
+    plain = jax.jit(lambda f, x, y: attack(f, x, y))
+    ref_labels = re.findall(r"dim_labels=(\S+?),", plain.lower(cnn, x, y).compile().as_text())
+    assert "b01f_01oi->b01f" in ref_labels
+    np.testing.assert_allclose(np.asarray(got), np.asarray(plain(cnn, x, y)), atol=1e-6)
+
+
+def _jitter(key, x):
+    return x + 0.01 * jax.random.normal(key, x.shape)
