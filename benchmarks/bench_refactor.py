@@ -9,10 +9,13 @@ runs in its own subprocess (two versions of one package cannot share a
 process), alternately, ``--rounds`` times, so that load from other processes
 hits both alike. Each worker times, on the digits CNN of :mod:`jaxadv.examples`
 (128 test digits, direct calls, warmed up): one jitted input-gradient (the
-floor), PGD-10, MI-FGSM-10, APGD-CE-100 and FGSM, and reports the robust
-accuracy each attack leaves at eps = 0.1. Printed: per attack, the minimum
-time over the rounds divided by 10 (or 100) floor gradients, for both sides,
-their ratio, and both robust accuracies (which must agree).
+floor), PGD-10, MI-FGSM-10, APGD-CE-100, FGSM and the score-based SPSA and
+NES (10 steps of 16 antithetic pairs), and reports the robust accuracy each
+attack leaves at eps = 0.1. Printed: per attack, the minimum time over the
+rounds divided by its number of floor gradients (SPSA and NES: by 10, as a
+unit only, they take no gradient), for both sides, the ratio of those two
+ratios (new over old, so that load that slows a whole side cancels), the
+ratio of the raw times, and both robust accuracies (which must agree).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ def worker() -> None:
         "pgd-10": (10, lambda: jaxadv.pgd(f, x, y, key=key, eps=eps, steps=10)),
         "mifgsm-10": (10, lambda: jaxadv.mifgsm(f, x, y, eps=eps, steps=10)),
         "apgd-ce-100": (100, lambda: jaxadv.apgd(f, x, y, key=key, eps=eps, steps=100)),
+        "spsa-10": (10, lambda: jaxadv.spsa(f, x, y, key=key, eps=eps, queries=331)),
+        "nes-10": (10, lambda: jaxadv.nes(f, x, y, key=key, eps=eps, queries=331)),
     }
 
     def timed(fn: object) -> float:
@@ -64,6 +69,7 @@ def worker() -> None:
     out: dict[str, object] = {"floor": min(timed(lambda: floor_fn(x)) for _ in range(20))}
     for name, (grads, fn) in attacks.items():
         x_adv = jax.block_until_ready(fn())
+        x_adv = getattr(x_adv, "x_adv", x_adv)  # an old revision's score-based result type
         t = min(timed(fn) for _ in range(3))
         acc = float(np.mean(np.asarray(jaxadv.predict(f, x_adv)) == np.asarray(y)))
         out[name] = {"seconds": t, "grads": grads, "robust_accuracy": acc}
@@ -108,10 +114,10 @@ def main() -> None:
         f"min over {args.rounds} rounds"
     )
     print(
-        f"{'attack':14s} {'old/floor':>10s} {'new/floor':>10s} {'new/old':>8s} "
+        f"{'attack':14s} {'old/floor':>10s} {'new/floor':>10s} {'new/old':>8s} {'time n/o':>9s} "
         f"{'acc old':>8s} {'acc new':>8s}"
     )
-    for name in ("fgsm", "pgd-10", "mifgsm-10", "apgd-ce-100"):
+    for name in ("fgsm", "pgd-10", "mifgsm-10", "apgd-ce-100", "spsa-10", "nes-10"):
         row = []
         for side in ("old", "new"):
             floor = min(r["floor"] for r in sides[side])
@@ -120,7 +126,7 @@ def main() -> None:
                 (t / (floor * sides[side][0][name]["grads"]), t, sides[side][0][name]["robust_accuracy"])
             )
         (ro, to, ao), (rn, tn, an) = row
-        print(f"{name:14s} {ro:10.2f} {rn:10.2f} {tn / to:8.2f} {ao:8.3f} {an:8.3f}")
+        print(f"{name:14s} {ro:10.2f} {rn:10.2f} {rn / ro:8.2f} {tn / to:9.2f} {ao:8.3f} {an:8.3f}")
 
 
 if __name__ == "__main__":

@@ -392,8 +392,9 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
         return LoopState(x_new, rule_state, None)
     z = g.logits if g.logits is not None and point is s.x else model(s.x, jax.random.fold_in(key, EVAL_FOLD))
     best, hit = record(s.best, s.x, z, ops.labels, static.targeted)
-    moving = ~hit if a.early_stop else jnp.ones_like(hit)
-    return LoopState(_keep(x_new, s.x, moving), _keep(rule_state, s.rule, moving), best, None)
+    if not a.early_stop:
+        return LoopState(x_new, rule_state, best, None)
+    return LoopState(_keep(x_new, s.x, ~hit), _keep(rule_state, s.rule, ~hit), best, None)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "targeted", "randomized"))
