@@ -279,6 +279,9 @@ def test_minimal_eps_takes_a_callable_and_refuses_bad_attacks() -> None:
         return x.at[:, 0].set(-jnp.sign(x[:, 0]) * 0.1)
 
     np.testing.assert_allclose(minimal_eps(f, x, y, attack=flip, norm="linf"), [0.4, 0.3], rtol=1e-6)
+    # One coordinate moves: L0 radius 1, whatever the spelling of the norm.
+    for spelling in ("l0", "L0"):
+        np.testing.assert_array_equal(minimal_eps(f, x, y, attack=flip, norm=spelling), [1.0, 1.0])
     with pytest.raises(ValueError, match="attack must be"):
         minimal_eps(f, x, y, attack="nope")
     with pytest.raises(ValueError, match="needs eps_max and key"):

@@ -137,6 +137,10 @@ def test_bad_inputs(linear: Any, digits: Any) -> None:
         apply_patch(x, jnp.zeros((9, 3, 1)), location=(0, 0))
     with pytest.raises(ValueError, match="NHWC"):
         apply_patch(x[..., 0], patch, location=(0, 0))
+    with pytest.raises(ValueError, match="NaN"):
+        apply_patch(np.where(np.arange(64).reshape(1, 8, 8, 1) == 5, np.nan, x), patch, location=(0, 0))
+    with pytest.raises(ValueError, match="inside bounds"):
+        apply_patch(x + 2.0, patch, location=(0, 0))
     with pytest.raises(ValueError, match="location must have shape"):
         apply_patch(x, patch, location=(0, 0, 0))
     with pytest.raises(ValueError, match="scale must be > 0"):

@@ -213,6 +213,13 @@ def test_bad_inputs(linear: Any, digits: Any) -> None:
         init_universal((8, 8, 1), opt, key=jax.random.key(0))
     with pytest.raises(ValueError, match="shape of one example"):
         init_universal("8x8", opt)  # type: ignore[arg-type]
+    delta = jnp.zeros((8, 8, 1))
+    with pytest.raises(ValueError, match="NaN"):
+        apply_universal(np.where(np.arange(64).reshape(1, 8, 8, 1) == 5, np.nan, x), delta)
+    with pytest.raises(ValueError, match="delta contains NaN"):
+        apply_universal(x, delta.at[0, 0, 0].set(jnp.inf))
+    with pytest.raises(ValueError, match="inside bounds"):
+        apply_universal(x + 2.0, delta)
     with pytest.raises(ValueError, match="one-shot iterator"):
         universal_perturbation(f, iter([(x, y)]), eps=0.1, epochs=2)
     with pytest.raises(ValueError, match="no non-empty batch"):

@@ -153,7 +153,10 @@ def minimal_eps(
     check_steps(iterations, "iterations")
     x = jnp.asarray(x)
     y = jnp.asarray(y, jnp.int32)
-    norm = check_norm(norm) if norm != "l0" else norm
+    if isinstance(norm, str) and norm.lower() == "l0":
+        norm = "l0"  # type: ignore[assignment]  # FMN's norm, outside the Norm of the ball attacks
+    else:
+        norm = check_norm(norm)
     clean_wrong = predict(logits_fn, x) != y
     if attack != "pgd":
         radius = _minimal_norm_radius(

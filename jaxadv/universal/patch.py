@@ -335,13 +335,17 @@ def apply_patch(
       ``(0, 0)``); a given ``scale`` or ``angle`` replaces the random one.
 
     Args:
-      x: ``[B, H, W, C]`` images inside ``bounds``.
+      x: ``[B, H, W, C]`` images, finite and inside ``bounds``.
       patch: ``[h, w, C]`` patch inside ``bounds``.
       bounds: ``(lo, hi)``, broadcasting against ``x``.
 
     Returns:
       ``[B, H, W, C]``, dtype of ``x``; pixels the patch does not reach
       (:math:`M = 0`) are those of ``x``.
+
+    Raises:
+      ValueError: ``x`` holds NaN/inf values or lies outside ``bounds``
+        (concrete values; under ``jit`` inside :func:`jaxadv.checked`).
     """
     x = _check_images(x)
     p = _check_patch(patch, x.shape)
@@ -360,6 +364,7 @@ def apply_patch(
         angle = placement.angle if angle is None else angle
     assert location is not None
     lo, hi = check_bounds(bounds)
+    check_in_bounds(x.astype(jnp.float32), lo, hi)
     batch = x.shape[0]
     loc = _per_example(location, batch, (2,), "location")
     s = _per_example(1.0 if scale is None else scale, batch, (), "scale")

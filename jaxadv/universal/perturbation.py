@@ -72,6 +72,7 @@ from jaxadv.validation import (
     check_norm,
     check_steps,
     checked,
+    value_check,
 )
 
 __all__ = [
@@ -400,19 +401,29 @@ def apply_universal(x: ArrayLike, delta: ArrayLike, *, bounds: Bounds = (0.0, 1.
     r""":math:`\mathrm{clip}_{[lo,hi]}(x + \delta)`, ``delta`` broadcast over the batch.
 
     Args:
-      x: ``[B, *example_shape]`` inputs.
-      delta: ``[*example_shape]`` perturbation.
+      x: ``[B, *example_shape]`` inputs, finite and inside ``bounds``.
+      delta: ``[*example_shape]`` perturbation, finite.
       bounds: ``(lo, hi)``.
 
     Returns:
       ``[B, *example_shape]``, dtype of ``x``, inside ``bounds`` (bounds the
       dtype cannot represent are rounded inward).
+
+    Raises:
+      ValueError: ``x`` or ``delta`` holds NaN/inf values, or ``x`` lies outside
+        ``bounds`` (concrete values; under ``jit`` inside :func:`jaxadv.checked`).
     """
     x = check_inputs(x)
     delta = jnp.asarray(delta, jnp.float32)
+    value_check(
+        jnp.all(jnp.isfinite(delta)),
+        "delta contains NaN/inf values ({count} of them)",
+        count=jnp.sum(~jnp.isfinite(delta)),
+    )
     if delta.shape != x.shape[1:]:
         raise ValueError(f"delta must have the shape of one example {x.shape[1:]}, got {delta.shape}")
     lo, hi = check_bounds(bounds)
+    check_in_bounds(x.astype(jnp.float32), lo, hi)
     return _apply_universal(x, delta, lo, hi)
 
 
