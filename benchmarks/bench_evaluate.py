@@ -82,24 +82,17 @@ def main() -> None:
     print(f"jaxadv standard suite: robust {acc:.4f}, {t_ours:.1f} s, {args.n / t_ours:.1f} examples/s")
 
     try:
-        import pyautoattack
+        import pyautoattack  # noqa: F401  (only checks that the reference is installed)
         import torch
     except ImportError:
         print("pyautoattack/torch not installed: skipping the reference (pip install -e '.[crosscheck]')")
         return
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from torch_models import TorchDigitsCNN, to_nchw
+    from torch_models import TorchDigitsCNN
 
     torch.set_num_threads(1)
     twin = TorchDigitsCNN(variables).eval()
-    aa = pyautoattack.AutoAttack(twin, norm="Linf", eps=args.eps, version="standard", device="cpu", seed=0)
-    aa.verbose = False
-    t0 = time.perf_counter()
-    out = aa.run_standard_evaluation(to_nchw(x), torch.from_numpy(y.astype(np.int64)), batch_size=args.n)
-    t_ref = time.perf_counter() - t0
-    x_ref = out[0] if isinstance(out, tuple) else out
-    with torch.no_grad():
-        ref = float(np.mean(twin(x_ref).argmax(1).numpy() == y))
+    t_ref, ref, _, _ = autoattack_run(twin, x, y, eps=args.eps, batch_size=args.n)
     print(f"AutoAttack standard:   robust {ref:.4f}, {t_ref:.1f} s, {args.n / t_ref:.1f} examples/s")
     print(f"time ratio jaxadv / AutoAttack: {t_ours / t_ref:.2f}x")
 
@@ -124,6 +117,44 @@ def _timed(attack: Any, name: str, seconds: dict[str, float], sizes: dict[str, i
     attack.perturb = run
 
 
+def autoattack_run(
+    model: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    eps: float,
+    version: str = "standard",
+    batch_size: int | None = None,
+    timed: dict[str, str] | None = None,
+) -> tuple[float, float, dict[str, float], dict[str, int]]:
+    """AutoAttack's ``version`` at L-inf ``eps`` on the PyTorch ``model`` over the NHWC
+    batch ``x`` (labels ``y``), in batches of ``batch_size`` (default: one batch).
+
+    ``timed`` maps a label to an attribute of the ``AutoAttack`` object (``apgd``,
+    ``apgd_targeted``, ``fab``, ``square``) whose ``perturb`` calls are timed.
+    Returns the wall time, the robust accuracy of the returned batch re-predicted
+    by ``model``, and per label the seconds and the examples passed."""
+    import pyautoattack
+    import torch
+    from torch_models import to_nchw
+
+    aa = pyautoattack.AutoAttack(model, norm="Linf", eps=eps, version=version, device="cpu", seed=0)
+    aa.verbose = False
+    seconds: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    for label, attr in (timed or {}).items():
+        _timed(getattr(aa, attr), label, seconds, sizes)
+    start = time.perf_counter()
+    out = aa.run_standard_evaluation(
+        to_nchw(x), torch.from_numpy(y.astype(np.int64)), batch_size=batch_size or len(y)
+    )
+    elapsed = time.perf_counter() - start
+    x_ref = out[0] if isinstance(out, tuple) else out
+    with torch.no_grad():
+        accuracy = float(np.mean(model(x_ref).argmax(1).numpy() == y))
+    return elapsed, accuracy, seconds, sizes
+
+
 def _padded(n: int, batch_size: int) -> int:
     """Rows ``jaxadv.evaluate`` feeds an attack for ``n`` examples of a batch (0 for none)."""
     if n == 0 or n >= batch_size:
@@ -132,13 +163,13 @@ def _padded(n: int, batch_size: int) -> int:
 
 
 def mnist_scale(args: argparse.Namespace) -> None:
-    import pyautoattack
+    import pyautoattack  # noqa: F401  (fail before any training when the reference is missing)
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from bench_mixed_precision import train as train_model
-    from torch_models import TorchDigitsCNN, max_logit_gap, to_nchw
+    from torch_models import TorchDigitsCNN, max_logit_gap
 
     eps = 0.15 if args.eps is None else args.eps
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -190,19 +221,8 @@ def mnist_scale(args: argparse.Namespace) -> None:
         print(f"jaxadv {call}: {results[-1][0]:.1f} s, robust {res.robust_accuracy:.2%}", flush=True)
     (t_cold, cold), (t_warm, warm) = results
 
-    aa = pyautoattack.AutoAttack(twin, norm="Linf", eps=eps, version="standard", device="cpu", seed=0)
-    aa.verbose = False
-    aa_seconds: dict[str, float] = {}
-    aa_sizes: dict[str, int] = {}
-    for name, attack in (("apgd-ce", aa.apgd), ("apgd-t", aa.apgd_targeted), ("fab-t", aa.fab)):
-        _timed(attack, name, aa_seconds, aa_sizes)
-    _timed(aa.square, "square", aa_seconds, aa_sizes)
-    start = time.perf_counter()
-    out = aa.run_standard_evaluation(to_nchw(x), torch.from_numpy(y.astype(np.int64)), batch_size=len(y))
-    t_aa = time.perf_counter() - start
-    x_ref = out[0] if isinstance(out, tuple) else out
-    with torch.no_grad():
-        ref = float(np.mean(twin(x_ref).argmax(1).numpy() == y))
+    timed = {"apgd-ce": "apgd", "apgd-t": "apgd_targeted", "fab-t": "fab", "square": "square"}
+    t_aa, ref, aa_seconds, aa_sizes = autoattack_run(twin, x, y, eps=eps, timed=timed)
 
     # Examples each of jaxadv's attacks ran on: the correct ones not fooled by an earlier attack;
     # and the rows it computed: evaluate pads them, per batch, to a power of two (at least 8, at

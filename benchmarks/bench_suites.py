@@ -97,10 +97,10 @@ def main() -> None:
     args = parser.parse_args()
     args.eps = (0.15 if args.mnist_scale else 0.1) if args.eps is None else args.eps
 
-    import pyautoattack
+    import pyautoattack  # noqa: F401  (fail before any training when the reference is missing)
     import torch
-    from bench_evaluate import _timed
-    from torch_models import TorchDigitsCNN, max_logit_gap, to_nchw
+    from bench_evaluate import autoattack_run
+    from torch_models import TorchDigitsCNN, max_logit_gap
 
     torch.set_num_threads(1)
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -148,20 +148,9 @@ def main() -> None:
             times.append(time.perf_counter() - start)
             results.append(res)
         warm = results[1]
-        aa = pyautoattack.AutoAttack(
-            reference_model, norm="Linf", eps=args.eps, version=suite, device="cpu", seed=0
+        t_aa, ref, aa_seconds, aa_sizes = autoattack_run(
+            reference_model, x, y, eps=args.eps, version=suite, timed=AA_ATTACKS
         )
-        aa.verbose = False
-        aa_seconds: dict[str, float] = {}
-        aa_sizes: dict[str, int] = {}
-        for label, attr in AA_ATTACKS.items():
-            _timed(getattr(aa, attr), label, aa_seconds, aa_sizes)
-        start = time.perf_counter()
-        out = aa.run_standard_evaluation(to_nchw(x), torch.from_numpy(y.astype(np.int64)), batch_size=len(y))
-        t_aa = time.perf_counter() - start
-        x_ref = out[0] if isinstance(out, tuple) else out
-        with torch.no_grad():
-            ref = float(np.mean(reference_model(x_ref).argmax(1).numpy() == y))
         rows.append(
             (label_suite, results[0].robust_accuracy, warm.robust_accuracy, ref, times[0], times[1], t_aa)
         )
