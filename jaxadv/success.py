@@ -29,6 +29,7 @@ from jaxadv.losses import finite_rows
 from jaxadv.models import logits
 from jaxadv.threat_models import cast_into_box
 from jaxadv.typing import Array, ArrayLike, LogitsFn
+from jaxadv.validation import check_labels
 
 __all__ = ["AttackResult", "is_adversarial", "with_success"]
 
@@ -91,6 +92,12 @@ def is_adversarial(
     example whose logits are not finite is not adversarial. Works under ``jit``
     and ``vmap`` (everything is traced).
 
+    Labels are checked as the attacks check them
+    (:func:`jaxadv.validation.check_labels`): a ``ValueError`` for labels of the
+    wrong shape or dtype and, when the values are concrete, for labels outside
+    ``[0, C)`` and ``[batch, C]`` rows that are not one-hot (soft labels have no
+    single class to compare the prediction with).
+
     Args:
       logits_fn: model ``x -> logits [batch, C]``.
       x_adv: ``[batch, ...]`` examples returned by an attack.
@@ -102,7 +109,8 @@ def is_adversarial(
       ``[batch]`` bool.
     """
     z = logits(logits_fn, jnp.asarray(x_adv).astype(jnp.float32))
-    return hits(z, jnp.asarray(y), targeted)
+    labels = check_labels(y, z.shape[0], z.shape[-1])
+    return hits(z, labels, targeted)
 
 
 def with_success(attack: Callable[..., Array]) -> Callable[..., AttackResult]:

@@ -113,10 +113,73 @@ def check_steps(steps: Any, name: str = "steps") -> int:
     return int(steps)
 
 
+def check_target_classes(num_target_classes: int, num_classes: int) -> None:
+    """A targeted attack over the most likely other classes can try at most ``C - 1`` of them."""
+    if num_target_classes > num_classes - 1:
+        raise ValueError(
+            f"num_target_classes must be at most num_classes - 1 = {num_classes - 1} (the classes other than "
+            f"the label), got {num_target_classes}"
+        )
+
+
 def check_nonnegative(value: Any, name: str) -> Array:
     value = jnp.asarray(value, jnp.float32)
     value_check(value >= 0, f"{name} must be >= 0, got {{v}}", v=jnp.min(value))
     return value
+
+
+def check_finite(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: bool = False,
+) -> Array:
+    """``value`` as float32, refused unless every entry is finite and in range.
+
+    The range is ``[minimum, maximum]`` (``(minimum, maximum]`` with ``above``);
+    ``None`` leaves that side open. A value check: concrete values raise a
+    ``ValueError`` naming ``name``; traced ones are checked only inside
+    :func:`checked`. NaN fails every comparison, so it is always refused.
+    """
+    v = jnp.asarray(value, jnp.float32)
+    ok = jnp.isfinite(v)
+    if minimum is not None:
+        ok = ok & ((v > minimum) if above else (v >= minimum))
+    if maximum is not None:
+        ok = ok & (v <= maximum)
+    if minimum is not None and maximum is not None:
+        rule = f"in {'(' if above else '['}{minimum:g}, {maximum:g}]"
+    elif minimum is not None:
+        rule = f"{'>' if above else '>='} {minimum:g} and finite"
+    elif maximum is not None:
+        rule = f"<= {maximum:g} and finite"
+    else:
+        rule = "finite"
+    value_check(jnp.all(ok), f"{name} must be {rule}, got {{v}}", v=v)
+    return v
+
+
+def check_key(key: Any, name: str = "key") -> Any:
+    """``key`` must be one PRNG key: a typed key of shape ``()`` (:func:`jax.random.key`)
+    or a raw ``uint32`` key of shape ``(2,)``/``(4,)`` (:func:`jax.random.PRNGKey`).
+
+    Only its type and shape are read, so a traced key passes under ``jit``.
+    Raises ``ValueError`` naming ``name`` for anything else (``None``, an int
+    seed, a batch of keys).
+    """
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape == ():
+            return key
+    elif dtype == np.uint32 and shape in ((2,), (4,)):
+        return key
+    got = f"{type(key).__name__} {key!r}" if dtype is None else f"an array of dtype {dtype} and shape {shape}"
+    raise ValueError(
+        f"{name} must be one PRNG key, e.g. {name}=jax.random.key(0) (split it for several calls), got {got}"
+    )
 
 
 def check_batch_array(value: Array, x: Array, name: str) -> Array:
@@ -150,8 +213,15 @@ def check_inputs(x: Any) -> Array:
     return x
 
 
-def check_in_bounds(x: Array, lo: Array, hi: Array) -> None:
-    """``x`` must be finite and lie inside ``[lo, hi]`` (up to a relative 1e-6 of the range)."""
+def check_in_bounds(x: Array, lo: Array, hi: Array, dtype: Any = None) -> None:
+    r"""``x`` must be finite and lie inside ``[lo, hi]`` (up to a relative 1e-6 of the range).
+
+    ``dtype``: the dtype the caller's ``x`` had before it was cast to float32.
+    Data inside the bounds, rounded to that dtype, may lie just outside them
+    (``float16(0.3) = 0.30005``); so the box is widened to the bounds rounded to
+    ``dtype`` (:math:`[\mathrm{fl}(lo), \mathrm{fl}(hi)]`, rounding being monotone),
+    the most that rounding in-bounds data can reach.
+    """
     xf = x.astype(jnp.float32)
     value_check(
         jnp.all(jnp.isfinite(xf)),
@@ -161,6 +231,9 @@ def check_in_bounds(x: Array, lo: Array, hi: Array) -> None:
     span = hi - lo
     # Infinite bounds: no tolerance is needed (and inf * 1e-6 would loosen finite ones).
     tol = 1e-6 * jnp.max(jnp.where(jnp.isfinite(span), span, 0.0))
+    if dtype is not None and jnp.dtype(dtype) != jnp.float32 and jnp.issubdtype(dtype, jnp.floating):
+        lo = jnp.minimum(lo, lo.astype(dtype).astype(jnp.float32))
+        hi = jnp.maximum(hi, hi.astype(dtype).astype(jnp.float32))
     value_check(
         jnp.all(xf >= lo - tol) & jnp.all(xf <= hi + tol),
         "x must lie inside bounds: found values in [{xmin}, {xmax}] outside the given bounds; "
@@ -170,15 +243,22 @@ def check_in_bounds(x: Array, lo: Array, hi: Array) -> None:
     )
 
 
-def check_labels(y: Any, batch: int, num_classes: int) -> Array:
-    """Integer labels ``[batch]`` as int32, or one-hot/soft labels ``[batch, C]`` as float32.
+def check_labels(y: Any, batch: int, num_classes: int, *, soft: bool = False) -> Array:
+    """Integer labels ``[batch]`` as int32; one-hot labels ``[batch, C]`` as their int32 argmax.
 
     Raises ``ValueError`` for: a dtype that is neither integer, float nor bool
     (strings...); float labels of shape ``[batch]`` (class indices must be passed as
-    integers: ``y.astype(np.int32)``; float ``y`` means one-hot or soft labels of
-    shape ``[batch, C]``); integer labels of the wrong shape; and, when the values
-    are concrete, labels outside ``[0, C)``, checked before the cast to int32 so
-    that int64 labels cannot wrap around into range.
+    integers: ``y.astype(np.int32)``; float ``y`` means one-hot labels of shape
+    ``[batch, C]``); labels of the wrong shape; and, when the values are concrete,
+    integer labels outside ``[0, C)`` (checked before the cast to int32, so that
+    int64 labels cannot wrap around into range) and ``[batch, C]`` rows that are
+    not one-hot (a single 1, zeros elsewhere): soft labels would make every
+    success flag wrong, since success is judged against one class. Under ``jit``
+    the values are abstract and ``[batch, C]`` labels are taken as their argmax
+    (checked inside :func:`checked`).
+
+    ``soft=True`` (for the library's own use: TRADES attacks a probability
+    vector) keeps ``[batch, C]`` labels as float32 rows, unchecked.
     """
     if not isinstance(y, jax.Array):
         y_np = np.asarray(y)
@@ -187,7 +267,7 @@ def check_labels(y: Any, batch: int, num_classes: int) -> Array:
                 f"y must hold integer labels or one-hot floats, got dtype {y_np.dtype}: "
                 "pass class indices as integers, e.g. np.asarray(y, np.int32)"
             )
-        if y_np.dtype.kind in "iu" and y_np.size:
+        if y_np.dtype.kind in "iu" and y_np.ndim == 1 and y_np.size:
             lmin, lmax = y_np.min(), y_np.max()
             if lmin < 0 or lmax >= num_classes:
                 raise ValueError(
@@ -195,7 +275,7 @@ def check_labels(y: Any, batch: int, num_classes: int) -> Array:
                 )
         y = y_np
     labels = jnp.asarray(y)
-    if jnp.issubdtype(labels.dtype, jnp.integer):
+    if jnp.issubdtype(labels.dtype, jnp.integer) and labels.ndim == 1:
         if labels.shape != (batch,):
             raise ValueError(
                 f"y must have shape [batch]=({batch},) (integer labels) or "
@@ -209,16 +289,33 @@ def check_labels(y: Any, batch: int, num_classes: int) -> Array:
                 lmax=jnp.max(labels),
             )
         return labels.astype(jnp.int32)
-    if jnp.issubdtype(labels.dtype, jnp.floating) or labels.dtype == jnp.bool_:
-        if labels.shape == (batch,) and labels.ndim == 1:
+    if labels.dtype.kind not in "iufb":
+        raise ValueError(f"y must hold integer labels or one-hot floats, got dtype {labels.dtype}")
+    if labels.shape == (batch,) and labels.ndim == 1:
+        raise ValueError(
+            f"y of shape [batch]=({batch},) must hold integer class indices, got dtype {labels.dtype}: "
+            "pass y.astype(np.int32) (float y is read as one-hot labels of shape [batch, num_classes])"
+        )
+    if labels.shape != (batch, num_classes):
+        if jnp.issubdtype(labels.dtype, jnp.integer):
             raise ValueError(
-                f"y of shape [batch]=({batch},) must hold integer class indices, got dtype {labels.dtype}: "
-                "pass y.astype(np.int32) (float y is read as one-hot or soft labels of shape "
-                "[batch, num_classes])"
+                f"y must have shape [batch]=({batch},) (integer labels) or [batch, num_classes]=({batch}, "
+                f"{num_classes}) (one-hot), got {labels.shape}"
             )
-        if labels.shape != (batch, num_classes):
-            raise ValueError(
-                f"one-hot y must have shape [batch, num_classes]=({batch}, {num_classes}), got {labels.shape}"
-            )
-        return labels.astype(jnp.float32)
-    raise ValueError(f"y must hold integer labels or one-hot floats, got dtype {labels.dtype}")
+        raise ValueError(
+            f"one-hot y must have shape [batch, num_classes]=({batch}, {num_classes}), got {labels.shape}"
+        )
+    rows = labels.astype(jnp.float32)
+    if soft:
+        return rows
+    if batch:
+        ones = jnp.sum(rows == 1, axis=1)
+        onehot = jnp.all((rows == 0) | (rows == 1), axis=1) & (ones == 1)
+        value_check(
+            jnp.all(onehot),
+            "y of shape [batch, num_classes] must hold one-hot rows (a single 1, zeros elsewhere); "
+            "row {row} is not (soft labels are not supported: success is judged against one class, "
+            "so pass y.argmax(-1) if that is the class you mean)",
+            row=jnp.argmin(onehot),
+        )
+    return jnp.argmax(rows, axis=1).astype(jnp.int32)

@@ -93,7 +93,7 @@ from jaxadv.threat_models import (
     step_along,
 )
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
-from jaxadv.validation import check_norm, check_steps, is_traced
+from jaxadv.validation import check_key, check_norm, check_steps, check_target_classes, is_traced
 
 __all__ = ["apgd", "apgd_targeted", "dlr", "dlr_targeted"]
 
@@ -582,6 +582,7 @@ def _check_common(
     steps = check_steps(steps)
     if key is None:
         raise ValueError("key is required for the random starts (pass key=jax.random.key(0))")
+    check_key(key)
     if not isinstance(eot_samples, (int, np.integer)) or isinstance(eot_samples, bool) or eot_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {eot_samples!r}")
     if shrinking_eps and norm != "l1":
@@ -771,7 +772,7 @@ def apgd_targeted(
     Args:
       logits_fn, x, key, eps, steps, norm, bounds, rho: as in :func:`apgd`.
       num_samples, transform, randomized, shrinking_eps, early_stop, loop: as in :func:`apgd`.
-      y: ``[batch]`` integer labels (not one-hot).
+      y: ``[batch]`` integer labels or ``[batch, C]`` one-hot.
       num_target_classes: number of target classes tried (static; at most ``C - 1``).
       num_restarts: random restarts per target class (static). ``n_restarts`` is
         a deprecated name for it.
@@ -786,14 +787,12 @@ def apgd_targeted(
     p = prepare_problem(
         logits_fn, x, y, key=key, randomized=randomized, bounds=bounds, targeted=False, eps=eps
     )
-    if p.labels.ndim != 1:
-        raise ValueError("apgd_targeted needs integer labels y of shape [batch]")
     if p.num_classes < 4:
         raise ValueError(f"apgd_targeted needs at least 4 classes, got {p.num_classes}")
+    check_target_classes(num_target_classes, p.num_classes)
     check_finite_step(p.eps, p.lo, p.hi, "eps")
     if p.empty:
         return p.output(p.finalize(p.x), targeted=False, return_info=return_info)
-    num_target_classes = min(num_target_classes, p.num_classes - 1)
     clean_logits = combine_model(p.model, p.params)(p.x)
     clean_bad = ~finite_rows(clean_logits)
     clean_order = jnp.argsort(clean_logits, axis=-1)

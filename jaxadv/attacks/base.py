@@ -37,7 +37,8 @@ class Problem(NamedTuple):
       model: hashable model structure (static).
       params: the model's array leaves (traced).
       x: ``[batch, ...]`` clean inputs, float32.
-      labels: ``[batch]`` int32 labels, or ``[batch, C]`` float32 one-hot/soft.
+      labels: ``[batch]`` int32 labels (one-hot ``y`` becomes its argmax), or
+        ``[batch, C]`` float32 probabilities with ``prepare(..., soft_labels=True)``.
       lo, hi: float32 bounds, broadcasting against ``x``.
       eps: float32 scalar or ``[batch]`` (0 when the attack has no eps).
       dtype: dtype of the caller's ``x`` (the result is cast back to it).
@@ -104,6 +105,7 @@ def prepare(
     bounds: Bounds,
     targeted: bool = False,
     eps: ArrayLike | None = None,
+    soft_labels: bool = False,
 ) -> Problem:
     """Check and normalise an attack's inputs (see the module docstring).
 
@@ -111,9 +113,14 @@ def prepare(
     ``x``; ``bounds`` that do not broadcast against ``x`` or with ``lo > hi``;
     logits that are not ``[batch, C]`` or have fewer than 2 classes; labels of the
     wrong shape, dtype (see :func:`jaxadv.validation.check_labels`: class indices
-    must be integers) or outside ``[0, C)``; a targeted attack without targets;
-    ``eps < 0``; and, when values are concrete, NaN/inf in ``x`` or ``x`` outside
-    ``bounds``.
+    must be integers) or outside ``[0, C)``; ``[batch, C]`` labels that are not
+    one-hot; a targeted attack without targets; ``eps < 0``; and, when values are
+    concrete, NaN/inf in ``x`` or ``x`` outside ``bounds`` (widened to the bounds
+    rounded to ``x``'s dtype: in-bounds data rounded to float16 stays accepted).
+
+    One-hot labels become their int32 argmax. ``soft_labels=True`` keeps
+    ``[batch, C]`` labels as float32 rows (probabilities; no attack of the library
+    takes them from a user: TRADES uses it for its inner maximisation).
     """
     x = check_inputs(x)
     dtype = x.dtype
@@ -160,12 +167,12 @@ def prepare(
             else jnp.zeros((0,), jnp.int32)
         )
     else:
-        labels = check_labels(y, x.shape[0], num_classes)
+        labels = check_labels(y, x.shape[0], num_classes, soft=soft_labels)
 
     eps_arr = jnp.zeros((), jnp.float32) if eps is None else check_nonnegative(eps, "eps")
     eps_arr = check_batch_array(eps_arr, x, "eps")
     if x.shape[0]:
-        check_in_bounds(x32, lo, hi)
+        check_in_bounds(x32, lo, hi, dtype)
     return Problem(model, params, x32, labels, lo, hi, eps_arr, dtype, num_classes)
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxadv import validation
 from jaxadv.attacks.base import Problem
 from jaxadv.losses import finite_rows
 from jaxadv.success import AttackResult, hits
@@ -58,9 +59,10 @@ def check_queries(queries: Any, minimum: int) -> int:
 
 
 def check_key(key: Any) -> None:
-    """Every black-box attack draws random numbers."""
+    """Every black-box attack draws random numbers: ``key`` must be one PRNG key."""
     if key is None:
         raise ValueError("key is required (pass key=jax.random.key(0))")
+    validation.check_key(key)
 
 
 def check_finite_eps(p: Problem, *, allow_inf: bool = True) -> None:

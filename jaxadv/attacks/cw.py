@@ -38,7 +38,7 @@ from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
 from jaxadv.threat_models import per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode
-from jaxadv.validation import check_nonnegative, check_steps
+from jaxadv.validation import check_finite, check_steps
 
 __all__ = ["cw_l2"]
 
@@ -193,8 +193,8 @@ def cw_l2(
     if p.empty:
         return p.output(p.finalize(p.x), targeted=targeted, return_info=return_info)
     b = p.x.shape[0]
-    kappa = jnp.broadcast_to(check_nonnegative(confidence, "confidence"), (b,))
-    const = jnp.broadcast_to(check_nonnegative(initial_const, "initial_const"), (b,))
+    kappa = jnp.broadcast_to(check_finite(confidence, "confidence", minimum=0.0), (b,))
+    const = jnp.broadcast_to(check_finite(initial_const, "initial_const", minimum=0.0), (b,))
     lower = jnp.zeros((b,), jnp.float32)
     upper = jnp.full((b,), _BIG, jnp.float32)
     best_l2 = jnp.full((b,), jnp.inf, jnp.float32)

@@ -29,7 +29,7 @@ from jaxadv.models import combine_model
 from jaxadv.success import hits
 from jaxadv.threat_models import norm_of, per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
-from jaxadv.validation import check_norm, check_steps
+from jaxadv.validation import check_norm, check_steps, is_traced
 
 __all__ = ["hop_skip_jump"]
 
@@ -358,8 +358,8 @@ def hop_skip_jump(
     max_evals = check_steps(max_evals, "max_evals")
     init_tries = check_steps(init_tries, "init_tries")
     geometric_steps = check_steps(geometric_steps, "geometric_steps")
-    if not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}")
+    if is_traced(gamma) or not 0 < float(gamma) < float("inf"):
+        raise ValueError(f"gamma must be a finite Python float > 0 (it is static), got {gamma!r}")
     check_key(key)
     if targeted and x_init is None:
         raise ValueError("a targeted hop_skip_jump needs x_init: starting points classified as the targets")

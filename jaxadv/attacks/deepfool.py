@@ -37,7 +37,7 @@ from jaxadv.models import combine_model, logits
 from jaxadv.success import as_returned, hits
 from jaxadv.threat_models import clip_to_bounds, norm_of, per_example
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm
-from jaxadv.validation import check_nonnegative, check_norm, check_steps
+from jaxadv.validation import check_finite, check_norm, check_steps
 
 __all__ = ["deepfool"]
 
@@ -158,7 +158,7 @@ def deepfool(
     Args:
       logits_fn: model ``x -> logits [batch, C]``.
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
-      y: ``[batch]`` integer labels; ``None``: the model's predictions (the
+      y: ``[batch]`` integer labels or ``[batch, C]`` one-hot; ``None``: the model's predictions (the
         original algorithm). With ``targeted=True``: the target classes (required).
       steps: maximum number of iterations (static).
       overshoot: :math:`\eta`, scalar or ``[batch]`` (traced; the paper uses 0.02).
@@ -179,8 +179,6 @@ def deepfool(
     steps = check_steps(steps)
     num_candidates = check_steps(num_candidates, "num_candidates")
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted)
-    if p.labels.ndim != 1:
-        raise ValueError("deepfool needs integer labels y of shape [batch]")
     if num_candidates < 2:
         raise ValueError(f"num_candidates must be >= 2, got {num_candidates}")
     if p.empty:
@@ -192,7 +190,7 @@ def deepfool(
     # way, and a sort along the classes partitions cleanly over a sharded batch.
     top = jnp.argsort(-others, axis=1, stable=True)[:, : k - 1]
     candidates = jnp.concatenate([p.labels[:, None], top], axis=1).astype(jnp.int32)
-    ov = check_nonnegative(overshoot, "overshoot")
+    ov = check_finite(overshoot, "overshoot", minimum=0.0)
     ov = per_example(ov, p.x)
     state = _State(jnp.zeros_like(p.x), p.x, jnp.zeros((p.x.shape[0],), bool))
     operands = _Operands(p.params, p.x, candidates, p.lo, p.hi, ov)

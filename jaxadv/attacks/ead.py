@@ -60,7 +60,7 @@ from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
 from jaxadv.threat_models import clip_to_bounds, per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode
-from jaxadv.validation import check_batch_array, check_nonnegative, check_steps
+from jaxadv.validation import check_batch_array, check_finite, check_steps
 
 __all__ = ["ead"]
 
@@ -224,7 +224,7 @@ def ead(
     b = p.x.shape[0]
 
     def per_batch(value: ArrayLike, name: str) -> Array:
-        return jnp.broadcast_to(check_batch_array(check_nonnegative(value, name), p.x, name), (b,))
+        return jnp.broadcast_to(check_batch_array(check_finite(value, name, minimum=0.0), p.x, name), (b,))
 
     kappa = per_batch(confidence, "confidence")
     beta_ = per_batch(beta, "beta")

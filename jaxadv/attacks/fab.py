@@ -60,7 +60,7 @@ from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
 from jaxadv.threat_models import norm_of, per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
-from jaxadv.validation import check_norm, check_steps, is_traced, value_check
+from jaxadv.validation import check_key, check_norm, check_steps, check_target_classes, is_traced, value_check
 
 __all__ = ["fab", "fab_targeted"]  # project_hyperplane_box: a building block, used from this module
 
@@ -444,7 +444,7 @@ def _check_hyper(value: ArrayLike, name: str, x: Array, upper: float | None) -> 
             f"{name} must be a scalar or have shape [batch]=({x.shape[0]},), got shape {v.shape}"
         )
     if upper is None:
-        value_check(jnp.all(v >= 0), f"{name} must be >= 0, got {{v}}", v=v)
+        value_check(jnp.all((v >= 0) & jnp.isfinite(v)), f"{name} must be >= 0 and finite, got {{v}}", v=v)
     else:
         value_check(jnp.all((v >= 0) & (v <= upper)), f"{name} must be in [0, {upper}], got {{v}}", v=v)
     return v
@@ -518,6 +518,7 @@ def _check_common(
         raise ValueError(f"search_steps must be a Python int >= 0 (it is static), got {search_steps!r}")
     if key is None:
         raise ValueError("key is required for the random restarts (pass key=jax.random.key(0))")
+    check_key(key)
     return norm, steps
 
 
@@ -551,7 +552,7 @@ def fab(
     Args:
       logits_fn: model ``x -> logits [batch, C]``.
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
-      y: ``[batch]`` integer labels; ``None``: the model's predictions.
+      y: ``[batch]`` integer labels or ``[batch, C]`` one-hot; ``None``: the model's predictions.
       key: PRNG key of the random restarts.
       eps: ``None`` (minimal-norm mode: every adversarial example found counts),
         or a radius, scalar or ``[batch]`` (traced): only adversarial examples of
@@ -577,8 +578,6 @@ def fab(
     """
     norm, steps = _check_common(norm, steps, num_restarts, search_steps, key)
     p = prepare(logits_fn, x, y, bounds=bounds, eps=eps)
-    if p.labels.ndim != 1:
-        raise ValueError("fab needs integer labels y of shape [batch]")
     if p.empty:
         return p.output(p.finalize(p.x), targeted=False, return_info=return_info)
     classes = jnp.broadcast_to(jnp.arange(p.num_classes, dtype=jnp.int32), (p.x.shape[0], p.num_classes))
@@ -632,7 +631,7 @@ def fab_targeted(
     Args:
       logits_fn, x, key, eps, steps, norm: as in :func:`fab`.
       alpha_max, eta, beta, search_steps, bounds, loop: as in :func:`fab`.
-      y: ``[batch]`` integer labels; ``None``: the model's predictions.
+      y: ``[batch]`` integer labels or ``[batch, C]`` one-hot; ``None``: the model's predictions.
       num_target_classes: target classes tried (static; at most ``C - 1``).
       num_restarts: runs per target class (static).
       return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success, None)``
@@ -644,11 +643,9 @@ def fab_targeted(
     norm, steps = _check_common(norm, steps, num_restarts, search_steps, key)
     num_target_classes = check_steps(num_target_classes, "num_target_classes")
     p = prepare(logits_fn, x, y, bounds=bounds, eps=eps)
-    if p.labels.ndim != 1:
-        raise ValueError("fab_targeted needs integer labels y of shape [batch]")
+    check_target_classes(num_target_classes, p.num_classes)
     if p.empty:
         return p.output(p.finalize(p.x), targeted=False, return_info=return_info)
-    num_target_classes = min(num_target_classes, p.num_classes - 1)
     order = _class_order(p.params, p.x, model=p.model)
     targets = [order[:, k - 1 : k] for k in range(2, num_target_classes + 2)]
     x_adv, _ = _run_fab(

@@ -89,14 +89,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv.attacks.apgd import project_l1_box
-from jaxadv.attacks.base import check_step_size, prepare
+from jaxadv.attacks.base import prepare
 from jaxadv.engine import iterate
 from jaxadv.losses import cw_margin, finite_rows
 from jaxadv.models import combine_model
 from jaxadv.success import AttackResult, as_returned, hits
 from jaxadv.threat_models import clip_to_bounds, norm_of, per_example, project, steepest_direction
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm
-from jaxadv.validation import check_norm, check_steps
+from jaxadv.validation import check_batch_array, check_finite, check_norm, check_steps
 
 __all__ = ["fmn"]
 
@@ -374,10 +374,14 @@ def fmn(
         return AttackResult(out, jnp.zeros((0,), bool), None) if return_info else out
     labels = p.labels if p.labels.ndim == 1 else jnp.argmax(p.labels, axis=-1).astype(jnp.int32)
     b = p.x.shape[0]
-    a_init = check_step_size(alpha_init, p.x, "alpha_init")
-    a_final = a_init / 100.0 if alpha_final is None else check_step_size(alpha_final, p.x, "alpha_final")
-    g_init = check_step_size(gamma_init, p.x, "gamma_init")
-    g_final = check_step_size(gamma_final, p.x, "gamma_final")
+
+    def schedule_end(value: ArrayLike, name: str) -> Array:
+        return check_batch_array(check_finite(value, name, minimum=0.0), p.x, name)
+
+    a_init = schedule_end(alpha_init, "alpha_init")
+    a_final = a_init / 100.0 if alpha_final is None else schedule_end(alpha_final, "alpha_final")
+    g_init = schedule_end(gamma_init, "gamma_init")
+    g_final = schedule_end(gamma_final, "gamma_final")
     static = _Static(p.model, norm_c, targeted, p.dtype)
 
     x_t = p.x

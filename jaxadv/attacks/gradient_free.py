@@ -25,7 +25,7 @@ from jaxadv.compose.loop import Attack, run_with_queries
 from jaxadv.compose.updates import Steepest
 from jaxadv.losses import cw_margin
 from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
-from jaxadv.validation import check_norm, check_steps
+from jaxadv.validation import check_batch_array, check_finite, check_norm, check_steps
 
 __all__ = ["nes", "spsa"]
 
@@ -68,7 +68,7 @@ def _estimated_pgd(
     steps = (queries - 1) // (2 * samples + 1)
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted, eps=eps)
     alpha = check_step_size(p.eps / 4.0 if step_size is None else step_size, p.x)
-    scale = check_step_size(fd_scale, p.x, "the finite-difference scale fd_scale")
+    scale = check_batch_array(check_finite(fd_scale, "fd_scale", minimum=0.0, above=True), p.x, "fd_scale")
     check_finite_eps(p)
     if p.empty:
         return empty_result(p, return_info=return_info)

@@ -20,7 +20,7 @@ from jaxadv.compose.sources import EOT, LossGradient, finite_step
 from jaxadv.compose.updates import Steepest
 from jaxadv.losses import cross_entropy, get_loss
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
-from jaxadv.validation import check_norm
+from jaxadv.validation import check_key, check_norm
 
 __all__ = ["bim", "check_finite_step", "eot_pgd", "finite_step", "pgd", "projected_gradient"]
 
@@ -230,6 +230,7 @@ def eot_pgd(
     """
     if key is None:
         raise ValueError("key is required (pass key=jax.random.key(0))")
+    check_key(key)
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     attack = Attack(

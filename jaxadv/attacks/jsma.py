@@ -196,7 +196,7 @@ def jsma(
     Args:
       logits_fn: model ``x -> logits [batch, C]``.
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
-      y: ``[batch]`` integer labels (the targets when ``targeted=True``).
+      y: ``[batch]`` integer labels or ``[batch, C]`` one-hot (the targets when ``targeted=True``).
       targeted: see above (static).
       theta: :math:`\theta`, the change of each chosen feature, nonzero, scalar
         or ``[batch]`` (traced); positive increases features, negative decreases them.
@@ -215,8 +215,6 @@ def jsma(
     if not 0.0 < gamma <= 1.0:
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted)
-    if p.labels.ndim != 1:
-        raise ValueError("jsma needs integer labels y of shape [batch] (targets when targeted)")
     th = jnp.asarray(theta, jnp.float32)
     value_check(
         jnp.all(th != 0) & jnp.all(jnp.isfinite(th)), "theta must be finite and nonzero, got {v}", v=th

@@ -34,7 +34,7 @@ from jaxadv.compose.sources import (
 from jaxadv.compose.updates import Momentum, Nesterov, VarianceTuning
 from jaxadv.losses import cross_entropy, get_loss
 from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
-from jaxadv.validation import check_norm
+from jaxadv.validation import check_finite, check_norm
 
 __all__ = ["diverse_inputs", "mifgsm", "nifgsm", "tifgsm", "vmifgsm"]
 
@@ -47,7 +47,12 @@ def _transfer_norm(norm: Norm, name: str) -> Norm:
 
 
 def _source(loss: str | LossFn, diversity_prob: Any, resize_rate: Any, spatial_axes: tuple[int, int]) -> Any:
-    """The exact gradient of ``loss``, through input diversity unless ``diversity_prob`` is 0."""
+    """The exact gradient of ``loss``, through input diversity unless ``diversity_prob`` is 0.
+
+    Refuses (concrete values) ``diversity_prob`` outside ``[0, 1]`` and
+    ``resize_rate`` outside ``(0, 1]``, NaN included, even when diversity is off."""
+    check_finite(diversity_prob, "diversity_prob", minimum=0.0, maximum=1.0)
+    check_finite(resize_rate, "resize_rate", minimum=0.0, maximum=1.0, above=True)
     source: Any = LossGradient(get_loss(loss))
     if isinstance(diversity_prob, (int, float)) and diversity_prob == 0:
         return source
@@ -130,14 +135,15 @@ def mifgsm(
       step_size: :math:`\alpha`, scalar or ``[batch]`` (traced); default
         ``eps / steps`` as in the paper.
       steps: number of iterations :math:`T` (static).
-      decay: momentum decay :math:`\mu` (traced; the paper uses 1.0).
+      decay: momentum decay :math:`\mu`, a finite number ``>= 0`` (traced; the paper
+        uses 1.0).
       norm: ``"linf"`` or ``"l2"``.
       targeted: descend the loss of the target ``y``.
       bounds: ``(lo, hi)``, scalars or arrays broadcasting against ``x``.
       loss: per-example loss (default cross-entropy).
       diversity_prob: probability of the resize-and-pad transform per example and
-        step (traced; ``0`` turns input diversity off, statically).
-      resize_rate: smallest shrink factor of the transform (traced).
+        step, in ``[0, 1]`` (traced; ``0`` turns input diversity off, statically).
+      resize_rate: smallest shrink factor of the transform, in ``(0, 1]`` (traced).
       spatial_axes: the two spatial axes of ``x`` (static; NHWC: ``(1, 2)``).
       key: PRNG key, required when ``diversity_prob > 0``.
       early_stop: freeze an example once it is adversarial.
@@ -249,7 +255,7 @@ def vmifgsm(
 
     Args:
       num_neighbors: :math:`N`, neighbours per step (static).
-      beta: neighbourhood radius as a multiple of ``eps`` (traced).
+      beta: neighbourhood radius as a multiple of ``eps``, a finite number ``>= 0`` (traced).
       key: PRNG key for the neighbours (required).
       Others: as in :func:`mifgsm`.
 
@@ -316,7 +322,7 @@ def tifgsm(
 
     Args:
       kernel_size: side of the smoothing kernel (static).
-      nsig: the kernel's extent in standard deviations (static).
+      nsig: the kernel's extent in standard deviations, finite and ``> 0`` (static).
       key: PRNG key, required when ``diversity_prob > 0``.
       Others: as in :func:`mifgsm`.
 

@@ -41,7 +41,7 @@ from jaxadv.attacks.base import prepare
 from jaxadv.certify.binomial import clopper_pearson_lower, two_sided_binomial_pvalue
 from jaxadv.models import ModelStatic, combine_model
 from jaxadv.typing import Array, ArrayLike, LogitsFn, PRNGKey
-from jaxadv.validation import check_batch_array, check_steps, value_check
+from jaxadv.validation import check_batch_array, check_key, check_steps, value_check
 
 __all__ = ["SmoothedCertificate", "smooth_certify", "smooth_predict"]
 
@@ -119,13 +119,16 @@ def _setup(
 ) -> _Setup:
     if key is None:
         raise ValueError("key is required: pass key=jax.random.key(0)")
+    check_key(key)
     if not isinstance(alpha, (float, int, np.floating)) or not 0.0 < float(alpha) < 1.0:
         raise ValueError(f"alpha must be a float in (0, 1), got {alpha!r}")
     check_steps(batch_size, "batch_size")
     labels_in = np.zeros(np.shape(x)[:1], np.int32) if y is None else y
     problem = prepare(logits_fn, x, labels_in, bounds=(-jnp.inf, jnp.inf))
     sig = jnp.asarray(sigma, jnp.float32)
-    value_check(sig > 0, "sigma must be > 0, got {v}", v=jnp.min(sig) if sig.size else 0.0)
+    ok = ((sig > 0) & jnp.isfinite(sig)).ravel()
+    bad = sig.ravel()[jnp.argmin(ok)] if sig.size else 0.0
+    value_check(ok, "sigma must be > 0 and finite, got {v}", v=bad)
     sig = check_batch_array(sig, problem.x, "sigma")
     labels = None
     if y is not None:

@@ -8,16 +8,16 @@ Uesato et al., 2018; NES: Gaussian probes, Ilyas et al., 2018):
     \hat g = \frac{s}{2\delta K} \sum_{k=1}^{K}
       \big(L(f(x + \delta u_k), y) - L(f(x - \delta u_k), y)\big)\, u_k ,
 
-with :math:`K` = ``samples``, :math:`\delta` = ``scale`` and :math:`s = -1` when
+with :math:`K` = ``num_samples``, :math:`\delta` = ``scale`` and :math:`s = -1` when
 ``targeted``. It only evaluates the model (``2 K`` evaluations per example, as
 one batched call), so it works on :func:`jaxadv.from_callable` models; it is
 the estimate inside :func:`jaxadv.spsa` and :func:`jaxadv.nes`, and a part for
 :class:`jaxadv.compose.Attack`::
 
-    attack = compose.Attack(compose.finite_difference(samples=32, scale=0.01), compose.momentum(1.0))
+    attack = compose.Attack(compose.finite_difference(num_samples=32, scale=0.01), compose.momentum(1.0))
     x_adv = attack(logits_fn, x, y, key=key, eps=8 / 255, steps=20)
 
-is a score-based momentum attack (each step costs ``2 * samples`` queries);
+is a score-based momentum attack (each step costs ``2 * num_samples`` queries);
 with ``count_queries=True`` the attack counts them and stops each example at
 its first success, as :func:`jaxadv.spsa` does.
 """
@@ -35,6 +35,7 @@ from jaxadv.compose.sources import Gradient, Model, _pytree
 from jaxadv.losses import as_onehot, cw_margin, finite_rows, get_loss
 from jaxadv.threat_models import per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LossFn, PRNGKey
+from jaxadv.validation import check_finite
 
 __all__ = ["DISTRIBUTIONS", "FiniteDifference", "finite_difference"]
 
@@ -45,13 +46,13 @@ DISTRIBUTIONS = ("rademacher", "gaussian")
 _MODEL = 0xFD
 
 
-@_pytree(data=("scale", "lo", "hi"), meta=("loss", "samples", "distribution"))
+@_pytree(data=("scale", "lo", "hi"), meta=("loss", "num_samples", "distribution"))
 @dataclasses.dataclass(frozen=True)
 class FiniteDifference:
     r"""The antithetic finite-difference estimate of the loss gradient (see the module
     docstring), a gradient source: ``source(model, x, labels, *, key, targeted) -> Gradient``.
 
-    Per call it draws ``samples`` probes :math:`u_k` per example from ``key``
+    Per call it draws ``num_samples`` probes :math:`u_k` per example from ``key``
     (``[batch, samples, ...]``, batch-major, so that merged into one
     ``[batch * 2 * samples]`` query each example's probes stay on the device that
     holds the example), evaluates the model at :math:`x \pm \delta u_k` (clipped
@@ -60,8 +61,8 @@ class FiniteDifference:
 
     Attributes:
       loss: per-example loss ``loss(logits, onehot) -> [batch]`` (static).
-      samples: antithetic pairs :math:`K` per estimate (static).
-      scale: :math:`\delta`, scalar or ``[batch]`` (traced).
+      num_samples: antithetic pairs :math:`K` per estimate (static).
+      scale: :math:`\delta`, scalar or ``[batch]`` (traced; finite, ``> 0``).
       distribution: ``"rademacher"`` or ``"gaussian"`` (static).
       lo: lower bound of the box the probes are clipped into (traced), or ``None``.
       hi: upper bound of that box (traced), or ``None``.
@@ -73,7 +74,7 @@ class FiniteDifference:
     """
 
     loss: LossFn = cw_margin
-    samples: int = 16
+    num_samples: int = 16
     scale: Any = 0.01
     distribution: str = "rademacher"
     lo: Any = None
@@ -86,11 +87,15 @@ class FiniteDifference:
 
     @property
     def queries(self) -> int:
-        """Model evaluations per call and example: ``2 * samples``."""
-        return 2 * self.samples
+        """Model evaluations per call and example: ``2 * num_samples``."""
+        return 2 * self.num_samples
+
+    def check(self) -> None:
+        """Refuse a ``scale`` that is not a finite number ``> 0``."""
+        check_finite(self.scale, "scale", minimum=0.0, above=True)
 
     def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
-        b, n = x.shape[0], self.samples
+        b, n = x.shape[0], self.num_samples
         shape = (b, n, *x.shape[1:])
         if self.distribution == "rademacher":
             u = jax.random.rademacher(key, shape, dtype=jnp.float32)
@@ -148,4 +153,6 @@ def finite_difference(
         if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
             raise ValueError(f"bounds must be a pair (lo, hi) or None, got {bounds!r}")
         lo, hi = jnp.asarray(bounds[0], jnp.float32), jnp.asarray(bounds[1], jnp.float32)
-    return FiniteDifference(get_loss(loss), int(num_samples), scale_arr, distribution, lo, hi)
+    source = FiniteDifference(get_loss(loss), int(num_samples), scale_arr, distribution, lo, hi)
+    source.check()
+    return source

@@ -45,7 +45,7 @@ import numpy as np
 from jaxadv.attacks.base import Problem, check_step_size, prepare
 from jaxadv.attacks.blackbox import stop_mask
 from jaxadv.compose.bookkeeping import Best, QueryCount, charge, init_best, record, select
-from jaxadv.compose.sources import LossGradient, _pytree
+from jaxadv.compose.sources import LossGradient, _pytree, check_parts
 from jaxadv.compose.updates import Context, Steepest
 from jaxadv.engine import iterate
 from jaxadv.losses import finite_rows
@@ -53,7 +53,7 @@ from jaxadv.models import ModelStatic, combine_model
 from jaxadv.success import as_returned
 from jaxadv.threat_models import mask_blocked, per_example, project_to_feasible, random_feasible, step_along
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
-from jaxadv.validation import check_norm, check_steps, is_traced
+from jaxadv.validation import check_key, check_norm, check_steps, is_traced
 
 __all__ = [
     "EVAL_FOLD",
@@ -129,6 +129,8 @@ class Attack:
             object.__setattr__(self, "rule", Steepest())
         if not 0.0 < self.l1_sparsity <= 1.0:
             raise ValueError(f"l1_sparsity must be in (0, 1], got {self.l1_sparsity}")
+        if not (isinstance(self.step_factor, (int, float)) and 0.0 < self.step_factor < float("inf")):
+            raise ValueError(f"step_factor must be a finite Python float > 0, got {self.step_factor!r}")
         if self.early_stop and not self.keep_best:
             raise ValueError("early_stop needs keep_best=True (success is tested by the bookkeeping)")
         if self.count_queries:
@@ -170,7 +172,9 @@ class Attack:
 
         Arguments as in :func:`jaxadv.pgd`; ``key`` is required when the attack
         draws random numbers (:attr:`needs_key`). A randomised model
-        (``randomized=True``) is called as ``logits_fn(x, key)``.
+        (``randomized=True``) is called as ``logits_fn(x, key)``. The parts'
+        hyperparameters are checked first (their ``check()``: a NaN momentum
+        decay, say, is refused with a ``ValueError`` instead of returning NaN).
 
         Returns:
           The adversarial batch, shape and dtype of ``x``; with ``return_info``
@@ -178,10 +182,13 @@ class Attack:
           ``[batch]`` evaluations spent with ``count_queries``).
         """
         steps = check_steps(steps)
+        check_parts(self.source)
+        check_parts(self.rule)
         if self.needs_key and key is None:
             raise ValueError("key is required: this attack draws random numbers (pass key=jax.random.key(0))")
         if key is None:
             key = jax.random.key(0)
+        check_key(key)
         p = prepare_problem(
             logits_fn, x, y, key=key, randomized=self.randomized, bounds=bounds, targeted=targeted, eps=eps
         )

@@ -13,7 +13,10 @@ traced inside compiled attacks; their structure (the loss, the number of
 draws, a transform function) is static. Wrappers (:class:`EOT`,
 :class:`InputDiversity`, :class:`TranslationInvariant`) take another source,
 so they stack: ``translation_invariant(input_diversity(loss_gradient()))`` is
-the gradient of TI-DI-FGSM.
+the gradient of TI-DI-FGSM. A source with numeric hyperparameters has a
+``check()`` that refuses NaN, infinite or out-of-range values with a
+``ValueError`` (when they are concrete); the factories and
+:class:`jaxadv.compose.Attack` call it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from jaxadv.gradients import loss_and_grad
 from jaxadv.losses import cross_entropy, finite_rows, get_loss
 from jaxadv.threat_models import per_example
 from jaxadv.typing import Array, ArrayLike, LossFn, PRNGKey
+from jaxadv.validation import check_finite
 
 __all__ = [
     "EOT",
@@ -116,12 +120,12 @@ class LossGradient:
         return Gradient(loss, z, _zero_where_bad(g, ok), ok)
 
 
-@_pytree(data=("source",), meta=("samples", "transform"))
+@_pytree(data=("source",), meta=("num_samples", "transform"))
 @dataclasses.dataclass(frozen=True)
 class EOT:
     r"""Expectation over transformation (Athalye et al., 2018).
 
-    The mean gradient over ``samples`` independent draws
+    The mean gradient over ``num_samples`` independent draws
     :math:`\frac1n\sum_{j} \nabla_x L(f_{k_j}(T_{k_j}(x)), y)`, where each draw has
     its own key :math:`k_j` (folded from the step's key): the key reaches the
     model (a randomised model ``model(x, key)``, e.g. dropout left on) and the
@@ -131,7 +135,7 @@ class EOT:
     """
 
     source: Any
-    samples: int = 1
+    num_samples: int = 1
     transform: Callable[[PRNGKey, Array], Array] | None = None
 
     needs_key = True  # draws per step (not a field)
@@ -151,8 +155,8 @@ class EOT:
 
         b = x.shape[0]
         init = (jnp.zeros((b,), jnp.float32), jnp.zeros(x.shape, jnp.float32), jnp.ones((b,), bool))
-        (loss_sum, grad_sum, ok), _ = jax.lax.scan(draw, init, jnp.arange(self.samples))
-        n = float(self.samples)
+        (loss_sum, grad_sum, ok), _ = jax.lax.scan(draw, init, jnp.arange(self.num_samples))
+        n = float(self.num_samples)
         return Gradient(loss_sum / n, None, _zero_where_bad(grad_sum / n, ok), ok)
 
 
@@ -215,9 +219,10 @@ def diverse_inputs(
     axes = _check_spatial_axes(spatial_axes, x.ndim)
     k_apply, k_tf = jax.random.split(key)
     keys = jax.random.split(k_tf, x.shape[0])
-    rate = jnp.asarray(resize_rate, jnp.float32)
+    prob = check_finite(prob, "prob", minimum=0.0, maximum=1.0)
+    rate = check_finite(resize_rate, "resize_rate", minimum=0.0, maximum=1.0, above=True)
     moved = jax.vmap(lambda k, xi: _resize_pad_one(k, xi, rate, axes))(keys, x)
-    apply = jax.random.bernoulli(k_apply, jnp.asarray(prob, jnp.float32), (x.shape[0],))
+    apply = jax.random.bernoulli(k_apply, prob, (x.shape[0],))
     return jnp.where(per_example(apply, x) > 0, moved, x).astype(x.dtype)
 
 
@@ -238,6 +243,11 @@ class InputDiversity:
     spatial_axes: tuple[int, int] = (1, 2)
 
     needs_key = True  # a random transform per step (not a field)
+
+    def check(self) -> None:
+        """Refuse ``prob`` outside ``[0, 1]`` and ``resize_rate`` outside ``(0, 1]`` (NaN included)."""
+        check_finite(self.prob, "prob", minimum=0.0, maximum=1.0)
+        check_finite(self.resize_rate, "resize_rate", minimum=0.0, maximum=1.0, above=True)
 
     def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
         prob, rate, axes = self.prob, self.resize_rate, self.spatial_axes
@@ -263,8 +273,10 @@ def gaussian_kernel(size: int = 15, nsig: float = 3.0) -> np.ndarray:
 def gaussian_kernel_1d(size: int = 15, nsig: float = 3.0) -> np.ndarray:
     r"""The ``[size]`` factor :math:`k` of :func:`gaussian_kernel`: :math:`K = k k^\top`,
     :math:`k_i \propto \phi(t_i)` normalised to sum to 1."""
-    if size < 1:
-        raise ValueError(f"kernel size must be >= 1, got {size}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"kernel_size must be a Python int >= 1 (it is static), got {size!r}")
+    if isinstance(nsig, jax.core.Tracer) or not np.isfinite(nsig) or not nsig > 0:
+        raise ValueError(f"nsig must be a finite Python float > 0 (it is static), got {nsig!r}")
     pdf = np.exp(-0.5 * np.linspace(-nsig, nsig, size) ** 2)
     return (pdf / pdf.sum()).astype(np.float32)
 
@@ -286,6 +298,10 @@ class TranslationInvariant:
     source: Any
     kernel: Any = None
     spatial_axes: tuple[int, int] = (1, 2)
+
+    def check(self) -> None:
+        """Refuse a kernel with a NaN or infinite entry."""
+        check_finite(self.kernel, "kernel")
 
     def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
         g = self.source(model, x, labels, key=key, targeted=targeted)
@@ -326,6 +342,24 @@ def _smooth(grad: Array, kernel: Array, spatial_axes: tuple[int, int]) -> Array:
     return jnp.transpose(out, tuple(int(a) for a in np.argsort((0, *rest, h_axis, w_axis))))
 
 
+_Part = TypeVar("_Part")
+
+
+def check_parts(part: Any) -> None:
+    """Run ``check()`` on ``part`` and on every source it wraps (``.source``), where
+    they have one: the hyperparameter checks of an attack's parts."""
+    while part is not None:
+        check = getattr(part, "check", None)
+        if callable(check):
+            check()
+        part = getattr(part, "source", None)
+
+
+def _checked(part: _Part) -> _Part:
+    check_parts(part)
+    return part
+
+
 def loss_gradient(loss: str | LossFn = cross_entropy) -> LossGradient:
     """The exact input gradient of ``loss`` (:class:`LossGradient`; a callable or a
     name, see :func:`jaxadv.losses.get_loss`)."""
@@ -341,7 +375,7 @@ def eot(
     """:class:`EOT` over ``num_samples`` draws of ``source`` (default: cross-entropy's gradient)."""
     if not isinstance(num_samples, (int, np.integer)) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    return EOT(loss_gradient() if source is None else source, int(num_samples), transform)
+    return _checked(EOT(loss_gradient() if source is None else source, int(num_samples), transform))
 
 
 def input_diversity(
@@ -351,12 +385,15 @@ def input_diversity(
     resize_rate: ArrayLike = 0.9,
     spatial_axes: tuple[int, int] = (1, 2),
 ) -> InputDiversity:
-    """:class:`InputDiversity` around ``source`` (default: cross-entropy's gradient)."""
-    return InputDiversity(
-        loss_gradient() if source is None else source,
-        jnp.asarray(prob, jnp.float32),
-        jnp.asarray(resize_rate, jnp.float32),
-        tuple(spatial_axes),  # type: ignore[arg-type]
+    """:class:`InputDiversity` around ``source`` (default: cross-entropy's gradient);
+    ``prob`` in ``[0, 1]``, ``resize_rate`` in ``(0, 1]``."""
+    return _checked(
+        InputDiversity(
+            loss_gradient() if source is None else source,
+            jnp.asarray(prob, jnp.float32),
+            jnp.asarray(resize_rate, jnp.float32),
+            tuple(spatial_axes),  # type: ignore[arg-type]
+        )
     )
 
 
@@ -374,8 +411,10 @@ def translation_invariant(
     k = jnp.asarray(gaussian_kernel_1d(kernel_size, nsig) if kernel is None else kernel, jnp.float32)
     if k.ndim not in (1, 2) or (k.ndim == 2 and k.shape[0] != k.shape[1]):
         raise ValueError(f"kernel must be [k, k] (or [k] for a separable one), got shape {k.shape}")
-    return TranslationInvariant(
-        loss_gradient() if source is None else source,
-        k,
-        tuple(spatial_axes),  # type: ignore[arg-type]
+    return _checked(
+        TranslationInvariant(
+            loss_gradient() if source is None else source,
+            k,
+            tuple(spatial_axes),  # type: ignore[arg-type]
+        )
     )

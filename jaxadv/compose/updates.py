@@ -15,7 +15,10 @@ tuning). Directions are steepest-ascent directions of unit norm
 gradient for L2, a sparse direction for L1.
 
 Rules are frozen dataclasses registered as pytrees: ``decay`` and ``beta`` are
-traced leaves (new values do not recompile); counts are static.
+traced leaves (new values do not recompile); counts are static. ``check()``
+refuses a NaN, infinite or negative ``decay`` or ``beta`` with a ``ValueError``
+(when the values are concrete); the factories and :class:`jaxadv.compose.Attack`
+call it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 from jaxadv.compose.sources import _pytree
 from jaxadv.threat_models import per_example, steepest_direction, step_along, unit_l1
 from jaxadv.typing import Array, ArrayLike, Norm, PRNGKey
+from jaxadv.validation import check_finite
 
 __all__ = [
     "Context",
@@ -103,6 +107,10 @@ class Momentum:
 
     decay: Any = 1.0
 
+    def check(self) -> None:
+        """Refuse a ``decay`` that is not a finite number ``>= 0``."""
+        check_finite(self.decay, "decay", minimum=0.0)
+
     def init(self, x: Array) -> Array:
         return jnp.zeros_like(x, jnp.float32)
 
@@ -131,6 +139,10 @@ class Nesterov:
 
     decay: Any = 1.0
 
+    def check(self) -> None:
+        """Refuse a ``decay`` that is not a finite number ``>= 0``."""
+        check_finite(self.decay, "decay", minimum=0.0)
+
     def init(self, x: Array) -> Array:
         return jnp.zeros_like(x, jnp.float32)
 
@@ -147,7 +159,7 @@ class VarianceState(NamedTuple):
     variance: Array
 
 
-@_pytree(data=("decay", "beta"), meta=("samples",))
+@_pytree(data=("decay", "beta"), meta=("num_neighbors",))
 @dataclasses.dataclass(frozen=True)
 class VarianceTuning:
     r"""Variance-tuned momentum (VMI-FGSM, Wang & He, 2021).
@@ -157,15 +169,21 @@ class VarianceTuning:
         \nu \leftarrow \frac1N \sum_{j=1}^{N} \nabla_x L(x_t + r_j) - g,\quad
         r_j \sim U[-\beta\epsilon, \beta\epsilon]^n,
 
-    :math:`d = d_p(v)`, with :math:`\nu = 0` at the first step. The ``samples``
-    neighbour gradients cost ``samples`` extra forward-backward passes per step.
+    :math:`d = d_p(v)`, with :math:`\nu = 0` at the first step. The
+    ``num_neighbors`` (:math:`N`) neighbour gradients cost :math:`N` extra
+    forward-backward passes per step.
     """
 
     decay: Any = 1.0
     beta: Any = 1.5
-    samples: int = 20
+    num_neighbors: int = 20
 
     needs_key = True  # random neighbours (not a field)
+
+    def check(self) -> None:
+        """Refuse a ``decay`` or ``beta`` that is not a finite number ``>= 0``."""
+        check_finite(self.decay, "decay", minimum=0.0)
+        check_finite(self.beta, "beta", minimum=0.0)
 
     def init(self, x: Array) -> VarianceState:
         return VarianceState(jnp.zeros_like(x, jnp.float32), jnp.zeros_like(x, jnp.float32))
@@ -182,8 +200,8 @@ class VarianceTuning:
             r = jax.random.uniform(k, ctx.x_t.shape, jnp.float32, -1.0, 1.0) * radius
             return total + ctx.grad_at(ctx.x_t + r, k), None
 
-        total, _ = jax.lax.scan(neighbour, jnp.zeros_like(grad), jnp.arange(self.samples) + 1)
-        variance = total / float(self.samples) - grad
+        total, _ = jax.lax.scan(neighbour, jnp.zeros_like(grad), jnp.arange(self.num_neighbors) + 1)
+        variance = total / float(self.num_neighbors) - grad
         return _direction(velocity, ctx), VarianceState(velocity, variance)
 
 
@@ -197,20 +215,26 @@ def steepest() -> Steepest:
 
 
 def momentum(decay: ArrayLike = 1.0) -> Momentum:
-    """:class:`Momentum` with decay :math:`\\mu` (traced)."""
-    return Momentum(_traced(decay))
+    """:class:`Momentum` with decay :math:`\\mu` (traced; a finite number ``>= 0``)."""
+    rule = Momentum(_traced(decay))
+    rule.check()
+    return rule
 
 
 def nesterov(decay: ArrayLike = 1.0) -> Nesterov:
-    """:class:`Nesterov` with decay :math:`\\mu` (traced)."""
-    return Nesterov(_traced(decay))
+    """:class:`Nesterov` with decay :math:`\\mu` (traced; a finite number ``>= 0``)."""
+    rule = Nesterov(_traced(decay))
+    rule.check()
+    return rule
 
 
 def variance_tuning(
     decay: ArrayLike = 1.0, *, beta: ArrayLike = 1.5, num_neighbors: int = 20
 ) -> VarianceTuning:
-    """:class:`VarianceTuning` with decay :math:`\\mu`, neighbourhood :math:`\\beta` (traced)
-    and ``num_neighbors`` neighbours (static)."""
+    """:class:`VarianceTuning` with decay :math:`\\mu`, neighbourhood :math:`\\beta` (traced;
+    finite numbers ``>= 0``) and ``num_neighbors`` neighbours (static)."""
     if not isinstance(num_neighbors, int) or isinstance(num_neighbors, bool) or num_neighbors < 1:
         raise ValueError(f"num_neighbors must be a positive int, got {num_neighbors!r}")
-    return VarianceTuning(_traced(decay), _traced(beta), num_neighbors)
+    rule = VarianceTuning(_traced(decay), _traced(beta), num_neighbors)
+    rule.check()
+    return rule

@@ -80,6 +80,9 @@ def masking_checks(
       on flat inputs or under L1) is skipped with a warning and its reason in
       ``figures["black_box_skipped"]``.
     """
+    for name, value in (("tolerance", tolerance), ("large_eps_accuracy", large_eps_accuracy)):
+        if not 0.0 <= value <= 1.0:  # NaN fails the comparison too
+            raise ValueError(f"{name} must be a fraction in [0, 1], got {value}")
     x = np.asarray(x)
     y = np.asarray(y)
     lo, hi = np.asarray(bounds[0], np.float32), np.asarray(bounds[1], np.float32)

@@ -23,12 +23,19 @@ examples still robust after the members before it:
   every draw gets its own key; a deterministic model is accepted too (as in
   AutoAttack), where the 20 draws are equal.
 * ``"fast"``: PGD-20 with cross-entropy, then PGD-50 with the CW margin (every norm).
+
+On a model with fewer classes than the target count plus one, the targeted
+members attack all ``C - 1`` other classes (the attacks themselves refuse a
+``num_target_classes`` above ``C - 1``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 
 from jaxadv.attacks.apgd import apgd, apgd_targeted
 from jaxadv.attacks.fab import fab, fab_targeted
@@ -74,12 +81,18 @@ def _apgd_ce(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, 
     )  # fmt: skip
 
 
+def _targets(logits_fn: Any, x: Any, wanted: int) -> int:
+    """``wanted`` target classes, or all ``C - 1`` other classes of a model with fewer."""
+    classes = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x.shape, jnp.float32)).shape[-1]
+    return max(1, min(wanted, classes - 1))
+
+
 def _apgd_t(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
     # AutoAttack's L1 version attacks 5 target classes, the others 9.
     l1 = norm == "l1"
     return apgd_targeted(
         logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, bounds=bounds, shrinking_eps=l1,
-        num_target_classes=5 if l1 else 9,
+        num_target_classes=_targets(logits_fn, x, 5 if l1 else 9),
     )  # fmt: skip
 
 
@@ -117,8 +130,8 @@ def _apgd_eot(loss: str) -> AttackFn:
 def _fab_t(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
     # AutoAttack's FAB has no final search (search_steps=0): the same algorithm.
     return fab_targeted(
-        logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, bounds=bounds, num_target_classes=9,
-        search_steps=0,
+        logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, bounds=bounds,
+        num_target_classes=_targets(logits_fn, x, 9), search_steps=0,
     )  # fmt: skip
 
 

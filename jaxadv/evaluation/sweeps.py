@@ -82,8 +82,8 @@ def accuracy_vs_eps(
     eps_arr = jnp.asarray(eps_values, jnp.float32)
     if eps_arr.ndim != 1:
         raise ValueError(f"eps_values must be one-dimensional, got shape {eps_arr.shape}")
-    if np.any(np.asarray(eps_arr) < 0):
-        raise ValueError("eps_values must be >= 0")
+    if not np.all(np.asarray(eps_arr) >= 0):  # NaN fails the comparison too
+        raise ValueError(f"eps_values must be >= 0 (not NaN), got {np.asarray(eps_arr).tolist()}")
     model, params = split_model(logits_fn)
     correct = _sweep(
         model,

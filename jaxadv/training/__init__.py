@@ -11,8 +11,8 @@ Gaussian augmentation, SmoothAdv, IBP and CROWN-IBP.
 * Whole steps (:mod:`jaxadv.training.steps`): :func:`make_train_step` and
   :func:`make_free_train_step` for Flax linen (:class:`TrainState`),
   :func:`make_nnx_train_step` and :func:`make_nnx_free_train_step` for Flax NNX.
-* A guard against catastrophic overfitting (:mod:`jaxadv.training.monitor`):
-  :func:`robust_accuracy_monitor`.
+* A guard against catastrophic overfitting and against training stuck at chance
+  accuracy (:mod:`jaxadv.training.monitor`): :func:`robust_accuracy_monitor`.
 """
 
 from jaxadv.training.certified import (
@@ -25,6 +25,7 @@ from jaxadv.training.certified import (
 from jaxadv.training.losses import fast_at_loss, kl_divergence, pgd_at_loss, trades_loss
 from jaxadv.training.monitor import (
     CatastrophicOverfittingWarning,
+    ChanceAccuracyWarning,
     MonitorState,
     robust_accuracy,
     robust_accuracy_monitor,
@@ -41,6 +42,7 @@ from jaxadv.training.steps import (
 
 __all__ = [
     "CatastrophicOverfittingWarning",
+    "ChanceAccuracyWarning",
     "MonitorState",
     "TrainState",
     "crown_ibp_loss",

@@ -55,7 +55,14 @@ from jaxadv.models import Partial
 from jaxadv.training.checks import check_labels
 from jaxadv.training.losses import _attack_model, _outer, _result
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
-from jaxadv.validation import check_batch_array, check_in_bounds, check_inputs, check_steps, value_check
+from jaxadv.validation import (
+    check_batch_array,
+    check_in_bounds,
+    check_inputs,
+    check_key,
+    check_steps,
+    value_check,
+)
 
 __all__ = ["crown_ibp_loss", "gaussian_augmentation_loss", "ibp_loss", "ibp_schedule", "smoothadv_loss"]
 
@@ -66,6 +73,7 @@ __all__ = ["crown_ibp_loss", "gaussian_augmentation_loss", "ibp_loss", "ibp_sche
 def _check_key(key: Any) -> None:
     if key is None:
         raise ValueError("key is required: pass key=jax.random.key(0)")
+    check_key(key)
 
 
 def _check_nonempty(x: Array) -> None:
@@ -75,7 +83,12 @@ def _check_nonempty(x: Array) -> None:
 
 def _check_positive(value: ArrayLike, name: str) -> Array:
     v = jnp.asarray(value, jnp.float32)
-    value_check(jnp.all(v > 0), f"{name} must be > 0, got {{v}}", v=jnp.min(v) if v.size else 0.0)
+    ok = ((v > 0) & jnp.isfinite(v)).ravel()
+    value_check(
+        jnp.all(ok),
+        f"{name} must be > 0 and finite, got {{v}}",
+        v=v.ravel()[jnp.argmin(ok)] if v.size else 0.0,
+    )
     return v
 
 

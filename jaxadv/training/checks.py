@@ -11,13 +11,52 @@ runs when the step is wrapped with :func:`jaxadv.checked` (or built with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Union
 
+import jax
 import jax.numpy as jnp
 
 from jaxadv import validation
-from jaxadv.typing import Array, Bounds, Norm
-from jaxadv.validation import check_nonnegative, check_norm, check_steps, value_check
+from jaxadv.typing import Array, ArrayLike, Bounds, Norm
+from jaxadv.validation import check_finite, check_nonnegative, check_norm, check_steps, value_check
+
+#: A hyperparameter as a value or as a schedule of the training step count: an
+#: optax schedule, or any callable ``count -> value`` (traced ``count``).
+ScalarOrSchedule = Union[ArrayLike, Callable[[Any], ArrayLike]]
+
+
+def at_count(value: Any, name: str, count: Any) -> Any:
+    """``value(count)`` when ``value`` is a schedule (a callable), else ``value``.
+
+    Raises ``ValueError`` when ``value`` is a schedule and ``count`` is ``None``.
+    """
+    if not callable(value):
+        return value
+    if count is None:
+        raise ValueError(
+            f"{name} is a schedule (a callable of the step count): pass count= "
+            "(the number of training steps taken so far, e.g. state.step)"
+        )
+    return value(count)
+
+
+def check_schedule(value: Any, name: str) -> None:
+    """A schedule must map a step count to a scalar: it is called once, at count 0,
+    and that value checked (``>= 0``, finite or ``inf``) when it is concrete."""
+    if not callable(value):
+        return
+    try:
+        first = value(jnp.zeros((), jnp.int32))
+    except Exception as e:  # noqa: BLE001 - a user's callable that fails: say which argument
+        raise ValueError(
+            f"{name} is a callable but not a schedule of the step count: {name}(0) raised "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    shape = jnp.shape(first)
+    if shape != ():
+        raise ValueError(f"{name} must be a schedule of scalars, but {name}(0) has shape {shape}")
+    if not isinstance(first, jax.core.Tracer):
+        check_nonnegative(first, f"{name}(0)")
 
 
 def check_bounds(bounds: Bounds) -> tuple[Array, Array]:
@@ -63,8 +102,9 @@ def check_attack_config(
     Returns the canonical norm name and ``steps`` as an int (or None).
 
     Raises ``ValueError`` naming the argument for a missing required value, an
-    unknown norm, ``eps < 0``, ``step_size < 0``, ``beta < 0``, ``steps < 1`` or
-    ``lo > hi``. Every given value is checked, needed or not.
+    unknown norm, ``eps < 0``, ``step_size < 0``, ``beta`` negative or not
+    finite, ``steps < 1`` or ``lo > hi``. Every given value is checked, needed or
+    not; ``eps`` and ``step_size`` may be schedules (:func:`check_schedule`).
     """
     norm = check_norm(norm)
     check_bounds(bounds)
@@ -72,9 +112,11 @@ def check_attack_config(
         if value is None:
             if needed:
                 raise ValueError(f"method={method!r} needs {name}=")
+        elif callable(value):
+            check_schedule(value, name)
         else:
             check_nonnegative(value, name)
-    check_nonnegative(beta, "beta")
+    check_finite(beta, "beta", minimum=0.0)
     if steps is None:
         if needs_steps:
             raise ValueError(f"method={method!r} needs steps= (a Python int >= 1)")

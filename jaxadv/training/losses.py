@@ -32,10 +32,23 @@ passed directly as ``logits_fn``: the attack then runs a private
 inference-mode copy of it (:func:`jaxadv.from_nnx`) and the outer loss calls the
 module itself, so ``nnx.value_and_grad`` records its batch-statistics updates.
 
+Schedules: ``eps`` and ``step_size`` may be schedules of the training step
+count, an optax schedule or any callable ``count -> value``, evaluated at
+``count=`` (traced, so a new count never recompiles). A linear ramp of eps
+over the first epoch keeps PGD-AT from stalling at chance accuracy when the
+final radius is large:
+
+.. code-block:: python
+
+    eps = optax.linear_schedule(0.0, 0.3, transition_steps=steps_per_epoch)
+    loss = jaxadv.training.pgd_at_loss(f, x, y, key=key, eps=eps,
+                                       step_size=lambda t: eps(t) / 4, steps=10, count=step)
+
 Checks: each loss raises ``ValueError`` (naming the argument) for an unknown
-norm, ``steps < 1``, labels of the wrong shape or dtype and, on concrete
-values, for ``eps < 0``, ``step_size < 0``, ``beta < 0``, ``lo > hi``, labels
-outside ``[0, C)`` and ``x`` outside ``bounds``. Under ``jit`` those values are
+norm, ``steps < 1``, an empty batch, a ``key`` that is not one PRNG key, labels
+of the wrong shape or dtype and, on concrete values, for ``eps < 0``,
+``step_size < 0``, ``beta`` negative or not finite, ``lo > hi``, labels
+outside ``[0, C)`` or not one-hot, and ``x`` outside ``bounds``. Under ``jit`` those values are
 abstract and the value checks are skipped, as in the attacks; wrap the loss
 with :func:`jaxadv.checked` to run them through checkify:
 
@@ -60,9 +73,9 @@ from jaxadv.compose.loop import run_from
 from jaxadv.losses import kl_divergence, mean_cross_entropy
 from jaxadv.models import from_nnx
 from jaxadv.threat_models import project_to_feasible
-from jaxadv.training.checks import check_labels
+from jaxadv.training.checks import ScalarOrSchedule, at_count, check_labels
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
-from jaxadv.validation import check_nonnegative, check_norm, check_steps
+from jaxadv.validation import check_finite, check_key, check_nonnegative, check_norm, check_steps
 
 __all__ = ["fast_at_loss", "kl_divergence", "pgd_at_loss", "trades_loss"]
 
@@ -101,6 +114,17 @@ def _result(loss: Array, aux: Any, has_aux: bool) -> Any:
     return (loss, aux) if has_aux else loss
 
 
+def _batch(x: ArrayLike, y: ArrayLike, key: PRNGKey) -> tuple[Array, Array]:
+    """``x`` and ``y`` as arrays; refuses an empty batch and a ``key`` that is not one key."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one example (the loss is a batch mean), got shape {x.shape}")
+    if key is None:
+        raise ValueError("key is required: it draws the attack's random start (pass key=jax.random.key(0))")
+    check_key(key)
+    return x, y
+
+
 # --- the three losses -----------------------------------------------------------
 
 
@@ -110,13 +134,14 @@ def pgd_at_loss(
     y: ArrayLike,
     *,
     key: PRNGKey,
-    eps: ArrayLike,
-    step_size: ArrayLike,
+    eps: ScalarOrSchedule,
+    step_size: ScalarOrSchedule,
     steps: int,
     norm: Norm = "linf",
     bounds: Bounds = (0.0, 1.0),
     attack_logits_fn: LogitsFn | None = None,
     has_aux: bool = False,
+    count: ArrayLike | None = None,
 ) -> Any:
     r"""PGD adversarial training loss (Madry et al., 2018).
 
@@ -138,8 +163,9 @@ def pgd_at_loss(
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` integer labels (or ``[batch, C]`` one-hot).
       key: PRNG key of the random start (the same key gives the same batch).
-      eps: radius in raw input units, scalar or ``[batch]`` (traced).
-      step_size: PGD step, scalar or ``[batch]`` (traced).
+      eps: radius in raw input units, scalar or ``[batch]`` (traced), or a
+        schedule of the step count (see the module docstring).
+      step_size: PGD step, scalar or ``[batch]`` (traced), or a schedule.
       steps: number of PGD steps (static).
       norm: ``"linf"``, ``"l2"`` or ``"l1"``.
       bounds: valid input box ``(lo, hi)``.
@@ -147,6 +173,8 @@ def pgd_at_loss(
         pass the inference-mode model for batch norm / dropout.
       has_aux: ``logits_fn`` returns ``(logits, aux)``; the loss returns
         ``(loss, aux)``.
+      count: the training step count at which ``eps`` and ``step_size`` are
+        evaluated when they are schedules (traced; required then).
 
     Returns:
       The scalar float32 loss (batch mean), or ``(loss, aux)``.
@@ -155,16 +183,15 @@ def pgd_at_loss(
       ValueError: see the module docstring (bad ``eps``, ``step_size``,
         ``steps``, ``norm``, ``bounds``, labels, or ``x`` outside ``bounds``).
     """
-    x = jnp.asarray(x)
-    y = jnp.asarray(y)
+    x, y = _batch(x, y, key)
     attack = _attack_model(logits_fn, attack_logits_fn, has_aux)
     x_adv = pgd(
         attack,
         jax.lax.stop_gradient(x),
         y,
         key=key,
-        eps=eps,
-        step_size=step_size,
+        eps=at_count(eps, "eps", count),
+        step_size=at_count(step_size, "step_size", count),
         steps=steps,
         norm=norm,
         bounds=bounds,
@@ -179,12 +206,13 @@ def fast_at_loss(
     y: ArrayLike,
     *,
     key: PRNGKey,
-    eps: ArrayLike,
-    step_size: ArrayLike | None = None,
+    eps: ScalarOrSchedule,
+    step_size: ScalarOrSchedule | None = None,
     norm: Norm = "linf",
     bounds: Bounds = (0.0, 1.0),
     attack_logits_fn: LogitsFn | None = None,
     has_aux: bool = False,
+    count: ArrayLike | None = None,
 ) -> Any:
     r"""Fast adversarial training loss: FGSM from a random start (Wong et al., 2020).
 
@@ -201,9 +229,9 @@ def fast_at_loss(
     :func:`jaxadv.training.robust_accuracy_monitor`.
 
     Args:
-      logits_fn, x, y, key, eps, norm, bounds, attack_logits_fn, has_aux: as in
+      logits_fn, x, y, key, eps, norm, bounds, attack_logits_fn, has_aux, count: as in
         :func:`pgd_at_loss`.
-      step_size: :math:`\alpha`, default ``1.25 * eps`` (traced).
+      step_size: :math:`\alpha`, default ``1.25 * eps`` (traced), or a schedule.
 
     Returns:
       The scalar float32 loss, or ``(loss, aux)``.
@@ -211,11 +239,10 @@ def fast_at_loss(
     Raises:
       ValueError: as :func:`pgd_at_loss`.
     """
-    x = jnp.asarray(x)
-    y = jnp.asarray(y)
+    x, y = _batch(x, y, key)
     attack = _attack_model(logits_fn, attack_logits_fn, has_aux)
-    eps_arr = check_nonnegative(eps, "eps")
-    alpha = 1.25 * eps_arr if step_size is None else step_size
+    eps_arr = check_nonnegative(at_count(eps, "eps", count), "eps")
+    alpha = 1.25 * eps_arr if step_size is None else at_count(step_size, "step_size", count)
     x_adv = pgd(
         attack, jax.lax.stop_gradient(x), y, key=key, eps=eps_arr, step_size=alpha, steps=1, norm=norm,
         bounds=bounds,
@@ -230,14 +257,15 @@ def trades_loss(
     y: ArrayLike,
     *,
     key: PRNGKey,
-    eps: ArrayLike,
-    step_size: ArrayLike,
+    eps: ScalarOrSchedule,
+    step_size: ScalarOrSchedule,
     steps: int,
     beta: ArrayLike = 6.0,
     norm: Norm = "linf",
     bounds: Bounds = (0.0, 1.0),
     attack_logits_fn: LogitsFn | None = None,
     has_aux: bool = False,
+    count: ArrayLike | None = None,
 ) -> Any:
     r"""TRADES loss (Zhang et al., 2019): accuracy plus a robustness regulariser.
 
@@ -261,28 +289,29 @@ def trades_loss(
     sees both halves and updates its statistics once).
 
     Args:
-      logits_fn, x, y, key, eps, step_size, steps, norm, bounds, attack_logits_fn, has_aux: as in
-        :func:`pgd_at_loss`.
-      beta: weight of the KL term, scalar ``>= 0`` (traced).
+      logits_fn, x, y, key, eps, step_size, steps, norm, bounds, attack_logits_fn, has_aux, count:
+        as in :func:`pgd_at_loss`.
+      beta: weight of the KL term, a finite scalar ``>= 0`` (traced).
 
     Returns:
       The scalar float32 loss, or ``(loss, aux)``.
 
     Raises:
-      ValueError: as :func:`pgd_at_loss`, and for ``beta < 0``.
+      ValueError: as :func:`pgd_at_loss`, and for ``beta`` negative or not finite.
     """
     norm = check_norm(norm)
     steps = check_steps(steps)
-    beta = check_nonnegative(beta, "beta")
-    x = jnp.asarray(x)
-    y = jnp.asarray(y)
+    beta = check_finite(beta, "beta", minimum=0.0)
+    x, y = _batch(x, y, key)
+    eps_now: ArrayLike = at_count(eps, "eps", count)
+    step_now: ArrayLike = at_count(step_size, "step_size", count)
     attack = _attack_model(logits_fn, attack_logits_fn, has_aux)
     x_const = jax.lax.stop_gradient(x)
     q = jax.lax.stop_gradient(jax.nn.softmax(attack(x_const).astype(jnp.float32), axis=-1))
     # The attack's labels are q, so y is checked here (prepare checks x, eps and bounds).
     check_labels(y, x.shape[0], q.shape[-1])
-    p = prepare(attack, x_const, q, bounds=bounds, eps=eps)
-    alpha = check_step_size(step_size, p.x)
+    p = prepare(attack, x_const, q, bounds=bounds, eps=eps_now, soft_labels=True)
+    alpha = check_step_size(step_now, p.x)
     noise = 0.001 * jax.random.normal(key, p.x.shape, jnp.float32)
     x_init = project_to_feasible(p.x + noise, p.x, p.eps, norm, p.lo, p.hi)
     trades = projected_gradient(norm=norm, loss=kl_divergence)

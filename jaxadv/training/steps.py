@@ -64,6 +64,23 @@ Run the value checks through :mod:`jax.experimental.checkify` with
 
 The checks cost little compute but ``err.throw()`` waits for the step to
 finish; use them while setting up a run, or every ``n`` steps.
+
+Schedules: ``eps`` and ``step_size`` may be optax schedules (any callable
+``count -> value``) of the number of optimizer updates so far,
+``state.step`` for linen and ``optimizer.step`` for NNX (for Free, the update
+of each replay). A linear eps ramp over the first epoch is what makes PGD-AT
+train at a large radius (at eps = 0.3 on MNIST from the first step it stays
+at chance accuracy):
+
+.. code-block:: python
+
+    eps = optax.linear_schedule(0.0, 0.3, transition_steps=steps_per_epoch)
+    step = jaxadv.training.make_train_step(model, tx, method="pgd", eps=eps,
+                                           step_size=lambda t: eps(t) / 4, steps=10)
+
+The count is traced: the ramp never recompiles the step. Each schedule is
+called once when the step is built (at count 0) to check that it gives a
+scalar ``>= 0``.
 """
 
 from __future__ import annotations
@@ -79,7 +96,7 @@ from jaxadv import validation
 from jaxadv.losses import mean_cross_entropy
 from jaxadv.models import from_flax
 from jaxadv.threat_models import clip_to_bounds, project, steepest_direction
-from jaxadv.training.checks import check_attack_config, check_bounds, check_labels
+from jaxadv.training.checks import ScalarOrSchedule, at_count, check_attack_config, check_bounds, check_labels
 from jaxadv.training.losses import fast_at_loss, pgd_at_loss, trades_loss
 from jaxadv.typing import Array, ArrayLike, Bounds, Norm, PRNGKey
 from jaxadv.validation import check_in_bounds, check_steps
@@ -182,8 +199,10 @@ def _method_loss(
     attack_fn: Any,
     has_aux: bool,
     hyper: dict[str, Any],
+    count: Array,
 ) -> Any:
-    """The scalar loss (or ``(loss, aux)``) of ``method`` on one batch."""
+    """The scalar loss (or ``(loss, aux)``) of ``method`` on one batch, with the
+    scheduled hyperparameters at the step count ``count``."""
     if method == "clean":
         out = train_fn(x)
         logits, aux = out if has_aux else (out, None)
@@ -191,7 +210,7 @@ def _method_loss(
         check_labels(y, x.shape[0], z.shape[-1])
         loss = mean_cross_entropy(z, y)
         return (loss, aux) if has_aux else loss
-    common = dict(key=key, eps=hyper["eps"], norm=hyper["norm"], bounds=hyper["bounds"])
+    common = dict(key=key, eps=hyper["eps"], norm=hyper["norm"], bounds=hyper["bounds"], count=count)
     common.update(attack_logits_fn=attack_fn, has_aux=has_aux)
     if method == "fast":
         return fast_at_loss(train_fn, x, y, step_size=hyper["step_size"], **common)
@@ -230,8 +249,8 @@ def make_train_step(
     tx: optax.GradientTransformation,
     *,
     method: Method,
-    eps: ArrayLike | None = None,
-    step_size: ArrayLike | None = None,
+    eps: ScalarOrSchedule | None = None,
+    step_size: ScalarOrSchedule | None = None,
     steps: int | None = None,
     beta: ArrayLike = 6.0,
     norm: Norm = "linf",
@@ -258,9 +277,10 @@ def make_train_step(
       model: a ``flax.linen.Module`` (hashable; captured by the step).
       tx: the optax optimizer of ``state.opt_state``.
       method: ``"clean"``, ``"pgd"``, ``"fast"`` or ``"trades"``.
-      eps: attack radius in raw input units (``"pgd"``, ``"fast"``, ``"trades"``).
+      eps: attack radius in raw input units (``"pgd"``, ``"fast"``, ``"trades"``),
+        or a schedule of ``state.step`` (see the module docstring).
       step_size: attack step (``"pgd"``/``"trades"``: required; ``"fast"``:
-        default ``1.25 * eps``).
+        default ``1.25 * eps``), or a schedule of ``state.step``.
       steps: attack steps (``"pgd"``/``"trades"``; static).
       beta: TRADES weight.
       norm, bounds: threat model of the attack.
@@ -299,8 +319,9 @@ def make_train_step(
             train_fn = _linen_train_fn(model, params, state.batch_stats, train_kw, dropout_key)
             attack_fn = from_flax(model, _variables(params, state.batch_stats), **eval_kw)
             return _method_loss(
-                method, train_fn, x, y, key=attack_key, attack_fn=attack_fn, has_aux=True, hyper=hyper
-            )
+                method, train_fn, x, y, key=attack_key, attack_fn=attack_fn, has_aux=True, hyper=hyper,
+                count=state.step,
+            )  # fmt: skip
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -351,7 +372,7 @@ def make_free_train_step(
     model: Any,
     tx: optax.GradientTransformation,
     *,
-    eps: ArrayLike,
+    eps: ScalarOrSchedule,
     replays: int,
     norm: Norm = "linf",
     bounds: Bounds = (0.0, 1.0),
@@ -382,7 +403,9 @@ def make_free_train_step(
     Args:
       model: a ``flax.linen.Module``.
       tx: optax optimizer.
-      eps: radius (and the FGSM step on ``delta``), raw input units.
+      eps: radius (and the FGSM step on ``delta``), raw input units, or a
+        schedule of the update count (replay ``j`` of a step uses
+        ``eps(state.step + j)``).
       replays: :math:`m`, replays per minibatch (static).
       norm, bounds: threat model.
       train_kwargs: keyword arguments of the training ``apply``.
@@ -411,8 +434,9 @@ def make_free_train_step(
             raise ValueError(f"delta must have the shape of x {x.shape}, got {delta.shape}")
         check_in_bounds(jnp.asarray(x), lo32, hi32)
 
-        def replay(carry: Any, rng: PRNGKey) -> tuple[Any, Array]:
+        def replay(carry: Any, inputs: tuple[PRNGKey, Array]) -> tuple[Any, Array]:
             params, batch_stats, opt_state, d = carry
+            rng, count = inputs
 
             def loss_fn(params: Any, d: Array) -> tuple[Array, Any]:
                 train_fn = _linen_train_fn(model, params, batch_stats, train_kw, rng)
@@ -423,13 +447,15 @@ def make_free_train_step(
             (loss, new_stats), (g_params, g_delta) = grad_fn(params, d)
             updates, opt_state = tx.update(g_params, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return (params, new_stats, opt_state, _free_delta(d, g_delta, eps, norm)), loss
+            d = _free_delta(d, g_delta, at_count(eps, "eps", count), norm)
+            return (params, new_stats, opt_state, d), loss
 
         carry = (state.params, state.batch_stats, state.opt_state, delta)
         # Unrolled: on XLA:CPU a convolution's gradients inside a loop body miss
         # the layout rewrites of a top-level program and run several times slower.
+        counts = state.step + jnp.arange(replays, dtype=state.step.dtype)
         (params, batch_stats, opt_state, delta), losses = jax.lax.scan(
-            replay, carry, jax.random.split(key, replays), unroll=True
+            replay, carry, (jax.random.split(key, replays), counts), unroll=True
         )
         new_state = TrainState(params, batch_stats, opt_state, state.step + replays)
         return new_state, delta, {"loss": jnp.mean(losses)}
@@ -463,8 +489,8 @@ def _nnx_checked(body: Callable[..., Any], module: Any, optimizer: Any, *args: A
 def make_nnx_train_step(
     *,
     method: Method,
-    eps: ArrayLike | None = None,
-    step_size: ArrayLike | None = None,
+    eps: ScalarOrSchedule | None = None,
+    step_size: ScalarOrSchedule | None = None,
     steps: int | None = None,
     beta: ArrayLike = 6.0,
     norm: Norm = "linf",
@@ -485,7 +511,8 @@ def make_nnx_train_step(
     ``nnx.Rngs``; ``key`` drives the attack.
 
     Args:
-      method, eps, step_size, steps, beta, norm, bounds: as in :func:`make_train_step`.
+      method, eps, step_size, steps, beta, norm, bounds: as in :func:`make_train_step`
+        (a schedule is evaluated at ``optimizer.step``).
       checked: run the batch's value checks through checkify; the step returns
         ``(err, metrics)`` (the module and optimizer are still updated in
         place). :func:`jaxadv.checked` cannot wrap an in-place NNX step; this
@@ -502,8 +529,12 @@ def make_nnx_train_step(
     hyper = _check_hyper(method, eps, step_size, steps, beta, norm, bounds)
 
     def body(module: Any, optimizer: Any, x: Array, y: Array, key: PRNGKey) -> dict[str, Array]:
+        count = optimizer.step.value
+
         def loss_fn(m: Any) -> Array:
-            return _method_loss(method, m, x, y, key=key, attack_fn=None, has_aux=False, hyper=hyper)
+            return _method_loss(
+                method, m, x, y, key=key, attack_fn=None, has_aux=False, hyper=hyper, count=count
+            )
 
         loss, grads = nnx.value_and_grad(loss_fn)(module)
         optimizer.update(module, grads)
@@ -516,7 +547,7 @@ def make_nnx_train_step(
 
 def make_nnx_free_train_step(
     *,
-    eps: ArrayLike,
+    eps: ScalarOrSchedule,
     replays: int,
     norm: Norm = "linf",
     bounds: Bounds = (0.0, 1.0),
@@ -532,7 +563,8 @@ def make_nnx_free_train_step(
     the paper's 4 to 10).
 
     Args:
-      eps, replays, norm, bounds: as in :func:`make_free_train_step`.
+      eps, replays, norm, bounds: as in :func:`make_free_train_step` (a schedule
+        of ``optimizer.step``, read before each replay's update).
       checked: as in :func:`make_nnx_train_step`; the step returns
         ``(err, (delta, metrics))``.
 
@@ -559,8 +591,9 @@ def make_nnx_free_train_step(
         total = jnp.zeros((), jnp.float32)
         for _ in range(replays):
             loss, (g_params, g_delta) = nnx.value_and_grad(loss_fn, argnums=(0, 1))(module, delta)
+            eps_now = at_count(eps, "eps", optimizer.step.value)
             optimizer.update(module, g_params)
-            delta = _free_delta(delta, g_delta, eps, norm)
+            delta = _free_delta(delta, g_delta, eps_now, norm)
             total = total + loss
         return delta, {"loss": total / replays}
 

@@ -73,7 +73,15 @@ from jaxadv.threat_models import cast_into_box, clip_to_bounds
 from jaxadv.training.checks import check_bounds
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LossFn, PRNGKey
 from jaxadv.universal.perturbation import _check_target, _split_batch, success_rate
-from jaxadv.validation import check_in_bounds, check_inputs, check_labels, check_steps, checked, is_traced
+from jaxadv.validation import (
+    check_in_bounds,
+    check_inputs,
+    check_key,
+    check_labels,
+    check_steps,
+    checked,
+    is_traced,
+)
 
 __all__ = [
     "PatchSizeResult",
@@ -284,6 +292,7 @@ def sample_placement(
     Returns:
       A :class:`Placement` of ``B`` placements.
     """
+    check_key(key)
     scale_range = _check_range(scale_range, "scale_range", positive=True)
     angle_range = _check_range(angle_range, "angle_range")
     if len(shape) != 4 or len(patch_shape) < 2:
@@ -413,7 +422,7 @@ def init_patch(
     if key is None:
         patch = jnp.broadcast_to((lo + hi) / 2, shape).astype(jnp.float32)
     else:
-        patch = lo + jax.random.uniform(key, shape) * (hi - lo)
+        patch = lo + jax.random.uniform(check_key(key), shape) * (hi - lo)
     return PatchState(patch, optimizer.init(patch), jnp.zeros((), jnp.int32))
 
 
@@ -576,6 +585,9 @@ def adversarial_patch(
         optimizer = optax.adam(0.1 * float(jnp.max(hi - lo)))
     model, params = split_model(logits_fn)
     loss_fn = get_loss(loss)
+    if key is None:
+        raise ValueError("key is required: it draws the patch's start and placements (key=jax.random.key(0))")
+    check_key(key)
     init_key, key = jax.random.split(key)
 
     def run(params: Any, state: PatchState, x: Array, key: PRNGKey, t: Array, lo: Array, hi: Array) -> Any:

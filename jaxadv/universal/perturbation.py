@@ -67,6 +67,7 @@ from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LossFn, Norm, PRNG
 from jaxadv.validation import (
     check_in_bounds,
     check_inputs,
+    check_key,
     check_labels,
     check_nonnegative,
     check_norm,
@@ -180,6 +181,7 @@ def init_universal(
     if key is None:
         delta = jnp.zeros(shape, jnp.float32)
     else:
+        check_key(key)
         if eps is None:
             raise ValueError("a random start (key=...) needs eps= (the radius of the ball)")
         eps = check_nonnegative(eps, "eps")
@@ -474,8 +476,6 @@ def success_rate(
     num_classes = int(jax.eval_shape(logits_fn, x.astype(jnp.float32)).shape[-1])
     if y is not None:
         y = check_labels(y, x.shape[0], num_classes)
-        if y.ndim == 2:
-            raise ValueError("y must hold integer labels [batch] here, not one-hot")
     t = None if target is None else _check_target(target, num_classes)
     model, params = split_model(logits_fn)
     return _success_rate(model, params, x_adv, x, y, t)

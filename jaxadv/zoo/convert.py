@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -88,6 +89,24 @@ def _as_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def _torch_load(torch: Any, path: str) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, with a file that
+    cannot be read that way reported as a ``ValueError`` naming it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, AttributeError) as e:
+        # Not chained: PyTorch's message advises weights_only=False, which runs the
+        # file's code; a checkpoint of unknown origin must never be opened that way.
+        raise ValueError(
+            f"cannot read {path} as a PyTorch checkpoint of tensors ({type(e).__name__} from "
+            "torch.load with weights_only=True): the file is damaged, truncated or not a .pt/.pth "
+            "file, or it holds Python objects besides tensors. Build the model in PyTorch and pass "
+            "its state_dict() instead"
+        ) from None
+
+
 def _load(source: StateDict | str | os.PathLike[str]) -> dict[str, Any]:
     loaded: Any = source
     if isinstance(source, (str, os.PathLike)):
@@ -95,7 +114,7 @@ def _load(source: StateDict | str | os.PathLike[str]) -> dict[str, Any]:
             import torch
         except ImportError as e:
             raise ImportError("reading a .pt/.pth checkpoint needs PyTorch: pip install torch") from e
-        loaded = torch.load(os.fspath(source), map_location="cpu", weights_only=True)
+        loaded = _torch_load(torch, os.fspath(source))
     if hasattr(loaded, "state_dict") and callable(loaded.state_dict):  # a torch.nn.Module
         loaded = loaded.state_dict()
     if not isinstance(loaded, Mapping):
@@ -271,8 +290,11 @@ def from_torch(
       and ``{"params": ..., "batch_stats": ...}`` as float32 JAX arrays.
 
     Raises:
-      ValueError: for an unknown ``arch``, or a state dict that does not fit it
-        (missing or unexpected keys, shape mismatches; all listed).
+      ValueError: for an unknown ``arch`` (or one that is not a name), a file that
+        ``torch.load(..., weights_only=True)`` cannot read (named), or a state
+        dict that does not fit the architecture (missing or unexpected keys,
+        shape mismatches; all listed).
+      FileNotFoundError: for a path with no file.
       ImportError: for a file path without PyTorch installed.
     """
     s = spec(arch)

@@ -101,8 +101,13 @@ def spec(name: str) -> Spec:
     """Parse an architecture name (see the table above).
 
     Raises:
-      ValueError: for a name that matches no pattern.
+      ValueError: for a name that is not a string or matches no pattern.
     """
+    if not isinstance(name, str):
+        raise ValueError(
+            f"the architecture must be a name (a string such as {ARCHITECTURES[0]!r}), got {name!r}; "
+            "jaxadv.zoo.ARCHITECTURES lists them"
+        )
     for pattern, make in _PATTERNS:
         if m := re.fullmatch(pattern, name):
             return make(*m.groups())
