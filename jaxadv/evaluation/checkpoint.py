@@ -352,6 +352,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> SavedRun:
     wall = float(_field(data, "wall_seconds", (int, float), path))
     if not (np.isfinite(wall) and wall >= 0):
         raise _fail(path, "field 'wall_seconds' must be a non-negative number")
+    sessions = data.get("sessions", 1)
+    if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1:
+        raise _fail(path, "field 'sessions' must be an integer >= 1")
     result = EvaluationResult(
         eps=eps,
         norm=norm,
@@ -366,6 +369,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> SavedRun:
         seconds={k: float(v) for k, v in seconds.items()},
         batch_size=fingerprint.batch_size,
         wall_seconds=wall,
+        sessions=sessions,
     )
     return SavedRun(path, result, fingerprint, examples, digest, complete, batches)
 

@@ -7,6 +7,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -575,6 +576,7 @@ class _Tally:
         self.non_finite = np.zeros(len(names), np.int64)
         self.non_finite_clean = 0
         self.seconds = np.zeros(len(names), np.float64)
+        self.sessions = 1 if start is None else start.sessions + 1
         if start is not None:
             self.fooled_by.append(start.fooled_by)
             self.norms.append(start.perturbation_norm)
@@ -630,6 +632,7 @@ class _Tally:
             seconds={n: float(t) for n, t in zip(self.names, seconds, strict=True)},
             batch_size=int(batch_size),
             wall_seconds=float(wall_seconds),
+            sessions=self.sessions,
         )
 
 
@@ -671,6 +674,7 @@ def evaluate(
     progress: bool = True,
     checkpoint: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     store_adversarial: bool = False,
     checks: bool = True,
     check_size: int = 128,
@@ -743,7 +747,12 @@ def evaluate(
       checkpoint: JSON file written atomically after every batch with the
         partial result and the run's fingerprint (see
         :mod:`jaxadv.evaluation.checkpoint`), so that an interrupted run is not
-        lost. Without ``resume`` an existing file is replaced.
+        lost. An existing file is refused (a ``ValueError`` before anything
+        runs) unless ``resume`` or ``overwrite`` says what to do with it. Nothing
+        is written before the first batch ends: when all the examples of an
+        array fit in one batch, a ``UserWarning`` says that the file protects
+        nothing (pass a smaller ``batch_size``). This is evaluate's progress
+        file, unrelated to the model's weights.
       resume: continue from ``checkpoint`` when it exists: its examples are
         skipped (their inputs and labels are still read and hashed). The file
         must belong to this run (same eps, norm, suite, key, bounds, model,
@@ -751,7 +760,11 @@ def evaluate(
         checkpoint's size) and be intact, else a
         :class:`~jaxadv.evaluation.CheckpointError` names the problem and the
         file is left as it is. A complete checkpoint is returned as it is,
-        warnings and checks included, without running anything.
+        warnings and checks included, without running anything. The result's
+        ``wall_seconds`` then adds the sessions' times (``result.sessions``).
+      overwrite: replace an existing ``checkpoint`` file, starting from the
+        first example (without ``resume``, or with ``resume`` when the file
+        does not exist).
       store_adversarial: keep the adversarial examples in ``result.x_adv``.
       checks: run the gradient-masking checks of
         :func:`jaxadv.evaluation.masking_checks` on the first ``check_size``
@@ -803,8 +816,13 @@ def evaluate(
         device (a note says what to do).
     """
     norm = check_norm(norm)  # the canonical name of an alias such as "Linf"
-    if eps < 0:
+    if not eps >= 0:  # NaN fails the comparison too
         raise ValueError(f"eps must be >= 0, got {eps}")
+    if checkpoint is not None and Path(checkpoint).exists() and not (resume or overwrite):
+        raise ValueError(
+            f"checkpoint {checkpoint} exists (the progress file of an earlier run?): pass resume=True to "
+            "continue that run, or overwrite=True to replace the file and start from the first example"
+        )
     _check_batch_size(batch_size, max_batch_size)
     if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 0:
         raise ValueError(f"prefetch must be an int >= 0 (batches read ahead), got {prefetch!r}")
@@ -831,6 +849,8 @@ def evaluate(
     # Arrays are checked in slices of the size tried first (or given).
     first_size = int(max_batch_size if auto else cast(int, batch_size))
     source, total = _source(x, y, first_size)
+    if total == 0:
+        raise ValueError("x holds no examples: a robust accuracy of zero examples is undefined")
     if layout.processes > 1:
         if checkpoint is not None:
             raise ValueError("checkpoint is not supported when several processes evaluate together")
@@ -870,6 +890,14 @@ def evaluate(
         size = _Size(cast(int, saved.fingerprint.batch_size))
     else:
         size = _Size(_first_size(max_batch_size, total, layout.multiple))
+    if path is not None and saved is None and total is not None and total <= size.value:
+        warnings.warn(
+            f"checkpoint={str(path)!r} is written after each batch, but all {total} examples fit in one "
+            f"batch of {size.value}: nothing is saved before the run ends; pass a smaller batch_size to "
+            "keep partial progress",
+            UserWarning,
+            stacklevel=2,
+        )
     setting = _Setting(attacked_fn, attacks, float(eps), norm, lo, hi, size.value, layout, randomized)
     skip = 0 if saved is None else saved.examples
     tally = _Tally(names, None if saved is None else saved.result, store_adversarial)
@@ -950,6 +978,8 @@ def evaluate(
         if bar is not None:
             bar.close()
 
+    if layout.agree(hasher.count) == 0:  # an iterable that yielded no examples (on every process)
+        raise ValueError("x yielded no examples: a robust accuracy of zero examples is undefined")
     result = tally.result(eps, norm, size.value, wall(), layout)
     result.warnings.extend(_non_finite_warnings(result))
     if certifier is not None:

@@ -45,6 +45,8 @@ class EvaluationResult:
       wall_seconds: wall-clock seconds of the whole run over its examples: reading,
         transfers, every attack, checkpoint writes and any batch retried after an
         out-of-memory error, summed over resumed sessions; not the masking checks.
+      sessions: how many sessions (a first run and its resumptions) ``wall_seconds``
+        adds up; 1 for a run that was never interrupted.
       certified: with ``evaluate(..., certify=...)``, the certified accuracy of the
         same examples at each radius (a lower bound, beside ``robust_accuracy``, an
         upper bound); ``None`` otherwise.
@@ -65,6 +67,7 @@ class EvaluationResult:
     batch_size: int | None = None
     wall_seconds: float = 0.0
     certified: CertifiedResult | None = None
+    sessions: int = 1
 
     def __repr__(self) -> str:
         return (
@@ -146,15 +149,42 @@ class EvaluationResult:
             lines.append(f"seconds per attack: {timing}")
         if self.wall_seconds > 0:
             size = "" if self.batch_size is None else f", batch size {self.batch_size}"
+            parts = (
+                ""
+                if self.sessions <= 1
+                else f"; a resumed run: the times of its {self.sessions} sessions added, restarts not counted"
+            )
             lines.append(
                 f"throughput: {self.examples_per_second:.4g} examples/s "
-                f"({n} examples in {self.wall_seconds:.4g} s{size})"
+                f"({n} examples in {self.wall_seconds:.4g} s{size}{parts})"
             )
         elif self.batch_size is not None:
             lines.append(f"batch size: {self.batch_size}")
+        masking = self._masking_line()
+        if masking:
+            lines.append(masking)
         for w in self.warnings:
             lines.append(f"WARNING: {w}")
         return "\n".join(lines)
+
+    def _masking_line(self) -> str:
+        """The figures behind the gradient-masking checks (``checks``), on one line;
+        empty when the checks did not run."""
+        c = self.checks
+        parts = []
+        if "accuracy_at_large_eps" in c:
+            parts.append(
+                f"BIM-50 at eps={c.get('large_eps', float('nan')):g} {c['accuracy_at_large_eps']:.1%}"
+            )
+        if "accuracy_single_step" in c and "accuracy_iterative" in c:
+            parts.append(f"FGSM {c['accuracy_single_step']:.1%} vs PGD-20 {c['accuracy_iterative']:.1%}")
+        if "black_box_only_successes" in c:
+            parts.append(f"black-box-only successes {c['black_box_only_successes']:.1%}")
+        elif "accuracy_black_box" in c:
+            parts.append(f"Square (300 queries) {c['accuracy_black_box']:.1%}")
+        if not parts:
+            return ""
+        return "masking checks (accuracy on the first examples): " + "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (adversarial examples are not included)."""
@@ -175,6 +205,7 @@ class EvaluationResult:
             "seconds": {name: float(self.seconds.get(name, 0.0)) for name in self.attacks},
             "batch_size": self.batch_size,
             "wall_seconds": float(self.wall_seconds),
+            "sessions": int(self.sessions),
             "examples_per_second": self.examples_per_second if self.wall_seconds > 0 else None,
             "warnings": list(self.warnings),
             "checks": _jsonable(self.checks),
@@ -198,6 +229,7 @@ class EvaluationResult:
             batch_size=None if d.get("batch_size") is None else int(d["batch_size"]),
             wall_seconds=float(d.get("wall_seconds", 0.0)),
             certified=None if d.get("certified") is None else CertifiedResult.from_dict(d["certified"]),
+            sessions=int(d.get("sessions", 1)),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
