@@ -7,15 +7,29 @@ from collections.abc import Sequence
 
 from jaxadv.cli import add_evaluate_parser
 
+#: What ``jaxadv --help`` prints above the commands (plain text: the terminal shows it as it is).
+_DESCRIPTION = (
+    "Adversarial examples for JAX models. 'jaxadv demo' (the default) attacks a CNN trained on the "
+    "bundled digits set; 'jaxadv evaluate' measures the robust accuracy of a saved Flax model. "
+    "'jaxadv COMMAND --help' describes each command."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``jaxadv`` argument parser (subcommands ``demo`` and ``evaluate``)."""
-    parser = argparse.ArgumentParser(prog="jaxadv", description=__doc__)
+    parser = argparse.ArgumentParser(prog="jaxadv", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="attack a CNN trained on the bundled digits set (default)")
-    demo.add_argument("--eps", type=float, nargs="+", default=[0.05, 0.1, 0.2])
-    demo.add_argument("--steps", type=int, default=20)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--eps", type=float, nargs="+", default=[0.05, 0.1, 0.2], help="L-inf radii, one table column each"
+    )
+    demo.add_argument("--steps", type=int, default=20, help="iterations of the iterative attacks")
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data split, the training and the attacks (default: 0)",
+    )
     demo.add_argument("--out", default="jaxadv-demo", help="folder for the figures and results.json")
     demo.add_argument("--queries", type=int, default=500, help="query budget of the black-box attacks")
     add_evaluate_parser(sub)

@@ -1,13 +1,13 @@
 """``jaxadv evaluate``: robust accuracy of a saved Flax model from the command line.
 
-    jaxadv evaluate --model mymodels:make_model --checkpoint ckpt/ \\
+    jaxadv evaluate --model mymodels:make_model --weights ckpt/ \\
         --data test.npz --eps 0.03 --norm linf --suite standard --out report/
 
 * ``--model`` names a factory ``module:function`` that takes no arguments and
   returns a Flax linen module; ``module`` is imported from ``--app-dir``
   (default: the current directory), then from the installed packages;
-* ``--checkpoint`` is a directory written by Orbax holding the module's
-  variables (:doc:`/cli` gives a script that writes one);
+* ``--weights`` is a directory written by Orbax holding the module's
+  variables, an Orbax checkpoint (:doc:`/cli` gives a script that writes one);
 * ``--data`` is an ``.npz`` file with arrays ``x`` (``[n, ...]`` floats inside
   ``--bounds``, or ``uint8`` with ``--uint8-scale``) and ``y`` (``[n]`` labels:
   integers, floats that are exactly integers, or one-hot rows ``[n, C]``, taken
@@ -18,7 +18,9 @@ Writes ``report.json`` (see :class:`jaxadv.EvaluationResult`), ``summary.txt``,
 ``examples.png`` to ``--out``. While it runs, ``partial.json`` in ``--out``
 holds the finished batches: after an interruption, rerun the same command with
 ``--resume`` to continue. An existing ``partial.json`` (without ``--resume``)
-or ``report.json`` is never overwritten without ``--overwrite``.
+or ``report.json`` is never overwritten without ``--overwrite``. (That file
+is :func:`jaxadv.evaluate`'s ``checkpoint=``, its progress file; the model's
+weights are ``--weights``.)
 
 A problem with the arguments or the input files prints one line
 ``jaxadv evaluate: error: ...`` to stderr and exits with status 2.
@@ -82,7 +84,12 @@ def add_evaluate_parser(sub: Any) -> None:
         metavar="DIR",
         help="directory to import the factory's module from (default: the current directory)",
     )
-    p.add_argument("--checkpoint", required=True, help="Orbax checkpoint directory with the variables")
+    p.add_argument(
+        "--weights",
+        required=True,
+        metavar="DIR",
+        help="the model's variables: a directory written by Orbax (an Orbax checkpoint)",
+    )
     p.add_argument("--data", required=True, help=".npz file with arrays x and y")
     p.add_argument("--eps", type=float, required=True, help="radius, in the units of x (finite, >= 0)")
     p.add_argument(
@@ -104,7 +111,14 @@ def add_evaluate_parser(sub: Any) -> None:
         default=256,
         help="examples per compiled call, or 'auto': the largest that fits, halving on out-of-memory",
     )
-    p.add_argument("--bounds", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"))
+    p.add_argument(
+        "--bounds",
+        type=float,
+        nargs=2,
+        default=(0.0, 1.0),
+        metavar=("LO", "HI"),
+        help="valid input range of x, LO < HI (default: 0 1)",
+    )
     p.add_argument(
         "--uint8-scale", action="store_true", help="x is uint8 (0..255): divide by 255, bounds 0 1"
     )
@@ -118,12 +132,17 @@ def add_evaluate_parser(sub: Any) -> None:
         default=None,
         help="normalisation std (> 0): one value or one per channel",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the attacks' random key, jax.random.key(SEED) (default: 0; --resume needs the same)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/partial.json")
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing OUT/report.json or OUT/partial.json"
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--no-checks",
         action="store_true",
@@ -193,12 +212,12 @@ def restore_variables(path: str | Path) -> Any:
 
     path = Path(path).resolve()
     if not path.is_dir():
-        raise CliError(f"--checkpoint {path} is not a directory (an Orbax checkpoint)")
+        raise CliError(f"--weights {path} is not a directory (an Orbax checkpoint of the variables)")
     try:
         with ocp.StandardCheckpointer() as ckptr:
             return ckptr.restore(path)
     except (OSError, ValueError) as e:
-        raise CliError(f"cannot restore an Orbax checkpoint from {path}: {e}") from e
+        raise CliError(f"cannot restore an Orbax checkpoint from --weights {path}: {e}") from e
 
 
 def _labels(y: np.ndarray, n: int) -> np.ndarray:
@@ -348,7 +367,7 @@ def _logits_fn(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> Any:
     import jaxadv
 
     model = _build_model(args.model, args.app_dir)
-    variables = restore_variables(args.checkpoint)
+    variables = restore_variables(args.weights)
     mean = _normalisation(args.mean, "--mean", x)
     std = _normalisation(args.std, "--std", x)
     logits_fn = jaxadv.from_flax(model, variables, mean=mean, std=std)
@@ -415,6 +434,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             checks=not args.no_checks,
             checkpoint=out / "partial.json",
             resume=args.resume,
+            overwrite=args.overwrite,
             # The adversarial examples of a resumed run's earlier batches are gone.
             store_adversarial=not resuming,
         )

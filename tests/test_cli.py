@@ -35,7 +35,7 @@ def test_cli_report_matches_library(cnn: Any, digits: Any, tmp_path: Any) -> Non
     argv = [
         "evaluate",
         "--model", "jaxadv.examples:DigitsCNN",
-        "--checkpoint", str(ckpt),
+        "--weights", str(ckpt),
         "--data", str(tmp_path / "data.npz"),
         "--eps", "0.1",
         "--suite", "fgsm,pgd-20",
@@ -143,7 +143,7 @@ def _argv(saved: Saved, out: Path, **options: Any) -> list[str]:
     flags: dict[str, Any] = {
         "--model": f"{MODULE}:make_model",
         "--app-dir": str(saved.app_dir),
-        "--checkpoint": str(saved.checkpoint),
+        "--weights": str(saved.checkpoint),
         "--data": str(saved.data),
         "--eps": "0.05",
         "--suite": "fgsm",
@@ -208,8 +208,8 @@ BAD_INPUTS: list[tuple[str, Callable[[Path, Saved], dict[str, Any]], str]] = [
     ("y >= classes", lambda t, s: {"data": _npz(t, x=s.x, y=s.y + 3)}, "the model has 3 classes"),
     ("x outside bounds", lambda t, s: {"data": _npz(t, x=s.x + 2.0, y=s.y)}, "bounds"),
     ("model mismatch", lambda t, s: {"data": _npz(t, x=s.x[:, :2], y=s.y)}, "the model cannot run on x[:1]"),
-    ("checkpoint", lambda t, s: {"checkpoint": str(t / "no_ckpt")}, "is not a directory"),
-    ("not a checkpoint", lambda t, s: {"checkpoint": str(s.app_dir)}, "cannot restore an Orbax checkpoint"),
+    ("weights", lambda t, s: {"weights": str(t / "no_ckpt")}, "is not a directory"),
+    ("not a checkpoint", lambda t, s: {"weights": str(s.app_dir)}, "cannot restore an Orbax checkpoint"),
     ("std 0", lambda t, s: {"std": ["0"]}, "--std must hold finite values > 0"),
     ("std < 0", lambda t, s: {"std": ["0.2", "-0.2", "0.2"]}, "--std must hold finite values > 0"),
     ("std length", lambda t, s: {"std": ["0.2", "0.2"]}, "--std has 2 values; give 1, or 3"),
@@ -293,7 +293,7 @@ def test_cli_resumes_an_interrupted_run_and_never_clobbers_results(
 
 def test_cli_norm_accepts_autoattack_spelling() -> None:
     parser = build_parser()
-    base = ["evaluate", "--model", "m:f", "--checkpoint", "c", "--data", "d.npz", "--eps", "0.1"]
+    base = ["evaluate", "--model", "m:f", "--weights", "c", "--data", "d.npz", "--eps", "0.1"]
     for given, canonical in (("Linf", "linf"), ("L2", "l2"), ("L1", "l1"), ("LINF", "linf"), ("l2", "l2")):
         assert parser.parse_args([*base, "--norm", given]).norm == canonical
     with pytest.raises(SystemExit) as exc:

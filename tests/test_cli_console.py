@@ -68,7 +68,7 @@ def test_console_script_imports_the_model_from_the_working_directory(documented:
     """From the module's directory, as ``python -m jaxadv`` would; the checkpoint of
     the documented recipe restores (the labels are the saved model's predictions)."""
     assert SCRIPT.is_file(), f"the console script is not installed at {SCRIPT}"
-    args = ["--model", "mymodels:make_model", "--checkpoint", "ckpt", "--data", "test.npz", "--out", "out"]
+    args = ["--model", "mymodels:make_model", "--weights", "ckpt", "--data", "test.npz", "--out", "out"]
     done = _run([str(SCRIPT), *EVALUATE, *args], cwd=documented)
     assert done.returncode == 0, done.stderr
     report = json.loads((documented / "out" / "report.json").read_text())
@@ -86,7 +86,7 @@ def test_console_script_app_dir(documented: Path) -> None:
     args = [
         "--model", "mymodels:make_model",
         "--app-dir", str(documented),
-        "--checkpoint", str(documented / "ckpt"),
+        "--weights", str(documented / "ckpt"),
         "--data", "shifted.npz",
         "--out", "out",
     ]  # fmt: skip
@@ -97,7 +97,7 @@ def test_console_script_app_dir(documented: Path) -> None:
 
 
 def test_console_script_user_error_is_one_line(documented: Path) -> None:
-    args = ["--model", "mymodels:make_model", "--checkpoint", "ckpt", "--data", "test.npz", "--out", "bad"]
+    args = ["--model", "mymodels:make_model", "--weights", "ckpt", "--data", "test.npz", "--out", "bad"]
     done = _run([str(SCRIPT), "evaluate", "--eps", "inf", *args], cwd=documented)
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
