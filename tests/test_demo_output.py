@@ -1,0 +1,58 @@
+"""What the demo prints and draws: one line per stage with compilation and run
+apart, no sentence repeating the table, and figures that say which eps they show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxadv import demo
+
+
+def test_a_stage_prints_one_line_with_compile_and_run_apart() -> None:
+    lines: list[str] = []
+    f = jax.jit(lambda a: jnp.tanh(a @ a.T).sum())  # a new function: compiled by the first call
+    x = jnp.ones((64, 64))
+    demo._timed(lines.append, "first", lambda: f(x))
+    demo._timed(lines.append, "second", lambda: f(x))
+    assert len(lines) == 2
+    first, second = lines
+    assert first.startswith("first: ") and "(compile " in first and ", run " in first
+    compile_first = float(first.split("(compile ")[1].split("s")[0])
+    compile_second = float(second.split("(compile ")[1].split("s")[0])
+    assert compile_first > 0.0 and compile_second == 0.0  # the second call reuses the program
+
+
+def test_examples_figure_names_the_attack_and_eps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import jaxadv.evaluation
+
+    titles: list[str] = []
+    original = jaxadv.evaluation.plot_examples
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        titles.append(kwargs["title"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(jaxadv.evaluation, "plot_examples", spy)
+    x = np.zeros((2, 8, 8, 1), np.float32)
+    grid = (x, x + 0.1, np.zeros(2, int), np.ones(2, int))
+    table = {"clean": [1.0], "FGSM": [0.5]}
+    demo._write_figures(tmp_path, [0.1], table, grid, {}, "PGD-20 at eps=0.1")
+    assert titles and "PGD-20 at eps=0.1" in titles[0]
+    assert (tmp_path / "examples.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_demo_prints_each_stage_once_and_no_repeated_row(tmp_path: Path) -> None:
+    lines: list[str] = []
+    demo.run((0.1,), steps=2, queries=20, minimal_examples=4, out=None, print_fn=lines.append)
+    stages = [line for line in lines if "(compile " in line]
+    labels = [line.split(": ")[0] for line in stages]
+    assert len(labels) == len(set(labels)) and len(labels) >= 10
+    assert not any(line.endswith("...") for line in lines)
+    assert not any(line.startswith("iterative least-likely class") for line in lines)
