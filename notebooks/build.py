@@ -171,8 +171,9 @@ $$x_0 = x,\\qquad
 x_{t+1} = \\mathrm{clip}_{[0,1]}\\Big(\\mathrm{clip}_{x \\pm \\epsilon}\\big(x_t + \\alpha\\,\\mathrm{sign}(\\nabla_x J(x_t, y))\\big)\\Big).$$
 
 The number of steps trades computation for strength. `jaxadv.bim` runs the
-loop as one compiled step per iteration (or one `lax.fori_loop` when called
-inside your own `jit`).""",
+whole loop as one compiled program, cached, so a second call with the same
+shapes compiles nothing and a new number of steps does not recompile (inside
+your own `jit` it becomes one `lax.fori_loop` of your program).""",
     """x_bim = jaxadv.bim(logits_fn, x, y, eps=eps, step_size=eps / 8, steps=20)
 print(f"accuracy at eps={eps}: FGSM {examples.accuracy(logits_fn, x_fgsm, y):.1%}, "
       f"BIM-20 {examples.accuracy(logits_fn, x_bim, y):.1%}")
@@ -807,8 +808,9 @@ NB06 = [
     """md:# 6. Composing with your own training code
 
 Every attack in `jaxadv` is a pure function of arrays. Called directly it runs
-one compiled step per iteration; called inside *your* `jax.jit`, `jax.vmap` or
-`jax.grad`, it becomes a `lax.fori_loop` inside your program. This notebook
+its whole loop as one compiled program, cached for the next call with the same
+shapes; called inside *your* `jax.jit`, `jax.vmap` or `jax.grad`, it becomes a
+`lax.fori_loop` inside your program. This notebook
 shows three ways to use that: an attack inside a hand-written jitted training
 step, a `vmap` over eps, and a batch sharded over devices.
 
