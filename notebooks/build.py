@@ -669,6 +669,45 @@ show_digits(
     colors=[["black"] * 8, ["crimson" if p != c else "black" for p, c in zip(p_normal, y[sel])],
             ["crimson" if p != c else "black" for p, c in zip(p_robust, y[sel])]],
 )""",
+    """md:## A large radius: ramp eps up
+
+PGD-AT at a large radius from the very first step can fail to train: on MNIST
+at $\\epsilon = 0.3$ the loss stayed at $\\log 10 \\approx 2.30$ and the
+accuracy near chance, while the same training with $\\epsilon$ ramped up
+linearly over the first epoch reached 97% clean and 75% under PGD-40. The
+losses and step builders take `eps` (and `step_size`) as an optax schedule of
+the step count; the count is traced, so the ramp recompiles nothing.
+
+Below, PGD-AT at $\\epsilon = 0.3$ on the digits, from the first step and with
+a one-epoch ramp, watched after every epoch by `robust_accuracy_monitor`,
+which also warns (`ChanceAccuracyWarning`) when the clean accuracy sits at
+chance. On 8x8 digits with 17 grey levels, 0.3 is beyond the radius at which
+a digit keeps its class, so no model is robust there: what to compare is the
+clean accuracy each run keeps while the adversarial loss sits near
+$\\log 10$.""",
+    """eps_big_train, epochs_big = 0.3, 4
+steps_per_epoch = len(train.y) // batch_size
+ramp = optax.linear_schedule(0.0, eps_big_train, transition_steps=steps_per_epoch)
+runs = {
+    "from the first step": dict(eps=eps_big_train, step_size=eps_big_train / 4),
+    "ramped over one epoch": dict(eps=ramp, step_size=lambda t: ramp(t) / 4),
+}
+for name, hyper in runs.items():
+    tx = optax.adam(3e-3)
+    state = jaxadv.training.init_train_state(model.init(jax.random.key(0), x[:1]), tx)
+    step = jaxadv.training.make_train_step(model, tx, method="pgd", steps=5, **hyper)
+    rng, key, monitor = np.random.default_rng(0), jax.random.key(1), None
+    for epoch in range(epochs_big):
+        order = rng.permutation(len(train.y))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            idx = order[start:start + batch_size]
+            key, sub = jax.random.split(key)
+            state, metrics = step(state, train.x[idx], train.y[idx], sub)
+        fn = jaxadv.from_flax(model, {"params": state.params})
+        monitor = jaxadv.training.robust_accuracy_monitor(
+            fn, x, y, monitor, step=int(state.step), key=jax.random.key(0), eps=eps_big_train, steps=10)
+    print(f"{name:22s} last loss {float(metrics['loss']):.2f}, clean {monitor.last_clean_accuracy:.1%}, "
+          f"PGD-10 {monitor.last_accuracy:.1%} (chance {monitor.chance:.1%}, stalled: {monitor.stalled})")""",
     """md:## A caution
 
 These curves come from FGSM and PGD. A defence can look robust to them and
