@@ -1,25 +1,33 @@
 """Shared fixtures: the bundled digits set and small models trained on it.
 
-Models are trained once per test session (a few seconds each on a CPU).
+The trained models are read from ``tests/weights/digits.npz`` (written by
+``tests/weights/make_weights.py``; see :mod:`small_models`): no test process trains.
+
+Tiers: the default run (``python -m pytest``) deselects the tests marked ``slow``
+(``addopts`` in ``pyproject.toml``); ``python -m pytest -m slow`` runs only those, and
+``python -m pytest -m "slow or not slow"`` runs everything. A test marked
+``crosscheck`` (it compares against a PyTorch reference) is slow as well.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import jax
 import pytest
+from small_models import Trained, trained_digits
 
-import jaxadv
 from jaxadv import examples
 
 jax.config.update("jax_numpy_rank_promotion", "allow")
 
+__all__ = ["Trained"]
 
-class Trained(NamedTuple):
-    model: Any
-    variables: Any
-    logits_fn: Any
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every cross-check against a PyTorch reference belongs to the slow tier."""
+    for item in items:
+        if item.get_closest_marker("crosscheck") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -27,35 +35,19 @@ def digits() -> tuple[examples.Split, examples.Split]:
     return examples.load_digits(0)
 
 
-def _train(model: Any, train: examples.Split, seed: int) -> Trained:
-    variables = examples.train_classifier(model, train, seed=seed)
-    return Trained(model, variables, jaxadv.from_flax(model, variables))
-
-
 @pytest.fixture(scope="session")
-def cnn(digits: Any) -> Trained:
+def cnn() -> Trained:
     """The digits CNN, seed 0 (about 99% test accuracy)."""
-    return _train(examples.DigitsCNN(), digits[0], seed=0)
+    return trained_digits("cnn")
 
 
 @pytest.fixture(scope="session")
-def cnn_b(digits: Any) -> Trained:
+def cnn_b() -> Trained:
     """A second digits CNN trained independently (seed 1): a transfer target."""
-    return _train(examples.DigitsCNN(), digits[0], seed=1)
+    return trained_digits("cnn_b")
 
 
 @pytest.fixture(scope="session")
-def mlp(digits: Any) -> Trained:
+def mlp() -> Trained:
     """A digits MLP (seed 0)."""
-    return _train(examples.DigitsMLP(), digits[0], seed=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _release_compiled_programs() -> Any:
-    """Drop JAX's compiled programs after each test file.
-
-    Hundreds of files' worth of executables would otherwise stay alive for the
-    whole session; the trained fixtures (arrays) are kept, only programs go.
-    """
-    yield
-    jax.clear_caches()
+    return trained_digits("mlp")

@@ -8,15 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 from jaxadv.attacks.apgd import checkpoint_schedule, dlr_targeted
-
-
-def _linear_apply(params: Any, x: jax.Array) -> jax.Array:
-    w, b = params
-    score = x.reshape(x.shape[0], -1) @ w + b
-    return jnp.stack([jnp.zeros_like(score), score], axis=-1)
 
 
 def test_checkpoints_follow_the_paper() -> None:
@@ -51,7 +46,7 @@ def test_linear_model_reaches_the_corner(loss: str) -> None:
     # x + eps * sign(w) (no box in the way).
     rng = np.random.default_rng(0)
     w = jnp.asarray(rng.normal(size=6), jnp.float32)
-    f = jaxadv.from_apply(_linear_apply, (w, jnp.float32(-8.0)))
+    f = sm.binary(w, -8.0)
     x = jnp.asarray(rng.uniform(-1, 1, size=(5, 6)), jnp.float32)
     loss_arg = "ce" if loss.startswith("ce") else jaxadv.cross_entropy
     targeted = loss == "ce-targeted"
@@ -72,7 +67,7 @@ def test_linear_model_reaches_the_corner(loss: str) -> None:
 def test_linear_model_l2_direction() -> None:
     rng = np.random.default_rng(1)
     w = jnp.asarray(rng.normal(size=8), jnp.float32)
-    f = jaxadv.from_apply(_linear_apply, (w, jnp.float32(-8.0)))
+    f = sm.binary(w, -8.0)
     x = jnp.asarray(rng.uniform(-1, 1, size=(4, 8)), jnp.float32)
     out = jaxadv.apgd(
         f,
@@ -94,6 +89,8 @@ def _robust(f: Any, x: Any, y: Any) -> float:
     return float(jnp.mean(jaxadv.predict(f, x) == y))
 
 
+# Slow tier: a strength comparison on the digits CNN.
+@pytest.mark.slow
 def test_apgd_ce_at_least_as_strong_as_pgd(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:200]), jnp.asarray(digits[1].y[:200])
     for eps in (0.1, 0.15):
@@ -104,6 +101,8 @@ def test_apgd_ce_at_least_as_strong_as_pgd(cnn: Any, digits: Any) -> None:
         assert apgd < _robust(cnn.logits_fn, x, y) - 0.2
 
 
+# Slow tier: a strength comparison on the digits CNN.
+@pytest.mark.slow
 def test_apgd_targeted_at_least_as_strong_on_most_seeds(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:100]), jnp.asarray(digits[1].y[:100])
     wins = 0

@@ -22,9 +22,9 @@ from typing import Any
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
-import linear_models as lm
 import numpy as np
 import pytest
+import small_models as sm
 from hypothesis import HealthCheck, given, settings
 
 import jaxadv
@@ -105,12 +105,6 @@ def test_l1_schedule_and_stages() -> None:
 N_FEATURES, STEPS = 16, 10
 
 
-def _linear(w: np.ndarray, bias: float) -> Any:
-    """Two classes, logits ``(0, w.x + bias)``."""
-    wm = np.stack([np.zeros_like(w), w], axis=1)
-    return jaxadv.from_apply(lm.apply, (jnp.asarray(wm), jnp.asarray([0.0, bias], jnp.float32)))
-
-
 W = np.random.default_rng(5).normal(size=N_FEATURES).astype(np.float32)
 
 
@@ -120,7 +114,7 @@ def test_result_in_l1_ball_and_box(seed: int, eps: float, shrinking: bool) -> No
     rng = np.random.default_rng(seed)
     x = rng.uniform(0.0, 1.0, (4, N_FEATURES)).astype(np.float32)
     x[:, :5] = rng.choice([0.0, 1.0], size=(4, 5))  # some coordinates on the bounds
-    f = _linear(W, float(rng.normal()))
+    f = sm.binary(W, float(rng.normal()))
     out = jaxadv.apgd(
         f, x, key=jax.random.key(seed), eps=eps, steps=STEPS, norm="l1", shrinking_eps=shrinking
     )
@@ -150,7 +144,7 @@ def _far_from_boundary(box: str) -> tuple[Any, np.ndarray, tuple[float, float]]:
         top = np.argsort(-np.abs(W))[:3]
         x[:, top] = np.where(W[top] > 0, 0.9, 0.1)
     bounds = (-10.0, 10.0) if box == "wide" else (0.0, 1.0)
-    return _linear(W, -float((x @ W).max()) - 8.0), x, bounds
+    return sm.binary(W, -float((x @ W).max()) - 8.0), x, bounds
 
 
 @pytest.mark.parametrize("box", ["wide", "tight"])
@@ -217,12 +211,6 @@ def test_rejects_bad_arguments() -> None:
 # --- EOT against a randomised model
 
 
-def _masked_apply(params: Any, x: jax.Array, key: jax.Array) -> jax.Array:
-    """A linear model behind dropout on its inputs (rate 1/2, kept features doubled)."""
-    keep = jax.random.bernoulli(key, 0.5, x.shape)
-    return lm.apply(params, jnp.where(keep, 2.0 * x, 0.0))
-
-
 def _mean_accuracy(model: Any, x: Any, y: np.ndarray, draws: int = 64) -> float:
     """Accuracy averaged over ``draws`` draws of the model."""
     keys = jax.random.split(jax.random.key(123), draws)
@@ -231,11 +219,11 @@ def _mean_accuracy(model: Any, x: Any, y: np.ndarray, draws: int = 64) -> float:
 
 
 def test_eot_is_no_weaker_on_a_randomised_model() -> None:
-    w = lm.random_weights(7, features=32, classes=4)
+    w = sm.random_weights(7, features=32, classes=4)
     params = (jnp.asarray(w), jnp.zeros(4, jnp.float32))
-    model = jax.tree_util.Partial(_masked_apply, params)
+    model = jax.tree_util.Partial(sm.input_dropout_apply, params)
     x = np.random.default_rng(0).uniform(0.0, 1.0, (64, 32)).astype(np.float32)
-    y = np.asarray(jnp.argmax(lm.apply(params, jnp.asarray(x)), axis=-1))
+    y = np.asarray(jnp.argmax(sm.apply(params, jnp.asarray(x)), axis=-1))
     # Without early stop (the default for a randomised model): one draw's
     # success at an iterate is no reason to stop.
     kw = dict(key=KEY, eps=3.0, steps=STEPS, norm="l1", randomized=True)
@@ -277,6 +265,7 @@ def _reference_accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
         return float((model(adv).argmax(1) == yt).float().mean())
 
 
+@pytest.mark.slow
 @pytest.mark.crosscheck
 def test_apgd_ce_no_weaker_than_autoattack_l1(twin: Any, cnn: Any, digits: Any) -> None:
     # 150 test digits (64 pixels in [0, 1]), 20 steps, eps = 2; ours no worse

@@ -17,17 +17,16 @@ Every test runs on tiny linear models on ``[batch, 4, 4, 1]`` images.
 from __future__ import annotations
 
 import contextlib
-import functools
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
+import attack_registry as reg
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from attack_registry import ATTACKS as REGISTRY
-from attack_registry import BY_NAME, returns_info
-from attack_registry import call as registry_call
+import small_models as sm
+from attack_registry import BY_NAME, Spec, returns_info
 
 import jaxadv
 from jaxadv.attacks import apgd as apgd_module
@@ -43,23 +42,8 @@ def _weights(classes: int, seed: int = 0) -> np.ndarray:
     return w / np.float32(4.0)
 
 
-def _flat(x: jax.Array) -> jax.Array:
-    return x.reshape(x.shape[0], -1)
-
-
-def scaled_apply(params: Any, x: jax.Array) -> jax.Array:
-    w, scale = params
-    return (_flat(x) @ w) * scale
-
-
-def nan_apply(params: Any, x: jax.Array) -> jax.Array:
-    """Linear, except NaN logits for the rows whose first feature exceeds 0.5."""
-    f = _flat(x)
-    return jnp.where(f[:, :1] > 0.5, jnp.nan, f @ params)
-
-
 def linear(classes: int = 4, scale: float = 1.0, seed: int = 0) -> Any:
-    return jaxadv.from_apply(scaled_apply, (jnp.asarray(_weights(classes, seed)), jnp.float32(scale)))
+    return sm.scaled(_weights(classes, seed), scale)
 
 
 def _x(batch: int = 6, seed: int = 1) -> jax.Array:
@@ -70,87 +54,49 @@ def _adv(out: Any) -> jax.Array:
     return out.x_adv if hasattr(out, "x_adv") else out
 
 
-Attack = Callable[..., Any]
-
-#: Every public attack, with small budgets. Keyword arguments are added by the tests.
-ATTACKS: dict[str, Attack] = {
-    "fgsm": lambda f, x, y, **k: jaxadv.fgsm(f, x, y, eps=k.pop("eps", 0.1), **k),
-    "bim": lambda f, x, y, **k: jaxadv.bim(f, x, y, eps=k.pop("eps", 0.1), steps=3, **k),
-    "pgd": lambda f, x, y, **k: jaxadv.pgd(f, x, y, key=KEY, eps=k.pop("eps", 0.1), steps=3, **k),
-    "mifgsm": lambda f, x, y, **k: jaxadv.mifgsm(f, x, y, eps=k.pop("eps", 0.1), steps=3, **k),
-    "apgd": lambda f, x, y, **k: jaxadv.apgd(f, x, y, key=KEY, eps=k.pop("eps", 0.1), steps=5, **k),
-    "apgd_targeted": lambda f, x, y, **k: jaxadv.apgd_targeted(
-        f, x, y, key=KEY, eps=k.pop("eps", 0.1), steps=5, num_target_classes=2, **k
-    ),
-    # The black-box attacks with their success and query counts.
-    "square": lambda f, x, y, **k: jaxadv.square(
-        f, x, y, key=KEY, eps=k.pop("eps", 0.1), queries=20, return_info=True, **k
-    ),
-    "spsa": lambda f, x, y, **k: jaxadv.spsa(
-        f, x, y, key=KEY, eps=k.pop("eps", 0.1), queries=28, num_samples=4, return_info=True, **k
-    ),
-    "nes": lambda f, x, y, **k: jaxadv.nes(
-        f, x, y, key=KEY, eps=k.pop("eps", 0.1), queries=28, num_samples=4, return_info=True, **k
-    ),
-    "deepfool": lambda f, x, y, **k: jaxadv.deepfool(f, x, y, steps=5, **k),
-    "cw_l2": lambda f, x, y, **k: jaxadv.cw_l2(f, x, y, steps=5, binary_search_steps=2, **k),
-    "hop_skip_jump": lambda f, x, y, **k: jaxadv.hop_skip_jump(
-        f, x, y, key=KEY, queries=60, return_info=True, **k
-    ),
-}
+#: Every case of the attack registry (tests/attack_registry.py): the attacks and their
+#: variants, by name, with the registry's minimal calls. A new attack enters the fault
+#: tests by its registry line.
+CASES: dict[str, Spec] = {c.name: c for s in reg.ATTACKS for c in reg.expand(s)}
+NAMES = [s.name for s in reg.ATTACKS]
 
 
-def _registry_call(spec: Any, f: Any, x: Any, y: Any, **kwargs: Any) -> Any:
-    return registry_call(spec, f, x, y, **kwargs)
+def run(name: str, f: Any, x: Any, y: Any, **overrides: Any) -> Any:
+    """Case ``name``'s registry call; black-box attacks return their success and query
+    counts (``return_info=True``)."""
+    spec = CASES[name]
+    return reg.call(spec, f, x, y, info=spec.black_box, **overrides)
 
 
-# Every other attack of the registry (tests/attack_registry.py) with its minimal
-# call there, so that a new attack enters the fault tests by its registry line.
-for _spec in REGISTRY:
-    ATTACKS.setdefault(_spec.name, functools.partial(_registry_call, _spec))
+def eps_of(name: str) -> float:
+    return float(CASES[name].kwargs["eps"])
 
-GRADIENT = ["fgsm", "bim", "pgd", "mifgsm", "apgd", "apgd_targeted", "deepfool", "cw_l2"]
-BALL = {"fgsm", "bim", "pgd", "mifgsm", "apgd", "apgd_targeted", "square", "spsa", "nes"}
-BLACK_BOX = {"square", "spsa", "nes", "hop_skip_jump"}
+
+GRADIENT = [c.name for c in CASES.values() if c.gradient]
+BALL = {c.name for c in CASES.values() if c.has_ball}
+BLACK_BOX = [s.name for s in reg.ATTACKS if s.black_box]
 
 
 # --- 1. huge logits ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scale", [1e12, 1e30])
-@pytest.mark.parametrize(
-    ("name", "kwargs"),
-    [(name, {}) for name in GRADIENT]
-    + [
-        ("pgd", {"norm": "l2", "eps": 0.5}),
-        ("pgd", {"norm": "l1", "eps": 1.0}),
-        ("bim", {"norm": "l2", "eps": 0.5}),
-        ("mifgsm", {"norm": "l2", "eps": 0.5}),
-        ("apgd", {"loss": "dlr"}),
-        ("apgd", {"norm": "l2", "eps": 0.5}),
-        ("pgd", {"loss": jaxadv.cw_margin}),
-        ("deepfool", {"norm": "linf"}),
-    ],
-)
-def test_huge_logits_give_finite_examples_in_the_ball(
-    name: str, kwargs: dict[str, Any], scale: float
-) -> None:
-    f = linear(4, scale)
+@pytest.mark.parametrize("name", GRADIENT)
+def test_huge_logits_give_finite_examples_in_the_ball(name: str) -> None:
     x = _x()
     y = jnp.asarray([0, 1, 2, 3, 0, 1])
-    x_adv = _adv(ATTACKS[name](f, x, y, **kwargs))
-    assert bool(jnp.all(jnp.isfinite(x_adv)))
-    assert bool(jnp.all((x_adv >= 0.0) & (x_adv <= 1.0)))
-    if name in BALL:
-        norm = kwargs.get("norm", "linf")
-        eps = kwargs.get("eps", 0.1)
-        assert bool(jnp.all(jaxadv.norm_of(x_adv - x, norm) <= eps * (1 + 1e-5)))
+    for scale in (1e12, 1e30):  # the scale is a traced parameter: one program for both
+        x_adv = _adv(run(name, linear(4, scale), x, y))
+        assert bool(jnp.all(jnp.isfinite(x_adv))), scale
+        assert bool(jnp.all((x_adv >= 0.0) & (x_adv <= 1.0))), scale
+        if name in BALL:
+            norm = CASES[name].norm
+            assert bool(jnp.all(jaxadv.norm_of(x_adv - x, norm) <= eps_of(name) * (1 + 1e-5))), scale
 
 
 def _runner_up_sign(w: np.ndarray, x: jax.Array, y: jax.Array) -> np.ndarray:
     """sign(W_j - W_y) with j the highest logit other than y: where a saturated
     cross-entropy's gradient points."""
-    z = np.asarray(_flat(x)) @ w
+    z = np.asarray(sm.flat(x)) @ w
     z[np.arange(len(y)), np.asarray(y)] = -np.inf
     j = z.argmax(1)
     return np.sign(w[:, j].T - w[:, np.asarray(y)].T).reshape(x.shape)
@@ -181,14 +127,14 @@ def test_huge_logits_attack_succeeds_where_the_linear_model_says_it_must(name: s
     x = _x()
     y = jaxadv.predict(linear(4), x)
     # Per example, 1.5x the L-inf distance to the runner-up class's boundary.
-    z = np.asarray(_flat(x)) @ w
+    z = np.asarray(sm.flat(x)) @ w
     yy = np.asarray(y)
     others = z.copy()
     others[np.arange(len(yy)), yy] = -np.inf
     j = others.argmax(1)
     dist = (z[np.arange(len(yy)), yy] - z[np.arange(len(yy)), j]) / np.abs(w[:, j] - w[:, yy]).sum(0)
     eps = jnp.asarray(1.5 * dist, jnp.float32)
-    x_adv = np.asarray(ATTACKS[name](linear(4, 1e12), x, y, eps=eps, bounds=(-10.0, 10.0)))
+    x_adv = np.asarray(run(name, linear(4, 1e12), x, y, eps=eps, bounds=(-10.0, 10.0)))
     assert np.all(np.isfinite(x_adv))
     assert np.all((x_adv.reshape(len(yy), -1) @ w).argmax(1) != yy)
 
@@ -238,7 +184,7 @@ def test_directions_and_norms_of_huge_gradients(magnitude: float) -> None:
 
 def test_scaled_norms_and_directions_equal_the_plain_formulas_for_ordinary_values() -> None:
     g = jnp.asarray(np.random.default_rng(3).normal(size=(5, *SHAPE)), jnp.float32)
-    flat = _flat(g)
+    flat = sm.flat(g)
     np.testing.assert_array_equal(
         np.asarray(jaxadv.norm_of(g, "l2")), np.asarray(jnp.sqrt(jaxadv.row_sum(flat * flat)))
     )
@@ -258,15 +204,15 @@ def _nan_problem() -> tuple[Any, Any, jax.Array, jax.Array, np.ndarray]:
     # First feature 0.9 (NaN logits in the whole eps-ball) or at most 0.3.
     x = x.at[:, 0, 0, 0].set(jnp.where(jnp.asarray(bad), 0.9, 0.25))
     y = jaxadv.predict(linear(4), x)
-    return jaxadv.from_apply(nan_apply, w), linear(4), x, y, bad
+    return jaxadv.from_apply(sm.nan_rows_apply, w), linear(4), x, y, bad
 
 
-@pytest.mark.parametrize("name", list(ATTACKS))
+@pytest.mark.parametrize("name", NAMES)
 def test_rows_with_nan_logits_come_back_unchanged_and_the_others_are_unaffected(name: str) -> None:
     f_nan, _, x, y, bad = _nan_problem()
-    out_nan = ATTACKS[name](f_nan, x, y)
+    out_nan = run(name, f_nan, x, y)
     # The same batch with the NaN rows made finite: the other rows must not notice.
-    out = ATTACKS[name](f_nan, x.at[:, 0, 0, 0].set(0.25), y)
+    out = run(name, f_nan, x.at[:, 0, 0, 0].set(0.25), y)
     x_nan, x_ref = np.asarray(_adv(out_nan)), np.asarray(_adv(out))
     assert np.all(np.isfinite(x_nan))
     np.testing.assert_array_equal(x_nan[bad], np.asarray(x)[bad])
@@ -279,19 +225,14 @@ def test_rows_with_nan_logits_come_back_unchanged_and_the_others_are_unaffected(
         np.testing.assert_array_equal(np.asarray(out_nan.queries)[~bad], np.asarray(out.queries)[~bad])
 
 
-#: The attacks that keep the best point seen: their result is never a point where
-#: the model is not finite (unless it is x itself).
-TRACKING = ["mifgsm", "apgd", "apgd_targeted", "square", "spsa", "nes", "cw_l2", "hop_skip_jump"]
-
-
-@pytest.mark.parametrize("name", TRACKING)
+@pytest.mark.parametrize("name", [s.name for s in reg.ATTACKS if s.keeps_best])
 def test_points_with_nan_logits_are_never_kept(name: str) -> None:
     f_nan, _, x, y, _ = _nan_problem()
     # Every example sits just below the NaN region: the ball reaches into it.
     x = x.at[:, 0, 0, 0].set(0.45)
     y = jaxadv.predict(linear(4), x)
     kwargs = {"eps": 0.3} if name in BALL else {}
-    out = ATTACKS[name](f_nan, x, y, **kwargs)
+    out = run(name, f_nan, x, y, **kwargs)
     x_adv = _adv(out)
     assert bool(jnp.all(jnp.isfinite(x_adv)))
     finite = jnp.all(jnp.isfinite(jaxadv.logits(f_nan, x_adv)), axis=1)
@@ -302,12 +243,6 @@ def test_points_with_nan_logits_are_never_kept(name: str) -> None:
         )
 
 
-def tie_apply(params: Any, x: jax.Array) -> jax.Array:
-    """Classes 0 and 1 tie exactly everywhere (argmax picks 0); classes 2 and 3 are lower."""
-    s = jnp.sum(_flat(x), axis=1) * params
-    return jnp.stack([s, s, s - 1.0, s - 2.0], axis=1)
-
-
 @pytest.mark.parametrize(
     ("name", "targeted"), [(name, False) for name in sorted(BLACK_BOX)] + [("square", True), ("spsa", True)]
 )
@@ -315,9 +250,9 @@ def test_black_box_success_on_an_exact_tie_agrees_with_is_adversarial(name: str,
     # True class 1 tied with class 0, which argmax picks: the clean input is already
     # misclassified (and classified as target 0). A margin test (z_y - max_j z_j < 0)
     # would call it robust; the attacks must agree with re-prediction instead.
-    f, x = jaxadv.from_apply(tie_apply, jnp.float32(1.0)), _x(3)
+    f, x = jaxadv.from_apply(sm.tie_apply, jnp.float32(1.0)), _x(3)
     y = jnp.full((3,), 0 if targeted else 1, jnp.int32)
-    out = ATTACKS[name](f, x, y, targeted=targeted)
+    out = run(name, f, x, y, targeted=targeted)
     np.testing.assert_array_equal(
         np.asarray(out.success), np.asarray(jaxadv.is_adversarial(f, out.x_adv, y, targeted=targeted))
     )
@@ -348,10 +283,10 @@ def test_apgd_dlr_needs_three_classes() -> None:
     assert jaxadv.apgd(linear(3), x, key=KEY, eps=0.1, loss="dlr", steps=3).shape == x.shape
 
 
-@pytest.mark.parametrize("name", list(ATTACKS))
+@pytest.mark.parametrize("name", NAMES)
 def test_a_one_class_model_is_refused(name: str) -> None:
     with pytest.raises(ValueError, match="at least 2 classes"):
-        ATTACKS[name](linear(1), _x(), None)
+        run(name, linear(1), _x(), None)
 
 
 # --- 5, 6. unbounded balls and boxes -------------------------------------------------------
@@ -378,7 +313,7 @@ def test_infinite_eps_steps_to_the_box_corners() -> None:
     for out in (jaxadv.fgsm(f, x, y, eps=jnp.inf), jaxadv.bim(f, x, y, eps=jnp.inf, steps=2)):
         assert bool(jnp.all((out == 0) | (out == 1)))
     for name in ("apgd", "apgd_targeted", "square", "spsa", "nes", "mifgsm"):
-        out = _adv(ATTACKS[name](f, x, y, eps=jnp.inf))
+        out = _adv(run(name, f, x, y, eps=jnp.inf))
         assert bool(jnp.all(jnp.isfinite(out))) and bool(jnp.all((out >= 0) & (out <= 1)))
 
 
@@ -387,7 +322,7 @@ def test_infinite_eps_with_an_unbounded_box_is_refused() -> None:
     unbounded = (-jnp.inf, jnp.inf)
     for name in ("fgsm", "bim", "pgd", "mifgsm", "apgd", "square", "spsa"):
         with pytest.raises(ValueError, match="infinite"):
-            ATTACKS[name](f, x, None, eps=jnp.inf, bounds=unbounded)
+            run(name, f, x, None, eps=jnp.inf, bounds=unbounded)
     with pytest.raises(ValueError, match="eps must be finite"):
         jaxadv.square(f, x, key=KEY, eps=jnp.inf, norm="l2", queries=5)
     # A finite step with unbounded balls and boxes is fine.
@@ -426,27 +361,23 @@ def test_cw_l2_attacks_with_unbounded_boxes(bounds: tuple[float, float]) -> None
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("name", list(ATTACKS))
+@pytest.mark.parametrize("name", NAMES)
 def test_an_empty_batch_comes_back_empty(name: str, dtype: Any) -> None:
     x = jnp.zeros((0, *SHAPE), dtype)
     for y in (None, jnp.zeros((0,), jnp.int32)):
-        out = ATTACKS[name](linear(4), x, y)
+        out = run(name, linear(4), x, y)
         assert _adv(out).shape == x.shape and _adv(out).dtype == x.dtype
         if name in BLACK_BOX:
             assert out.success.shape == (0,) and out.queries.shape == (0,)
         elif returns_info(BY_NAME[name]):  # a model that cannot trace 0 rows is not re-run
-            res = ATTACKS[name](linear(4), x, y, return_info=True)
+            res = run(name, linear(4), x, y, return_info=True)
             assert res.x_adv.shape == x.shape and res.success.shape == (0,)
 
 
-@pytest.mark.parametrize(
-    "attack", [jaxadv.apgd, jaxadv.apgd_targeted, jaxadv.square, jaxadv.spsa, jaxadv.nes]
-)
-def test_a_missing_key_is_a_clear_error(attack: Attack) -> None:
-    with pytest.raises(ValueError, match=r"key is required .*key=jax.random.key\(0\)"):
-        attack(linear(4), _x(), None, key=None, eps=0.1)
-    with pytest.raises(ValueError, match="key is required"):
-        jaxadv.hop_skip_jump(linear(4), _x(), None, key=None)
+@pytest.mark.parametrize("spec", [s for s in reg.ATTACKS if s.keyed], ids=repr)
+def test_a_missing_key_is_a_clear_error(spec: Spec) -> None:
+    with pytest.raises(ValueError, match=r"key is required.*key=jax.random.key\(0\)"):
+        spec.fn(linear(4), _x(), None, **{**spec.kwargs, "key": None})
 
 
 # --- 9, 10. labels and inputs -------------------------------------------------------------
@@ -456,25 +387,25 @@ def test_a_missing_key_is_a_clear_error(attack: Attack) -> None:
 def test_bad_labels_are_clear_errors(name: str) -> None:
     f, x = linear(4), _x(2)
     with pytest.raises(ValueError, match="integer labels"):
-        ATTACKS[name](f, x, np.asarray(["cat", "dog"]))
+        run(name, f, x, np.asarray(["cat", "dog"]))
     with pytest.raises(ValueError, match=r"integer class indices.*astype\(np.int32\)"):
-        ATTACKS[name](f, x, np.asarray([1.0, 2.0]))
+        run(name, f, x, np.asarray([1.0, 2.0]))
     # int64 labels that a cast to int32 would wrap into range (2**32 + 1 -> 1).
     with pytest.raises(ValueError, match=r"labels in \[0, 4\)"):
-        ATTACKS[name](f, x, np.asarray([0, 2**32 + 1], np.int64))
+        run(name, f, x, np.asarray([0, 2**32 + 1], np.int64))
     with pytest.raises(ValueError, match=r"labels in \[0, 4\)"):
-        ATTACKS[name](f, x, [0, 2**32 + 1])
+        run(name, f, x, [0, 2**32 + 1])
 
 
-@pytest.mark.parametrize("name", list(ATTACKS))
+@pytest.mark.parametrize("name", NAMES)
 def test_non_finite_and_integer_inputs_are_clear_errors(name: str) -> None:
     f, x = linear(4), _x(2)
     for bad in (jnp.nan, jnp.inf):
         with pytest.raises(ValueError, match="x contains NaN/inf values"):
-            ATTACKS[name](f, x.at[1, 0, 0, 0].set(bad), None)
+            run(name, f, x.at[1, 0, 0, 0].set(bad), None)
     images = (np.asarray(x) * 255).astype(np.uint8)
     with pytest.raises(ValueError, match=r"x.astype\(np.float32\) / 255 and pass bounds=\(0, 1\)"):
-        ATTACKS[name](f, images, None)
+        run(name, f, images, None)
 
 
 # --- 11. Flax variables --------------------------------------------------------------------
@@ -517,19 +448,7 @@ def _count_compiles() -> Iterator[list[str]]:
 
 
 #: Every attack with a ``norm`` argument.
-NORMED = (
-    "fgsm",
-    "bim",
-    "pgd",
-    "mifgsm",
-    "apgd",
-    "apgd_targeted",
-    "square",
-    "spsa",
-    "nes",
-    "deepfool",
-    "hop_skip_jump",
-)
+NORMED = [s.name for s in reg.ATTACKS if reg.accepts(s, "norm")]
 ALIASES = {"linf": ("Linf", "LINF", "inf"), "l2": ("L2",), "l1": ("L1",)}
 #: AutoAttack's spellings, tried on every attack (every alias is tried on the threat models).
 AUTOATTACK = {"linf": "Linf", "l2": "L2", "l1": "L1"}
@@ -542,10 +461,10 @@ def test_norm_aliases_behave_exactly_like_the_canonical_name(name: str) -> None:
     # canonicalisation.
     f, x = linear(4), _x(3)
     y = jaxadv.predict(f, x)
-    ref = ATTACKS[name](f, x, y, norm="linf")
+    ref = run(name, f, x, y, norm="linf")
     for alias in ("Linf", "inf"):
         with _count_compiles() as compiles:
-            out = ATTACKS[name](f, x, y, norm=alias)
+            out = run(name, f, x, y, norm=alias)
         np.testing.assert_array_equal(np.asarray(_adv(out)), np.asarray(_adv(ref)))
         assert not compiles, (name, alias)
 
@@ -554,9 +473,9 @@ def test_l2_and_l1_spellings_behave_like_the_canonical_names() -> None:
     f, x = linear(4), _x(3)
     y = jaxadv.predict(f, x)
     for norm in ("l2", "l1"):
-        ref = ATTACKS["pgd"](f, x, y, norm=norm)
+        ref = run("pgd", f, x, y, norm=norm)
         with _count_compiles() as compiles:
-            out = ATTACKS["pgd"](f, x, y, norm=AUTOATTACK[norm])
+            out = run("pgd", f, x, y, norm=AUTOATTACK[norm])
         np.testing.assert_array_equal(np.asarray(_adv(out)), np.asarray(_adv(ref)))
         assert not compiles, norm
 
@@ -593,16 +512,10 @@ def test_as_returned_agrees_with_finalize_for_unrepresentable_bounds() -> None:
         assert bool(jnp.all((kept >= lo) & (kept <= hi)))
 
 
-def boundary_apply(params: Any, x: jax.Array) -> jax.Array:
-    """Class 1 exactly when the first feature exceeds ``params`` (2.63)."""
-    f = _flat(x)
-    return jnp.stack([jnp.zeros(f.shape[0]), 100.0 * (f[:, 0] - params)], axis=1)
-
-
 def test_bfloat16_success_kept_by_apgd_agrees_with_re_prediction() -> None:
     # bfloat16(2.64) = 2.640625 lies outside the box: a returned example is at most
     # 2.625, on the clean side of the boundary at 2.63.
-    f = jaxadv.from_apply(boundary_apply, jnp.float32(2.63))
+    f = jaxadv.from_apply(sm.boundary_apply, jnp.float32(2.63))
     x = jnp.full((4, *SHAPE), 2.5, jnp.bfloat16)
     p = jaxadv.prepare(f, x, jnp.zeros(4, jnp.int32), bounds=(0.0, 2.64), eps=0.5)
     labels = jax.nn.one_hot(p.labels, 2)

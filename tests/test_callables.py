@@ -84,6 +84,8 @@ def test_from_callable_errors_surface_cleanly() -> None:
         jaxadv.from_callable(_scores, num_classes=4, returns="probabilities")  # type: ignore[arg-type]
 
 
+# Slow tier: host callbacks for every query of a full attack.
+@pytest.mark.slow
 def test_sklearn_end_to_end(digits: Any) -> None:
     """Square and HopSkipJump against a scikit-learn logistic regression on the digits."""
     linear_model = pytest.importorskip("sklearn.linear_model")
@@ -118,6 +120,7 @@ def test_sklearn_end_to_end(digits: Any) -> None:
     assert float(np.median(np.asarray(jaxadv.norm_of(h.x_adv - x, "l2"))[success])) < 2.0
 
 
+@pytest.mark.slow
 @pytest.mark.crosscheck
 def test_torch_model_through_from_callable(cnn: Any, digits: Any) -> None:
     torch = pytest.importorskip("torch")

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import small_models as sm
 from flax import nnx
 
 import jaxadv
@@ -101,10 +102,6 @@ def test_crown_ibp_compiles_with_traced_hyperparameters_and_matches_eager(batch:
 # --- IBP ----------------------------------------------------------------------------
 
 
-def _linear_apply(params: Any, x: jax.Array) -> jax.Array:
-    return jax.nn.relu(x.reshape(x.shape[0], -1) @ params["w1"]) @ params["w2"] + params["b"]
-
-
 def _hand_ibp_loss(params: Any, x: jax.Array, y: jax.Array, eps: float, kappa: float) -> jax.Array:
     """IBP written out for a one-hidden-layer ReLU net (centre/radius form)."""
     flat = x.reshape(x.shape[0], -1)
@@ -118,7 +115,7 @@ def _hand_ibp_loss(params: Any, x: jax.Array, y: jax.Array, eps: float, kappa: f
     onehot = jax.nn.one_hot(y, z_lo.shape[-1])
     worst = jnp.where(onehot > 0, z_lo, z_hi)
     robust = optax.softmax_cross_entropy(worst, onehot).mean()
-    clean = optax.softmax_cross_entropy(_linear_apply(params, x), onehot).mean()
+    clean = optax.softmax_cross_entropy(sm.one_hidden_relu_apply(params, x), onehot).mean()
     return kappa * clean + (1 - kappa) * robust
 
 
@@ -132,7 +129,7 @@ def test_ibp_loss_and_its_gradient_match_hand_written_interval_arithmetic(batch:
     }
 
     def ours(p: Any) -> jax.Array:
-        return training.ibp_loss(jaxadv.from_apply(_linear_apply, p), x, y, eps=0.1, kappa=0.3)
+        return training.ibp_loss(jaxadv.from_apply(sm.one_hidden_relu_apply, p), x, y, eps=0.1, kappa=0.3)
 
     value, grad = jax.value_and_grad(ours)(params)
     ref_value, ref_grad = jax.value_and_grad(lambda p: _hand_ibp_loss(p, x, y, 0.1, 0.3))(params)
@@ -234,9 +231,9 @@ def test_smoothadv_without_attack_is_gaussian_augmentation(batch: Any, variables
     assert training.smoothadv_loss(f, x, y, key=KEY, sigma=0.25, eps=0.0, steps=2, m=1) == gauss
 
 
-def test_smoothadv_attack_raises_the_loss_of_a_trained_model(batch: Any, variables: Any) -> None:
+def test_smoothadv_attack_raises_the_loss_of_a_trained_model(batch: Any, mlp: Any) -> None:
     x, y = batch
-    f = _f(examples.train_classifier(MODEL, examples.Split(np.asarray(x), np.asarray(y)), epochs=20))
+    f = mlp.logits_fn  # the stored digits MLP of conftest.py
     assert LOSSES["smoothadv"](f, x, y, eps=1.0) > LOSSES["smoothadv"](f, x, y, eps=0.0)
 
 
@@ -281,9 +278,7 @@ def test_nnx_module_gives_the_loss_of_the_same_weights(method: str, batch: Any) 
     model = Flat(module)
     loss, grads = nnx.jit(nnx.value_and_grad(lambda m: LOSSES[method](m, x, y)))(model)
     params = {"w": module.kernel[...], "b": module.bias[...]}
-    reference = LOSSES[method](
-        jaxadv.from_apply(lambda p, v: v.reshape(v.shape[0], -1) @ p["w"] + p["b"], params), x, y
-    )
+    reference = LOSSES[method](sm.affine(params["w"], params["b"]), x, y)
     np.testing.assert_allclose(loss, reference, rtol=1e-5)
     assert bool(jnp.all(jnp.isfinite(grads["inner"]["kernel"][...])))
 

@@ -11,60 +11,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import small_models as sm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxadv
 import jaxadv.certify as certify
-from jaxadv import examples
 
 NORMS = ("linf", "l2", "l1")
 DUAL = {"linf": 1, "l2": 2, "l1": np.inf}
 TOL = 1e-4
 
 
-# --- small models ----------------------------------------------------------------
-
-
-def mlp_apply(params: Any, x: jax.Array) -> jax.Array:
-    h = x  # [batch, features]
-    for w, b in params[:-1]:
-        h = jax.nn.relu(h @ w + b)
-    w, b = params[-1]
-    return h @ w + b
-
-
-def mlp(seed: int, sizes: tuple[int, ...] = (6, 8, 8, 3)) -> Any:
-    rng = np.random.default_rng(seed)
-    params = [
-        (
-            jnp.asarray(rng.normal(size=(a, b)) / np.sqrt(a), jnp.float32),
-            jnp.asarray(rng.normal(size=b) * 0.3, jnp.float32),
-        )
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True)
-    ]
-    return jaxadv.from_apply(mlp_apply, params)
-
-
-class SmallCNN(nn.Module):
-    """6x6x1 -> conv 3x3 stride 2 (4 channels) -> relu -> conv 2x2 (4) -> relu -> dense 3."""
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.relu(nn.Conv(4, (3, 3), strides=(2, 2))(x))
-        x = nn.relu(nn.Conv(4, (2, 2))(x))
-        return nn.Dense(3)(x.reshape(x.shape[0], -1))
-
-
-def cnn(seed: int) -> Any:
-    model = SmallCNN()
+def small_cnn(seed: int) -> Any:
+    """:class:`small_models.SmallCNN` with random weights and normalised inputs."""
+    model = sm.SmallCNN()
     variables = model.init(jax.random.key(seed), jnp.zeros((1, 6, 6, 1)))
     return jaxadv.from_flax(model, variables, mean=0.4, std=0.3)
-
-
-def linear_apply(params: Any, x: jax.Array) -> jax.Array:
-    w, b = params
-    return x.reshape(x.shape[0], -1) @ w + b
 
 
 # --- points of the threat model -----------------------------------------------------
@@ -129,7 +92,7 @@ def extreme_logits(f: Any, x: np.ndarray, eps: float, norm: str, num_classes: in
 @settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 2**16), eps=st.floats(0.0, 0.3))
 def test_mlp_bounds_contain_every_sampled_point(norm: str, seed: int, eps: float) -> None:
-    f = mlp(seed)
+    f = sm.relu_mlp(seed)
     rng = np.random.default_rng(seed)
     x = rng.uniform(size=(3, 6)).astype(np.float32)
     ibp = certify.ibp_bounds(f, x, eps=eps, norm=norm)
@@ -144,7 +107,7 @@ def test_mlp_bounds_contain_every_sampled_point(norm: str, seed: int, eps: float
 
 
 def test_mlp_bounds_contain_the_box_corners() -> None:
-    f = mlp(3)
+    f = sm.relu_mlp(3)
     x = np.random.default_rng(3).uniform(size=(3, 6)).astype(np.float32)
     eps = 0.15
     lo, hi = np.maximum(x - eps, 0), np.minimum(x + eps, 1)
@@ -160,9 +123,9 @@ def test_mlp_bounds_contain_the_box_corners() -> None:
 def test_bounds_contain_pgd_extremes(model: str, norm: str) -> None:
     rng = np.random.default_rng(1)
     if model == "mlp":
-        f, x = mlp(1), rng.uniform(size=(3, 6)).astype(np.float32)
+        f, x = sm.relu_mlp(1), rng.uniform(size=(3, 6)).astype(np.float32)
     else:
-        f, x = cnn(1), rng.uniform(size=(2, 6, 6, 1)).astype(np.float32)
+        f, x = small_cnn(1), rng.uniform(size=(2, 6, 6, 1)).astype(np.float32)
     eps = 0.1 if norm == "linf" else 0.5
     z = extreme_logits(f, x, eps, norm, 3)
     ibp = certify.ibp_bounds(f, x, eps=eps, norm=norm)
@@ -175,7 +138,7 @@ def test_bounds_contain_pgd_extremes(model: str, norm: str) -> None:
 @settings(max_examples=5, deadline=None)
 @given(seed=st.integers(0, 2**16), eps=st.floats(0.0, 0.2))
 def test_cnn_bounds_contain_every_sampled_point(seed: int, eps: float) -> None:
-    f = cnn(seed)
+    f = small_cnn(seed)
     rng = np.random.default_rng(seed)
     x = rng.uniform(size=(2, 6, 6, 1)).astype(np.float32)
     ibp = certify.ibp_bounds(f, x, eps=eps)
@@ -196,7 +159,7 @@ def test_single_linear_layer_is_exact(norm: str) -> None:
     rng = np.random.default_rng(0)
     w = rng.normal(size=(5, 4)).astype(np.float32)
     b = rng.normal(size=4).astype(np.float32)
-    f = jaxadv.from_apply(linear_apply, (jnp.asarray(w), jnp.asarray(b)))
+    f = sm.affine(w, b)
     x = rng.uniform(0.4, 0.6, size=(3, 5)).astype(np.float32)
     eps = 0.05
     center = x @ w + b
@@ -231,7 +194,11 @@ def test_linear_layer_with_normalisation_and_active_box() -> None:
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_zero_eps_gives_the_logits(model: str) -> None:
     rng = np.random.default_rng(2)
-    f, x = (mlp(2), rng.uniform(size=(3, 6))) if model == "mlp" else (cnn(2), rng.uniform(size=(2, 6, 6, 1)))
+    f, x = (
+        (sm.relu_mlp(2), rng.uniform(size=(3, 6)))
+        if model == "mlp"
+        else (small_cnn(2), rng.uniform(size=(2, 6, 6, 1)))
+    )
     x = x.astype(np.float32)
     z = np.asarray(f(x))
     for bounds in (certify.ibp_bounds(f, x, eps=0.0), certify.crown_bounds(f, x, eps=0.0)):
@@ -289,7 +256,7 @@ def reference_crown(params: Any, x: np.ndarray, eps: float, norm: str) -> tuple[
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_crown_matches_a_matrix_reference(norm: str) -> None:
-    f = mlp(5)
+    f = sm.relu_mlp(5)
     x = np.random.default_rng(5).uniform(size=(3, 6)).astype(np.float32)
     eps = 0.2 if norm == "linf" else 0.6
     crown = certify.crown_bounds(f, x, eps=eps, norm=norm)
@@ -307,7 +274,7 @@ def test_crown_matches_a_matrix_reference(norm: str) -> None:
 
 
 def test_margins_ibp_is_lower_minus_upper_and_crown_folds_the_spec() -> None:
-    f = mlp(7)
+    f = sm.relu_mlp(7)
     rng = np.random.default_rng(7)
     x = rng.uniform(size=(3, 6)).astype(np.float32)
     y = np.asarray(jnp.argmax(f(x), -1))
@@ -335,7 +302,7 @@ def test_margins_ibp_is_lower_minus_upper_and_crown_folds_the_spec() -> None:
 
 
 def test_crown_spec_matches_its_rows() -> None:
-    f = mlp(8)
+    f = sm.relu_mlp(8)
     x = np.random.default_rng(8).uniform(size=(3, 6)).astype(np.float32)
     spec = np.array([[1.0, 0.0, 0.0], [1.0, -1.0, 0.0], [0.5, 0.5, -2.0]], np.float32)
     b = certify.crown_bounds(f, x, eps=0.05, spec=spec)
@@ -396,7 +363,7 @@ def test_unsupported_primitive_is_named() -> None:
 
 
 def test_inputs_are_checked() -> None:
-    f = mlp(0)
+    f = sm.relu_mlp(0)
     x = np.full((3, 6), 0.5, np.float32)
     with pytest.raises(ValueError, match="eps"):
         certify.ibp_bounds(f, x, eps=-0.1)
@@ -416,7 +383,7 @@ def test_inputs_are_checked() -> None:
 
 
 def test_per_example_eps_and_jit() -> None:
-    f = mlp(4)
+    f = sm.relu_mlp(4)
     x = np.random.default_rng(4).uniform(size=(3, 6)).astype(np.float32)
     eps = np.array([0.0, 0.05, 0.1], np.float32)
     b = certify.crown_bounds(f, x, eps=eps)
@@ -431,11 +398,10 @@ def test_per_example_eps_and_jit() -> None:
 
 
 @pytest.fixture(scope="module")
-def digits_mlp() -> tuple[Any, np.ndarray, np.ndarray]:
-    train, test = examples.load_digits(0)
-    model = examples.DigitsMLP(hidden=(32,))
-    variables = examples.train_classifier(model, train, epochs=8)
-    return jaxadv.from_flax(model, variables, mean=0.3, std=0.4), test.x[:32], test.y[:32]
+def digits_mlp(digits: Any) -> tuple[Any, np.ndarray, np.ndarray]:
+    """A one-hidden-layer (32) digits MLP behind input normalisation, stored trained."""
+    test = digits[1]
+    return sm.trained_digits("mlp32").logits_fn, test.x[:32], test.y[:32]
 
 
 def test_verified_examples_resist_pgd(digits_mlp: Any) -> None:

@@ -12,13 +12,12 @@ import json
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+import small_models as sm
 
 import jaxadv
-from jaxadv import certify, examples, training
+from jaxadv import certify
 from jaxadv import evaluation as ev
 
 SIGMA = 0.25
@@ -32,36 +31,11 @@ SMOOTHING = ev.smoothing(
 BOUNDS = ev.bound_propagation(radii=RADII, method="crown", norm="l2", batch_size=16)
 
 
-def _train_gaussian(train: examples.Split, *, epochs: int, seed: int = 0) -> Any:
-    """A digits MLP trained under Gaussian noise of std SIGMA (Cohen et al.'s augmentation)."""
-    model = examples.DigitsMLP(hidden=(64,))
-    variables = model.init(jax.random.key(seed), jnp.asarray(train.x[:1]))
-    tx = optax.adam(3e-3)
-    opt_state = tx.init(variables)
-
-    @jax.jit
-    def step(v: Any, opt_state: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> Any:
-        loss = lambda v: training.gaussian_augmentation_loss(  # noqa: E731
-            jaxadv.from_flax(model, v), x, y, key=key, sigma=SIGMA
-        )
-        updates, opt_state = tx.update(jax.grad(loss)(v), opt_state, v)
-        return optax.apply_updates(v, updates), opt_state
-
-    rng = np.random.default_rng(seed)
-    key = jax.random.key(seed + 1)
-    for _ in range(epochs):
-        order = rng.permutation(len(train.y))
-        for start in range(0, len(order) - 63, 64):
-            idx = order[start : start + 64]
-            key, sub = jax.random.split(key)
-            variables, opt_state = step(variables, opt_state, train.x[idx], train.y[idx], sub)
-    return jaxadv.from_flax(model, variables)
-
-
 @pytest.fixture(scope="module")
 def noisy(digits: Any) -> tuple[Any, np.ndarray, np.ndarray]:
-    train, test = digits
-    return _train_gaussian(train, epochs=4), test.x[:N], test.y[:N]
+    """A digits MLP trained under Gaussian noise of std SIGMA, stored (small_models.py)."""
+    test = digits[1]
+    return sm.trained_digits("noisy_mlp64").logits_fn, test.x[:N], test.y[:N]
 
 
 @pytest.fixture(scope="module")

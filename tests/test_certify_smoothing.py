@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import small_models as sm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,16 +83,6 @@ def test_two_sided_pvalue_matches_the_exact_sum(k: int, n: int) -> None:
 # --- a linear binary classifier: the smoothed classifier in closed form -------------------
 
 
-def binary_apply(params: Any, x: jax.Array) -> jax.Array:
-    w, b = params
-    s = x @ w + b  # x: [batch, features]
-    return jnp.stack([jnp.zeros_like(s), s], axis=-1)
-
-
-def binary(w: np.ndarray, b: float) -> Any:
-    return jaxadv.from_apply(binary_apply, (jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32)))
-
-
 W = np.array([0.5, -1.0, 2.0, 0.25, 1.0, -0.5, 0.75, 1.5], np.float32)
 SIGMA = 0.5
 
@@ -109,7 +100,7 @@ def test_certified_radius_is_below_the_true_radius_and_converges() -> None:
     sign = np.array([1, 1, 1, -1, -1, 1])
     x, true_radius = points_at(p_a, sign)
     labels = (sign > 0).astype(np.int32)
-    f = binary(W, 0.0)
+    f = sm.binary(W, 0.0)
     alpha = 0.001
     gaps = {}
     for n in (1_000, 100_000):
@@ -131,7 +122,9 @@ def test_certified_radius_is_below_the_true_radius_and_converges() -> None:
 
 def test_predict_on_clear_inputs() -> None:
     x, _ = points_at(np.full(6, 0.99), np.array([1, -1, 1, -1, 1, -1]))
-    pred = certify.smooth_predict(binary(W, 0.0), x, key=jax.random.key(1), sigma=SIGMA, n=1000, alpha=0.001)
+    pred = certify.smooth_predict(
+        sm.binary(W, 0.0), x, key=jax.random.key(1), sigma=SIGMA, n=1000, alpha=0.001
+    )
     np.testing.assert_array_equal(pred, [1, 0, 1, 0, 1, 0])
 
 
@@ -139,7 +132,7 @@ def test_abstains_when_the_top_class_has_probability_one_half() -> None:
     """On the decision boundary (p_A = 1/2) any class returned is wrong: at most alpha of the time."""
     copies, alpha = 1000, 0.05
     x = np.zeros((copies, 8), np.float32)
-    f = binary(W, 0.0)
+    f = sm.binary(W, 0.0)
     slack = 3 * math.sqrt(alpha * (1 - alpha) / copies)
     pred = np.asarray(certify.smooth_predict(f, x, key=jax.random.key(2), sigma=SIGMA, n=100, alpha=alpha))
     assert np.mean(pred != -1) <= alpha + slack
@@ -148,14 +141,10 @@ def test_abstains_when_the_top_class_has_probability_one_half() -> None:
     assert cert.correct is None
 
 
-def constant_apply(params: Any, x: jax.Array) -> jax.Array:
-    return jnp.broadcast_to(params, (x.shape[0], params.shape[0])) + 0.0 * x[:, :1]
-
-
 @pytest.mark.parametrize("batch_size", [7, 1000])
 def test_every_draw_is_counted_once(batch_size: int) -> None:
     """A constant classifier wins all n draws: p_lower = alpha^(1/n) exactly, whatever the chunking."""
-    f = jaxadv.from_apply(constant_apply, jnp.array([0.0, 1.0, 0.0]))
+    f = jaxadv.from_apply(sm.constant_apply, jnp.array([0.0, 1.0, 0.0]))
     n, alpha, sigma = 1003, 0.01, 0.3
     cert = certify.smooth_certify(
         f,
@@ -175,7 +164,7 @@ def test_every_draw_is_counted_once(batch_size: int) -> None:
 
 def test_results_do_not_depend_on_batch_size() -> None:
     x, _ = points_at(np.array([0.6, 0.8, 0.9, 0.55, 0.7, 0.95]), np.array([1, -1, 1, 1, -1, -1]))
-    f = binary(W, 0.0)
+    f = sm.binary(W, 0.0)
     kwargs = dict(key=jax.random.key(4), sigma=SIGMA, alpha=0.01)
     certs = [certify.smooth_certify(f, x, n0=1000, n=1000, batch_size=bs, **kwargs) for bs in (7, 1000)]
     preds = [certify.smooth_predict(f, x, n=1000, batch_size=bs, **kwargs) for bs in (7, 1000)]
@@ -198,7 +187,7 @@ def test_radius_is_zero_exactly_when_abstaining(seed: int, sigma: float, bias: f
     w = rng.normal(size=8).astype(np.float32)
     x = rng.normal(size=(6, 8)).astype(np.float32) * 0.3
     cert = certify.smooth_certify(
-        binary(w, bias), x, key=jax.random.key(seed), sigma=sigma, n0=1000, n=1000, alpha=0.01
+        sm.binary(w, bias), x, key=jax.random.key(seed), sigma=sigma, n0=1000, n=1000, alpha=0.01
     )
     prediction, radius, p_lower = (np.asarray(v) for v in cert[:3])
     assert np.all(radius >= 0)
@@ -215,7 +204,7 @@ def test_radius_is_zero_exactly_when_abstaining(seed: int, sigma: float, bias: f
 def test_certified_helper_and_per_example_sigma() -> None:
     x, true_radius = points_at(np.full(6, 0.9), np.ones(6))
     cert = certify.smooth_certify(
-        binary(W, 0.0),
+        sm.binary(W, 0.0),
         x,
         key=jax.random.key(6),
         sigma=np.array([SIGMA, 2 * SIGMA, 1, 1, 1, 1]),
@@ -230,14 +219,8 @@ def test_certified_helper_and_per_example_sigma() -> None:
     np.testing.assert_array_equal(cert.certified(y, radius=r[0] + 1e-3)[:2], [False, False])
 
 
-def nan_apply(params: Any, x: jax.Array) -> jax.Array:
-    """Class 1 wherever it is finite; NaN logits (argmax 1) when x_0 < 0."""
-    one = params + 0.0 * jnp.sqrt(x[:, 0])
-    return jnp.stack([jnp.zeros_like(one), one], axis=-1)
-
-
 def test_non_finite_draws_vote_for_no_class() -> None:
-    f = jaxadv.from_apply(nan_apply, jnp.float32(1.0))
+    f = jaxadv.from_apply(sm.sqrt_nan_apply, jnp.float32(1.0))
     x = np.zeros((6, 8), np.float32)  # half of the noisy copies have x_0 < 0
     cert = certify.smooth_certify(f, x, key=jax.random.key(7), sigma=SIGMA, n0=1000, n=1000, alpha=0.01)
     assert np.all(np.asarray(cert.p_lower) < 0.55)
@@ -245,7 +228,7 @@ def test_non_finite_draws_vote_for_no_class() -> None:
 
 
 def test_inputs_are_checked() -> None:
-    f = binary(W, 0.0)
+    f = sm.binary(W, 0.0)
     x = np.zeros((2, 8), np.float32)
     good: dict[str, Any] = dict(key=jax.random.key(0), sigma=0.5, n0=10, n=100, alpha=0.01)
     for bad, match in (

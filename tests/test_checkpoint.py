@@ -22,22 +22,22 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import linear_models as lm
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 from jaxadv.evaluation import CheckpointError, EvaluationResult, MaskingReport, SuiteAttack
 from jaxadv.evaluation.checkpoint import DataHasher, read_checkpoint
 
-W = lm.random_weights(1, features=64, classes=4)
+W = sm.random_weights(1, features=64, classes=4)
 N = 96
 
 
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray]:
     x = np.random.default_rng(1).uniform(0, 1, (N, 8, 8)).astype(np.float32)
-    y = np.array(jaxadv.predict(lm.model(W), x))
+    y = np.array(jaxadv.predict(sm.model(W), x))
     y[::9] = (y[::9] + 1) % 4  # a few misclassified examples
     return x, y
 
@@ -75,7 +75,7 @@ def complete(data: Any, tmp_path_factory: Any) -> tuple[Path, EvaluationResult]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(importlib.import_module("jaxadv.evaluation.evaluate"), "masking_checks", checks)
         res = jaxadv.evaluate(
-            lm.model(W), x, y, checkpoint=path, **_kw(suite=[SuiteAttack("nan", nan), "fgsm"], checks=True)
+            sm.model(W), x, y, checkpoint=path, **_kw(suite=[SuiteAttack("nan", nan), "fgsm"], checks=True)
         )
     assert len(res.warnings) == 2 and res.checks == FIGURES
     return path, res
@@ -96,7 +96,7 @@ def test_complete_checkpoint_resumes_to_the_same_result_without_running(
         return jnp.full_like(xs, jnp.nan)
 
     again = jaxadv.evaluate(
-        lm.model(W),
+        sm.model(W),
         x,
         y,
         checkpoint=path,
@@ -165,7 +165,7 @@ def test_damaged_checkpoints_are_refused_and_left_alone(
         _corrupt(doc, how)
         raw = json.dumps(doc).encode()
     path.write_bytes(raw)
-    _refused(path, match, lambda: jaxadv.evaluate(lm.model(W), x, y, checkpoint=path, resume=True, **_kw()))
+    _refused(path, match, lambda: jaxadv.evaluate(sm.model(W), x, y, checkpoint=path, resume=True, **_kw()))
 
 
 @pytest.mark.parametrize(
@@ -175,8 +175,8 @@ def test_checkpoints_of_other_runs_are_refused(data: Any, tmp_path: Any, what: s
     x, y = data
     path = tmp_path / "run.json"
     # A partial checkpoint: the first two batches.
-    jaxadv.evaluate(lm.model(W), x[:64], y[:64], checkpoint=path, **_kw())
-    f, xs, ys, kw = lm.model(W), x, y, _kw()
+    jaxadv.evaluate(sm.model(W), x[:64], y[:64], checkpoint=path, **_kw())
+    f, xs, ys, kw = sm.model(W), x, y, _kw()
     if what == "eps":
         kw["eps"] = 0.2
     elif what == "norm":
@@ -188,7 +188,7 @@ def test_checkpoints_of_other_runs_are_refused(data: Any, tmp_path: Any, what: s
     elif what == "bounds":
         kw["bounds"] = (-1.0, 1.0)
     elif what == "model":
-        f = lm.model(W * 2)
+        f = sm.model(W * 2)
     elif what == "dataset":
         xs = x.copy()
         xs[40, 0, 0] = 1.0 - xs[40, 0, 0]
@@ -221,15 +221,15 @@ def test_partial_checkpoint_of_a_stream_resumes_exactly(data: Any, tmp_path: Any
 
     kw = _kw(suite=[SuiteAttack("pgd-5", flaky)])
     with pytest.raises(KeyboardInterrupt):
-        jaxadv.evaluate(lm.model(W), stream(), None, checkpoint=path, **kw)
+        jaxadv.evaluate(sm.model(W), stream(), None, checkpoint=path, **kw)
     saved = read_checkpoint(path)
     assert saved.examples == 64 and not saved.complete
     hasher = DataHasher()
     for i in range(0, 64, 7):  # the digest does not depend on the batching
         hasher.update(x[i : min(i + 7, 64)], y[i : min(i + 7, 64)])
     assert hasher.hexdigest() == saved.data
-    resumed = jaxadv.evaluate(lm.model(W), stream(), None, checkpoint=path, resume=True, **kw)
-    full = jaxadv.evaluate(lm.model(W), x, y, **kw)
+    resumed = jaxadv.evaluate(sm.model(W), stream(), None, checkpoint=path, resume=True, **kw)
+    full = jaxadv.evaluate(sm.model(W), x, y, **kw)
     _same(resumed, full)
     assert read_checkpoint(path).complete
 
@@ -238,7 +238,7 @@ def test_interrupted_writes_never_damage_the_checkpoint(data: Any, tmp_path: Any
     x, y = data
     path = tmp_path / "run.json"
     kw = _kw(batch_size=16)
-    full = jaxadv.evaluate(lm.model(W), x, y, **kw)
+    full = jaxadv.evaluate(sm.model(W), x, y, **kw)
     real_replace = os.replace
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -252,7 +252,7 @@ def test_interrupted_writes_never_damage_the_checkpoint(data: Any, tmp_path: Any
 
         monkeypatch.setattr(os, "replace", failing_replace)
         try:
-            result = jaxadv.evaluate(lm.model(W), x, y, checkpoint=path, resume=True, **kw)
+            result = jaxadv.evaluate(sm.model(W), x, y, checkpoint=path, resume=True, **kw)
         except OSError:
             monkeypatch.setattr(os, "replace", real_replace)
             if path.exists():
@@ -272,7 +272,7 @@ _SCRIPT = textwrap.dedent(
     import jax
     import numpy as np
     sys.path.insert(0, {tests!r})
-    import linear_models as lm
+    import small_models as sm
     import jaxadv
     from jaxadv.evaluation import SuiteAttack
 
@@ -282,7 +282,7 @@ _SCRIPT = textwrap.dedent(
     data = np.load({data!r})
     print("ready", flush=True)
     jaxadv.evaluate(
-        lm.model(data["w"]), data["x"], data["y"], eps=0.1, suite=[SuiteAttack("pgd-5", pgd5)],
+        sm.model(data["w"]), data["x"], data["y"], eps=0.1, suite=[SuiteAttack("pgd-5", pgd5)],
         key=jax.random.key(0), batch_size=8, progress=False, checks=False,
         checkpoint={ckpt!r}, resume=True,
     )
@@ -291,6 +291,8 @@ _SCRIPT = textwrap.dedent(
 )
 
 
+# Slow tier: runs are killed and resumed in subprocesses.
+@pytest.mark.slow
 def test_killed_runs_resume_to_the_uninterrupted_result(data: Any, tmp_path: Any) -> None:
     x, y = data
     np.savez(tmp_path / "data.npz", x=x, y=y, w=W)
@@ -331,7 +333,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(data: Any, tmp_path: Any
         return jaxadv.pgd(logits_fn, xs, ys, key=key, eps=eps, steps=5, norm=norm, bounds=bounds)
 
     full = jaxadv.evaluate(
-        lm.model(W),
+        sm.model(W),
         x,
         y,
         **_kw(suite=[SuiteAttack("pgd-5", pgd5)], batch_size=8),

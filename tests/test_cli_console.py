@@ -19,6 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+# Slow tier: every test runs the installed console script in a subprocess.
+pytestmark = pytest.mark.slow
+
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.rst"
 SCRIPT = Path(sys.executable).parent / ("jaxadv.exe" if os.name == "nt" else "jaxadv")
 

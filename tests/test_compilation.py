@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 
@@ -59,11 +60,6 @@ def count_compiles() -> Iterator[_Counter]:
         jax.monitoring.unregister_event_duration_listener(counter)
 
 
-def mlp_apply(params: Any, x: jax.Array) -> jax.Array:
-    h = jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"])
-    return h @ params["w2"] + params["b2"]
-
-
 def _params(seed: int, n: int = 12, classes: int = 5) -> dict[str, jax.Array]:
     k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
     return {
@@ -78,7 +74,7 @@ def _params(seed: int, n: int = 12, classes: int = 5) -> dict[str, jax.Array]:
 def problem() -> tuple[Any, jax.Array, jax.Array]:
     params = _params(0)
     x = jax.random.uniform(jax.random.key(1), (6, 3, 4))
-    y = jnp.argmax(mlp_apply(params, x), axis=-1)
+    y = jnp.argmax(sm.tanh_mlp_apply(params, x), axis=-1)
     return params, x, y
 
 
@@ -107,10 +103,10 @@ def test_under_jit_equals_direct_call(problem: Any, name: str) -> None:
 
     @jax.jit
     def run(params: Any, x: jax.Array, eps: jax.Array) -> jax.Array:
-        return attack(jaxadv.from_apply(mlp_apply, params), x, y, eps, eps / 2)
+        return attack(jaxadv.from_apply(sm.tanh_mlp_apply, params), x, y, eps, eps / 2)
 
     got = run(params, x, jnp.asarray(0.1))
-    want = attack(jaxadv.from_apply(mlp_apply, params), x, y, 0.1, 0.05)
+    want = attack(jaxadv.from_apply(sm.tanh_mlp_apply, params), x, y, 0.1, 0.05)
     assert got.shape == x.shape and got.dtype == x.dtype
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
     # The loop is compiled into the program, not run on the host.
@@ -122,7 +118,7 @@ def test_under_jit_equals_direct_call(problem: Any, name: str) -> None:
 @pytest.mark.parametrize("name", ["fgsm", "bim", "pgd_l2"])
 def test_vmap_over_eps_is_an_eps_sweep(problem: Any, name: str) -> None:
     params, x, y = problem
-    logits_fn = jaxadv.from_apply(mlp_apply, params)
+    logits_fn = jaxadv.from_apply(sm.tanh_mlp_apply, params)
     attack = ATTACKS[name]
     grid = jnp.asarray([0.0, 0.05, 0.1, 0.2])
     sweep = jax.jit(jax.vmap(lambda e: attack(logits_fn, x, y, e, e / 2)))(grid)
@@ -139,9 +135,9 @@ def test_grad_through_attack_wrt_params_is_finite(problem: Any, name: str) -> No
     attack = ATTACKS[name]
 
     def robust_loss(params: Any) -> jax.Array:
-        logits_fn = jaxadv.from_apply(mlp_apply, params)
+        logits_fn = jaxadv.from_apply(sm.tanh_mlp_apply, params)
         x_adv = attack(logits_fn, x, y, 0.1, 0.05)
-        return jnp.mean(jaxadv.cross_entropy(mlp_apply(params, x_adv), jax.nn.one_hot(y, 5)))
+        return jnp.mean(jaxadv.cross_entropy(sm.tanh_mlp_apply(params, x_adv), jax.nn.one_hot(y, 5)))
 
     g = jax.grad(robust_loss)(params)
     leaves = jax.tree_util.tree_leaves(g)
@@ -149,15 +145,15 @@ def test_grad_through_attack_wrt_params_is_finite(problem: Any, name: str) -> No
     assert any(float(jnp.max(jnp.abs(leaf))) > 0 for leaf in leaves)
     if name in ("fgm_l2", "pgd_l2"):
         # The L2 attack point itself depends smoothly on the parameters.
-        gx = jax.grad(lambda p: jnp.sum(attack(jaxadv.from_apply(mlp_apply, p), x, y, 0.1, 0.05) ** 2))(
-            params
-        )
+        gx = jax.grad(
+            lambda p: jnp.sum(attack(jaxadv.from_apply(sm.tanh_mlp_apply, p), x, y, 0.1, 0.05) ** 2)
+        )(params)
         assert float(jnp.max(jnp.abs(gx["w1"]))) > 0
 
 
 def test_grad_wrt_eps_of_l2_fgm_is_exact(problem: Any) -> None:
     params, x, y = problem
-    logits_fn = jaxadv.from_apply(mlp_apply, params)
+    logits_fn = jaxadv.from_apply(sm.tanh_mlp_apply, params)
 
     def total_norm(eps: jax.Array) -> jax.Array:
         x_adv = jaxadv.fgsm(logits_fn, x, y, eps=eps, norm="l2", bounds=WIDE)
@@ -171,11 +167,11 @@ def test_clean_loss_gradient_beside_an_attack(problem: Any) -> None:
     onehot = jax.nn.one_hot(y, 5)
 
     def clean_loss(params: Any) -> jax.Array:
-        return jnp.mean(jaxadv.cross_entropy(mlp_apply(params, x), onehot))
+        return jnp.mean(jaxadv.cross_entropy(sm.tanh_mlp_apply(params, x), onehot))
 
     def with_attack(params: Any) -> tuple[jax.Array, jax.Array]:
         x_adv = jaxadv.pgd(
-            jaxadv.from_apply(mlp_apply, params), x, y, key=jax.random.key(3), eps=0.1, steps=3
+            jaxadv.from_apply(sm.tanh_mlp_apply, params), x, y, key=jax.random.key(3), eps=0.1, steps=3
         )
         return clean_loss(params), x_adv
 
@@ -198,10 +194,10 @@ def _perturbed(params: Any, seed: int) -> Any:
 def test_no_recompilation_for_new_params_and_hyperparameters(problem: Any, name: str) -> None:
     params, x, y = problem
     attack = ATTACKS[name]
-    first = attack(jaxadv.from_apply(mlp_apply, params), x, y, 0.1, 0.03)
+    first = attack(jaxadv.from_apply(sm.tanh_mlp_apply, params), x, y, 0.1, 0.03)
     new_params = _perturbed(params, 4)
     with count_compiles() as c:
-        second = attack(jaxadv.from_apply(mlp_apply, new_params), x, y, 0.07, 0.02)
+        second = attack(jaxadv.from_apply(sm.tanh_mlp_apply, new_params), x, y, 0.07, 0.02)
         second.block_until_ready()
     assert c.count(COMPILE) == 0 and c.count(TRACE) == 0, c.events
     assert not np.allclose(np.asarray(first), np.asarray(second))
@@ -250,7 +246,7 @@ def test_no_retrace_under_users_jit(mlp: Any, digits: Any) -> None:
 
 def _lowered(steps: int, logits_fn: Any, x: jax.Array) -> str:
     def run(params: Any, x: jax.Array) -> jax.Array:
-        f = jaxadv.from_apply(mlp_apply, params)
+        f = jaxadv.from_apply(sm.tanh_mlp_apply, params)
         return jaxadv.pgd(f, x, key=jax.random.key(0), eps=0.1, steps=steps)
 
     return jax.jit(run).lower(logits_fn, x).as_text()
@@ -284,7 +280,7 @@ def test_host_and_fori_loops_agree(mlp: Any, digits: Any) -> None:
 
 def test_host_loop_under_jit_raises(problem: Any) -> None:
     params, x, y = problem
-    logits_fn = jaxadv.from_apply(mlp_apply, params)
+    logits_fn = jaxadv.from_apply(sm.tanh_mlp_apply, params)
     with pytest.raises(ValueError, match="loop='host'"):
         jax.jit(lambda x: jaxadv.pgd(logits_fn, x, y, key=jax.random.key(0), eps=0.1, loop="host"))(x)
     with pytest.raises(ValueError, match="loop must be"):

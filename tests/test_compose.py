@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 from jaxadv import compose
@@ -23,7 +24,7 @@ EPS = 0.1
 def binary():
     """A two-class linear model on 8x8x1 inputs, inputs in the middle of the box."""
     w = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
-    f = jaxadv.from_apply(lambda p, x: x.reshape(x.shape[0], -1) @ p, jnp.asarray(w))
+    f = sm.affine(w)
     x = jnp.asarray(np.random.default_rng(1).uniform(0.3, 0.7, size=(5, 8, 8, 1)).astype(np.float32))
     return f, x, jaxadv.predict(f, x)
 

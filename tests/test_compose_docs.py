@@ -20,6 +20,9 @@ import pytest
 
 import jaxadv
 
+# Slow tier: the page's code trains a digits model and runs its attacks as written.
+pytestmark = pytest.mark.slow
+
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "compose.md"
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import linear_models
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 from jaxadv import compose
@@ -20,9 +20,9 @@ KEY = jax.random.key(0)
 
 # Two classes: the margin z_1 - z_0 = flat(x) (w_1 - w_0) is linear everywhere, with
 # gradient w_1 - w_0 for label 0.
-_W2 = linear_models.random_weights(0, features=16, classes=2)
+_W2 = sm.random_weights(0, features=16, classes=2)
 _TRUE = (_W2[:, 1] - _W2[:, 0]).reshape(SHAPE)
-_W4 = linear_models.random_weights(1, features=16, classes=4)
+_W4 = sm.random_weights(1, features=16, classes=4)
 
 
 def _linear(w: Any, xi: jax.Array, _key: Any = None) -> jax.Array:
@@ -124,7 +124,7 @@ def test_composed_score_based_momentum_attack_stays_in_ball_and_bounds() -> None
     )
     eps = 0.3
     x = _x(8, seed=1)
-    y = jaxadv.predict(linear_models.model(_W4), x)
+    y = jaxadv.predict(sm.model(_W4), x)
     out = attack(black_box, x, y, key=KEY, eps=eps, steps=10, return_info=True)
     x_adv = np.asarray(out.x_adv)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
@@ -148,7 +148,7 @@ def test_spsa_and_nes_are_the_counted_composed_loop(
     name: str, distribution: str, scale: float, norm: str
 ) -> None:
     # The named attacks are this configuration: same iterates, successes and query counts.
-    model = linear_models.model(_W4)
+    model = sm.model(_W4)
     x = _x(8, seed=2)
     eps, samples, queries = {"linf": 0.2, "l2": 0.8, "l1": 2.0}[norm], 4, 100
     steps = (queries - 1) // (2 * samples + 1)
@@ -168,7 +168,7 @@ def test_spsa_and_nes_are_the_counted_composed_loop(
 def test_counted_loop_stops_each_example_at_its_first_success() -> None:
     # Momentum on the estimate, counted: an example that succeeds stops moving and
     # spending; one that never does pays 1 + steps * (2 * samples + 1).
-    model = linear_models.model(_W4)
+    model = sm.model(_W4)
     x = _x(16, seed=3)
     y = jaxadv.predict(model, x)
     samples, steps = 4, 12
@@ -206,8 +206,8 @@ def test_counted_loop_refuses_what_it_cannot_count() -> None:
         compose.Attack(fd, random_start=True, count_queries=True)
     counted = compose.Attack(fd, count_queries=True)
     x = _x(2)
-    problem = jaxadv.prepare(linear_models.model(_W4), x, None, bounds=(0.0, 1.0), targeted=False, eps=0.1)
+    problem = jaxadv.prepare(sm.model(_W4), x, None, bounds=(0.0, 1.0), targeted=False, eps=0.1)
     with pytest.raises(ValueError, match="run_with_queries"):
         compose.run_from(counted, problem, x, key=KEY, step_size=0.01, steps=1, targeted=False, loop="auto")
-    empty = counted(linear_models.model(_W4), x[:0], key=KEY, eps=0.1, steps=2, return_info=True)
+    empty = counted(sm.model(_W4), x[:0], key=KEY, eps=0.1, steps=2, return_info=True)
     assert empty.x_adv.shape == (0, *SHAPE) and empty.queries.shape == (0,)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 from jaxadv import examples
@@ -34,17 +35,13 @@ WIDE = (-10.0, 10.0)  # bounds that never clip in the analytic tests
 N_FEATURES = 20
 
 
-def linear_apply(params: Any, x: jax.Array) -> jax.Array:
-    return x.reshape(x.shape[0], -1) @ params["w"] + params["b"]
-
-
 def _linear(num_classes: int, seed: int, n: int = N_FEATURES) -> tuple[Any, dict[str, jax.Array]]:
     k1, k2 = jax.random.split(jax.random.key(seed))
     params = {
         "w": jax.random.normal(k1, (n, num_classes)),
         "b": 0.1 * jax.random.normal(k2, (num_classes,)),
     }
-    return jaxadv.from_apply(linear_apply, params), params
+    return sm.affine(params["w"], params["b"]), params
 
 
 def _inputs(batch: int, seed: int, n: int = N_FEATURES) -> jax.Array:

@@ -18,7 +18,7 @@ import pytest
 
 import jaxadv
 
-pytestmark = pytest.mark.crosscheck
+pytestmark = [pytest.mark.slow, pytest.mark.crosscheck]
 
 N, STEPS = 300, 30
 

@@ -27,7 +27,7 @@ import jaxadv
 from jaxadv.attacks.ead import ead
 from jaxadv.attacks.jsma import jsma
 
-pytestmark = pytest.mark.crosscheck
+pytestmark = [pytest.mark.slow, pytest.mark.crosscheck]
 
 N = 100
 EAD_SETTINGS = dict(beta=1e-3, learning_rate=1e-2, steps=100, binary_search_steps=9, initial_const=1e-3)

@@ -44,7 +44,7 @@ import pytest
 
 import jaxadv
 
-pytestmark = pytest.mark.crosscheck
+pytestmark = [pytest.mark.slow, pytest.mark.crosscheck]
 
 N, EPS = 100, 0.1
 #: jaxadv may be weaker than AutoAttack by at most this (0.5 pp); stronger by any amount.

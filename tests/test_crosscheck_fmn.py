@@ -30,7 +30,7 @@ import pytest
 import jaxadv
 from jaxadv.attacks.fmn import fmn
 
-pytestmark = pytest.mark.crosscheck
+pytestmark = [pytest.mark.slow, pytest.mark.crosscheck]
 
 N, STEPS = 100, 100
 

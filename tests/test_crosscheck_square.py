@@ -12,7 +12,7 @@ import pytest
 import jaxadv
 from jaxadv.attacks.square import _eta, _inverse_squares
 
-pytestmark = pytest.mark.crosscheck
+pytestmark = [pytest.mark.slow, pytest.mark.crosscheck]
 
 
 @pytest.mark.parametrize("s", [1, 3, 5, 7])

@@ -8,14 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
+import small_models as sm
 
 import jaxadv
-
-
-def _linear_apply(params: Any, x: jax.Array) -> jax.Array:
-    w, b = params
-    score = x.reshape(x.shape[0], -1) @ w + b
-    return jnp.stack([jnp.zeros_like(score), score], axis=-1)
 
 
 def test_linear_model_distance_to_the_boundary() -> None:
@@ -26,7 +22,7 @@ def test_linear_model_distance_to_the_boundary() -> None:
     w = rng.normal(size=6).astype(np.float32)
     x = rng.uniform(-0.5, 0.5, size=(4, 6)).astype(np.float32)
     b = np.float32(-1.0 - np.max(x @ w))
-    f = jaxadv.from_apply(_linear_apply, (jnp.asarray(w), jnp.asarray(b)))
+    f = sm.binary(w, b)
     y = jnp.zeros(4, jnp.int32)
     out = jaxadv.cw_l2(f, x, y, bounds=(-3.0, 3.0), steps=200, binary_search_steps=10)
     exact = np.abs(x @ w + b) / np.linalg.norm(w)
@@ -36,6 +32,8 @@ def test_linear_model_distance_to_the_boundary() -> None:
     np.testing.assert_allclose(found, exact, rtol=0.03)
 
 
+# Slow tier: a strength comparison on the digits CNN.
+@pytest.mark.slow
 def test_smaller_than_pgd_l2_at_equal_success(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:64]), jnp.asarray(digits[1].y[:64])
     f = cnn.logits_fn

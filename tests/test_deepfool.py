@@ -8,13 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
-
-
-def _affine_apply(params: Any, x: jax.Array) -> jax.Array:
-    w, b = params
-    return x.reshape(x.shape[0], -1) @ w + b
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
@@ -25,7 +21,7 @@ def test_linear_model_one_exact_step(norm: str) -> None:
     w = rng.normal(size=(6, 3)).astype(np.float32)
     b = np.array([2.0, 0.0, 0.0], np.float32)
     x = rng.uniform(-0.2, 0.2, size=(4, 6)).astype(np.float32)
-    f = jaxadv.from_apply(_affine_apply, (jnp.asarray(w), jnp.asarray(b)))
+    f = sm.affine(w, b)
     out = np.asarray(
         jaxadv.deepfool(
             f, x, jnp.zeros(4, jnp.int32), norm=norm, overshoot=0.0, bounds=(-10.0, 10.0), steps=3
@@ -46,6 +42,8 @@ def test_linear_model_one_exact_step(norm: str) -> None:
     assert bool(jnp.all(jaxadv.is_adversarial(f, out, jnp.zeros(4, jnp.int32))))
 
 
+# Slow tier: a strength comparison on the digits CNN.
+@pytest.mark.slow
 def test_smaller_than_pgd_l2_at_equal_success(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:100]), jnp.asarray(digits[1].y[:100])
     f = cnn.logits_fn
@@ -85,7 +83,7 @@ def test_targeted_two_class_affine_step_is_exact(norm: str) -> None:
     w = rng.normal(size=(6, 2)).astype(np.float32)
     b = np.array([1.5, 0.0], np.float32)
     x = rng.uniform(-0.2, 0.2, size=(4, 6)).astype(np.float32)
-    f = jaxadv.from_apply(_affine_apply, (jnp.asarray(w), jnp.asarray(b)))
+    f = sm.affine(w, b)
     t = jnp.ones(4, jnp.int32)
     out = np.asarray(
         jaxadv.deepfool(f, x, t, targeted=True, norm=norm, overshoot=0.0, bounds=(-10.0, 10.0), steps=3)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from jaxadv import demo
+
+# Slow tier: the whole demo (trains the digits CNN, runs every attack family).
+pytestmark = pytest.mark.slow
 
 
 def test_demo_table_is_consistent(tmp_path: Path) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 from jaxadv.attacks.ead import ead, shrink
@@ -17,11 +17,9 @@ FEATURES, CLASSES = 64, 4
 
 @pytest.fixture(scope="module")
 def linear() -> tuple[Any, np.ndarray, np.ndarray]:
-    import linear_models
-
-    w = linear_models.random_weights(0, FEATURES, CLASSES)
+    w = sm.random_weights(0, FEATURES, CLASSES)
     x = np.random.default_rng(1).uniform(0.3, 0.7, size=(8, FEATURES)).astype(np.float32)
-    return linear_models.model(w), w, x
+    return sm.model(w), w, x
 
 
 def _l1(d: Any) -> np.ndarray:
@@ -76,11 +74,9 @@ def test_iterates_match_a_numpy_fista_on_a_linear_model(linear: Any) -> None:
 
 
 def test_linear_model_minimal_l1_and_the_two_decision_rules(linear: Any) -> None:
-    import linear_models
-
     f, w, x = linear
     y = np.asarray(jaxadv.predict(f, x))
-    exact = linear_models.distance_to_boundary(x, w, "l1")  # one coordinate each; fits in the box
+    exact = sm.distance_to_boundary(x, w, "l1")  # one coordinate each; fits in the box
     bounds = (-1.0, 2.0)
     kw = dict(beta=5e-2, steps=100, binary_search_steps=9, initial_const=0.1, bounds=bounds, return_info=True)
     by_l1 = ead(f, x, y, decision_rule="l1", **kw)
@@ -132,12 +128,7 @@ def test_bad_input_empty_batch_and_non_finite_logits(linear: Any) -> None:
     assert ead(f, x[:0], y[:0]).shape == (0, FEATURES)
 
     # Logits that are NaN/inf for some examples (and finite for the others).
-    def apply(params: Any, v: jax.Array) -> jax.Array:
-        z = v.reshape(v.shape[0], -1) @ params
-        bad = jnp.where(jnp.arange(v.shape[0]) % 2 == 0, jnp.nan, jnp.inf)
-        return jnp.where(v[:, :1] > 0.5, bad[:, None], z)
-
-    g = jaxadv.from_apply(apply, jnp.asarray(linear[1]))
+    g = jaxadv.from_apply(sm.nan_or_inf_rows_apply, jnp.asarray(linear[1]))
     xs = x.copy()
     xs[:4, 0] = 0.9
     xs[4:, 0] = 0.1

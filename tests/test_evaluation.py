@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 from jaxadv.evaluation import (
@@ -216,18 +217,13 @@ def test_eps_sweep_in_one_program_matches_separate_calls(cnn: Any, data: Any) ->
     assert np.all(np.diff(sweep) <= 1.0 / N)
 
 
-def _linear(params: Any, x: Any) -> Any:
-    return x.reshape(x.shape[0], -1) @ params["w"] + params["b"]
-
-
 def _two_class_linear() -> tuple[Any, np.ndarray, np.ndarray]:
     """Logits ``[0, x.w]`` for 12 random weights ``w``, and 20 inputs in ``[-1, 1]``."""
     rng = np.random.default_rng(0)
     d = 12
     w = rng.normal(size=(d,)).astype(np.float32)
-    params = {"w": jnp.stack([jnp.zeros(d), jnp.asarray(w)], axis=1), "b": jnp.zeros(2)}
     x = rng.uniform(-1, 1, size=(20, d)).astype(np.float32)
-    return jaxadv.from_apply(_linear, params), x, w
+    return sm.binary(w), x, w
 
 
 def test_minimal_eps_on_a_linear_model_is_the_analytic_margin() -> None:
@@ -270,8 +266,7 @@ def test_minimal_eps_from_one_minimal_norm_run_is_the_analytic_margin(attack: st
 
 
 def test_minimal_eps_takes_a_callable_and_refuses_bad_attacks() -> None:
-    params = {"w": jnp.asarray([[0.0, 1.0], [0.0, 0.0]]), "b": jnp.zeros(2)}
-    f = jaxadv.from_apply(_linear, params)
+    f = sm.binary([1.0, 0.0])
     x = np.asarray([[0.3, 0.0], [-0.2, 0.0]], np.float32)
     y = np.asarray([1, 0], np.int32)
 

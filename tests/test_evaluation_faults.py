@@ -1,6 +1,6 @@
 """jaxadv.evaluate on bad inputs and misbehaving attacks: every number right, or a clear error.
 
-A tiny linear model on 8x8 inputs (``tests/linear_models.py``) keeps each case to
+A tiny linear model on 8x8 inputs (``tests/small_models.py``) keeps each case to
 about a second: non-finite candidates are failed attacks, half-precision inputs
 are judged with their rounding allowance, checks that do not apply are skipped,
 and inputs the evaluation cannot give a meaning to are refused with a message.
@@ -15,9 +15,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import linear_models as lm
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 from jaxadv.evaluation import MISCLASSIFIED, ROBUST, SuiteAttack
@@ -25,14 +25,14 @@ from jaxadv.evaluation.suites import resolve_suite
 
 evaluate_module = importlib.import_module("jaxadv.evaluation.evaluate")
 
-W = lm.random_weights(0, features=64, classes=4)
+W = sm.random_weights(0, features=64, classes=4)
 KW: dict[str, Any] = dict(key=jax.random.key(0), progress=False, checks=False)
 
 
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray]:
     x = np.random.default_rng(0).uniform(0, 1, (40, 8, 8)).astype(np.float32)
-    return x, np.asarray(jaxadv.predict(lm.model(W), x))
+    return x, np.asarray(jaxadv.predict(sm.model(W), x))
 
 
 def _nan_attack(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Any, bounds: Any) -> Any:
@@ -47,7 +47,7 @@ def _half_nan_attack(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm
 
 def test_nan_candidates_are_failed_attacks_and_reported(data: Any, tmp_path: Any) -> None:
     x, y = data
-    f = lm.model(W)
+    f = sm.model(W)
     res = jaxadv.evaluate(f, x, y, eps=0.1, suite=[SuiteAttack("nan", _nan_attack)], **KW)
     assert res.clean_accuracy == 1.0
     assert res.robust_accuracy == 1.0  # nothing was shown adversarial
@@ -72,7 +72,7 @@ def test_huge_logits_never_turn_nan_into_success(data: Any) -> None:
     def f(xs: Any) -> Any:
         return (xs.reshape(xs.shape[0], -1) @ w) * 1e12
 
-    dist = lm.distance_to_boundary(x, W, "linf")
+    dist = sm.distance_to_boundary(x, W, "linf")
     eps = float(np.median(dist))
     res = jaxadv.evaluate(f, x, y, eps=eps, suite=["pgd-20"], store_adversarial=True, **KW)
     # Sound: no example beyond eps from the boundary is reported fooled, whatever the attack produced.
@@ -84,12 +84,13 @@ def test_huge_logits_never_turn_nan_into_success(data: Any) -> None:
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("suite", ["fast", "standard"])
+# The standard suite (APGD-CE, APGD-T, FAB-T, Square): the slow tier.
+@pytest.mark.parametrize("suite", ["fast", pytest.param("standard", marks=pytest.mark.slow)])
 def test_half_precision_inputs_are_judged_with_their_rounding(data: Any, dtype: Any, suite: str) -> None:
     x, y = data
     xh = np.asarray(jnp.asarray(x[:24], dtype))
     eps = 0.05
-    res = jaxadv.evaluate(lm.model(W), xh, y[:24], eps=eps, suite=suite, store_adversarial=True, **KW)
+    res = jaxadv.evaluate(sm.model(W), xh, y[:24], eps=eps, suite=suite, store_adversarial=True, **KW)
     assert res.x_adv is not None and res.x_adv.dtype == xh.dtype
     delta = np.abs(res.x_adv.astype(np.float32) - xh.astype(np.float32)).reshape(24, -1)
     # Inside the ball up to half an ulp of the dtype at the returned values (at most 2**-8 on [0, 1]).
@@ -97,7 +98,7 @@ def test_half_precision_inputs_are_judged_with_their_rounding(data: Any, dtype: 
     assert delta.max() <= eps + ulp_half
     assert 0 < np.sum(res.fooled_by >= 0) < 24
     # Exact: an example farther than eps from the linear boundary cannot be fooled.
-    dist = lm.distance_to_boundary(xh.astype(np.float32), W, "linf")
+    dist = sm.distance_to_boundary(xh.astype(np.float32), W, "linf")
     assert np.all(res.robust[dist > eps + ulp_half])
 
 
@@ -110,7 +111,7 @@ def test_l1_with_square_is_refused_before_any_batch(data: Any) -> None:
         yield x, y
 
     with pytest.raises(ValueError, match=r"norm='l1'"):
-        jaxadv.evaluate(lm.model(W), batches(), None, eps=1.0, norm="l1", suite=["square"], **KW)
+        jaxadv.evaluate(sm.model(W), batches(), None, eps=1.0, norm="l1", suite=["square"], **KW)
     assert read == []
 
 
@@ -125,7 +126,7 @@ def test_checks_that_do_not_apply_are_skipped(
     xs = x.reshape((len(x),) + shape)
     eps = {"linf": 0.1, "l1": 2.0}[norm]
     kw = {**KW, "checks": True, "check_size": 16}
-    res = jaxadv.evaluate(lm.model(W), xs, y, eps=eps, norm=norm, suite=suite, **kw)  # type: ignore[arg-type]
+    res = jaxadv.evaluate(sm.model(W), xs, y, eps=eps, norm=norm, suite=suite, **kw)  # type: ignore[arg-type]
     assert res.num_examples == len(x)
     assert reason in res.checks["black_box_skipped"]
     assert any("black-box check skipped" in w for w in res.warnings)
@@ -141,7 +142,7 @@ def test_a_failing_check_never_loses_the_results(data: Any, tmp_path: Any, monke
     monkeypatch.setattr(evaluate_module, "masking_checks", broken)
     ckpt = tmp_path / "c.json"
     kw = {**KW, "checks": True}
-    res = jaxadv.evaluate(lm.model(W), x, y, eps=0.1, suite=["fgsm"], checkpoint=ckpt, **kw)
+    res = jaxadv.evaluate(sm.model(W), x, y, eps=0.1, suite=["fgsm"], checkpoint=ckpt, **kw)
     assert res.num_examples == len(x)
     assert any("the check broke" in w for w in res.warnings)
     saved = json.loads(ckpt.read_text())
@@ -150,7 +151,7 @@ def test_a_failing_check_never_loses_the_results(data: Any, tmp_path: Any, monke
 
 def test_bad_inputs_get_clear_errors(data: Any) -> None:
     x, y = data
-    f = lm.model(W)
+    f = sm.model(W)
     kw = {k: v for k, v in KW.items() if k != "key"}
     run = {"eps": 0.1, "suite": ["fgsm"], **kw}
     key = jax.random.key(0)
@@ -180,7 +181,7 @@ def test_bad_inputs_get_clear_errors(data: Any) -> None:
 
 def test_one_hot_labels_are_their_argmax(data: Any) -> None:
     x, y = data
-    f = lm.model(W)
+    f = sm.model(W)
     onehot = np.eye(4, dtype=np.float32)[y]
     a = jaxadv.evaluate(f, x, onehot, eps=0.1, suite=["pgd-20"], **KW)
     b = jaxadv.evaluate(f, x, y, eps=0.1, suite=["pgd-20"], **KW)
@@ -189,7 +190,7 @@ def test_one_hot_labels_are_their_argmax(data: Any) -> None:
 
 def test_norm_aliases(data: Any) -> None:
     x, y = data
-    f = lm.model(W)
+    f = sm.model(W)
     for alias, norm, eps in [("Linf", "linf", 0.1), ("L2", "l2", 0.5), ("L1", "l1", 2.0)]:
         a = jaxadv.evaluate(f, x, y, eps=eps, norm=alias, suite=["pgd-20"], **KW)  # type: ignore[arg-type]
         b = jaxadv.evaluate(f, x, y, eps=eps, norm=norm, suite=["pgd-20"], **KW)  # type: ignore[arg-type]
@@ -199,7 +200,7 @@ def test_norm_aliases(data: Any) -> None:
 
 def test_short_repr_and_time_per_attack(data: Any, tmp_path: Any) -> None:
     x, y = data
-    res = jaxadv.evaluate(lm.model(W), x, y, eps=0.1, suite="fast", store_adversarial=True, **KW)
+    res = jaxadv.evaluate(sm.model(W), x, y, eps=0.1, suite="fast", store_adversarial=True, **KW)
     text = repr(res)
     assert "\n" not in text and len(text) < 300
     assert f"robust_accuracy={res.robust_accuracy:.4g}" in text and "n=40" in text
@@ -217,7 +218,7 @@ def test_robust_code_is_unchanged_for_untouched_examples(data: Any) -> None:
     def identity(logits_fn: Any, xs: Any, ys: Any, *, key: Any, eps: Any, norm: Any, bounds: Any) -> Any:
         return xs
 
-    res = jaxadv.evaluate(lm.model(W), x, y, eps=0.1, suite=[SuiteAttack("id", identity)], **KW)
+    res = jaxadv.evaluate(sm.model(W), x, y, eps=0.1, suite=[SuiteAttack("id", identity)], **KW)
     assert np.all(res.fooled_by == ROBUST) and res.non_finite == {"id": 0}
 
 
@@ -232,11 +233,11 @@ def test_queries_of_a_member_returning_an_attack_result_are_counted(data: Any) -
             logits_fn, x, y, key=key, eps=eps, queries=20, norm=norm, bounds=bounds, return_info=True
         )
 
-    res = jaxadv.evaluate(lm.model(W), x, y, eps=0.05, suite=[SuiteAttack("sq-20", counted)], **KW)
+    res = jaxadv.evaluate(sm.model(W), x, y, eps=0.05, suite=[SuiteAttack("sq-20", counted)], **KW)
     attacked = res.fooled_by != MISCLASSIFIED  # misclassified examples are not attacked
     assert np.all(res.queries[attacked] >= 1) and np.all(res.queries <= 20)
     assert np.all(res.queries[~attacked] == 0)
     out = resolve_suite(["square"])[0].run(
-        lm.model(W), x, y, key=jax.random.key(0), eps=0.05, norm="linf", bounds=(0.0, 1.0)
+        sm.model(W), x, y, key=jax.random.key(0), eps=0.05, norm="linf", bounds=(0.0, 1.0)
     )
     assert isinstance(out, jaxadv.AttackResult) and out.queries is not None

@@ -33,6 +33,8 @@ def data(digits: Any) -> tuple[np.ndarray, np.ndarray]:
     return digits[1].x[:N], digits[1].y[:N]
 
 
+# Slow tier: the full rand suite (2 x 100 APGD steps x 20 draws).
+@pytest.mark.slow
 def test_rand_suite_on_a_randomised_model(noisy: Any, data: Any) -> None:
     x, y = data
     kw: dict[str, Any] = dict(eps=EPS, key=jax.random.key(0), progress=False, store_adversarial=True)
@@ -54,6 +56,8 @@ def test_rand_suite_on_a_randomised_model(noisy: Any, data: Any) -> None:
     assert float(np.mean([d != y[fooled] for d in draws])) > 0.6
 
 
+# Slow tier: a strength comparison at 100 steps.
+@pytest.mark.slow
 def test_gradient_averaging_beats_a_single_draw(noisy: Any, data: Any) -> None:
     x, y = data
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import linear_models as lm
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 from jaxadv.evaluation import CheckpointError, EvaluationResult, SuiteAttack
@@ -30,7 +30,7 @@ from jaxadv.evaluation.checkpoint import read_checkpoint
 
 evaluate_module = importlib.import_module("jaxadv.evaluation.evaluate")
 
-W = lm.random_weights(2, features=64, classes=4)
+W = sm.random_weights(2, features=64, classes=4)
 N = 200
 K = 20  # the most rows the simulated device holds
 READ_AHEAD = "jaxadv-evaluate-read-ahead"
@@ -52,7 +52,7 @@ def _kw(**over: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray]:
     x = np.random.default_rng(2).uniform(0, 1, (N, 8, 8)).astype(np.float32)
-    y = np.array(jaxadv.predict(lm.model(W), x))
+    y = np.array(jaxadv.predict(sm.model(W), x))
     y[::11] = (y[::11] + 1) % 4  # a few misclassified examples
     return x, y
 
@@ -78,7 +78,7 @@ def _limited(limit: dict[str, int]) -> Any:
     def logits_fn(x: Any) -> Any:
         if x.shape[0] > limit["rows"]:
             raise _oom(x.shape[0])
-        return lm.apply((w, b), x)
+        return sm.apply((w, b), x)
 
     return logits_fn
 
@@ -144,9 +144,9 @@ def test_auto_batch_size_halves_to_the_largest_that_fits(
 
 def test_auto_batch_size_starts_from_the_data_size(data: Any, batches_seen: list[int]) -> None:
     x, y = data
-    res = jaxadv.evaluate(lm.model(W), x[:40], y[:40], batch_size="auto", **_kw())
+    res = jaxadv.evaluate(sm.model(W), x[:40], y[:40], batch_size="auto", **_kw())
     assert res.batch_size == 40 and batches_seen == [40]  # fewer examples than max_batch_size=1024
-    _same(res, jaxadv.evaluate(lm.model(W), x[:40], y[:40], batch_size=40, **_kw()))
+    _same(res, jaxadv.evaluate(sm.model(W), x[:40], y[:40], batch_size=40, **_kw()))
 
 
 def test_out_of_memory_on_a_later_batch_retries_that_batch(data: Any, batches_seen: list[int]) -> None:
@@ -160,11 +160,11 @@ def test_out_of_memory_on_a_later_batch_retries_that_batch(data: Any, batches_se
         return jaxadv.fgsm(logits_fn, xs, ys, eps=kw["eps"], norm=kw["norm"], bounds=kw["bounds"])
 
     suite = [SuiteAttack("fgsm", fgsm_oom_once)]
-    res = jaxadv.evaluate(lm.model(W), x, y, batch_size="auto", max_batch_size=64, **_kw(suite=suite))
+    res = jaxadv.evaluate(sm.model(W), x, y, batch_size="auto", max_batch_size=64, **_kw(suite=suite))
     assert batches_seen == [64, 64, 64, 32, 32, 8]
     assert res.batch_size == 32 and res.num_examples == N
     # A deterministic attack gives each example the same outcome in any batching.
-    _same(res, jaxadv.evaluate(lm.model(W), x, y, batch_size=64, **_kw(suite=["fgsm"])))
+    _same(res, jaxadv.evaluate(sm.model(W), x, y, batch_size=64, **_kw(suite=["fgsm"])))
 
 
 def test_other_runtime_errors_are_not_retried(data: Any, batches_seen: list[int]) -> None:
@@ -175,7 +175,7 @@ def test_other_runtime_errors_are_not_retried(data: Any, batches_seen: list[int]
 
     with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
         jaxadv.evaluate(
-            lm.model(W), x, y, batch_size="auto", max_batch_size=64, **_kw(suite=[SuiteAttack("b", broken)])
+            sm.model(W), x, y, batch_size="auto", max_batch_size=64, **_kw(suite=[SuiteAttack("b", broken)])
         )
     assert batches_seen == [64]
 
@@ -258,7 +258,7 @@ def test_checkpoints_without_a_valid_batch_size_are_refused(
     x, y = data
     path = tmp_path / "run.json"
     kw = _kw(suite=["fgsm"], batch_size=16)
-    jaxadv.evaluate(lm.model(W), x[:32], y[:32], checkpoint=path, **kw)
+    jaxadv.evaluate(sm.model(W), x[:32], y[:32], checkpoint=path, **kw)
     doc = json.loads(path.read_text())
     section = doc["checkpoint"]
     if how == "version":
@@ -274,7 +274,7 @@ def test_checkpoints_without_a_valid_batch_size_are_refused(
     path.write_text(json.dumps(doc))
     before = path.read_bytes()
     with pytest.raises(CheckpointError, match=match):
-        jaxadv.evaluate(lm.model(W), x[:32], y[:32], checkpoint=path, resume=True, **kw)
+        jaxadv.evaluate(sm.model(W), x[:32], y[:32], checkpoint=path, resume=True, **kw)
     assert path.read_bytes() == before
 
 
@@ -296,7 +296,7 @@ def test_prefetch_gives_the_same_results(data: Any, source: str) -> None:
         xs, ys = (x, y) if source == "arrays" else (_chunks(x, y, [32] * 7), None)
         suite = ["fgsm", SuiteAttack("pgd-5", pgd5_spy)]
         return jaxadv.evaluate(
-            lm.model(W), xs, ys, batch_size=32, prefetch=prefetch, store_adversarial=True, **_kw(suite=suite)
+            sm.model(W), xs, ys, batch_size=32, prefetch=prefetch, store_adversarial=True, **_kw(suite=suite)
         )
 
     with_prefetch = run(2)
@@ -311,12 +311,12 @@ def test_prefetch_gives_the_same_results(data: Any, source: str) -> None:
 def test_iterator_batches_are_cut_into_batch_size(data: Any, batches_seen: list[int], prefetch: int) -> None:
     x, y = data
     uneven = [7, 50, 1, 13, 64, 65]  # 200 examples in batches of any size
-    res = jaxadv.evaluate(lm.model(W), _chunks(x, y, uneven), None, batch_size=32, prefetch=prefetch, **_kw())
+    res = jaxadv.evaluate(sm.model(W), _chunks(x, y, uneven), None, batch_size=32, prefetch=prefetch, **_kw())
     assert batches_seen == [32] * 6 + [8]
-    _same(res, jaxadv.evaluate(lm.model(W), x, y, batch_size=32, **_kw()))
+    _same(res, jaxadv.evaluate(sm.model(W), x, y, batch_size=32, **_kw()))
     batches_seen.clear()
     res = jaxadv.evaluate(
-        lm.model(W),
+        sm.model(W),
         _chunks(x, y, [10] * 20),
         None,
         batch_size="auto",
@@ -337,7 +337,7 @@ def test_iterator_batches_of_another_shape_cannot_be_joined(data: Any) -> None:
     with pytest.raises(
         ValueError, match=r"share their per-example shape and dtype.*float32\[8, 8\] and float32\[64\]"
     ):
-        jaxadv.evaluate(lm.model(W), stream(), None, batch_size=16, **_kw())
+        jaxadv.evaluate(sm.model(W), stream(), None, batch_size=16, **_kw())
     assert not _read_ahead_threads()
 
 
@@ -359,14 +359,14 @@ def test_iterator_error_propagates_and_keeps_the_batches_done(
     path = tmp_path / "run.json"
     kw = _kw(batch_size=32, prefetch=prefetch)
     with pytest.raises(DiskGone, match="went away") as info:
-        jaxadv.evaluate(lm.model(W), _broken_stream(x, y), None, checkpoint=path, **kw)
+        jaxadv.evaluate(sm.model(W), _broken_stream(x, y), None, checkpoint=path, **kw)
     # The iterator's own frame is in the traceback, also when a thread read it.
     assert any(entry.name == "_broken_stream" for entry in info.traceback)
     assert not _read_ahead_threads()
     saved = read_checkpoint(path)
     assert saved.examples == 96 and saved.batches == 3 and not saved.complete
-    resumed = jaxadv.evaluate(lm.model(W), _chunks(x, y, [32] * 7), None, checkpoint=path, resume=True, **kw)
-    _same(resumed, jaxadv.evaluate(lm.model(W), x, y, **kw))
+    resumed = jaxadv.evaluate(sm.model(W), _chunks(x, y, [32] * 7), None, checkpoint=path, resume=True, **kw)
+    _same(resumed, jaxadv.evaluate(sm.model(W), x, y, **kw))
 
 
 def test_no_thread_outlives_evaluate(data: Any, tmp_path: Path) -> None:
@@ -381,21 +381,21 @@ def test_no_thread_outlives_evaluate(data: Any, tmp_path: Path) -> None:
     def interrupted(logits_fn: Any, xs: Any, ys: Any, **kw: Any) -> Any:
         raise KeyboardInterrupt
 
-    jaxadv.evaluate(lm.model(W), slow(), None, batch_size=16, **_kw())
+    jaxadv.evaluate(sm.model(W), slow(), None, batch_size=16, **_kw())
     assert set(threading.enumerate()) == before
     with pytest.raises(KeyboardInterrupt):
         jaxadv.evaluate(
-            lm.model(W), slow(), None, batch_size=16, **_kw(suite=[SuiteAttack("i", interrupted)])
+            sm.model(W), slow(), None, batch_size=16, **_kw(suite=[SuiteAttack("i", interrupted)])
         )
     assert set(threading.enumerate()) == before
     with pytest.raises(DiskGone):
-        jaxadv.evaluate(lm.model(W), _broken_stream(x, y), None, batch_size=16, **_kw())
+        jaxadv.evaluate(sm.model(W), _broken_stream(x, y), None, batch_size=16, **_kw())
     assert set(threading.enumerate()) == before
     # Refused before any batch runs: a checkpoint of another run.
     path = tmp_path / "run.json"
-    jaxadv.evaluate(lm.model(W), x[:32], y[:32], batch_size=16, checkpoint=path, **_kw())
+    jaxadv.evaluate(sm.model(W), x[:32], y[:32], batch_size=16, checkpoint=path, **_kw())
     with pytest.raises(CheckpointError):
-        jaxadv.evaluate(lm.model(W), slow(), None, batch_size=16, checkpoint=path, resume=True, **_kw())
+        jaxadv.evaluate(sm.model(W), slow(), None, batch_size=16, checkpoint=path, resume=True, **_kw())
     assert set(threading.enumerate()) == before
 
 
@@ -403,8 +403,8 @@ def test_bad_batch_size_and_prefetch(data: Any) -> None:
     x, y = data
     for bad in (0, -3, "big", True, 2.0):
         with pytest.raises(ValueError, match="batch_size"):
-            jaxadv.evaluate(lm.model(W), x, y, batch_size=bad, **_kw())  # type: ignore[arg-type]
+            jaxadv.evaluate(sm.model(W), x, y, batch_size=bad, **_kw())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_batch_size"):
-        jaxadv.evaluate(lm.model(W), x, y, batch_size="auto", max_batch_size=0, **_kw())
+        jaxadv.evaluate(sm.model(W), x, y, batch_size="auto", max_batch_size=0, **_kw())
     with pytest.raises(ValueError, match="prefetch"):
-        jaxadv.evaluate(lm.model(W), x, y, prefetch=-1, **_kw())
+        jaxadv.evaluate(sm.model(W), x, y, prefetch=-1, **_kw())

@@ -1,8 +1,8 @@
 """FAB: exact projections, minimal perturbations of linear models, eps mode, targets, bad input.
 
-The linear models of ``tests/linear_models.py`` have known minimal perturbations
+The linear models of ``tests/small_models.py`` have known minimal perturbations
 (``distance_to_boundary``); their inputs lie far inside a wide box so that the
-box does not bind. Every model here is one structure (:func:`_apply`: affine
+box does not bind. Every model here is one structure (:func:`small_models.knobbed_apply`: affine
 logits with knobs for a scale and for NaN/inf regions) with the same shapes, so
 the tests share one compiled loop per norm.
 """
@@ -13,9 +13,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import linear_models as lm
 import numpy as np
 import pytest
+import small_models as sm
 from scipy.optimize import linprog
 
 import jaxadv
@@ -26,30 +26,12 @@ BOX = (-10.0, 10.0)
 FEATURES, CLASSES, BATCH, STEPS = 64, 4, 16, 20
 
 
-def _apply(params: Any, x: jax.Array) -> jax.Array:
-    """``(flat(x) @ w + b) * scale``, plus NaN where feature 0 exceeds ``nan_at`` and
-    +inf where feature 1 exceeds ``inf_at``."""
-    w, b, scale, nan_at, inf_at = params
-    v = x.reshape(x.shape[0], -1)
-    z = (v @ w + b) * scale
-    z = z + jnp.where(v[:, :1] > nan_at, jnp.nan, 0.0)
-    return z + jnp.where(v[:, 1:2] > inf_at, jnp.inf, 0.0)
-
-
-def _model(
-    w: np.ndarray, b: Any = 0.0, scale: float = 1.0, nan_at: float = np.inf, inf_at: float = np.inf
-) -> Any:
-    b = jnp.broadcast_to(jnp.asarray(b, jnp.float32), (w.shape[1],))
-    knobs = (jnp.float32(scale), jnp.float32(nan_at), jnp.float32(inf_at))
-    return jaxadv.from_apply(_apply, (jnp.asarray(w), b, *knobs))
-
-
 @pytest.fixture(scope="module")
 def linear() -> tuple[Any, np.ndarray, np.ndarray]:
-    """The linear model of ``tests/linear_models.py`` and inputs far inside ``BOX``."""
-    w = lm.random_weights(0, FEATURES, CLASSES)
+    """The linear model of ``tests/small_models.py`` and inputs far inside ``BOX``."""
+    w = sm.random_weights(0, FEATURES, CLASSES)
     x = np.random.default_rng(1).uniform(-0.5, 0.5, (BATCH, FEATURES)).astype(np.float32)
-    return _model(w), w, x
+    return sm.knobbed(w), w, x
 
 
 # --- the projections --------------------------------------------------------------
@@ -125,11 +107,11 @@ def test_minimal_perturbation_of_a_linear_model(linear: Any, norm: Norm) -> None
     assert out.x_adv.shape == x.shape and out.x_adv.dtype == jnp.float32
     assert bool(jnp.all(out.success))
     np.testing.assert_array_equal(out.success, jaxadv.is_adversarial(f, out.x_adv, jaxadv.predict(f, x)))
-    ratio = np.asarray(jaxadv.norm_of(out.x_adv - x, norm)) / lm.distance_to_boundary(x, w, norm)
+    ratio = np.asarray(jaxadv.norm_of(out.x_adv - x, norm)) / sm.distance_to_boundary(x, w, norm)
     assert ratio.min() >= 1 - 1e-4 and ratio.max() <= 1.01, (ratio.min(), ratio.max())
     # Without the final search: the overshoot of the last adversarial iterate is left.
     plain = fab(f, x, key=jax.random.key(0), norm=norm, steps=STEPS, bounds=BOX, search_steps=0)
-    ratio_plain = np.asarray(jaxadv.norm_of(plain - x, norm)) / lm.distance_to_boundary(x, w, norm)
+    ratio_plain = np.asarray(jaxadv.norm_of(plain - x, norm)) / sm.distance_to_boundary(x, w, norm)
     assert np.all(ratio <= ratio_plain + 1e-6) and ratio_plain.max() <= 1.05
 
 
@@ -141,12 +123,12 @@ def test_box_binds_and_is_kept(linear: Any) -> None:
     # The box only removes perturbations: never below the unconstrained minimum.
     dist = np.asarray(jaxadv.norm_of(out - x01, "l2"))
     fooled = np.asarray(jaxadv.is_adversarial(f, out, jaxadv.predict(f, x01)))
-    assert np.all(dist[fooled] >= lm.distance_to_boundary(x01, w, "l2")[fooled] * (1 - 1e-4))
+    assert np.all(dist[fooled] >= sm.distance_to_boundary(x01, w, "l2")[fooled] * (1 - 1e-4))
 
 
 def test_eps_mode_returns_only_perturbations_within_eps(linear: Any) -> None:
     f, w, x = linear
-    exact = lm.distance_to_boundary(x, w, "l2")
+    exact = sm.distance_to_boundary(x, w, "l2")
     eps = float(np.median(exact))
     for e in (eps, jnp.full((BATCH,), eps)):
         out = fab(f, x, key=jax.random.key(1), eps=e, norm="l2", steps=STEPS, bounds=BOX, return_info=True)
@@ -165,7 +147,7 @@ def test_eps_mode_returns_only_perturbations_within_eps(linear: Any) -> None:
 def test_bfloat16_eps_mode_keeps_dtype_box_and_ball(linear: Any) -> None:
     f, w, x = linear
     xb = jnp.asarray(x, jnp.bfloat16)
-    eps = float(np.median(lm.distance_to_boundary(np.asarray(xb, np.float32), w, "linf")))
+    eps = float(np.median(sm.distance_to_boundary(np.asarray(xb, np.float32), w, "linf")))
     out = fab(f, xb, key=jax.random.key(0), eps=eps, norm="linf", steps=STEPS, bounds=BOX, return_info=True)
     assert out.x_adv.dtype == jnp.bfloat16 and out.x_adv.shape == x.shape
     dist = np.asarray(jaxadv.norm_of(out.x_adv.astype(jnp.float32) - xb.astype(jnp.float32), "linf"))
@@ -176,11 +158,11 @@ def test_under_jit_with_traced_model_and_eps(linear: Any) -> None:
     f, w, x = linear
 
     def run(params: Any, eps: jax.Array) -> Any:
-        g = jaxadv.from_apply(_apply, params)
+        g = jaxadv.from_apply(sm.knobbed_apply, params)
         return fab(g, x, key=jax.random.key(2), eps=eps, norm="linf", steps=STEPS, bounds=BOX)
 
     params = (jnp.asarray(w), jnp.zeros(CLASSES), jnp.float32(1), jnp.float32(np.inf), jnp.float32(np.inf))
-    eps = jnp.float32(np.median(lm.distance_to_boundary(x, w, "linf")))
+    eps = jnp.float32(np.median(sm.distance_to_boundary(x, w, "linf")))
     # The lowest backend optimisation level: half the compile time, the same result.
     quick: dict[str, str | bool] = {
         "xla_backend_optimization_level": "0",
@@ -207,7 +189,7 @@ def _decoy_model() -> tuple[Any, np.ndarray, np.ndarray]:
     w[32:, 2] = 3.0 * rng.normal(size=32)
     b = np.array([1.0, 0.6, -1.0, -100.0], np.float32)
     x = rng.uniform(-0.05, 0.05, (BATCH, FEATURES)).astype(np.float32)
-    return _model(w, b), w, x
+    return sm.knobbed(w, b), w, x
 
 
 def test_targeted_reaches_the_target() -> None:
@@ -234,12 +216,12 @@ def test_targeted_reaches_the_target() -> None:
 def test_non_finite_and_huge_logits(linear: Any) -> None:
     _, w, x = linear
     kw: dict[str, Any] = dict(key=jax.random.key(0), norm="l2", steps=STEPS, bounds=BOX, num_restarts=2)
-    huge = _model(w, scale=1e30)
+    huge = sm.knobbed(w, scale=1e30)
     out = fab(huge, x, **kw)
-    ratio = np.asarray(jaxadv.norm_of(out - x, "l2")) / lm.distance_to_boundary(x, w, "l2")
+    ratio = np.asarray(jaxadv.norm_of(out - x, "l2")) / sm.distance_to_boundary(x, w, "l2")
     assert ratio.min() >= 1 - 1e-4 and ratio.max() <= 1.01  # the scale does not matter
     # NaN at some clean points, NaN or inf on the way for others.
-    broken = _model(w, nan_at=0.3, inf_at=0.2)
+    broken = sm.knobbed(w, nan_at=0.3, inf_at=0.2)
     res = fab(broken, x, np.argmax(x @ w, axis=1), return_info=True, **kw)
     a = np.asarray(res.x_adv)
     assert np.all(np.isfinite(a)) and a.min() >= BOX[0] and a.max() <= BOX[1]

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from linear_models import distance_to_boundary, model, random_weights
+from small_models import distance_to_boundary, model, random_weights
 
 import jaxadv
 from jaxadv.attacks.fmn import fmn

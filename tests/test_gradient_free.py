@@ -7,17 +7,17 @@ from typing import Any
 import hypothesis
 import hypothesis.strategies as st
 import jax
-import linear_models
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 
 ATTACKS = {"spsa": jaxadv.spsa, "nes": jaxadv.nes}
 
 
-_W = linear_models.random_weights(0)
-LINEAR = linear_models.model(_W)
+_W = sm.random_weights(0)
+LINEAR = sm.model(_W)
 
 
 def _images(seed: int) -> np.ndarray:
@@ -51,7 +51,7 @@ def test_gradient_free_properties(seed: int, eps: float, case: tuple[str, str]) 
 def test_gradient_free_linear_model(name: str) -> None:
     x = _images(1)
     y = np.asarray(jaxadv.predict(LINEAR, x))
-    need = linear_models.distance_to_boundary(x, _W, "linf")
+    need = sm.distance_to_boundary(x, _W, "linf")
     budget = 1 + 10 * 17
     # Wide bounds, so that the box never binds and the distances are exact.
     kw: dict[str, Any] = dict(

@@ -7,14 +7,14 @@ from typing import Any
 import hypothesis
 import hypothesis.strategies as st
 import jax
-import linear_models
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 
-_W = linear_models.random_weights(0)
-LINEAR = linear_models.model(_W)
+_W = sm.random_weights(0)
+LINEAR = sm.model(_W)
 
 
 def _images(seed: int) -> np.ndarray:
@@ -44,7 +44,7 @@ def test_hop_skip_jump_properties(seed: int, budget: int, norm: str) -> None:
 
 def test_hop_skip_jump_linear_distance() -> None:
     x = _images(1)
-    need = linear_models.distance_to_boundary(x, _W, "l2")
+    need = sm.distance_to_boundary(x, _W, "l2")
     x_adv = jaxadv.hop_skip_jump(LINEAR, x, key=jax.random.key(0), queries=1500, norm="l2")
     assert np.all(np.asarray(jaxadv.is_adversarial(LINEAR, x_adv, jaxadv.predict(LINEAR, x))))
     dist = np.asarray(jaxadv.norm_of(x_adv - x, "l2"))
@@ -85,6 +85,8 @@ def test_hop_skip_jump_targeted() -> None:
     assert np.all(moved[start_ok])
 
 
+# Slow tier: thousands of queries on the digits CNN.
+@pytest.mark.slow
 def test_hop_skip_jump_digits_shrinks_with_queries(cnn: Any, digits: Any) -> None:
     x, y = digits[1].x[:16], digits[1].y[:16]
     medians = []

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 from jaxadv.attacks.jsma import best_pair, jsma
@@ -44,11 +45,9 @@ def test_best_pair_is_the_brute_force_maximum(block: int | None) -> None:
 
 @pytest.fixture(scope="module")
 def linear() -> tuple[Any, np.ndarray, np.ndarray]:
-    import linear_models
-
-    w = linear_models.random_weights(3, FEATURES, CLASSES)
+    w = sm.random_weights(3, FEATURES, CLASSES)
     x = np.random.default_rng(1).uniform(0.0, 0.6, size=(6, FEATURES)).astype(np.float32)
-    return linear_models.model(w), w, x
+    return sm.model(w), w, x
 
 
 def test_first_pair_on_a_linear_model_is_the_most_salient(linear: Any) -> None:
@@ -72,7 +71,7 @@ def test_two_class_linear_model_changes_largest_weight_differences_first() -> No
     # so the saliency is alpha_pq^2 over pairs with alpha_pq > 0: after k steps the
     # changed features are the 2k largest w_target - w_y = 2 v (all positive here).
     v = np.array([0.3, -2.0, 0.9, 0.1, 0.5, -3.0, 0.7, 0.2, -2.5, 0.4, 0.8, -1.0], np.float32)
-    f = jaxadv.from_apply(lambda w, x: x.reshape(x.shape[0], -1) @ jnp.stack([-w, w], 1), jnp.asarray(v))
+    f = jaxadv.from_apply(sm.antisymmetric_apply, jnp.asarray(v))
     x = np.where(v < 0, 0.9, 0.0).astype(np.float32)[None]
     t = np.ones(1, np.int32)
     order = np.argsort(-v)
@@ -123,11 +122,7 @@ def test_bad_input_empty_batch_and_non_finite_logits(linear: Any) -> None:
     # gamma * n / 2 < 1: no step is allowed, x comes back.
     np.testing.assert_array_equal(np.asarray(jsma(f, x, t, targeted=True, gamma=1 / FEATURES)), x)
 
-    def apply(w: Any, v: jax.Array) -> jax.Array:
-        z = v.reshape(v.shape[0], -1) @ w
-        return jnp.where(jnp.arange(v.shape[0])[:, None] % 2 == 0, jnp.nan, z * jnp.inf)
-
-    g = jaxadv.from_apply(apply, jnp.asarray(linear[1]))
+    g = jaxadv.from_apply(sm.nonfinite_apply, jnp.asarray(linear[1]))
     out = jsma(g, x, t + 1, targeted=True, gamma=0.5, return_info=True)
     np.testing.assert_array_equal(np.asarray(out.x_adv), x)
     assert not bool(jnp.any(out.success))

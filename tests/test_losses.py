@@ -15,12 +15,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 
@@ -75,10 +74,6 @@ def test_cw_margin() -> None:
     np.testing.assert_array_equal(got > 0, pred != np.asarray(y))
 
 
-def linear_apply(params: Any, x: jax.Array) -> jax.Array:
-    return x @ params["w"] + params["b"]
-
-
 # Compiled once per (loss, targeted, shapes): eager differentiation compiles op by op.
 loss_and_grad = jax.jit(jaxadv.loss_and_grad, static_argnames=("loss", "targeted"))
 
@@ -87,7 +82,7 @@ loss_and_grad = jax.jit(jaxadv.loss_and_grad, static_argnames=("loss", "targeted
 def test_loss_and_grad_closed_form_and_sign(targeted: bool) -> None:
     k1, k2 = jax.random.split(jax.random.key(2))
     params = {"w": jax.random.normal(k1, (7, 4)), "b": jnp.zeros(4)}
-    f = jaxadv.from_apply(linear_apply, params)
+    f = sm.affine(params["w"], params["b"])
     x = jax.random.uniform(k2, (5, 7))
     y = jnp.asarray([0, 1, 2, 3, 0])
     loss, z, g = loss_and_grad(f, x, y, loss=jaxadv.cross_entropy, targeted=targeted)
@@ -103,7 +98,7 @@ def test_loss_and_grad_closed_form_and_sign(targeted: bool) -> None:
 def test_loss_and_grad_is_per_example() -> None:
     """Summed over the batch: the gradient of a row does not depend on the batch size."""
     params = {"w": jax.random.normal(jax.random.key(3), (7, 4)), "b": jnp.ones(4)}
-    f = jaxadv.from_apply(linear_apply, params)
+    f = sm.affine(params["w"], params["b"])
     x = jax.random.uniform(jax.random.key(4), (6, 7))
     y = jnp.asarray([3, 1, 2, 0, 0, 1])
     for loss in (jaxadv.cross_entropy, jaxadv.cw_margin):
@@ -120,7 +115,7 @@ def squared_logit(logits: jax.Array, onehot: jax.Array) -> jax.Array:
 
 def test_custom_and_margin_losses_drive_attacks() -> None:
     params = {"w": jax.random.normal(jax.random.key(5), (7, 3)), "b": jnp.zeros(3)}
-    f = jaxadv.from_apply(linear_apply, params)
+    f = sm.affine(params["w"], params["b"])
     x = jax.random.uniform(jax.random.key(6), (4, 7))
     y = jnp.asarray([0, 1, 2, 0])
     x_adv = jaxadv.fgsm(f, x, y, eps=0.1, norm="l2", loss=squared_logit, bounds=(-5.0, 5.0))

@@ -56,6 +56,8 @@ def test_cast_model_computes_in_bfloat16(cnn: Any, digits: Any) -> None:
     assert agree >= 0.99
 
 
+# Slow tier: robust accuracy over the whole digits test set.
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [0.1, 0.15])
 def test_pgd_robust_accuracy_bf16_matches_float32(cnn: Any, digits: Any, eps: float) -> None:
     x, y = digits[1]

@@ -8,14 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
-
-
-def _quad_apply(params: Any, x: jax.Array) -> jax.Array:
-    a, c, b = params
-    score = jnp.sum(a * x + c * x * x, axis=-1) + b
-    return jnp.stack([jnp.zeros_like(score), score], axis=-1)
 
 
 def test_update_rule_matches_hand_computation() -> None:
@@ -25,7 +20,7 @@ def test_update_rule_matches_hand_computation() -> None:
     a = rng.normal(size=5).astype(np.float32)
     c = rng.normal(size=5).astype(np.float32)
     x = rng.uniform(-1, 1, size=(3, 5)).astype(np.float32)
-    f = jaxadv.from_apply(_quad_apply, (jnp.asarray(a), jnp.asarray(c), jnp.float32(0.0)))
+    f = jaxadv.from_apply(sm.quadratic_apply, (jnp.asarray(a), jnp.asarray(c), jnp.float32(0.0)))
     eps, alpha, mu, steps = 0.4, 0.15, 0.7, 4
     out = jaxadv.mifgsm(
         f, x, jnp.zeros(3, jnp.int32), eps=eps, step_size=alpha, steps=steps, decay=mu, bounds=(-5.0, 5.0)
@@ -42,7 +37,7 @@ def test_update_rule_matches_hand_computation() -> None:
 def test_success_is_never_lost_by_a_later_step() -> None:
     # s(x) = -0.4 + 6 x - 10 x^2 peaks at x = 0.3; from x = 0 with steps of 0.5 the
     # iterates bounce 0 -> 0.5 (s = 0.1 > 0: adversarial) -> 0 (s = -0.4) -> ...
-    f = jaxadv.from_apply(_quad_apply, (jnp.float32(6.0), jnp.float32(-10.0), jnp.float32(-0.4)))
+    f = jaxadv.from_apply(sm.quadratic_apply, (jnp.float32(6.0), jnp.float32(-10.0), jnp.float32(-0.4)))
     x, y = jnp.zeros((1, 1)), jnp.zeros(1, jnp.int32)
     kw = dict(eps=1.0, step_size=0.5, steps=2, bounds=(-1.0, 1.0))
     assert float(jaxadv.bim(f, x, y, **kw)[0, 0]) == 0.0  # plain iteration loses it

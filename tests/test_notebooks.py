@@ -87,6 +87,8 @@ def test_notebook_figures_have_labelled_axes() -> None:
             assert "set_title" in src or "suptitle" in src, f"{name}: a figure without a title"
 
 
+# Slow tier: each notebook runs in a fresh kernel (a subprocess) and trains its models.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_top_to_bottom(name: str) -> None:
     pytest.importorskip("nbclient")

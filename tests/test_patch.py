@@ -108,6 +108,8 @@ def test_patch_stays_in_bounds_and_finite(linear: Any, digits: Any) -> None:
     assert apply_fn(x, key=jax.random.key(0)).shape == x.shape
 
 
+# Slow tier: trains a patch (a strength comparison).
+@pytest.mark.slow
 def test_trained_patch_beats_random_patch(cnn: Any, digits: Any) -> None:
     # A 5x5 patch at random placements (scale 0.8-1.2, rotation up to pi/8), target 3:
     # about 0.45 of the held-out digits not labelled 3 go to 3, under 0.05 with a random patch.

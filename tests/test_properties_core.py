@@ -26,6 +26,7 @@ import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 import jaxadv
@@ -71,6 +72,9 @@ def _run(name: str, logits_fn: Any, x: Any, y: Any, **kw: Any) -> jax.Array:
     return jaxadv.pgd(logits_fn, x, y, key=jax.random.key(0), steps=2, **kw)
 
 
+# Slow tier: each example compiles; the ball and box of every attack are checked in the fast
+# tier by test_registry.py (float32, bfloat16, two boxes).
+@pytest.mark.slow
 @SETTINGS
 @given(
     attack=st.sampled_from(["fgsm", "bim", "pgd"]),

@@ -22,9 +22,9 @@ of ``8 x 8 x 1``):
   equals the direct call (the jitted program is compiled at XLA's lowest backend
   optimisation level, which halves its compile time).
 
-Sharding is checked by ``test_sharding.py`` (8 simulated devices, in a
-subprocess, with its own list of attacks and variants); here a test only checks
-that its list covers the registry, up to the gaps named in :data:`NOT_SHARDED`.
+Sharding (``test_sharding.py``, 8 simulated devices in a subprocess) and faults
+(``test_attack_faults.py``) draw their attacks and variants from the same registry;
+here a test checks that every variant's keywords are the attack's own.
 
 Programs are shared: the default result of each attack is computed once per
 module (:class:`Runs`) and every check that can reuse it does.
@@ -47,9 +47,6 @@ import jaxadv
 
 #: Public names that take ``(logits_fn, x, y=None, ...)`` but are not attacks.
 NOT_ATTACKS = {"evaluate": "runs a suite of attacks and returns an EvaluationResult"}
-
-#: Registered attacks that ``test_sharding.py::ATTACK_SETTINGS`` does not list yet.
-NOT_SHARDED = {"compose.Attack"}  # the engine of eot_pgd and the FGSM family, which are covered
 
 # A user's jit fuses the attack into one program, compiled differently from the
 # library's own: equal up to a few float32 roundings.
@@ -139,14 +136,17 @@ def test_registry_line_agrees_with_signature(spec: Spec) -> None:
     assert set(spec.kwargs) | set(spec.retune) <= set(params)
 
 
-def test_sharding_test_covers_the_registry() -> None:
-    from test_sharding import ATTACK_SETTINGS
-
-    sharded = {name.split(":")[0] for name in ATTACK_SETTINGS}
-    registered = {s.name for s in ATTACKS}
-    assert registered - sharded - NOT_SHARDED == set(), "add these to test_sharding.ATTACK_SETTINGS"
-    assert NOT_SHARDED & sharded == set(), "now covered by test_sharding.py: remove from NOT_SHARDED"
-    assert NOT_SHARDED <= registered
+@pytest.mark.parametrize("spec", ATTACKS, ids=repr)
+def test_registry_variants_agree_with_signature(spec: Spec) -> None:
+    params = reg.parameters(spec.fn)
+    cases = reg.expand(spec)
+    assert [c.name for c in cases] == [spec.name] + [f"{spec.name}:{v}" for v in spec.variants]
+    for case in cases[1:]:
+        assert set(case.kwargs) <= set(params), case.name
+        assert ("eps" in case.kwargs) == case.has_ball, case.name
+        assert case.keyed >= spec.keyed and case.gradient == spec.gradient
+        if case.keyed:
+            assert "key" in params, case.name
 
 
 # --- the contracts, per attack -------------------------------------------------------

@@ -3,12 +3,13 @@
 The device count of a JAX process is fixed when it starts, so the 8-device
 checks run in one subprocess (this file, run as a script with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``) that prints a JSON
-dict; the tests below read it. The digits CNN's trained parameters are passed
-to it through a file, so it trains nothing.
+dict; the tests below read it. The worker reads the trained digits CNN from
+``tests/weights/digits.npz`` (:func:`small_models.trained_digits`): it trains nothing.
 
-What is checked, for each public attack that exists (discovered with getattr),
-and for the variants (``name:variant``) whose code paths differ: other norms,
-APGD's DLR loss, MI-FGSM's input diversity:
+What is checked, for each attack of the registry (``tests/attack_registry.py``,
+its minimal call with ``return_info=True`` where the attack takes it) and for the
+registry's variants (``name:variant``) whose code paths differ: other norms,
+APGD's DLR loss, MI-FGSM's input diversity, Sparse-RS's patches and frames:
 
 * bit-for-bit equality with one device: random attacks on the same padded
   batch of 64 rows with the same key; deterministic attacks on an uneven batch
@@ -39,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attack_registry as reg
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,47 +50,9 @@ DEVICES = 8
 N = 60  # uneven: 60 = 7 * 8 + 4, padded to 64
 EPS = 0.1
 
-#: name[:variant] -> (keyword arguments, needs a key, deterministic).
-ATTACK_SETTINGS: dict[str, tuple[dict[str, Any], bool, bool]] = {
-    "fgsm": ({"eps": EPS}, False, True),
-    "bim": ({"eps": EPS, "steps": 3}, False, True),
-    "pgd": ({"eps": EPS, "steps": 3}, True, False),
-    "pgd:l2": ({"eps": 1.0, "steps": 3, "norm": "l2"}, True, False),
-    "pgd:l1": ({"eps": 4.0, "steps": 3, "norm": "l1"}, True, False),
-    "mifgsm": ({"eps": EPS, "steps": 3}, False, True),
-    "mifgsm:diverse": ({"eps": EPS, "steps": 3, "diversity_prob": 1.0}, True, False),
-    "nifgsm": ({"eps": EPS, "steps": 3}, False, True),
-    "vmifgsm": ({"eps": EPS, "steps": 2, "num_neighbors": 2}, True, False),
-    "tifgsm": ({"eps": EPS, "steps": 2, "kernel_size": 3}, True, False),
-    "eot_pgd": ({"eps": EPS, "steps": 2, "num_samples": 2}, True, False),
-    "apgd": ({"eps": EPS, "steps": 6}, True, False),
-    "apgd:dlr": ({"eps": EPS, "steps": 6, "loss": "dlr"}, True, False),
-    "apgd:l2": ({"eps": 1.0, "steps": 6, "norm": "l2"}, True, False),
-    "apgd_targeted": ({"eps": EPS, "steps": 6, "num_target_classes": 2}, True, False),
-    "fab": ({"eps": EPS, "steps": 3, "num_restarts": 2}, True, False),
-    "fab:l2": ({"steps": 3, "norm": "l2"}, True, False),
-    "fab_targeted": ({"eps": EPS, "steps": 3, "num_target_classes": 2}, True, False),
-    "cw_l2": ({"steps": 3, "binary_search_steps": 2}, False, True),
-    "deepfool": ({"steps": 3}, False, True),
-    "deepfool:linf": ({"steps": 3, "norm": "linf"}, False, True),
-    "ead": ({"steps": 3, "binary_search_steps": 2}, False, True),
-    "jsma": ({"gamma": 0.1}, False, True),
-    "fmn": ({"steps": 3}, False, True),
-    "fmn:l0": ({"steps": 3, "norm": "l0"}, False, True),
-    # The black-box attacks with their success and query counts (return_info=True).
-    "square": ({"eps": EPS, "queries": 20, "return_info": True}, True, False),
-    "square:l2": ({"eps": 1.0, "queries": 20, "norm": "l2", "return_info": True}, True, False),
-    "spsa": ({"eps": EPS, "queries": 20, "num_samples": 4, "return_info": True}, True, False),
-    "nes": ({"eps": EPS, "queries": 20, "num_samples": 4, "return_info": True}, True, False),
-    "sparse_rs": ({"k": 3, "queries": 20, "return_info": True}, True, False),
-    "sparse_rs:patch": ({"k": 2, "queries": 20, "threat": "patch", "return_info": True}, True, False),
-    "sparse_rs:frame": ({"k": 1, "queries": 20, "threat": "frame", "return_info": True}, True, False),
-    "hop_skip_jump": (
-        {"queries": 60, "init_evals": 10, "max_evals": 20, "init_tries": 10, "return_info": True},
-        True,
-        False,
-    ),
-}
+#: Every attack of the registry and its variants, by name. Deterministic attacks
+#: (``not spec.keyed``) are compared on the 60 real rows, random ones on the padded batch.
+CASES: dict[str, Any] = {c.name: c for s in reg.ATTACKS for c in reg.expand(s)}
 
 #: Attacks equal to the single-device result only up to rounding, with the cause.
 NOT_BITWISE = {
@@ -126,37 +90,34 @@ def _new_programs(dump: Path, seen: set[str]) -> str:
 
 
 def _check_attack(name: str, fn: Any, x: np.ndarray, y: np.ndarray, mesh: Any, dump: Path) -> dict[str, Any]:
-    import jaxadv
     from jaxadv import sharding as shd
 
-    attack = getattr(jaxadv, name.split(":")[0], None)
-    if attack is None:
-        return {"absent": True}
-    kwargs, needs_key, deterministic = ATTACK_SETTINGS[name]
-    kwargs = dict(kwargs)
-    if needs_key:
-        kwargs["key"] = jax.random.key(3)
+    spec = CASES[name]
+    deterministic = not spec.keyed
+
+    def attack(fn: Any, xb: Any, yb: Any) -> Any:
+        return reg.call(spec, fn, xb, yb, key=jax.random.key(3), info=True)
+
     batch = shd.shard_batch((x, y), mesh=mesh)
     xs, ys = batch.data
     one = jax.devices()[0]
     seen: set[str] = set()
     _new_programs(dump, seen)
-    sharded = attack(fn, xs, ys, **kwargs)
+    sharded = attack(fn, xs, ys)
     # Every program the sharded call compiled (the loop's step, the start, the
     # final re-evaluation): which collectives do they need?
     programs = _new_programs(dump, seen)
     if deterministic:
         # The real rows of the padded, sharded batch against the 60 rows alone.
-        reference = attack(fn, jax.device_put(x, one), jax.device_put(y, one), **kwargs)
+        reference = attack(fn, jax.device_put(x, one), jax.device_put(y, one))
         got = shd.gather(sharded, batch.mask)
     else:
         # Random attacks draw per row of the batch: compare the same padded batch.
         x64, y64 = shd.pad_batch((x, y), xs.shape[0])
-        reference = attack(fn, jax.device_put(x64, one), jax.device_put(y64, one), **kwargs)
+        reference = attack(fn, jax.device_put(x64, one), jax.device_put(y64, one))
         got = shd.gather(sharded)
     layout = shd.batch_sharding(mesh)
     return {
-        "absent": False,
         "rows": int(np.asarray(_leaves(got)[0]).shape[0]),
         "bitwise_equal": _same(got, reference),
         "max_abs_diff": max(
@@ -313,20 +274,16 @@ def _check_train_step(
     }
 
 
-def _worker(params_file: str, dump_dir: str) -> dict[str, Any]:
-    import flax.serialization
+def _worker(dump_dir: str) -> dict[str, Any]:
+    from small_models import trained_digits
 
     from jaxadv import examples
     from jaxadv import sharding as shd
-    from jaxadv.models import from_flax
 
     jax.config.update("jax_numpy_rank_promotion", "allow")
     test = examples.load_digits(0)[1]
     x, y = test.x[:N], test.y[:N]
-    model = examples.DigitsCNN()
-    template = model.init(jax.random.key(0), jnp.asarray(x[:1]))
-    variables = flax.serialization.from_bytes(template, Path(params_file).read_bytes())
-    fn = from_flax(model, variables)
+    model, variables, fn = trained_digits("cnn")
     mesh = shd.batch_mesh()
     batch = shd.shard_batch((x, y), mesh=mesh)
     out: dict[str, Any] = {
@@ -341,12 +298,12 @@ def _worker(params_file: str, dump_dir: str) -> dict[str, Any]:
             ),
         },
     }
-    for name in ATTACK_SETTINGS:
+    for name in CASES:
         start = time.perf_counter()
         try:
             out[name] = _check_attack(name, fn, x, y, mesh, Path(dump_dir))
         except Exception as e:  # reported, and failed, by the test of that attack
-            out[name] = {"absent": False, "error": f"{type(e).__name__}: {e}"[:2000]}
+            out[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
         out[name]["seconds"] = time.perf_counter() - start
     start = time.perf_counter()
     out["evaluate"] = _check_evaluate(fn, x, y)
@@ -367,13 +324,8 @@ def _worker(params_file: str, dump_dir: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def results(cnn: Any, tmp_path_factory: Any) -> dict[str, Any]:
-    import flax.serialization
-
-    tmp = tmp_path_factory.mktemp("sharding")
-    params = tmp / "cnn.msgpack"
-    params.write_bytes(flax.serialization.to_bytes(cnn.variables))
-    dump = tmp / "hlo"
+def results(tmp_path_factory: Any) -> dict[str, Any]:
+    dump = tmp_path_factory.mktemp("sharding") / "hlo"
     root = Path(__file__).resolve().parents[1]
     env = {
         **os.environ,
@@ -387,7 +339,7 @@ def results(cnn: Any, tmp_path_factory: Any) -> dict[str, Any]:
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.run(
-        [sys.executable, __file__, str(params), str(dump)],
+        [sys.executable, __file__, str(dump)],
         env=env,
         cwd=root,
         capture_output=True,
@@ -413,27 +365,25 @@ def test_shard_batch_pads_an_uneven_batch(results: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(ATTACK_SETTINGS))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_attack_sharded_equals_single_device(results: dict[str, Any], name: str) -> None:
     r = results[name]
-    if r.get("absent"):
-        pytest.skip(f"jaxadv.{name} does not exist")
     assert "error" not in r, r.get("error")
     assert r["outputs_sharded"], "an output of the attack is not split along the batch axis"
     # Deterministic attacks: the 60 real rows of the padded batch; random ones: all 64.
-    assert r["rows"] == (N if ATTACK_SETTINGS[name][2] else 64)
-    if name.split(":")[0] in NOT_BITWISE:
+    assert r["rows"] == (64 if CASES[name].keyed else N)
+    if CASES[name].attack in NOT_BITWISE:
         assert r["max_abs_diff"] <= 1e-6
     else:
         assert r["bitwise_equal"], f"sharded and single-device results differ by up to {r['max_abs_diff']}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(ATTACK_SETTINGS))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_attack_keeps_examples_on_their_device(results: dict[str, Any], name: str) -> None:
     r = results[name]
-    if r.get("absent") or "error" in r:
-        pytest.skip(f"jaxadv.{name} does not exist or failed (see the test above)")
+    if "error" in r:
+        pytest.skip(f"{name} failed (see the test above)")
     assert r["forbidden_collectives"] == [], "a compiled program of the attack moves examples between devices"
 
 
@@ -549,4 +499,4 @@ def test_evaluate_accepts_an_explicit_mesh(cnn: Any, digits: Any) -> None:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_worker(sys.argv[1], sys.argv[2])))
+    print(json.dumps(_worker(sys.argv[1])))

@@ -1,7 +1,7 @@
 """Sparse-RS: the threat models (L0 pixels, one patch, a frame), corners, query accounting, digits.
 
 Every test here shares a handful of compiled programs: the linear models all have
-the structure of ``linear_models.apply`` with ``[64, 4]`` weights (their values are
+the structure of ``small_models.apply`` with ``[64, 4]`` weights (their values are
 traced), and each threat runs with one ``k``.
 """
 
@@ -11,14 +11,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import linear_models
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 from jaxadv.attacks.sparse_rs import sparse_rs
 
-LINEAR = linear_models.model(linear_models.random_weights(0))
+LINEAR = sm.model(sm.random_weights(0))
 SUPPORT = (9, 22, 45, 60)  # the pixels the sparse model reads
 K_L0, K_PATCH, K_FRAME = 3, 3, 1
 
@@ -41,7 +41,7 @@ def _sparse_model(needed: int) -> Any:
     w = np.zeros((64, 4), np.float32)
     w[list(SUPPORT), 1] = 1.0
     c = 0.8 + 0.8 * needed - 0.4
-    return jaxadv.from_apply(linear_models.apply, (jnp.asarray(w), jnp.asarray([0.0, -c, -10.0, -10.0])))
+    return jaxadv.from_apply(sm.apply, (jnp.asarray(w), jnp.asarray([0.0, -c, -10.0, -10.0])))
 
 
 def _sparse_inputs(n: int = 6) -> np.ndarray:
@@ -173,9 +173,9 @@ def test_targeted() -> None:
 
 def test_non_finite_scores() -> None:
     x = _images(5)
-    w = np.asarray(linear_models.random_weights(0)).copy()
+    w = np.asarray(sm.random_weights(0)).copy()
     # NaN scores everywhere: every example stops after the clean query, unchanged.
-    nan_model = linear_models.model(np.full_like(w, np.nan))
+    nan_model = sm.model(np.full_like(w, np.nan))
     r = sparse_rs(
         nan_model, x, np.zeros(6, np.int32), key=jax.random.key(0), k=K_L0, queries=20, return_info=True
     )
@@ -187,7 +187,7 @@ def test_non_finite_scores() -> None:
     w[:, 2] = 0.0
     w[:8, 2] = 3e38
     x[:, 0, :, :] = 0.0
-    big = linear_models.model(w)
+    big = sm.model(w)
     y = np.asarray(jaxadv.predict(big, x))
     r = sparse_rs(big, x, y, key=jax.random.key(0), k=K_L0, queries=60, return_info=True)
     assert np.all(np.isfinite(np.asarray(r.x_adv)))

@@ -8,9 +8,9 @@ import hypothesis
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
-import linear_models
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 
@@ -19,7 +19,7 @@ def _images(seed: int, n: int = 6, shape: tuple[int, ...] = (8, 8, 1)) -> np.nda
     return np.random.default_rng(seed).uniform(0, 1, size=(n, *shape)).astype(np.float32)
 
 
-LINEAR = linear_models.model(linear_models.random_weights(0))
+LINEAR = sm.model(sm.random_weights(0))
 
 
 @hypothesis.settings(max_examples=12, deadline=None)
@@ -74,7 +74,7 @@ def test_square_linear_exact_bound() -> None:
     x = _images(2)
     w = np.asarray(LINEAR.args[0][0])
     y = (x.reshape(6, -1) @ w).argmax(1)
-    need = linear_models.distance_to_boundary(x, w, "linf")
+    need = sm.distance_to_boundary(x, w, "linf")
     x_adv = jaxadv.square(LINEAR, x, y, key=jax.random.key(0), eps=need * 0.99, queries=60)
     assert not np.any(np.asarray(jaxadv.is_adversarial(LINEAR, x_adv, y)))
 
@@ -101,7 +101,7 @@ def test_square_nchw_layout() -> None:
 
 
 def _nchw_linear(params: Any, x: jax.Array) -> jax.Array:
-    return linear_models.apply(params, jnp.transpose(x, (0, 2, 3, 1)))
+    return sm.apply(params, jnp.transpose(x, (0, 2, 3, 1)))
 
 
 def test_square_argument_errors() -> None:
@@ -111,7 +111,7 @@ def test_square_argument_errors() -> None:
     with pytest.raises(ValueError, match="queries"):
         jaxadv.square(LINEAR, x, key=jax.random.key(0), eps=0.1, queries=1)
     with pytest.raises(ValueError, match="image-shaped"):
-        flat = jaxadv.from_apply(linear_models.apply, LINEAR.args[0])
+        flat = jaxadv.from_apply(sm.apply, LINEAR.args[0])
         jaxadv.square(flat, x.reshape(6, -1), key=jax.random.key(0), eps=0.1)
     with pytest.raises(ValueError, match="eps"):
         jaxadv.square(LINEAR, x, key=jax.random.key(0), eps=-0.1)

@@ -6,15 +6,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import linear_models
 import numpy as np
 import pytest
+import small_models as sm
 
 import jaxadv
 
 
 def _model(seed: int) -> Any:
-    return linear_models.model(linear_models.random_weights(seed))
+    return sm.model(sm.random_weights(seed))
 
 
 def _images(seed: int) -> np.ndarray:
@@ -63,6 +63,8 @@ def test_transfer_bookkeeping() -> None:
         jaxadv.transfer(jaxadv.bim, f, g, x, None, eps=0.1)  # type: ignore[arg-type]
 
 
+# Slow tier: a strength comparison between two digits CNNs.
+@pytest.mark.slow
 def test_transfer_digits(cnn: Any, cnn_b: Any, mlp: Any, digits: Any) -> None:
     """Examples crafted on one CNN fool an independently trained CNN (rates printed with -s)."""
     x, y = digits[1].x[:128], digits[1].y[:128]

@@ -64,6 +64,8 @@ def _check_ball_and_box(delta: jax.Array, x: np.ndarray, eps: float, norm: Norm)
     np.testing.assert_array_equal(np.asarray(x_adv), np.clip(x + np.asarray(delta), 0.0, 1.0))
 
 
+# Slow tier: trains a universal perturbation (a strength comparison).
+@pytest.mark.slow
 def test_linf_fooling_rate_beats_random_perturbation(cnn: Any, digits: Any) -> None:
     # linf eps = 0.25 on the digits CNN: about 0.5 of the held-out digits change
     # prediction under the universal perturbation, about 0.03 under random
