@@ -74,6 +74,13 @@ Body = Callable[[Any, Any, Any, Any], Any]
 #: Platforms whose compiler runs convolutions in other forms on slow paths.
 PLATFORMS = ("cpu",)
 
+#: The two parts of the rewrite beyond the layout, each on its own, so that
+#: ``benchmarks/bench_conv_paths.py`` can measure what each contributes (clear
+#: ``_plans`` after changing them): the phase split of input-dilated
+#: convolutions, and computing the kernels before the loop.
+POLYPHASE = True
+HOIST = True
+
 _CONV = "conv_general_dilated"
 _CONVS = frozenset({_CONV})
 
@@ -113,7 +120,7 @@ def fast_conv(lhs: Any, rhs: Any, params: dict[str, Any]) -> Any:
         rhs = jnp.transpose(rhs, tuple(dn.rhs_spec[2:]) + (dn.rhs_spec[1], dn.rhs_spec[0]))
     params = {**params, "dimension_numbers": canon}
     dilated = any(s != 1 for s in params["lhs_dilation"])
-    if dilated and all(s == 1 for s in params["window_strides"]):
+    if dilated and POLYPHASE and all(s == 1 for s in params["window_strides"]):
         out = _polyphase(lhs, rhs, params)
     else:
         out = jax.lax.conv_general_dilated_p.bind(lhs, rhs, **params)
@@ -208,7 +215,10 @@ def _visit(eqn: Any, invals: list[Any]) -> list[Any]:
     """One equation of the rewritten program (see the module docstring)."""
     name = eqn.primitive.name
     if name == _CONV:
-        return [fast_conv(invals[0], invals[1], eqn.params)]
+        # Under the original name (``.../layer2.0/conv1``), so that profiles and HLO
+        # dumps still say which layer a rewritten convolution belongs to.
+        with jaxpr_walk.scope(eqn):
+            return [fast_conv(invals[0], invals[1], eqn.params)]
     subs = jaxpr_walk.param_jaxprs(eqn.params)
     if not any(jaxpr_walk.contains(sub, _CONVS) for sub in subs):
         return jaxpr_walk.bind(eqn, invals)
@@ -370,7 +380,7 @@ def _split(closed: Any, n_operands: int, out_tree: Any) -> Plan:
             invariant.update(eqn.outvars)
     given = set(jaxpr.constvars) | set(jaxpr.invars)
     kernels: list[Any] = []
-    for eqn in jaxpr.eqns:
+    for eqn in jaxpr.eqns if HOIST else ():
         if eqn.primitive.name == _CONV:
             k = eqn.invars[1]
             if not isinstance(k, jex.Literal) and k in invariant and k not in given and k not in kernels:

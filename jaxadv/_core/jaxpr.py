@@ -14,8 +14,10 @@ symbolic references for certification.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Container, Sequence, TypeVar
+import contextlib
+from typing import Any, Callable, Container, ContextManager, Sequence, TypeVar
 
+import jax
 import jax.extend.core as jex
 
 V = TypeVar("V")
@@ -54,14 +56,25 @@ def inner(eqn: Any) -> tuple[Any, list[Any]] | None:
 
 def bind(eqn: Any, values: Sequence[Any], params: dict[str, Any] | None = None) -> list[Any]:
     """``eqn``'s primitive applied to ``values`` (with ``params`` instead of the
-    equation's when given), as :func:`jax.core.eval_jaxpr` applies it; always a list."""
+    equation's when given), as :func:`jax.core.eval_jaxpr` applies it; always a list.
+
+    The equation's name (``jvp(Model)/layer1/conv``) is kept in the program being
+    traced, so profiles and HLO dumps of a re-bound program still name the layers.
+    """
     primitive = eqn.primitive
     bind_params = primitive.get_bind_params(eqn.params if params is None else params)
     subfuns: list[Any] = []
     if isinstance(bind_params, tuple):  # older JAX: (subfuns, params)
         subfuns, bind_params = bind_params
-    out = primitive.bind(*subfuns, *values, **bind_params)
+    with scope(eqn):
+        out = primitive.bind(*subfuns, *values, **bind_params)
     return list(out) if primitive.multiple_results else [out]
+
+
+def scope(eqn: Any) -> ContextManager[Any]:
+    """A context in which what is traced carries ``eqn``'s name."""
+    name = str(getattr(getattr(eqn, "source_info", None), "name_stack", "") or "")
+    return jax.named_scope(name) if name else contextlib.nullcontext()
 
 
 def param_jaxprs(params: dict[str, Any]) -> list[Any]:
