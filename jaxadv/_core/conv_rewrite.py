@@ -1,17 +1,17 @@
 r"""Convolutions in the form XLA:CPU runs fast, inside an attack's loop (private).
 
 Why. XLA:CPU (jaxlib 0.10) runs a 2-D convolution on its fast path, a
-YNNPACK fusion (the same kernels the forward pass uses), only when it is in
+YNNPACK fusion (the same kernels the forward pass uses), when it is in
 canonical form: input ``NHWC``, kernel ``HWIO``, output ``NHWC``, without input
-dilation or window reversal. Anything else runs on Eigen's convolution
-(canonical layout, but with input dilation) or on a naive loop nest (any other
-layout; XLA makes convolutions canonical only in the entry computation, never
-inside a ``while`` body). The input gradient JAX emits for a convolution
-:math:`y = W \star x` is itself a convolution,
+dilation or window reversal. A canonical convolution with input dilation runs
+on Eigen's convolution, which measured about as fast. Any other layout runs on
+a naive loop nest, 3-10x slower, and XLA makes convolutions canonical only in
+the entry computation, never inside a ``while`` body. The input gradient JAX
+emits for a convolution :math:`y = W \star x` is itself a convolution,
 :math:`\partial L/\partial x = \mathrm{rev}(W)^{\top} \star_{\text{dil}=s} \partial L/\partial y`:
 its kernel is spatially reversed with input and output features swapped, and a
 stride :math:`s` becomes an input dilation :math:`s`. So in an attack's loop the
-input gradient of every convolution leaves the fast path, and the kernel's
+input gradient of every convolution runs as a loop nest, and the kernel's
 reversal and transposition are recomputed at every step (XLA does not move them
 out of the loop). ``benchmarks/RESULTS.md`` ("Input gradients on XLA:CPU") has
 the per-convolution evidence.
@@ -22,8 +22,9 @@ every ``conv_general_dilated`` replaced by :func:`fast_conv`, the same
 arithmetic in canonical form:
 
 * another layout: transposes around the canonical convolution;
-* input dilation :math:`s` (a strided convolution's input gradient): the
-  *polyphase* form. Output position :math:`o = s q + r` only meets the kernel
+* input dilation :math:`s` (a strided convolution's input gradient), when
+  :data:`POLYPHASE` is on (off by default, see there): the *polyphase* form.
+  Output position :math:`o = s q + r` only meets the kernel
   taps :math:`t` with :math:`(r + t d - p_{lo}) \bmod s = 0` (:math:`d` the kernel
   dilation, :math:`p_{lo}` the low padding), which are every
   :math:`(s/\gcd(d, s))`-th tap, applied to consecutive inputs. So phase
@@ -34,8 +35,9 @@ arithmetic in canonical form:
 
 Then everything the step computes from the loop-invariant ``operands`` alone
 to feed a convolution's kernel (the reversal, the transposition, the phase
-split) is *hoisted*: computed once before the loop, and passed into it. The
-results equal the plain loop's up to floating-point reassociation.
+split) is *hoisted* (:data:`HOIST`): computed once before the loop, and
+passed into it. The results equal the plain loop's up to floating-point
+reassociation.
 
 Calls (``jit``) are inlined; rematerialised blocks (``checkpoint``), ``scan``,
 ``while`` and ``cond`` and the primal of ``custom_jvp``/``custom_vjp`` functions
@@ -77,8 +79,13 @@ PLATFORMS = ("cpu",)
 #: The two parts of the rewrite beyond the layout, each on its own, so that
 #: ``benchmarks/bench_conv_paths.py`` can measure what each contributes (clear
 #: ``_plans`` after changing them): the phase split of input-dilated
-#: convolutions, and computing the kernels before the loop.
-POLYPHASE = True
+#: convolutions, and computing the kernels before the loop. The phase split is
+#: off: on jaxlib 0.10 Eigen runs a canonical input-dilated convolution as fast
+#: as the split's four YNNPACK convolutions and as the forward strided one
+#: (PreAct-ResNet-18's stride-2 input gradients, batch 32: 60-70 ms each way;
+#: ``benchmarks/RESULTS.md``), and the split makes a larger program. It stays
+#: here, tested, for a CPU or jaxlib where that is not so.
+POLYPHASE = False
 HOIST = True
 
 _CONV = "conv_general_dilated"
