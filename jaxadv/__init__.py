@@ -28,7 +28,7 @@ from jaxadv.validation import checked
 # isort: split
 # Attack families and tools that list their public names in ``__all__``.
 from jaxadv import callables as _callables
-from jaxadv import certify, compose, evaluation, sharding, training, universal, zoo
+from jaxadv import certify, compose, config, evaluation, sharding, training, universal, zoo
 from jaxadv import success as _success
 from jaxadv import transfer as _transfer
 from jaxadv.attacks import apgd as _apgd
@@ -70,6 +70,7 @@ __all__ = [
     "bim",
     "certify",
     "compose",
+    "config",
     "checked",
     "clip_to_bounds",
     "cross_entropy",

@@ -6,6 +6,8 @@ state`` and a number of steps. :func:`iterate` runs it in one of three ways:
 * ``"fori"``: one :func:`jax.lax.fori_loop` inside the caller's program. This is
   what runs under a user's ``jit``, ``vmap`` or ``grad``: the attack composes
   like any other JAX function, and its compile time does not grow with ``steps``.
+  Called directly (concrete arrays, no caller's program), the loop is compiled
+  once per step rule, configuration, ``steps`` and input shapes, and cached.
 * ``"compiled"``: the same loop as a program of its own, compiled once per step
   rule, configuration and input shapes and cached. The trip count is an
   argument of the program (the loop lowers to a ``while`` with a dynamic
@@ -16,9 +18,10 @@ state`` and a number of steps. :func:`iterate` runs it in one of three ways:
   dispatch per step). Kept as an option; ``benchmarks/bench_core.py`` measures
   it next to the compiled loop.
 
-On XLA:CPU the loop body is re-traced with its convolutions in canonical
-NHWC/HWIO form (:mod:`jaxadv.canonical_conv`), which keeps the loop at the
-gradient floor.
+On XLA:CPU the loop body runs with its convolutions in the form XLA:CPU's fast
+convolution path takes, and the kernels of the input gradient are prepared
+once before the loop (:mod:`jaxadv._core.conv_rewrite`; the setting
+``conv_rewrite`` of :mod:`jaxadv.config` turns it off).
 
 ``"auto"`` (the default) picks ``"fori"`` when any input is traced and
 ``"compiled"`` otherwise. All modes run the same ``body`` and give the same
@@ -38,7 +41,8 @@ from typing import Any, Callable, TypeVar
 import jax
 import jax.numpy as jnp
 
-from jaxadv.canonical_conv import CANONICAL_CONV_PLATFORMS, canonical_convs
+from jaxadv import config
+from jaxadv._core import conv_rewrite
 from jaxadv.typing import LoopMode
 from jaxadv.validation import is_traced
 
@@ -51,14 +55,29 @@ def _host_step(body: Body, i: jax.Array, state: Any, operands: Any, static: Any)
     return body(i, state, operands, static)
 
 
-def _loop_body(body: Body) -> Body:
-    return canonical_convs(body) if jax.default_backend() in CANONICAL_CONV_PLATFORMS else body
+def _rewriting() -> bool:
+    """Whether loops traced now get the convolution rewrite (the setting, and a CPU backend)."""
+    return config.read("conv_rewrite") and jax.default_backend() in conv_rewrite.PLATFORMS
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _compiled_loop(body: Body, steps: jax.Array, state: Any, operands: Any, static: Any) -> Any:
-    step = _loop_body(body)
-    return jax.lax.fori_loop(0, steps, lambda i, s: step(i, s, operands, static), state)
+def _fori(body: Body, steps: Any, state: Any, operands: Any, static: Any, rewrite: bool) -> Any:
+    if rewrite:
+        return conv_rewrite.fori_loop(body, steps, state, operands, static)
+    return jax.lax.fori_loop(0, steps, lambda i, s: body(i, s, operands, static), state)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _compiled_loop(
+    body: Body, steps: jax.Array, state: Any, operands: Any, static: Any, rewrite: bool
+) -> Any:
+    return _fori(body, steps, state, operands, static, rewrite)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 4, 5))
+def _fori_program(body: Body, steps: int, state: Any, operands: Any, static: Any, rewrite: bool) -> Any:
+    # A direct call with loop="fori": the same loop as under a caller's jit (a static
+    # trip count), compiled once and cached instead of re-traced at every call.
+    return _fori(body, steps, state, operands, static, rewrite)
 
 
 def iterate(
@@ -90,11 +109,12 @@ def iterate(
     traced = is_traced(state, operands)
     if loop in ("host", "compiled") and traced:
         raise ValueError(f"loop={loop!r} needs concrete inputs; under jit/vmap/grad use 'fori' or 'auto'")
+    if loop == "fori" and not traced:
+        return _fori_program(body, steps, state, operands, static, _rewriting())
     if loop == "fori" or (loop == "auto" and traced):
-        step = _loop_body(body)
-        return jax.lax.fori_loop(0, steps, lambda i, s: step(i, s, operands, static), state)
+        return _fori(body, steps, state, operands, static, _rewriting())
     if loop in ("auto", "compiled"):
-        return _compiled_loop(body, jnp.asarray(steps, jnp.int32), state, operands, static)
+        return _compiled_loop(body, jnp.asarray(steps, jnp.int32), state, operands, static, _rewriting())
     for i in range(steps):
         state = _host_step(body, jnp.asarray(i, jnp.int32), state, operands, static)
     return state

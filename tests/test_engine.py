@@ -1,4 +1,4 @@
-"""The iterative engine's canonical-convolution rewrite (jaxadv.engine, XLA:CPU).
+"""The iterative engine's convolution rewrite (jaxadv._core.conv_rewrite, XLA:CPU).
 
 Inside a ``fori_loop`` body the convolutions are replayed in canonical
 NHWC/HWIO form: results must be identical to the plain loop, under ``jit``,
@@ -16,7 +16,8 @@ import pytest
 from jax import lax
 
 import jaxadv
-from jaxadv import canonical_conv, engine, examples
+from jaxadv import config, examples
+from jaxadv._core import conv_rewrite
 from jaxadv.attacks.iterative import projected_gradient
 from jaxadv.compose import loop as composed
 
@@ -69,8 +70,9 @@ def test_rewrite_is_used(cnn, data, monkeypatch):
     """Breaking the rewritten conv must change the result (the test can fail)."""
     x, y = data
     good = jax.jit(lambda f, x, y: jaxadv.bim(f, x, y, eps=0.1, steps=3))(cnn, x, y)
-    orig = canonical_conv._canonical_conv
-    monkeypatch.setattr(canonical_conv, "_canonical_conv", lambda a, b, p: orig(a, b, p) * 0.0)
+    orig = conv_rewrite.fast_conv
+    monkeypatch.setattr(conv_rewrite, "fast_conv", lambda a, b, p: orig(a, b, p) * 0.0)
+    monkeypatch.setattr(conv_rewrite, "_plans", type(conv_rewrite._plans)())
     bad = jax.jit(lambda f, x, y: jaxadv.bim(f, x, y, eps=0.1, steps=3))(cnn, x, y)
     assert not np.allclose(np.asarray(good), np.asarray(bad))
 
@@ -93,11 +95,12 @@ def test_rewrite_failure_falls_back_with_a_warning(cnn, data, monkeypatch, caplo
     def broken(*args):
         raise NotImplementedError("primitive parameters do not round-trip")
 
-    monkeypatch.setattr(canonical_conv, "_eval_canonical", broken)
-    monkeypatch.setattr(canonical_conv, "_warned", set())
+    monkeypatch.setattr(conv_rewrite, "evaluate", broken)
+    monkeypatch.setattr(conv_rewrite, "_warned", set())
+    monkeypatch.setattr(conv_rewrite, "_plans", type(conv_rewrite._plans)())
     with caplog.at_level("WARNING", logger="jaxadv"):
         out = jax.jit(lambda f, x, y: jaxadv.bim(f, x, y, eps=0.1, step_size=0.025, steps=2))(cnn, x, y)
-    assert any("canonical-convolution rewrite" in r.getMessage() for r in caplog.records)
+    assert any("convolution rewrite" in r.getMessage() for r in caplog.records)
     ref = jax.jit(functools.partial(plain_fori, steps=2))(cnn, x, y)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-6)
 
@@ -115,12 +118,8 @@ def test_vmap_and_grad(cnn, data):
         return jnp.sum(xa**2)
 
     g = jax.grad(loss)(jnp.float32(0.1), "fori")
-    saved = engine.CANONICAL_CONV_PLATFORMS
-    engine.CANONICAL_CONV_PLATFORMS = ()
-    try:
+    with config.override(conv_rewrite=False):
         g_ref = jax.grad(loss)(jnp.float32(0.1), "fori")
-    finally:
-        engine.CANONICAL_CONV_PLATFORMS = saved
     np.testing.assert_allclose(float(g), float(g_ref), rtol=1e-5)
 
 
@@ -205,7 +204,7 @@ def test_convolutions_in_nested_loops_are_rewritten(cnn, data, monkeypatch, atta
     labels = re.findall(r"dim_labels=(\S+?),", run.lower(cnn, x, y).compile().as_text())
     assert "b01f_01oi->b01f" not in labels, labels
     got = run(cnn, x, y)
-    monkeypatch.setattr(engine, "CANONICAL_CONV_PLATFORMS", ())
+    monkeypatch.setattr(conv_rewrite, "PLATFORMS", ())
     plain = jax.jit(lambda f, x, y: attack(f, x, y))
     ref_labels = re.findall(r"dim_labels=(\S+?),", plain.lower(cnn, x, y).compile().as_text())
     assert "b01f_01oi->b01f" in ref_labels

@@ -6,7 +6,8 @@ depend on ``x`` (weights, normalisation constants, batch-norm statistics) is
 evaluated at once, exactly, and becomes a :class:`Const`; nested calls
 (``jit``, ``custom_jvp_call``, ``custom_vjp_call``...) are entered, so that only
 the primitives that touch ``x`` remain, in evaluation order, as :class:`Node`\\ s.
-The interpreters (intervals, CROWN) then only see those nodes.
+The interpreters (intervals, CROWN) then only see those nodes. The walk itself
+is :func:`jaxadv._core.jaxpr.walk`, shared with the convolution rewrite.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import dataclasses
 from typing import Any, Callable, NamedTuple, Union
 
 import jax
-from jax.extend import core as jcore
 
+from jaxadv._core import jaxpr as jaxpr_walk
 from jaxadv.typing import Array
 
 
@@ -57,43 +58,6 @@ class Program(NamedTuple):
     output: Ref
 
 
-#: Primitives that only wrap an inner jaxpr with the same semantics: entered.
-_CALLS = {
-    "pjit",
-    "jit",
-    "closed_call",
-    "core_call",
-    "custom_jvp_call",
-    "custom_vjp_call",
-    "custom_vjp_call_jaxpr",
-    "remat",
-    "remat2",
-    "checkpoint",
-}
-_INNER_KEYS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
-
-
-def _inner_jaxpr(eqn: Any) -> tuple[Any, list[Any]] | None:
-    if eqn.primitive.name not in _CALLS:
-        return None
-    for key in _INNER_KEYS:
-        inner = eqn.params.get(key)
-        if isinstance(inner, jcore.ClosedJaxpr):
-            return inner.jaxpr, list(inner.consts)
-        if isinstance(inner, jcore.Jaxpr):
-            return inner, []
-    return None
-
-
-def _eval(eqn: Any, values: list[Any]) -> Any:
-    """``eqn`` applied to concrete (or traced) values, as :func:`jax.core.eval_jaxpr` does."""
-    bind_params = eqn.primitive.get_bind_params(eqn.params)
-    subfuns: list[Any] = []
-    if isinstance(bind_params, tuple):  # older JAX: (subfuns, params)
-        subfuns, bind_params = bind_params
-    return eqn.primitive.bind(*subfuns, *values, **bind_params)
-
-
 class _Builder:
     def __init__(self) -> None:
         self.nodes: list[Node] = []
@@ -104,36 +68,19 @@ class _Builder:
         self.shapes[i] = jax.ShapeDtypeStruct(aval.shape, aval.dtype)
         return i
 
-    def walk(self, jaxpr: Any, consts: list[Any], args: list[Ref]) -> list[Ref]:
-        env: dict[Any, Ref] = {}
+    def walk(self, jaxpr: Any, consts: list[Ref], args: list[Ref]) -> list[Ref]:
+        return jaxpr_walk.walk(jaxpr, consts, args, self.visit, literal=Const)
 
-        def read(v: Any) -> Ref:
-            if isinstance(v, jcore.Literal):
-                return Const(v.val)
-            return env[v]
-
-        for v, c in zip(jaxpr.constvars, consts, strict=True):
-            env[v] = Const(c)
-        for v, a in zip(jaxpr.invars, args, strict=True):
-            env[v] = a
-        for eqn in jaxpr.eqns:
-            ins = [read(v) for v in eqn.invars]
-            if all(isinstance(r, Const) for r in ins):
-                out = _eval(eqn, [r.value for r in ins])  # type: ignore[union-attr]
-                outs = list(out) if eqn.primitive.multiple_results else [out]
-                for v, o in zip(eqn.outvars, outs, strict=True):
-                    env[v] = Const(o)
-                continue
-            inner = _inner_jaxpr(eqn)
-            if inner is not None:
-                for v, r in zip(eqn.outvars, self.walk(inner[0], inner[1], ins), strict=True):
-                    env[v] = r
-                continue
-            outs_ids = tuple(self.new_var(v.aval) for v in eqn.outvars)
-            self.nodes.append(Node(eqn.primitive, dict(eqn.params), tuple(ins), outs_ids))
-            for v, i in zip(eqn.outvars, outs_ids, strict=True):
-                env[v] = i
-        return [read(v) for v in jaxpr.outvars]
+    def visit(self, eqn: Any, ins: list[Ref]) -> list[Ref]:
+        if all(isinstance(r, Const) for r in ins):
+            # Input-independent (weights, normalisation constants): computed exactly now.
+            return [Const(o) for o in jaxpr_walk.bind(eqn, [r.value for r in ins])]  # type: ignore[union-attr]
+        called = jaxpr_walk.inner(eqn)
+        if called is not None:
+            return self.walk(called[0], [Const(c) for c in called[1]], ins)
+        outs = tuple(self.new_var(v.aval) for v in eqn.outvars)
+        self.nodes.append(Node(eqn.primitive, dict(eqn.params), tuple(ins), outs))
+        return list(outs)
 
 
 def trace(fn: Callable[[Any, Array], Array], params: Any, x: Array) -> Program:
@@ -146,7 +93,7 @@ def trace(fn: Callable[[Any, Array], Array], params: Any, x: Array) -> Program:
     builder = _Builder()
     x_id = builder.new_var(closed.jaxpr.invars[-1].aval)
     args: list[Ref] = [Const(p) for p in leaves] + [x_id]
-    (out,) = builder.walk(closed.jaxpr, list(closed.consts), args)
+    (out,) = builder.walk(closed.jaxpr, [Const(c) for c in closed.consts], args)
     return Program(tuple(builder.nodes), builder.shapes, out)
 
 

@@ -1,0 +1,97 @@
+"""Library-wide settings.
+
+One setting exists today:
+
+``conv_rewrite`` (bool, default ``True``)
+    On XLA:CPU, the iterative attacks run their loop body with its
+    convolutions written in the form XLA:CPU's fast convolution path takes
+    (NHWC input, HWIO kernel, no input dilation), the kernels of the input
+    gradient prepared once before the loop instead of in every step
+    (:mod:`jaxadv._core.conv_rewrite` explains how). The results are those of
+    the plain loop up to floating-point reassociation; only the speed changes.
+    On GPU and TPU the rewrite never runs. Measured on a 2-core AMD EPYC (AVX2),
+    batch 32 of 32x32x3 images (``benchmarks/RESULTS.md``, "Input gradients on
+    XLA:CPU"): PGD-10 on PreAct-ResNet-18 takes 0.7-0.8x its time without the
+    rewrite, WRN-28-10 0.6-0.7x; inside a ``fori_loop`` on a model written in
+    NCHW, or with convolution gradients in nested loops, the plain loop runs
+    naive loop nests and is 2-4x slower. Turn it off to rule it out when
+    debugging, or if a model's jaxpr holds a primitive it cannot re-bind (it
+    then falls back by itself and logs a warning once).
+
+Settings are read when a program is traced: a program already compiled (by a
+direct call's cache or your own ``jax.jit``) keeps the value it was traced
+with; the library's own caches key on it. Change a setting with
+:func:`update`, read it with :func:`read`, or set it for a block with
+:func:`override`::
+
+    import jaxadv
+    jaxadv.config.update("conv_rewrite", False)
+    with jaxadv.config.override(conv_rewrite=True):
+        x_adv = jaxadv.pgd(logits_fn, x, y, key=key, eps=8 / 255, steps=10)
+
+The environment variable ``JAXADV_CONV_REWRITE`` (``0``/``false``/``off`` or
+``1``/``true``/``on``) sets the initial value when jaxadv is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+_DEFAULTS: dict[str, bool] = {"conv_rewrite": True}
+_ENVIRONMENT = {"conv_rewrite": "JAXADV_CONV_REWRITE"}
+_TRUE = ("1", "true", "on", "yes")
+_FALSE = ("0", "false", "off", "no")
+
+
+def _from_environment(name: str) -> bool:
+    variable = _ENVIRONMENT[name]
+    raw = os.environ.get(variable)
+    if raw is None or raw.strip() == "":
+        return _DEFAULTS[name]
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"environment variable {variable}={raw!r}: expected one of {_TRUE + _FALSE}")
+
+
+_values: dict[str, bool] = {name: _from_environment(name) for name in _DEFAULTS}
+
+
+def _check_name(name: str) -> None:
+    if name not in _values:
+        raise ValueError(f"name: unknown setting {name!r}; the settings are {sorted(_values)}")
+
+
+def read(name: str) -> bool:
+    """The current value of setting ``name`` (see the module docstring)."""
+    _check_name(name)
+    return _values[name]
+
+
+def update(name: str, value: bool) -> None:
+    """Set ``name`` to ``value`` for programs traced from now on.
+
+    Raises:
+      ValueError: ``name`` is not a setting, or ``value`` is not a ``bool``.
+    """
+    _check_name(name)
+    if not isinstance(value, bool):
+        raise ValueError(f"value: setting {name!r} takes True or False, got {value!r}")
+    _values[name] = value
+
+
+@contextlib.contextmanager
+def override(**settings: bool) -> Iterator[None]:
+    """Within the ``with`` block, the given settings take the given values; restored after."""
+    saved = dict(_values)
+    try:
+        for name, value in settings.items():
+            update(name, value)
+        yield
+    finally:
+        _values.clear()
+        _values.update(saved)
