@@ -10,6 +10,7 @@ from jaxadv.attacks.single_step import fgsm
 from jaxadv.engine import iterate
 from jaxadv.evaluation import EvaluationResult, evaluate
 from jaxadv.gradients import loss_and_grad
+from jaxadv.keys import example_keys
 from jaxadv.losses import as_onehot, cross_entropy, cw_margin
 from jaxadv.models import from_apply, from_flax, from_nnx, logits, predict
 from jaxadv.targets import least_likely, random_targets
@@ -28,7 +29,7 @@ from jaxadv.validation import checked
 # isort: split
 # Attack families and tools that list their public names in ``__all__``.
 from jaxadv import callables as _callables
-from jaxadv import certify, compose, config, evaluation, sharding, training, universal, zoo
+from jaxadv import certify, compose, config, evaluation, keys, sharding, training, universal, zoo
 from jaxadv import success as _success
 from jaxadv import transfer as _transfer
 from jaxadv.attacks import apgd as _apgd
@@ -77,12 +78,14 @@ __all__ = [
     "cw_margin",
     "eot_pgd",
     "evaluate",
+    "example_keys",
     "evaluation",
     "fgsm",
     "from_apply",
     "from_flax",
     "from_nnx",
     "iterate",
+    "keys",
     "least_likely",
     "logits",
     "loss_and_grad",

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv.keys import draw_rows, fold_rows, row_keys, split_rows
 from jaxadv.typing import Array, ArrayLike, Norm, PRNGKey
 from jaxadv.validation import check_norm
 
@@ -267,8 +268,12 @@ def random_start(key: PRNGKey, shape: tuple[int, ...], eps: ArrayLike, norm: Nor
       their sum (uniform on the solid simplex), with random signs, times
       :math:`\epsilon`.
 
+    Each example draws from its own key, so its perturbation does not depend on
+    the other rows.
+
     Args:
-      key: a PRNG key.
+      key: one PRNG key (row ``i`` then draws from ``fold_in(key, i)``) or a
+        ``[batch]`` array of keys, one per example (:func:`jaxadv.keys.row_keys`).
       shape: ``[batch, ...]``.
       eps: scalar or ``[batch]`` radius.
       norm: ``"linf"``, ``"l2"`` or ``"l1"``.
@@ -281,19 +286,20 @@ def random_start(key: PRNGKey, shape: tuple[int, ...], eps: ArrayLike, norm: Nor
     b, n = shape[0], 1
     for s in shape[1:]:
         n *= s
+    keys = row_keys(key, b)
     eps_f = per_example(eps, jnp.zeros((b, 1)))
     if norm == "linf":
-        u = jax.random.uniform(key, (b, n), minval=-1.0, maxval=1.0)
+        u = draw_rows(lambda k: jax.random.uniform(k, (n,), minval=-1.0, maxval=1.0), keys)
         return (u * eps_f).reshape(shape)
-    k1, k2 = jax.random.split(key)
+    k1, k2 = split_rows(keys)
     if norm == "l2":
-        g = jax.random.normal(k1, (b, n))
+        g = draw_rows(lambda k: jax.random.normal(k, (n,)), k1)
         g = g / jnp.maximum(norm_of(g, "l2")[:, None], _TINY)
-        r = jax.random.uniform(k2, (b, 1)) ** (1.0 / n)
+        r = draw_rows(lambda k: jax.random.uniform(k, (1,)), k2) ** (1.0 / n)
         return (g * r * eps_f).reshape(shape)
-    e = jax.random.exponential(k1, (b, n + 1))
+    e = draw_rows(lambda k: jax.random.exponential(k, (n + 1,)), k1)
     simplex = e[:, :n] / row_sum(e)[:, None]
-    signs = jax.random.rademacher(k2, (b, n), dtype=jnp.float32)
+    signs = draw_rows(lambda k: jax.random.rademacher(k, (n,), dtype=jnp.float32), k2)
     return (simplex * signs * eps_f).reshape(shape)
 
 
@@ -302,13 +308,16 @@ def random_feasible(key: PRNGKey, x: Array, eps: Array, norm: Norm, lo: Array, h
 
     ``project_to_feasible(x + random_start(...))`` for finite ``eps``; where ``eps``
     is infinite the feasible set is the box, and the start is uniform in it
-    (coordinates with an infinite bound start at ``x``).
+    (coordinates with an infinite bound start at ``x``). ``key``: one key or
+    ``[batch]`` keys, as in :func:`random_start`; each example draws from its own.
     """
+    keys = row_keys(key, x.shape[0])
     eps = jnp.asarray(eps, jnp.float32)
     finite = jnp.isfinite(eps)
-    ball = random_start(key, x.shape, jnp.where(finite, eps, 0.0), norm)
+    ball = random_start(keys, x.shape, jnp.where(finite, eps, 0.0), norm)
     x0 = project_to_feasible(x + ball, x, eps, norm, lo, hi)
-    u = jax.random.uniform(jax.random.fold_in(key, 1), x.shape, jnp.float32)
+    row = x.shape[1:]
+    u = draw_rows(lambda k: jax.random.uniform(k, row, jnp.float32), fold_rows(keys, 1))
     boxed = jnp.isfinite(lo) & jnp.isfinite(hi)
     in_box = jnp.where(boxed, jnp.where(boxed, lo, 0.0) + u * jnp.where(boxed, hi - lo, 0.0), x)
     return jnp.where(per_example(finite, x) > 0, x0, in_box)

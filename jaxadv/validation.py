@@ -161,24 +161,32 @@ def check_finite(
     return v
 
 
-def check_key(key: Any, name: str = "key") -> Any:
+def check_key(key: Any, name: str = "key", *, per_example: bool = False) -> Any:
     """``key`` must be one PRNG key: a typed key of shape ``()`` (:func:`jax.random.key`)
     or a raw ``uint32`` key of shape ``(2,)``/``(4,)`` (:func:`jax.random.PRNGKey`).
 
+    With ``per_example=True`` (an attack that draws each example's numbers from
+    its own key, :mod:`jaxadv.keys`) a ``[batch]`` array of keys passes too
+    (typed ``(batch,)`` or raw ``(batch, 2)``/``(batch, 4)``); its length is
+    checked against the batch where the keys are used.
+
     Only its type and shape are read, so a traced key passes under ``jit``.
     Raises ``ValueError`` naming ``name`` for anything else (``None``, an int
-    seed, a batch of keys).
+    seed, a batch of keys where one key is required).
     """
     dtype = getattr(key, "dtype", None)
     shape = getattr(key, "shape", None)
     if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        if shape == ():
+        if shape == () or (per_example and shape is not None and len(shape) == 1):
             return key
-    elif dtype == np.uint32 and shape in ((2,), (4,)):
-        return key
+    elif dtype == np.uint32 and shape is not None:
+        if shape in ((2,), (4,)) or (per_example and len(shape) == 2 and shape[1] in (2, 4)):
+            return key
     got = f"{type(key).__name__} {key!r}" if dtype is None else f"an array of dtype {dtype} and shape {shape}"
+    also = " or a [batch] array of keys, one per example" if per_example else ""
     raise ValueError(
-        f"{name} must be one PRNG key, e.g. {name}=jax.random.key(0) (split it for several calls), got {got}"
+        f"{name} must be one PRNG key{also}, e.g. {name}=jax.random.key(0) (split it for several calls), "
+        f"got {got}"
     )
 
 

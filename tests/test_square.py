@@ -107,7 +107,7 @@ def _nchw_linear(params: Any, x: jax.Array) -> jax.Array:
 def test_square_argument_errors() -> None:
     x = _images(0)
     with pytest.raises(ValueError, match="norm"):
-        jaxadv.square(LINEAR, x, key=jax.random.key(0), eps=0.1, norm="l1")
+        jaxadv.square(LINEAR, x, key=jax.random.key(0), eps=0.1, norm="l0")
     with pytest.raises(ValueError, match="queries"):
         jaxadv.square(LINEAR, x, key=jax.random.key(0), eps=0.1, queries=1)
     with pytest.raises(ValueError, match="image-shaped"):

@@ -81,6 +81,7 @@ from jaxadv.attacks.base import Problem
 from jaxadv.compose.loop import EVAL_FOLD, check_finite_step, loop_problem, prepare_problem, source_model
 from jaxadv.compose.sources import EOT, LossGradient
 from jaxadv.engine import iterate
+from jaxadv.keys import fold_rows, row_keys
 from jaxadv.losses import dlr, dlr_targeted, finite_rows, get_loss
 from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
@@ -263,7 +264,7 @@ class _Operands(NamedTuple):
     is_check: Array  # [steps] bool
     window: Array  # [steps] checkpoint window lengths
     rho: Array
-    key: PRNGKey  # the run's gradient key
+    key: Array  # [batch] keys of the run's gradient draws
     source: Any  # gradient source (a pytree)
     freeze: Array  # bool: early stop of L1 runs (traced: the stages of shrinking_eps share one program)
 
@@ -298,7 +299,7 @@ def _evaluate(ops: _Operands, static: _Static, x_t: Array, key: PRNGKey) -> tupl
     ok = g.ok & jnp.isfinite(g.loss)
     loss_val = jnp.where(ok, -g.loss if static.targeted else g.loss, -jnp.inf)
     grad = jnp.where(per_example(ok, g.grad) > 0, g.grad, 0.0)
-    logits = g.logits if g.logits is not None else model(x_t, jax.random.fold_in(key, EVAL_FOLD))
+    logits = g.logits if g.logits is not None else model(x_t, fold_rows(key, EVAL_FOLD))
     return loss_val, logits, grad
 
 
@@ -327,7 +328,7 @@ def _apgd_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
         s.x + a * (z - s.x) + (1.0 - a) * (s.x - s.x_prev), ops.x, ops.eps, norm, lo, hi
     )
     x_new = as_returned(x_new, static.dtype, lo, hi)
-    loss_val, logits, grad = _evaluate(ops, static, x_new, jax.random.fold_in(ops.key, i + 1))
+    loss_val, logits, grad = _evaluate(ops, static, x_new, fold_rows(ops.key, i + 1))
     hit, x_adv, x_best, grad_best, loss_best = _record(s, x_new, loss_val, logits, grad, ops, static)
     n_incr = s.n_incr + (loss_val > s.prev_loss).astype(jnp.float32)
 
@@ -360,7 +361,7 @@ def _apgd_l1_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _Stat
     lo, hi = ops.lo, ops.hi
     x_new = project_l1_box(s.x + step_along(s.eta, _sparse_direction(s.grad, s.topk)), ops.x, ops.eps, lo, hi)
     x_new = as_returned(x_new, static.dtype, lo, hi)
-    loss_val, logits, grad = _evaluate(ops, static, x_new, jax.random.fold_in(ops.key, i + 1))
+    loss_val, logits, grad = _evaluate(ops, static, x_new, fold_rows(ops.key, i + 1))
     hit, x_adv, x_best, grad_best, loss_best = _record(s, x_new, loss_val, logits, grad, ops, static)
 
     at_check = ops.is_check[i]
@@ -398,7 +399,7 @@ def _apgd_init(
     else:
         x0 = project_l1_box(x_start, ops.x, ops.eps, ops.lo, ops.hi)
     x0 = as_returned(x0, static.dtype, ops.lo, ops.hi)
-    loss0, logits, grad = _evaluate(ops, static, x0, jax.random.fold_in(ops.key, 0))
+    loss0, logits, grad = _evaluate(ops, static, x0, fold_rows(ops.key, 0))
     b = ops.x.shape[0]
     eps_b = jnp.broadcast_to(ops.eps, (b,)).astype(jnp.float32)
     if static.norm == "l1":
@@ -481,7 +482,7 @@ def _single_run(
         is_check=jnp.asarray(is_check),
         window=jnp.asarray(window),
         rho=jnp.asarray(rho, jnp.float32),
-        key=jax.random.fold_in(key, _GRAD),
+        key=fold_rows(key, _GRAD),
         source=source,
         freeze=jnp.asarray(early_stop),
     )
@@ -529,7 +530,7 @@ def _run(
             last = factor == 1.0
             s = _single_run(
                 p,
-                jax.random.fold_in(key, stage) if stage else key,
+                fold_rows(key, stage) if stage else key,
                 loss_labels,
                 source,
                 prior.found if last else jnp.zeros_like(prior.found),
@@ -582,7 +583,7 @@ def _check_common(
     steps = check_steps(steps)
     if key is None:
         raise ValueError("key is required for the random starts (pass key=jax.random.key(0))")
-    check_key(key)
+    check_key(key, per_example=True)
     if not isinstance(eot_samples, (int, np.integer)) or isinstance(eot_samples, bool) or eot_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {eot_samples!r}")
     if shrinking_eps and norm != "l1":
@@ -648,7 +649,9 @@ def apgd(
     ``transform(key, x)``. AutoAttack's version for randomised defences
     ("rand") runs APGD-CE and APGD-DLR with 20 draws. Success inside the loop
     is tested on one further draw of the model at each iterate, and the
-    returned ``success`` (``return_info``) on the model with one fixed key.
+    returned ``success`` (``return_info``) on the model with fixed keys, one per
+    example. The model and ``transform`` are called one example at a time
+    (``jax.vmap``), each with a key of that example.
 
     Args:
       logits_fn: model ``x -> logits [batch, C]``, or ``(x, key) -> logits``
@@ -656,7 +659,9 @@ def apgd(
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` labels or ``[batch, C]`` one-hot (targets when
         ``targeted``); ``None``: the model's predictions.
-      key: PRNG key for the random starting points and the draws.
+      key: PRNG key for the random starting points and the draws: one key, or a
+        ``[batch]`` array of keys, one per example (:mod:`jaxadv.keys`; each
+        example draws only from its own key).
       eps: radius, scalar or ``[batch]`` (traced).
       steps: iterations per restart :math:`N` (static).
       norm: ``"linf"``, ``"l2"`` or ``"l1"``.
@@ -708,6 +713,7 @@ def apgd(
     check_finite_step(p.eps, p.lo, p.hi, "eps")
     if p.empty:
         return p.output(p.finalize(p.x), targeted=targeted, return_info=return_info)
+    key = row_keys(key, p.x.shape[0])
     clean_bad = ~finite_rows(_clean_logits(p.params, p.x, model=p.model))
     loss_labels = p.labels if p.labels.ndim == 2 else jax.nn.one_hot(p.labels, p.num_classes)
     q = loop_problem(p, randomized)
@@ -715,7 +721,7 @@ def apgd(
     for r in range(num_restarts):
         out = _run(
             q,
-            jax.random.fold_in(key, r),
+            fold_rows(key, r),
             loss_labels,
             loss_fn,
             out,
@@ -793,6 +799,7 @@ def apgd_targeted(
     check_finite_step(p.eps, p.lo, p.hi, "eps")
     if p.empty:
         return p.output(p.finalize(p.x), targeted=False, return_info=return_info)
+    key = row_keys(key, p.x.shape[0])
     clean_logits = combine_model(p.model, p.params)(p.x)
     clean_bad = ~finite_rows(clean_logits)
     clean_order = jnp.argsort(clean_logits, axis=-1)
@@ -805,7 +812,7 @@ def apgd_targeted(
         for r in range(num_restarts):
             out = _run(
                 q,
-                jax.random.fold_in(key, k * num_restarts + r),
+                fold_rows(key, k * num_restarts + r),
                 signed,
                 dlr_targeted,
                 out,

@@ -59,10 +59,11 @@ def check_queries(queries: Any, minimum: int) -> int:
 
 
 def check_key(key: Any) -> None:
-    """Every black-box attack draws random numbers: ``key`` must be one PRNG key."""
+    """Every black-box attack draws random numbers: ``key`` must be one PRNG key
+    or a ``[batch]`` array of keys (one per example)."""
     if key is None:
         raise ValueError("key is required (pass key=jax.random.key(0))")
-    validation.check_key(key)
+    validation.check_key(key, per_example=True)
 
 
 def check_finite_eps(p: Problem, *, allow_inf: bool = True) -> None:

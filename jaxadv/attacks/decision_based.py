@@ -25,6 +25,7 @@ from jaxadv.attacks.base import prepare
 from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, finish, stop_mask
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
+from jaxadv.keys import draw_rows, fold_rows, row_keys, split_rows
 from jaxadv.models import combine_model
 from jaxadv.success import hits
 from jaxadv.threat_models import norm_of, per_example, row_sum
@@ -47,6 +48,23 @@ class _HSJState(NamedTuple):
 
 def _theta(norm: str, d: int, gamma: float) -> float:
     return gamma / (d * math.sqrt(d)) if norm == "l2" else gamma / d**2
+
+
+def _per_row(a: Array, x: Array) -> Array:
+    """``a`` (broadcasting against ``x``) as ``[batch, n]`` rows."""
+    return jnp.broadcast_to(a, x.shape).reshape(x.shape[0], -1)
+
+
+def _mean_side(lo: Array, hi: Array, x: Array) -> Array:
+    """``[batch]`` mean of ``hi - lo`` over each example's coordinates (inf or NaN
+    where its box is unbounded)."""
+    side = _per_row(hi - lo, x)
+    return row_sum(side) / side.shape[1]
+
+
+def _finite_box(lo: Array, hi: Array, x: Array) -> Array:
+    """``[batch]`` bool: every bound of the example is finite."""
+    return jnp.all(jnp.isfinite(_per_row(lo, x)) & jnp.isfinite(_per_row(hi, x)), axis=1)
 
 
 def _binary_search(
@@ -128,7 +146,7 @@ def _hsj_body(i: Array, state: _HSJState, ops: _HSJOperands, static: _HSJStatic)
     d = math.prod(x.shape[1:])
     theta = _theta(norm, d, gamma)
     t = (i + 1).astype(jnp.float32)
-    key, k_dir = jax.random.split(state.key)
+    key, k_dir = split_rows(state.key)
 
     # 1. Estimate the boundary's normal at x_adv from n_t label queries.
     n_t = jnp.minimum(jnp.floor(init_evals * jnp.sqrt(t)), max_evals).astype(jnp.int32)
@@ -139,18 +157,18 @@ def _hsj_body(i: Array, state: _HSJState, ops: _HSJOperands, static: _HSJStatic)
         delta = math.sqrt(d) * theta * state.dist
     else:
         delta = d * theta * state.dist
-    # The first radius is a tenth of the box's mean side; without a finite box, a
-    # tenth of the distance to x.
-    span = jnp.mean(hi - lo)
+    # The first radius is a tenth of the mean side of the example's box; without a
+    # finite box, a tenth of the distance to x.
+    span = _mean_side(lo, hi, x)
     delta = jnp.where(i == 0, jnp.where(jnp.isfinite(span), 0.1 * span, 0.1 * state.dist), delta)
     delta = jnp.maximum(delta, _TINY)
     # Probes are laid out batch-major, [batch, n_max, ...]: merged into one
     # [batch * n_max] query batch, each device keeps its own examples' probes.
-    shape = (b, n_max, *x.shape[1:])
+    shape = (n_max, *x.shape[1:])
     if norm == "l2":
-        u = jax.random.normal(k_dir, shape, jnp.float32)
+        u = draw_rows(lambda k: jax.random.normal(k, shape, jnp.float32), k_dir)
     else:
-        u = jax.random.uniform(k_dir, shape, jnp.float32, -1.0, 1.0)
+        u = draw_rows(lambda k: jax.random.uniform(k, shape, jnp.float32, -1.0, 1.0), k_dir)
     u_norm = norm_of(u.reshape(b * n_max, -1), "l2").reshape((b, n_max) + (1,) * (x.ndim - 1))
     u = u / jnp.maximum(u_norm, _TINY)
     delta_b = delta.reshape((b, 1) + (1,) * (x.ndim - 1))
@@ -222,7 +240,7 @@ def _hsj_init(
     ``x_init`` (one query) or uniform noise in the box (up to ``init_tries``
     queries), brought to the boundary by a binary search."""
     logits_fn = combine_model(model, params)
-    key, k_noise = jax.random.split(key)
+    key, k_noise = split_rows(key)
     z_clean = logits_fn(x)
     clean_adv = hits(z_clean, labels, targeted)
     # Examples with non-finite clean scores stop here and are returned unchanged.
@@ -235,13 +253,16 @@ def _hsj_init(
         queries = queries + can.astype(jnp.int32)
     else:
         # Uniform noise needs a finite box: without one no start point is drawn.
-        boxed = jnp.all(jnp.isfinite(lo)) & jnp.all(jnp.isfinite(hi))
-        lo_s, span = jnp.where(boxed, lo, 0.0), jnp.where(boxed, hi - lo, 0.0)
+        # Per example: bounds may differ between the rows.
+        boxed = _finite_box(lo, hi, x)
+        box = per_example(boxed, x) > 0
+        lo_s, span = jnp.where(box, lo, 0.0), jnp.where(box, hi - lo, 0.0)
 
         def attempt(j: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
             found, x_adv, q = carry
             searching = ~clean_stop & ~found & (q + 1 <= budget) & boxed
-            noise = jax.random.uniform(jax.random.fold_in(k_noise, j), x.shape, jnp.float32)
+            row = x.shape[1:]
+            noise = draw_rows(lambda k: jax.random.uniform(k, row, jnp.float32), fold_rows(k_noise, j))
             noise = lo_s + noise * span
             ok = searching & hits(logits_fn(noise), labels, targeted)
             x_adv = jnp.where(per_example(ok, x) > 0, noise, x_adv)
@@ -329,7 +350,8 @@ def hop_skip_jump(
       x: ``[batch, ...]`` inputs inside ``bounds``.
       y: labels ``[batch]`` (targets when ``targeted``) or one-hot; ``None``:
         the model's predictions.
-      key: PRNG key.
+      key: PRNG key: one key, or a ``[batch]`` array of keys, one per example
+        (:mod:`jaxadv.keys`); each example's noise and directions come from its own.
       queries: per-example budget of label queries (static, >= 2).
       norm: ``"l2"`` or ``"linf"`` (static).
       targeted: look for points classified as ``y``; needs ``x_init``.
@@ -382,7 +404,7 @@ def hop_skip_jump(
     budget = jnp.asarray(queries, jnp.int32)
     with reraise_callable_errors():
         state = _hsj_init(
-            key, p.params, p.x, labels, p.lo, p.hi, budget, x_init_arr,
+            row_keys(key, p.x.shape[0]), p.params, p.x, labels, p.lo, p.hi, budget, x_init_arr,
             model=p.model, norm=norm, targeted=targeted, init_tries=init_tries, theta=theta,
             bs_steps=bs_steps, has_init=x_init is not None,
         )  # fmt: skip

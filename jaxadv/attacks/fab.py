@@ -55,6 +55,7 @@ import jax.numpy as jnp
 
 from jaxadv.attacks.base import Problem, prepare
 from jaxadv.engine import iterate
+from jaxadv.keys import draw_rows, fold_rows, row_keys
 from jaxadv.losses import finite_rows
 from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
@@ -415,7 +416,7 @@ def _begin_run(
     The start is ``x``, or (``random``) a point at distance :math:`\rho / 2` of it
     before clipping into the box: a uniform draw of ``[-1, 1]^n`` (L-inf) or a
     Gaussian (L2, L1) scaled to that norm, :math:`\rho` the radius of the module
-    docstring."""
+    docstring, each example's from its own key (``key``: ``[batch]`` keys)."""
     found = jnp.isfinite(best_norm)
     done = (found & (best_norm <= setup.eps)) if eps_mode else jnp.zeros_like(found)
     active = setup.clean_ok & ~done
@@ -426,10 +427,11 @@ def _begin_run(
         radius = jnp.where(jnp.isfinite(setup.eps), setup.eps, default)
     else:
         radius = jnp.minimum(best_norm, default)
+    row = x.shape[1:]
     if norm == "linf":
-        u = jax.random.uniform(key, x.shape, jnp.float32, -1.0, 1.0)
+        u = draw_rows(lambda k: jax.random.uniform(k, row, jnp.float32, -1.0, 1.0), key)
     else:
-        u = jax.random.normal(key, x.shape, jnp.float32)
+        u = draw_rows(lambda k: jax.random.normal(k, row, jnp.float32), key)
     u = u / per_example(jnp.maximum(_norm(u, norm), 1e-12), x)
     return jnp.clip(x + per_example(0.5 * radius, x) * u, setup.lo, setup.hi), active
 
@@ -497,11 +499,28 @@ def _run_fab(
     Returns ``(x_adv, found)``: the float32 batch to return (``x`` where nothing
     counts) and which examples hold an adversarial example."""
     x = p.x
+    key = row_keys(key, x.shape[0])
     hyper = (
         _check_hyper(alpha_max, "alpha_max", x, 1.0),
         _check_hyper(eta, "eta", x, None),
         _check_hyper(beta, "beta", x, 1.0),
     )
+    if x.shape[0] == 1:
+        # XLA compiles a batch of one differently (its size-1 axes are simplified
+        # away and the step's projection is fused otherwise), which rounds the
+        # step differently in the last bit: one example runs as two copies, so
+        # that its result is the one it gets in any larger batch.
+        def two(a: Array) -> Array:
+            return jnp.concatenate([a, a]) if a.ndim and a.shape[0] == 1 else a
+
+        # (Bounds broadcast against the two rows as they did against the one.)
+        pair = p._replace(x=two(x), labels=two(p.labels), eps=two(p.eps))
+        x_adv, found = _run_fab(
+            pair, two(key), [two(c) for c in class_sets], eps_mode=eps_mode, steps=steps, norm=norm,
+            num_restarts=num_restarts, alpha_max=two(hyper[0]), eta=two(hyper[1]), beta=two(hyper[2]),
+            search_steps=search_steps, loop=loop,
+        )  # fmt: skip
+        return x_adv[:1], found[:1]
     setup = _setup(p.params, x, p.labels, p.lo, p.hi, p.eps, hyper, model=p.model)
     static = _Static(p.model, norm, p.dtype)
     lo, hi = _flat(setup.lo), _flat(setup.hi)
@@ -509,7 +528,7 @@ def _run_fab(
     runs = [(classes, r) for classes in class_sets for r in range(num_restarts)]
     for run, (classes, r) in enumerate(runs):
         x1, active = _begin_run(
-            jax.random.fold_in(key, run),
+            fold_rows(key, run),
             x,
             state.best_norm,
             setup,
@@ -545,7 +564,7 @@ def _check_common(
         raise ValueError(f"search_steps must be a Python int >= 0 (it is static), got {search_steps!r}")
     if key is None:
         raise ValueError("key is required for the random restarts (pass key=jax.random.key(0))")
-    check_key(key)
+    check_key(key, per_example=True)
     return norm, steps
 
 
@@ -580,7 +599,8 @@ def fab(
       logits_fn: model ``x -> logits [batch, C]``.
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` integer labels or ``[batch, C]`` one-hot; ``None``: the model's predictions.
-      key: PRNG key of the random restarts.
+      key: PRNG key of the random restarts: one key, or a ``[batch]`` array of
+        keys, one per example (:mod:`jaxadv.keys`).
       eps: ``None`` (minimal-norm mode: every adversarial example found counts),
         or a radius, scalar or ``[batch]`` (traced): only adversarial examples of
         norm at most ``eps`` are returned (AutoAttack's success at ``eps``), and

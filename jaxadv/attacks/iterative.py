@@ -230,7 +230,7 @@ def eot_pgd(
     """
     if key is None:
         raise ValueError("key is required (pass key=jax.random.key(0))")
-    check_key(key)
+    check_key(key, per_example=True)
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     attack = Attack(

@@ -31,6 +31,7 @@ from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, fini
 from jaxadv.attacks.square import from_nhwc, image_layout, to_nhwc
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
+from jaxadv.keys import draw_rows, fold_rows, row_keys, split_rows
 from jaxadv.losses import as_onehot, cross_entropy, cw_margin, finite_rows
 from jaxadv.models import combine_model
 from jaxadv.success import hits
@@ -161,10 +162,11 @@ def _draw_corners(key: Array, u: Array, channels: int, exclude: Array) -> Array:
     is never drawn: the reference's "a colour different from the current one").
     ``u``: uniforms in ``[0, 1)``, one per colour.
 
-    For ``C > 16`` the channels are drawn from ``key`` without exclusion (a repeat
-    has probability at most :math:`2^{-16}`)."""
+    For ``C > 16`` the channels are drawn from ``key`` (``[b]`` keys, one per row of
+    ``u``) without exclusion (a repeat has probability at most :math:`2^{-16}`)."""
     if channels > _MAX_EXACT_CHANNELS:
-        return jax.random.bernoulli(key, 0.5, (*u.shape, channels))
+        shape = (*u.shape[1:], channels)
+        return draw_rows(lambda k: jax.random.bernoulli(k, 0.5, shape), key)
     ex = exclude >= 0
     r = _below(u, (1 << channels) - ex.astype(jnp.int32))
     r = r + (ex & (r >= exclude)).astype(jnp.int32)
@@ -276,7 +278,7 @@ def _propose_l0(key: Array, state: _State, ops: _Operands, static: _Static, it: 
     corners (a colour other than ``x``'s when ``m = 1``); with ``k = H W`` recolour ``m``."""
     b, h, w, ch = ops.x.shape
     n, k, m = h * w, static.k, _size_at(it, ops.schedule)
-    u = jax.random.uniform(key, (3, b, n))
+    u = jnp.moveaxis(draw_rows(lambda k: jax.random.uniform(k, (3, n)), key), 1, 0)
     on = state.on.reshape(b, n)
     if n > k:
         turn_off = _pick(u[0], on, k, m)
@@ -321,7 +323,7 @@ def _propose_patch(key: Array, state: _State, ops: _Operands, static: _Static, i
     size, single = _size_at(it, sched), it >= sched.single_start
     shift = (3 * h * jnp.maximum(sched.n - it, 0)) // (4 * sched.n)
     update_loc = (it % static.move_every == 0) & (shift > 0)
-    u = jax.random.uniform(key, (b, 6))
+    u = draw_rows(lambda k: jax.random.uniform(k, (6,)), key)
     at = _below(u[:, 0:2], k - size + 1)
     current = _pixel_at(state.bits, at)
     colour = _new_colour(key, u[:, 2:4], current, size, single)
@@ -341,7 +343,7 @@ def _propose_frame(key: Array, state: _State, ops: _Operands, static: _Static, i
     a random frame pixel, extending up or down and left or right at random."""
     b, h, w, ch = ops.x.shape
     size, single = _size_at(it, ops.schedule), it >= ops.schedule.single_start
-    u = jax.random.uniform(key, (b, 5))
+    u = draw_rows(lambda k: jax.random.uniform(k, (5,)), key)
     start = ops.frame_rc[_below(u[:, 0], ops.frame_rc.shape[0])]
     direction = jnp.where(u[:, 1:3] < 0.5, -1, 1)
     current = _pixel_at(state.bits, start)
@@ -356,7 +358,7 @@ _PROPOSALS = {"l0": _propose_l0, "patch": _propose_patch, "frame": _propose_fram
 
 
 def _body(i: Array, state: _State, ops: _Operands, static: _Static) -> _State:
-    key, k_prop = jax.random.split(state.key)
+    key, k_prop = split_rows(state.key)
     # Iteration i is the reference's iteration i + 1 (its iteration 0 is the start point).
     proposal = _PROPOSALS[static.threat](k_prop, state, ops, static, i + 1)
     proposal = proposal._replace(moved=jnp.ones_like(state.moved))
@@ -390,7 +392,7 @@ def _init_patches(key: Array, b: int, k: int, ch: int) -> Array:
     top = max(math.ceil(k**0.5), 2)
 
     def paint(j: Array, bits: Array) -> Array:
-        u = jax.random.uniform(jax.random.fold_in(key, j), (b, 3 + ch))
+        u = draw_rows(lambda kr: jax.random.uniform(kr, (3 + ch,)), fold_rows(key, j))
         size = 1 + _below(u[:, 0], top - 1)
         at = _below(u[:, 1:3], k - size[:, None] + 1)
         colour = u[:, 3:] < 0.5
@@ -418,17 +420,17 @@ def _init(key: Array, ops: _Operands, *, static: _Static) -> _State:
     logits_fn = combine_model(static.model, ops.params)
     b, h, w, ch = ops.x.shape
     k = static.k
-    key, k_draw = jax.random.split(key)
+    key, k_draw = split_rows(key)
     z0 = logits_fn(from_nhwc(ops.x, static.layout)).astype(jnp.float32)
     _, loss0 = _objectives(z0, ops.labels, static.targeted, static.loss)
     loc = jnp.zeros((b, 2), jnp.int32)
     if static.threat == "patch":
         on = jnp.zeros((b, 0, 0), bool)
         bits = _init_patches(k_draw, b, k, ch)
-        u = jax.random.uniform(jax.random.fold_in(k_draw, _PATCH_INIT_SQUARES), (b, 2))
+        u = draw_rows(lambda kr: jax.random.uniform(kr, (2,)), fold_rows(k_draw, _PATCH_INIT_SQUARES))
         loc = _below(u, jnp.asarray([h - k + 1, w - k + 1]))
     else:
-        u = jax.random.uniform(k_draw, (b, h * w, 1 + ch))
+        u = draw_rows(lambda kr: jax.random.uniform(kr, (h * w, 1 + ch)), k_draw)
         bits = (u[..., 1:] < 0.5).reshape(b, h, w, ch)
         if static.threat == "l0":
             on = _pick(u[..., 0], jnp.ones((b, h * w), bool), k, jnp.asarray(k)).reshape(b, h, w)
@@ -522,7 +524,8 @@ def sparse_rs(
         (``channel_axis=1``) or ``[batch, H, W]`` inputs inside ``bounds``.
       y: labels ``[batch]`` (targets when ``targeted``) or one-hot; ``None``:
         the model's predictions.
-      key: PRNG key.
+      key: PRNG key: one key, or a ``[batch]`` array of keys, one per example
+        (:mod:`jaxadv.keys`); each example's proposals come from its own.
       k: the budget (static): pixels (``"l0"``, in ``[1, H W]``), the patch side
         or the frame width (in ``[1, min(H, W)]``).
       threat: ``"l0"``, ``"patch"`` or ``"frame"`` (static).
@@ -572,7 +575,7 @@ def sparse_rs(
     )  # fmt: skip
     static = _Static(p.model, threat, k, bool(targeted), loss, layout, 10 if targeted else 4)
     with reraise_callable_errors():
-        state = _init(key, ops, static=static)
+        state = _init(row_keys(key, p.x.shape[0]), ops, static=static)
         if queries > 2:
             state = iterate(_body, state, ops, steps=queries - 2, static=static, loop=loop)
         x_adv = from_nhwc(_image(state, ops, static), layout)

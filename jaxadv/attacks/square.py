@@ -1,7 +1,8 @@
-r"""The Square Attack (Andriushchenko et al., 2020): score-based random search, L-inf and L2.
+r"""The Square Attack (Andriushchenko et al., 2020): score-based random search, L-inf, L2 and L1.
 
 :func:`square` queries the model's scores only, under the counting and
-stopping rules of :mod:`jaxadv.attacks.blackbox`.
+stopping rules of :mod:`jaxadv.attacks.blackbox`. The L1 version is the one
+AutoAttack added for its L1 evaluation (Croce & Hein, 2021, "Mind the box").
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv.attacks.apgd import project_l1_box
 from jaxadv.attacks.base import prepare
 from jaxadv.attacks.blackbox import (
     check_finite_eps,
@@ -24,6 +26,7 @@ from jaxadv.attacks.blackbox import (
 )
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
+from jaxadv.keys import draw_rows, row_keys, split_rows
 from jaxadv.losses import as_onehot, cross_entropy, cw_margin, finite_rows
 from jaxadv.models import combine_model
 from jaxadv.success import hits
@@ -34,6 +37,9 @@ from jaxadv.validation import check_norm
 __all__ = ["square"]
 
 _TINY = 1e-12
+# L1 candidates are projected onto the ball of radius eps * (1 - 1e-6), as in
+# AutoAttack: strictly inside, whatever the rounding of the projection.
+_L1_SHRINK = 1.0 - 1e-6
 # Iterations (out of 10,000) after which the Square Attack halves p (Andriushchenko et al., 2020).
 _P_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -83,7 +89,8 @@ def _p_of(i: Array, budget: Array, p_init: float) -> Array:
 
 
 def _side(i: Array, budget: Array, p_init: float, h: int, w: int, norm: str) -> Array:
-    """Side ``s`` of the square at iteration ``i`` (traced int32)."""
+    """Side ``s`` of the square at iteration ``i`` (traced int32): at least 1 (L-inf),
+    an odd number at least 3 (L2, L1)."""
     p = _p_of(i, budget, p_init)
     s = jnp.round(jnp.sqrt(p * h * w)).astype(jnp.int32)
     if norm == "linf":
@@ -110,16 +117,27 @@ def _window(u: Array, h: int, w: int, s: Array) -> tuple[Array, Array, Array]:
     return inside, r, c
 
 
+def _inverse_powers(n: int, power: int) -> Array:
+    """``T[k] = sum_{j=1}^{k} 1/j^power`` for ``k = 0..n``."""
+    return jnp.asarray(np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1) ** power)]), jnp.float32)
+
+
 def _inverse_squares(n: int) -> Array:
-    """``T[k] = sum_{j=1}^{k} 1/j^2`` for ``k = 0..n``."""
-    return jnp.asarray(np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1) ** 2)]), jnp.float32)
+    """``T[k] = sum_{j=1}^{k} 1/j^2`` for ``k = 0..n``: the L2 pattern's weights."""
+    return _inverse_powers(n, 2)
+
+
+#: The nested rectangles' weights decay as ``1 / k**p``: ``p = 2`` in L2, ``p = 4`` in L1
+#: (as in AutoAttack's L1 Square, which concentrates the mass nearer the centre).
+_PATTERN_POWER = {"l2": 2, "l1": 4}
 
 
 def _rectangle(r: Array, c: Array, a: Array, bw: Array, table: Array) -> Array:
-    r"""The L2 Square Attack's nested-rectangles pattern on an ``a x bw`` rectangle at
-    local coordinates ``(r, c)``: :math:`\sum_{k=d}^{K-1} (k+1)^{-2}` with ``d`` the
-    Chebyshev distance to the centre ``(a//2, bw//2)`` and ``K = max(a//2, bw//2) + 1``;
-    zero outside the rectangle."""
+    r"""The Square Attack's nested-rectangles pattern on an ``a x bw`` rectangle at
+    local coordinates ``(r, c)``: :math:`\sum_{k=d}^{K-1} (k+1)^{-p}` with ``d`` the
+    Chebyshev distance to the centre ``(a//2, bw//2)``, ``K = max(a//2, bw//2) + 1`` and
+    ``table`` the partial sums of :math:`j^{-p}` (:func:`_inverse_powers`); zero outside
+    the rectangle."""
     d = jnp.maximum(jnp.abs(r - a // 2), jnp.abs(c - bw // 2))
     k = jnp.maximum(a // 2, bw // 2) + 1
     inside = (r >= 0) & (r < a) & (c >= 0) & (c < bw)
@@ -128,9 +146,11 @@ def _rectangle(r: Array, c: Array, a: Array, bw: Array, table: Array) -> Array:
     return jnp.where(inside & (d < k), value, 0.0)
 
 
-def _eta(r: Array, c: Array, s: Array, flip: Array, table: Array) -> Array:
-    """The L2 Square Attack's ``s x s`` update pattern (unit L2 norm per example):
-    nested rectangles of opposite signs in the two halves, randomly transposed.
+def _eta(r: Array, c: Array, s: Array, flip: Array, table: Array, norm: str = "l2") -> Array:
+    """The Square Attack's ``s x s`` update pattern, of unit norm (L2, or L1 with
+    ``norm="l1"``) per example: nested rectangles of opposite signs in the two
+    halves, each half of unit norm, randomly transposed. ``table``: the weights'
+    partial sums (:func:`_inverse_powers` with :data:`_PATTERN_POWER`).
 
     ``r, c``: ``[b, H, W]`` local coordinates; ``flip``: ``[b, 1, 1]`` bool."""
     r, c = jnp.where(flip, c, r), jnp.where(flip, r, c)
@@ -139,18 +159,22 @@ def _eta(r: Array, c: Array, s: Array, flip: Array, table: Array) -> Array:
     bottom = _rectangle(r - half, c, s - half, s, table)
 
     def unit(a: Array) -> Array:
-        n = jnp.sqrt(row_sum((a * a).reshape(a.shape[0], -1)))
+        flat = a.reshape(a.shape[0], -1)
+        n = row_sum(jnp.abs(flat)) if norm == "l1" else jnp.sqrt(row_sum(flat * flat))
         return a / jnp.maximum(n[:, None, None], _TINY)
 
     return unit(unit(top) - unit(bottom))
 
 
-def _spatial_norm(a: Array) -> Array:
-    """L2 norm over the two spatial axes of ``[b, H, W, C]``, per channel: ``[b, 1, 1, C]``.
+def _spatial_norm(a: Array, norm: str = "l2") -> Array:
+    """L2 (or L1) norm over the two spatial axes of ``[b, H, W, C]``, per channel:
+    ``[b, 1, 1, C]``.
 
     Summed with :func:`jaxadv.row_sum`, so a row's value does not depend on the
     batch size (or on how a sharded batch is split)."""
     b, h, w, ch = a.shape
+    if norm == "l1":
+        return row_sum(jnp.abs(a).reshape(b, h * w, ch)).reshape(b, 1, 1, ch)
     return jnp.sqrt(row_sum((a * a).reshape(b, h * w, ch))).reshape(b, 1, 1, ch)
 
 
@@ -199,11 +223,12 @@ class _SquareStatic(NamedTuple):
 
 def _square_body(i: Array, state: _SquareState, ops: _SquareOperands, static: _SquareStatic) -> _SquareState:
     x, norm, layout = ops.x, static.norm, static.layout
-    key, k_draw = jax.random.split(state.key)
+    key, k_draw = split_rows(state.key)
     xs = to_nhwc(x, layout)
     b, h, w, ch = xs.shape
-    # One draw per iteration: two window corners, a transpose coin and the signs.
-    u = jax.random.uniform(k_draw, (b, 5 + ch))
+    # One draw per example and iteration, from the example's key: two window
+    # corners, a transpose coin and the signs.
+    u = draw_rows(lambda k: jax.random.uniform(k, (5 + ch,)), k_draw)
     s = _side(i, ops.budget, static.p_init, h, w, norm)
     inside, r, c = _window(u[:, 0:2], h, w, s)
     m1 = inside[..., None].astype(jnp.float32)
@@ -218,18 +243,27 @@ def _square_body(i: Array, state: _SquareState, ops: _SquareOperands, static: _S
         inside2, _, _ = _window(u[:, 2:4], h, w, s)
         m2 = inside2[..., None].astype(jnp.float32)
         union = jnp.maximum(m1, m2)
-        n_win1 = _spatial_norm(delta * m1)
-        n_union = _spatial_norm(delta * union)
-        n_image = per_example(norm_of(delta, "l2"), delta)
+        n_win1 = _spatial_norm(delta * m1, norm)
+        n_union = _spatial_norm(delta * union, norm)
+        n_image = per_example(norm_of(delta, "l1" if norm == "l1" else "l2"), delta)
         flip = (u[:, 4] < 0.5)[:, None, None]
-        pattern = _eta(r, c, s, flip, _inverse_squares(max(h, w) + 1))[..., None]
+        table = _inverse_powers(max(h, w) + 1, _PATTERN_POWER[norm])
+        pattern = _eta(r, c, s, flip, table, norm)[..., None]
         new = pattern * signs + delta * m1 / (n_win1 + _TINY)
-        new_norm = _spatial_norm(new)
-        room = jnp.maximum(eps_b**2 - n_image**2, 0.0) / ch + n_union**2
-        new = new / (new_norm + _TINY) * jnp.sqrt(room)
+        new_norm = _spatial_norm(new, norm)
+        if norm == "l2":
+            room = jnp.sqrt(jnp.maximum(eps_b**2 - n_image**2, 0.0) / ch + n_union**2)
+        else:
+            # AutoAttack's L1 rule: each channel's window takes the mass it held in both
+            # windows plus a share of the unused budget, times the channel count; the
+            # projection below brings the whole perturbation back into the ball.
+            room = (jnp.maximum(eps_b - n_image, 0.0) / ch + n_union) * ch
+        new = new / (new_norm + _TINY) * room
         delta = delta * (1.0 - m2) * (1.0 - m1) + new * m1
-        cand = xs + _unit_l2(delta) * eps_b
+        cand = xs + _unit_l2(delta) * eps_b if norm == "l2" else xs + delta
     cand = from_nhwc(cand, layout)
+    if norm == "l1":
+        cand = project_l1_box(cand, x, ops.eps * _L1_SHRINK, ops.lo, ops.hi)
     cand = jnp.clip(cand, ops.lo, ops.hi)
     z = combine_model(static.model, ops.params)(cand).astype(jnp.float32)
     hit, loss = _square_objectives(z, ops.labels, static.targeted)
@@ -262,21 +296,24 @@ def _square_init(
     layout: str,
 ) -> _SquareState:
     """Evaluate the clean input (query 1), then the initial point (query 2): vertical
-    stripes of ``+-eps`` (L-inf) or a grid of L2 patterns rescaled to norm ``eps``."""
+    stripes of ``+-eps`` (L-inf), a grid of L2 patterns rescaled to norm ``eps`` (L2),
+    or a grid of L1 patterns (each of L1 norm 1 per channel) projected onto the L1
+    ball and the box (L1)."""
     logits_fn = combine_model(model, params)
-    key, k0, k1 = jax.random.split(key, 3)
+    key, k0, k1 = split_rows(key, 3)
     z0 = logits_fn(x).astype(jnp.float32)
     _, loss0 = _square_objectives(z0, labels, targeted)
     xs = to_nhwc(x, layout)
     b, h, w, ch = xs.shape
     eps_b = per_example(eps, xs)
     if norm == "linf":
-        init = xs + eps_b * jax.random.rademacher(k0, (b, 1, w, ch), dtype=jnp.float32)
+        init = xs + eps_b * draw_rows(lambda k: jax.random.rademacher(k, (1, w, ch), dtype=jnp.float32), k0)
     else:
-        # Tiles of side h // 5 starting at (h - 5 s) // 2, each an L2 pattern with its own sign.
+        # Tiles of side h // 5 starting at (h - 5 s) // 2, each a pattern of the norm
+        # with its own sign.
         s0 = max(h // 5, 1)
         start = (h - s0 * 5) // 2
-        table = _inverse_squares(max(h, w) + 1)
+        table = _inverse_powers(max(h, w) + 1, _PATTERN_POWER[norm])
         rows = np.arange(h) - start
         cols = np.arange(w) - start
         tr, tc = rows // s0, cols // s0
@@ -285,14 +322,19 @@ def _square_init(
         )
         tile = np.where(valid, tr[:, None] * (w // s0 + 1) + tc[None, :], 0)
         n_tiles = (h // s0 + 1) * (w // s0 + 1)
-        lr = jnp.asarray(np.broadcast_to((rows % s0)[:, None], (h, w)))[None]
-        lc = jnp.asarray(np.broadcast_to((cols % s0)[None, :], (h, w)))[None]
-        pattern = _eta(lr, lc, jnp.asarray(s0), jnp.zeros((1, 1, 1), bool), table)
-        pattern = jnp.where(jnp.asarray(valid)[None], pattern, 0.0)[0]
-        tile_signs = jax.random.rademacher(k0, (b, n_tiles, ch), dtype=jnp.float32)
+        # One tile's pattern, of unit norm (the L1 start is not rescaled: each tile
+        # must carry L1 mass 1, as in AutoAttack), repeated over the grid.
+        r0, c0 = np.meshgrid(np.arange(s0), np.arange(s0), indexing="ij")
+        flat = jnp.zeros((1, 1, 1), bool)
+        one = _eta(jnp.asarray(r0)[None], jnp.asarray(c0)[None], jnp.asarray(s0), flat, table, norm)
+        pattern = jnp.where(jnp.asarray(valid), one[0][np.ix_(rows % s0, cols % s0)], 0.0)
+        tile_signs = draw_rows(lambda k: jax.random.rademacher(k, (n_tiles, ch), dtype=jnp.float32), k0)
         delta = pattern[None, :, :, None] * tile_signs[:, jnp.asarray(tile.reshape(-1))].reshape(b, h, w, ch)
-        init = xs + _unit_l2(delta) * eps_b
-    init = jnp.clip(from_nhwc(init, layout), lo, hi)
+        init = xs + _unit_l2(delta) * eps_b if norm == "l2" else xs + delta
+    init = from_nhwc(init, layout)
+    if norm == "l1":
+        init = project_l1_box(init, x, eps * _L1_SHRINK, lo, hi)
+    init = jnp.clip(init, lo, hi)
     z1 = logits_fn(init).astype(jnp.float32)
     hit1, loss1 = _square_objectives(z1, labels, targeted)
     # Clean success, or clean scores not finite: stop after query 1 at x.
@@ -325,7 +367,7 @@ def square(
     loop: LoopMode = "auto",
     return_info: bool = False,
 ) -> Any:
-    r"""Square Attack (Andriushchenko et al., 2020), L-inf and L2: score-based random search.
+    r"""Square Attack (Andriushchenko et al., 2020), L-inf, L2 and L1: score-based random search.
 
     Minimises, per example, the margin :math:`z_y - \max_{j\ne y} z_j`
     (untargeted) or the cross-entropy of the target (targeted) by random
@@ -338,16 +380,30 @@ def square(
       channel), i.e. :math:`x' = \Pi(x_{best} + 2\epsilon\,\sigma\,\mathbb{1}_W)`;
     * L2: the perturbation of a second random window moved into the first one,
       plus a nested-rectangles pattern of opposite signs in the window's two
-      halves, rescaled so the whole perturbation has L2 norm :math:`\epsilon`.
+      halves (weights :math:`\sum_{k \ge d} (k+1)^{-2}` at Chebyshev distance
+      :math:`d` from each half's centre), rescaled so the whole perturbation has
+      L2 norm :math:`\epsilon`;
+    * L1 (AutoAttack's L1 Square, for "Mind the box", Croce & Hein, 2021): the
+      same move with patterns of unit L1 norm (weights :math:`(k+1)^{-4}`). Per
+      channel :math:`c`, the first window's new content is the pattern (with a
+      random sign) plus the window's old perturbation divided by its L1 norm
+      :math:`\|\delta_{W_1,c}\|_1`, rescaled to L1 mass
+      :math:`C\,\big(\max(\epsilon - \|\delta\|_1, 0)/C + \|\delta_{W_1\cup W_2,c}\|_1\big)`
+      (``C`` channels), the second window is cleared, and the point is the exact
+      projection of :math:`x + \delta` onto the L1 ball of radius
+      :math:`\epsilon(1 - 10^{-6})` intersected with the box
+      (:func:`jaxadv.apgd`'s ``project_l1_box``), as AutoAttack does.
 
     The proposal is kept when it lowers the loss or succeeds (success is the
     argmax test of :func:`jaxadv.is_adversarial`). The fraction
     :math:`p` starts at ``p_init`` (default 0.8 for L-inf and 0.1 for L2, the
-    paper's values; AutoAttack runs both norms at 0.8) and is halved after iterations 10, 50, 200, 500,
+    paper's values, and 0.8 for L1, AutoAttack's; AutoAttack runs every norm at
+    0.8) and is halved after iterations 10, 50, 200, 500,
     1000, 2000, 4000, 6000 and 8000, the thresholds rescaled by
     ``queries / 10000``. The side is at least 1 (L-inf) or an odd number >= 3
-    (L2), at most ``min(H, W)``. The start point is vertical stripes
-    :math:`x + \epsilon\,\sigma_{w,c}` (L-inf) or a grid of L2 patterns (L2).
+    (L2, L1), at most ``min(H, W)``. The start point is vertical stripes
+    :math:`x + \epsilon\,\sigma_{w,c}` (L-inf), a grid of L2 patterns (L2), or a
+    grid of L1 patterns projected onto the L1 ball and the box (L1).
 
     Queries: 1 for the clean input (already misclassified examples, and those
     with non-finite scores, stop there, returned unchanged), 1 for the start
@@ -361,10 +417,11 @@ def square(
         (``channel_axis=1``) or ``[batch, H, W]`` inputs inside ``bounds``.
       y: labels ``[batch]`` (targets when ``targeted``) or one-hot; ``None``:
         the model's predictions.
-      key: PRNG key.
+      key: PRNG key: one key, or a ``[batch]`` array of keys, one per example
+        (:mod:`jaxadv.keys`); each example's windows and signs come from its own.
       eps: radius, scalar or ``[batch]`` (traced).
       queries: per-example budget of model evaluations (static, >= 2).
-      norm: ``"linf"`` or ``"l2"`` (static).
+      norm: ``"linf"``, ``"l2"`` or ``"l1"`` (static).
       p_init: initial fraction of pixels in a square (static).
       targeted: minimise the target's cross-entropy and stop when it is predicted.
       bounds: ``(lo, hi)``.
@@ -379,21 +436,19 @@ def square(
       ``bounds`` (an :class:`jaxadv.AttackResult` with ``return_info``).
     """
     norm = check_norm(norm)
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"square supports norm='linf' or 'l2', got {norm!r}")
     queries = check_queries(queries, 2)
-    p_init = (0.8 if norm == "linf" else 0.1) if p_init is None else float(p_init)
+    p_init = (0.1 if norm == "l2" else 0.8) if p_init is None else float(p_init)
     if not 0.0 < p_init <= 1.0:
         raise ValueError(f"p_init must be in (0, 1], got {p_init}")
     check_key(key)
     p = prepare(logits_fn, x, y, bounds=bounds, targeted=targeted, eps=eps)
     layout = image_layout(p.x, channel_axis)
-    check_finite_eps(p, allow_inf=norm == "linf")  # the L2 proposals rescale to norm eps
+    check_finite_eps(p, allow_inf=norm == "linf")  # the L2 and L1 proposals use the norm eps
     if p.empty:
         return empty_result(p, return_info=return_info)
     with reraise_callable_errors():
         state = _square_init(
-            key, p.params, p.x, p.labels, p.lo, p.hi, p.eps,
+            row_keys(key, p.x.shape[0]), p.params, p.x, p.labels, p.lo, p.hi, p.eps,
             model=p.model, norm=norm, targeted=targeted, layout=layout,
         )  # fmt: skip
         if queries > 2:

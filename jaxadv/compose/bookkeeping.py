@@ -60,7 +60,7 @@ class QueryCount(NamedTuple):
     """The bookkeeping of a score-based attack.
 
     Attributes:
-      key: the chain each step's key is split from.
+      key: ``[batch]`` keys: each example's chain its step keys are split from.
       done: ``[batch]`` bool, the example has stopped: a success on an evaluated
         iterate, or clean scores that are not finite.
       queries: ``[batch]`` int32, the model evaluations spent per example.

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv.compose.sources import Gradient, Model, _pytree
+from jaxadv.keys import draw_rows, fold_rows
 from jaxadv.losses import as_onehot, cw_margin, finite_rows, get_loss
 from jaxadv.threat_models import per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LossFn, PRNGKey
@@ -52,12 +53,14 @@ class FiniteDifference:
     r"""The antithetic finite-difference estimate of the loss gradient (see the module
     docstring), a gradient source: ``source(model, x, labels, *, key, targeted) -> Gradient``.
 
-    Per call it draws ``num_samples`` probes :math:`u_k` per example from ``key``
-    (``[batch, samples, ...]``, batch-major, so that merged into one
-    ``[batch * 2 * samples]`` query each example's probes stay on the device that
-    holds the example), evaluates the model at :math:`x \pm \delta u_k` (clipped
-    into ``[lo, hi]`` when given) and averages in :func:`jaxadv.row_sum`'s order,
-    so an example's estimate does not depend on the batch it is in.
+    Per call it draws ``num_samples`` probes :math:`u_k` per example from that
+    example's key (``[batch, samples, ...]``, batch-major, so that merged into
+    one ``[batch * 2 * samples]`` query each example's probes stay on the device
+    that holds the example), evaluates the model at :math:`x \pm \delta u_k`
+    (clipped into ``[lo, hi]`` when given; a randomised model gets one key per
+    example, the same for its ``2 K`` probes) and averages in
+    :func:`jaxadv.row_sum`'s order, so an example's estimate does not depend on
+    the batch it is in.
 
     Attributes:
       loss: per-example loss ``loss(logits, onehot) -> [batch]`` (static).
@@ -96,17 +99,19 @@ class FiniteDifference:
 
     def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
         b, n = x.shape[0], self.num_samples
-        shape = (b, n, *x.shape[1:])
+        shape = (n, *x.shape[1:])
         if self.distribution == "rademacher":
-            u = jax.random.rademacher(key, shape, dtype=jnp.float32)
+            u = draw_rows(lambda k: jax.random.rademacher(k, shape, dtype=jnp.float32), key)
         else:
-            u = jax.random.normal(key, shape, jnp.float32)
+            u = draw_rows(lambda k: jax.random.normal(k, shape, jnp.float32), key)
         scale_b = per_example(self.scale, x)
         scale_s = scale_b[:, None] if scale_b.ndim else scale_b
         pts = jnp.stack([x[:, None] + scale_s * u, x[:, None] - scale_s * u], axis=1)
         if self.lo is not None or self.hi is not None:
             pts = jnp.clip(pts, _probe_axes(self.lo, x), _probe_axes(self.hi, x))
-        z = model(pts.reshape((b * 2 * n, *x.shape[1:])), jax.random.fold_in(key, _MODEL))
+        # Each example's 2n probes are consecutive rows: its model key, repeated.
+        model_keys = jnp.repeat(fold_rows(key, _MODEL), 2 * n, axis=0)
+        z = model(pts.reshape((b * 2 * n, *x.shape[1:])), model_keys)
         z = z.astype(jnp.float32)
         rep = jnp.repeat(as_onehot(labels, z.shape[-1]), 2 * n, axis=0)
         values = self.loss(z, rep).reshape(b, 2, n)

@@ -48,6 +48,7 @@ from jaxadv.compose.bookkeeping import Best, QueryCount, charge, init_best, reco
 from jaxadv.compose.sources import LossGradient, _pytree, check_parts
 from jaxadv.compose.updates import Context, Steepest
 from jaxadv.engine import iterate
+from jaxadv.keys import fold_rows, per_row, row_keys, split_rows
 from jaxadv.losses import finite_rows
 from jaxadv.models import ModelStatic, combine_model
 from jaxadv.success import as_returned
@@ -171,10 +172,13 @@ class Attack:
         ``step_factor * eps / steps``) inside the ``eps``-ball and ``bounds``.
 
         Arguments as in :func:`jaxadv.pgd`; ``key`` is required when the attack
-        draws random numbers (:attr:`needs_key`). A randomised model
-        (``randomized=True``) is called as ``logits_fn(x, key)``. The parts'
-        hyperparameters are checked first (their ``check()``: a NaN momentum
-        decay, say, is refused with a ``ValueError`` instead of returning NaN).
+        draws random numbers (:attr:`needs_key`): one key, or a ``[batch]`` array
+        of keys, one per example (see :mod:`jaxadv.keys`; every draw of an
+        example comes from its key). A randomised model (``randomized=True``) is
+        called one example at a time, ``logits_fn(x[i:i+1], key_i)`` under
+        ``jax.vmap``, with a key of that example. The parts' hyperparameters are
+        checked first (their ``check()``: a NaN momentum decay, say, is refused
+        with a ``ValueError`` instead of returning NaN).
 
         Returns:
           The adversarial batch, shape and dtype of ``x``; with ``return_info``
@@ -188,10 +192,11 @@ class Attack:
             raise ValueError("key is required: this attack draws random numbers (pass key=jax.random.key(0))")
         if key is None:
             key = jax.random.key(0)
-        check_key(key)
+        check_key(key, per_example=True)
         p = prepare_problem(
             logits_fn, x, y, key=key, randomized=self.randomized, bounds=bounds, targeted=targeted, eps=eps
         )
+        key = row_keys(key, p.x.shape[0])
         alpha = check_step_size(self.step_factor * p.eps / steps if step_size is None else step_size, p.x)
         check_finite_step(alpha, p.lo, p.hi)
         no_queries = jnp.zeros((0,), jnp.int32) if self.count_queries else None
@@ -208,11 +213,20 @@ class Attack:
         return p.output(p.finalize(x_adv), targeted=targeted, return_info=return_info, queries=queries)
 
     def start(self, p: Problem, key: PRNGKey) -> Array:
-        """The first iterate: a random point of the feasible set, or ``x``."""
+        """The first iterate: a random point of the feasible set (drawn per example from
+        ``key``, one key or ``[batch]`` keys), or ``x``."""
         if not self.random_start:
             return p.x
         return _random_init(
-            key, p.params, p.x, p.eps, p.lo, p.hi, norm=self.norm, model=p.model, randomized=self.randomized
+            row_keys(key, p.x.shape[0]),
+            p.params,
+            p.x,
+            p.eps,
+            p.lo,
+            p.hi,
+            norm=self.norm,
+            model=p.model,
+            randomized=self.randomized,
         )
 
 
@@ -225,14 +239,15 @@ def _random_part(part: Any) -> bool:
 
 
 class _FixedKey:
-    """A randomised model seen as a deterministic one, with one fixed key (for
-    input checks and the model's output shape only)."""
+    """A randomised model seen as a deterministic one: fixed keys, one per example
+    (``[batch]`` keys, or one key standing for ``fold_in(key, i)`` per row), the model
+    called one example at a time (:func:`jaxadv.keys.per_row`)."""
 
     def __init__(self, fn: Any, key: PRNGKey) -> None:
         self.fn, self.key = fn, key
 
     def __call__(self, x: Array) -> Array:
-        return self.fn(x, self.key)
+        return per_row(self.fn)(x, row_keys(self.key, x.shape[0]))
 
 
 jax.tree_util.register_pytree_node(
@@ -242,8 +257,10 @@ jax.tree_util.register_pytree_node(
 
 def fix_key(logits_fn: Any, key: PRNGKey) -> LogitsFn:
     """A randomised model ``logits_fn(x, key) -> logits`` seen as the deterministic
-    model ``x -> logits_fn(x, key)`` of one draw. The key is a traced leaf of the
-    result: a new key reuses the compiled programs."""
+    model of one draw per example: row ``i`` of a batch gets
+    ``logits_fn(x[i:i+1], key_i)``, ``key_i`` the ``i``-th of ``[batch]`` keys, or
+    ``fold_in(key, i)`` for one key (:func:`jaxadv.keys.row_keys`). The keys are a
+    traced leaf of the result: new keys reuse the compiled programs."""
     return _FixedKey(logits_fn, key)
 
 
@@ -259,9 +276,13 @@ def prepare_problem(
     eps: ArrayLike | None,
 ) -> Problem:
     """:func:`jaxadv.prepare`, with a randomised model ``logits_fn(x, key)`` seen
-    through one fixed ``key`` (for the input checks, the clean labels and the
-    success of the returned batch)."""
-    model = _FixedKey(logits_fn, key) if randomized else logits_fn
+    through fixed per-example keys derived from ``key`` (:func:`fix_key`; for the
+    input checks, the clean labels and the success of the returned batch)."""
+    model = logits_fn
+    if randomized:
+        batch = int(np.shape(x)[0]) if np.ndim(x) else 0
+        # An empty batch's output shape is probed on one example (see prepare).
+        model = _FixedKey(logits_fn, row_keys(key, max(batch, 1)) if np.ndim(x) else key)
     return prepare(model, x, y, bounds=bounds, targeted=targeted, eps=eps)
 
 
@@ -281,12 +302,14 @@ class _UnfixedModel(NamedTuple):
 
 
 def source_model(model: Any, params: Any, randomized: bool) -> Any:
-    """``model(x, key) -> logits`` for the sources."""
+    """``model(x, keys) -> logits`` for the sources, ``keys`` one per row of ``x``: a
+    randomised model is called one example at a time with its key
+    (:func:`jaxadv.keys.per_row`); a deterministic one ignores the keys."""
     if randomized:
         fixed = combine_model(model.inner, params)
-        return fixed.fn  # type: ignore[attr-defined]
+        return per_row(fixed.fn)  # type: ignore[attr-defined]
     f = combine_model(model, params)
-    return lambda xi, _key: f(xi)
+    return lambda xi, _keys: f(xi)
 
 
 @functools.partial(jax.jit, static_argnames=("norm", "model", "randomized"))
@@ -305,7 +328,7 @@ def _random_init(
     """A random point of the feasible set; ``x`` itself for the examples whose clean
     logits are not finite (they are returned unchanged)."""
     x0 = random_feasible(key, x, eps, norm, lo, hi)
-    clean_ok = finite_rows(source_model(model, params, randomized)(x, jax.random.fold_in(key, EVAL_FOLD)))
+    clean_ok = finite_rows(source_model(model, params, randomized)(x, fold_rows(key, EVAL_FOLD)))
     return jnp.where(per_example(clean_ok, x) > 0, x0, x)
 
 
@@ -345,7 +368,7 @@ class Operands(NamedTuple):
     hi: Array
     eps: Array
     step_size: Array
-    key: PRNGKey
+    key: Array  # [batch] keys, one per example
     attack: Attack
 
 
@@ -367,9 +390,9 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
     a = ops.attack
     model = source_model(static.model, ops.params, a.randomized)
     if s.tally is None:
-        key = jax.random.fold_in(ops.key, i)
+        key = fold_rows(ops.key, i)
     else:  # the score-based attacks' key chain
-        chain, key = jax.random.split(s.tally.key)
+        chain, key = split_rows(s.tally.key)
     point = a.rule.lookahead(s.rule, s.x, ops.step_size)
     g = a.source(model, point, ops.labels, key=key, targeted=static.targeted)
     grad = mask_blocked(g.grad, s.x, ops.lo, ops.hi) if a.norm == "l1" else g.grad
@@ -385,7 +408,7 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
     if s.tally is not None:
         # One query at the new iterate; it is taken only where it and the
         # estimate are finite, and only by examples still active.
-        z = model(x_new, jax.random.fold_in(key, EVAL_FOLD)).astype(jnp.float32)
+        z = model(x_new, fold_rows(key, EVAL_FOLD)).astype(jnp.float32)
         count, active = charge(s.tally, chain, z, ops.labels, static.targeted, a.source.queries + 1)
         move = active & g.ok & finite_rows(z)
         return LoopState(_keep(x_new, s.x, move), _keep(rule_state, s.rule, move), None, count)
@@ -397,7 +420,7 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
     rule_state = _keep(rule_state, s.rule, g.ok)
     if s.best is None:
         return LoopState(x_new, rule_state, None)
-    z = g.logits if g.logits is not None and point is s.x else model(s.x, jax.random.fold_in(key, EVAL_FOLD))
+    z = g.logits if g.logits is not None and point is s.x else model(s.x, fold_rows(key, EVAL_FOLD))
     best, hit = record(s.best, s.x, z, ops.labels, static.targeted)
     if not a.early_stop:
         return LoopState(x_new, rule_state, best, None)
@@ -417,7 +440,7 @@ def _final(
     randomized: bool,
 ) -> Array:
     assert s.best is not None
-    z = source_model(model, params, randomized)(s.x, jax.random.fold_in(key, EVAL_FOLD))
+    z = source_model(model, params, randomized)(s.x, fold_rows(key, EVAL_FOLD))
     return select(s.best, s.x, z, x, labels, targeted)
 
 
@@ -453,9 +476,12 @@ def run_from(
     """Run ``attack``'s loop from ``x_init`` on a prepared problem; float32 result
     (``p.finalize`` casts it to the caller's dtype). The building block of the
     named attacks and of the adversarial-training losses. (An attack with
-    ``count_queries`` runs through :func:`run_with_queries`.)"""
+    ``count_queries`` runs through :func:`run_with_queries`.) ``key``: one key or
+    ``[batch]`` keys (:func:`jaxadv.keys.row_keys`); step ``i`` of example ``b``
+    draws from ``fold_in(keys[b], i)``."""
     if attack.count_queries:
         raise ValueError("an attack with count_queries runs through run_with_queries")
+    key = row_keys(key, p.x.shape[0])
     state = LoopState(x_init, attack.rule.init(x_init), init_best(x_init) if attack.keep_best else None)
     state = _run(attack, p, state, key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop)
     if not attack.keep_best:
@@ -470,7 +496,7 @@ def _clean_stop(
     params: Any, x: Array, labels: Array, key: PRNGKey, *, model: Any, targeted: bool, randomized: bool
 ) -> Array:
     """The examples that stop after the clean query: already a success, or scores not finite."""
-    z = source_model(model, params, randomized)(x, jax.random.fold_in(key, EVAL_FOLD))
+    z = source_model(model, params, randomized)(x, fold_rows(key, EVAL_FOLD))
     return stop_mask(z, labels, targeted)
 
 
@@ -487,9 +513,11 @@ def run_with_queries(
     """Run an attack with ``count_queries`` from the clean inputs of a prepared
     problem: the float32 result and the ``[batch]`` int32 evaluations spent per
     example (the clean query included). The loop of :func:`jaxadv.spsa` and
-    :func:`jaxadv.nes`."""
+    :func:`jaxadv.nes`. ``key``: one key or ``[batch]`` keys; each example's steps
+    split their keys from its own chain."""
     if not attack.count_queries:
         raise ValueError("run_with_queries needs an attack with count_queries=True")
+    key = row_keys(key, p.x.shape[0])
     done = _clean_stop(
         p.params, p.x, p.labels, key, model=p.model, targeted=targeted, randomized=attack.randomized
     )

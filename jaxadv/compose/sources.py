@@ -1,7 +1,12 @@
 r"""Gradient sources: where an iterative attack's ascent direction comes from.
 
 A source is called as ``source(model, x, labels, *, key, targeted) -> Gradient``
-with ``model(x, key) -> logits`` (a deterministic model ignores ``key``). It
+with ``key`` the ``[batch]`` keys of the step, one per example
+(:mod:`jaxadv.keys`), and ``model(x, keys) -> logits``, ``keys`` one per row of
+``x`` (a deterministic model ignores them; a randomised one draws each row
+from its key). Every random number a source draws for an example comes from
+that example's key, so an example's gradient does not depend on the rest of
+its batch. It
 returns the ascent gradient of :math:`s \sum_b L(f(x_b), y_b)` (:math:`s = -1`
 when ``targeted``) or an estimate of it, with the examples where that gradient
 could not be computed (non-finite logits or gradient) marked and their gradient
@@ -29,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv.gradients import loss_and_grad
+from jaxadv.keys import draw_rows, fold_rows, per_row, row_keys, split_rows
 from jaxadv.losses import cross_entropy, finite_rows, get_loss
 from jaxadv.threat_models import per_example
 from jaxadv.typing import Array, ArrayLike, LossFn, PRNGKey
@@ -52,9 +58,10 @@ __all__ = [
     "translation_invariant",
 ]
 
-Model = Callable[[Array, PRNGKey], Array]
-"""``model(x, key) -> logits``: how sources call the model (the loop adapts
-deterministic models, which ignore the key)."""
+Model = Callable[[Array, Array], Array]
+"""``model(x, keys) -> logits``, ``keys`` ``[batch]`` (one per row of ``x``): how
+sources call the model (the loop adapts deterministic models, which ignore the
+keys, and calls a randomised one row by row, :func:`jaxadv.keys.per_row`)."""
 
 
 class Gradient(NamedTuple):
@@ -126,12 +133,14 @@ class EOT:
     r"""Expectation over transformation (Athalye et al., 2018).
 
     The mean gradient over ``num_samples`` independent draws
-    :math:`\frac1n\sum_{j} \nabla_x L(f_{k_j}(T_{k_j}(x)), y)`, where each draw has
-    its own key :math:`k_j` (folded from the step's key): the key reaches the
-    model (a randomised model ``model(x, key)``, e.g. dropout left on) and the
-    optional ``transform(key, x) -> x`` (a random input transformation). Draws
-    run one after another (a scan), so memory is that of one gradient. An
-    example whose gradient is not finite in some draw is not stepped.
+    :math:`\frac1n\sum_{j} \nabla_x L(f_{k_j}(T_{k_j}(x)), y)`, where each draw of
+    each example has its own key :math:`k_j` (folded from the example's step
+    key): the key reaches the model (a randomised model ``model(x, key)``, e.g.
+    dropout left on) and the optional ``transform(key, x) -> x`` (a random input
+    transformation), both applied one example at a time with that example's key
+    (:func:`jaxadv.keys.per_row`). Draws run one after another (a scan), so
+    memory is that of one gradient. An example whose gradient is not finite in
+    some draw is not stepped.
     """
 
     source: Any
@@ -141,16 +150,16 @@ class EOT:
     needs_key = True  # draws per step (not a field)
 
     def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
+        transform = None if self.transform is None else _transform_rows(self.transform)
+
+        def drawn(xi: Array, keys: Array) -> Array:
+            # ``keys``: one per row of ``xi``, handed down by the wrapped source.
+            k_model, k_transform = split_rows(keys)
+            return model(xi if transform is None else transform(xi, k_transform), k_model)
+
         def draw(carry: tuple[Array, Array, Array], j: Array) -> tuple[tuple[Array, Array, Array], None]:
             loss_sum, grad_sum, ok = carry
-            k = jax.random.fold_in(key, j)
-            k_model, k_transform = jax.random.split(k)
-            transform = self.transform
-
-            def drawn(xi: Array, _: PRNGKey) -> Array:
-                return model(xi if transform is None else transform(k_transform, xi), k_model)
-
-            g = self.source(drawn, x, labels, key=k, targeted=targeted)
+            g = self.source(drawn, x, labels, key=fold_rows(key, j), targeted=targeted)
             return (loss_sum + g.loss, grad_sum + g.grad, ok & g.ok), None
 
         b = x.shape[0]
@@ -158,6 +167,11 @@ class EOT:
         (loss_sum, grad_sum, ok), _ = jax.lax.scan(draw, init, jnp.arange(self.num_samples))
         n = float(self.num_samples)
         return Gradient(loss_sum / n, None, _zero_where_bad(grad_sum / n, ok), ok)
+
+
+def _transform_rows(transform: Callable[[PRNGKey, Array], Array]) -> Callable[[Array, Array], Array]:
+    """A random transformation ``transform(key, x)`` applied one example at a time."""
+    return per_row(lambda xi, k: transform(k, xi))
 
 
 def _resize_pad_one(key: PRNGKey, xi: Array, rate: Array, axes: tuple[int, int]) -> Array:
@@ -204,10 +218,12 @@ def diverse_inputs(
     a factor :math:`s \sim U[\text{resize\_rate}, 1]` along both spatial axes
     (bilinear, pixel centres aligned, no antialiasing), then zero-padded back to
     its original size at a uniformly random offset; otherwise it is left unchanged. Differentiable in
-    ``x`` (a gather), shapes static, everything traced.
+    ``x`` (a gather), shapes static, everything traced. Each example draws from its
+    own key.
 
     Args:
-      key: PRNG key.
+      key: one PRNG key (row ``i`` then uses ``fold_in(key, i)``) or ``[batch]``
+        keys, one per example (:func:`jaxadv.keys.row_keys`).
       x: ``[batch, ...]`` images.
       prob: probability of transforming an example (traced).
       resize_rate: smallest shrink factor, in ``(0, 1]`` (traced).
@@ -217,25 +233,25 @@ def diverse_inputs(
       The transformed batch, shape and dtype of ``x``.
     """
     axes = _check_spatial_axes(spatial_axes, x.ndim)
-    k_apply, k_tf = jax.random.split(key)
-    keys = jax.random.split(k_tf, x.shape[0])
+    k_apply, k_tf = split_rows(row_keys(key, x.shape[0]))
     prob = check_finite(prob, "prob", minimum=0.0, maximum=1.0)
     rate = check_finite(resize_rate, "resize_rate", minimum=0.0, maximum=1.0, above=True)
-    moved = jax.vmap(lambda k, xi: _resize_pad_one(k, xi, rate, axes))(keys, x)
-    apply = jax.random.bernoulli(k_apply, prob, (x.shape[0],))
+    moved = jax.vmap(lambda k, xi: _resize_pad_one(k, xi, rate, axes))(k_tf, x)
+    p = jnp.asarray(prob, jnp.float32)
+    apply = draw_rows(lambda k: jax.random.bernoulli(k, p), k_apply)
     return jnp.where(per_example(apply, x) > 0, moved, x).astype(x.dtype)
 
 
-# Wrappers draw their own randomness from the step key and hand the wrapped
-# source a key folded with this tag, so that the two are independent.
+# Wrappers hand the wrapped source the step's keys folded with this tag, and draw
+# their own randomness from the keys that source calls the model with.
 _INNER = 0x1D
 
 
 @_pytree(data=("source", "prob", "resize_rate"), meta=("spatial_axes",))
 @dataclasses.dataclass(frozen=True)
 class InputDiversity:
-    """The gradient taken through :func:`diverse_inputs` (DI, Xie et al., 2019), with
-    the transform drawn from the step's key."""
+    """The gradient taken through :func:`diverse_inputs` (DI, Xie et al., 2019), each
+    example's transform drawn from its own key."""
 
     source: Any
     prob: Any = 0.5
@@ -252,10 +268,13 @@ class InputDiversity:
     def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
         prob, rate, axes = self.prob, self.resize_rate, self.spatial_axes
 
-        def diverse(xi: Array, k: PRNGKey) -> Array:
-            return model(diverse_inputs(key, xi, prob=prob, resize_rate=rate, spatial_axes=axes), k)
+        def diverse(xi: Array, keys: Array) -> Array:
+            # ``keys``: one per row of ``xi``, handed down by the wrapped source.
+            k_model, k_diverse = split_rows(keys)
+            moved = diverse_inputs(k_diverse, xi, prob=prob, resize_rate=rate, spatial_axes=axes)
+            return model(moved, k_model)
 
-        g = self.source(diverse, x, labels, key=jax.random.fold_in(key, _INNER), targeted=targeted)
+        g = self.source(diverse, x, labels, key=fold_rows(key, _INNER), targeted=targeted)
         return g._replace(logits=None)
 
 

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv.compose.sources import _pytree
+from jaxadv.keys import draw_rows, fold_rows
 from jaxadv.threat_models import per_example, steepest_direction, step_along, unit_l1
 from jaxadv.typing import Array, ArrayLike, Norm, PRNGKey
 from jaxadv.validation import check_finite
@@ -54,12 +55,12 @@ class Context(NamedTuple):
 
     Attributes:
       x_t: ``[batch, ...]`` current iterate.
-      key: the step's PRNG key.
+      key: the step's ``[batch]`` keys, one per example (:mod:`jaxadv.keys`).
       eps: scalar or ``[batch]`` radius.
       norm: canonical norm name (static).
       l1_sparsity: fraction of coordinates an L1 direction moves (static).
-      grad_at: ``grad_at(point, key) -> [batch, ...]``: the source's gradient at
-        another point (0 where it is not finite).
+      grad_at: ``grad_at(point, keys) -> [batch, ...]``: the source's gradient at
+        another point (0 where it is not finite), ``keys`` ``[batch]``.
     """
 
     x_t: Array
@@ -171,7 +172,8 @@ class VarianceTuning:
 
     :math:`d = d_p(v)`, with :math:`\nu = 0` at the first step. The
     ``num_neighbors`` (:math:`N`) neighbour gradients cost :math:`N` extra
-    forward-backward passes per step.
+    forward-backward passes per step. Each example draws its neighbours from
+    its own key.
     """
 
     decay: Any = 1.0
@@ -196,8 +198,9 @@ class VarianceTuning:
         radius = per_example(self.beta * jnp.asarray(ctx.eps, jnp.float32), ctx.x_t)
 
         def neighbour(total: Array, j: Array) -> tuple[Array, None]:
-            k = jax.random.fold_in(ctx.key, j)
-            r = jax.random.uniform(k, ctx.x_t.shape, jnp.float32, -1.0, 1.0) * radius
+            k = fold_rows(ctx.key, j)
+            row = ctx.x_t.shape[1:]
+            r = draw_rows(lambda kr: jax.random.uniform(kr, row, jnp.float32, -1.0, 1.0), k) * radius
             return total + ctx.grad_at(ctx.x_t + r, k), None
 
         total, _ = jax.lax.scan(neighbour, jnp.zeros_like(grad), jnp.arange(self.num_neighbors) + 1)

@@ -4,7 +4,8 @@ A checkpoint is the JSON of a partial :class:`EvaluationResult` (its examples
 are the first ``n`` of the data, in order) plus a ``"checkpoint"`` section:
 
 * ``fingerprint``: what makes two runs the same run (:class:`Fingerprint`):
-  eps, norm, suite, key, bounds, model and batch size;
+  eps, norm, suite, key, bounds and model; it also records the batch size the
+  run used, which a resume may change (results do not depend on it);
 * ``data``: the number of examples done, the number of batches they took and a
   SHA-256 over them (:class:`DataHasher`; inputs and labels, independent of
   the batching);
@@ -14,8 +15,8 @@ Resuming (:func:`read_checkpoint`, :func:`check_same_run`, :func:`check_data`)
 refuses, with a :class:`CheckpointError` naming the file and the problem, a
 file that is damaged (not JSON, missing or mistyped fields, arrays of
 different lengths, unknown outcome codes), that belongs to another run (any
-fingerprint field differs; a run with ``batch_size="auto"`` takes the
-checkpoint's batch size instead of comparing it) or to other data (the first
+fingerprint field but the batch size differs; a run with ``batch_size="auto"``
+takes the checkpoint's batch size) or to other data (the first
 ``n`` examples hash differently, or there are fewer than ``n``). A refused
 file is never merged nor overwritten. Every write goes through :func:`write_json_atomic`.
 """
@@ -49,7 +50,10 @@ __all__ = [
 ]
 
 FORMAT = "jaxadv.evaluate checkpoint"
-VERSION = 2  # 2: the batch size in the fingerprint, the batch count in the data
+# 2: the batch size in the fingerprint, the batch count in the data.
+# 3: each example's randomness from its index in the data, no longer from its batch's:
+#    a version-2 file holds results that a version-3 run cannot continue.
+VERSION = 3
 
 
 def _array_digest(a: Any) -> str:
@@ -112,10 +116,11 @@ class Fingerprint(NamedTuple):
       key: hex of the key's data (``jax.random.key_data``).
       bounds: SHA-256 of ``lo`` and ``hi`` as float32 arrays.
       model: :func:`model_fingerprint` of ``logits_fn``.
-      batch_size: examples per batch. Each batch draws its randomness from its
-        index (and is padded by its size), so another size gives other results.
-        ``None`` in the fingerprint of a ``batch_size="auto"`` run before it
-        starts: it then takes the checkpoint's size.
+      batch_size: examples per batch the run used. Not compared on resume:
+        every example draws its randomness from its own index in the data, so
+        the results do not depend on the batch size. ``None`` in the
+        fingerprint of a ``batch_size="auto"`` run before it starts: it then
+        takes the checkpoint's size.
     """
 
     eps: float
@@ -382,27 +387,23 @@ def _short(value: Any) -> str:
 def check_same_run(saved: SavedRun, fingerprint: Fingerprint) -> None:
     """Refuse ``saved`` unless it was written by a run with this fingerprint.
 
-    A ``fingerprint`` without a batch size (a ``batch_size="auto"`` run) accepts
-    the checkpoint's.
+    The batch size is not compared: a run may continue a checkpoint with any
+    batch size and get the results of an uninterrupted run (each example's
+    randomness comes from its index in the data).
 
     Raises:
       CheckpointError: naming the first field that differs (eps, norm, suite,
-        key, bounds, model or batch size) with both values.
+        key, bounds or model) with both values.
     """
     for name in Fingerprint._fields:
-        mine, theirs = getattr(fingerprint, name), getattr(saved.fingerprint, name)
-        if name == "batch_size" and mine is None:
+        if name == "batch_size":
             continue
+        mine, theirs = getattr(fingerprint, name), getattr(saved.fingerprint, name)
         if mine != theirs:
-            hint = (
-                f"batch_size={theirs} or batch_size='auto' to continue it, or "
-                if name == "batch_size"
-                else ""
-            )
             raise CheckpointError(
                 f"checkpoint {saved.path} was written for another {_FIELD_NAMES[name]} "
                 f"(checkpoint: {_short(theirs)}; this run: {_short(mine)}). The file was left unchanged; "
-                f"pass {hint}resume=False or another checkpoint path to start a new run"
+                "pass resume=False or another checkpoint path to start a new run"
             )
 
 

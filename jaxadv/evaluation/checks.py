@@ -12,8 +12,8 @@ symptoms, each with a warning that names it:
   with expectation over transformation instead).
 
 A check that cannot run on the given inputs is skipped with a warning that
-says so (the black-box check needs Square, which needs image-shaped inputs and
-``norm="linf"`` or ``"l2"``): a skipped check is no evidence either way.
+says so (the black-box check needs Square, which needs image-shaped inputs):
+a skipped check is no evidence either way.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def _large_eps(norm: Norm, x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> flo
 
 def _square_unsupported(norm: Norm, x: np.ndarray) -> str | None:
     """Why Square cannot run here, or ``None`` when it can."""
-    if norm not in ("linf", "l2"):
-        return f"Square supports norm='linf' or 'l2', not {norm!r}"
+    if norm not in ("linf", "l2", "l1"):
+        return f"Square supports norm='linf', 'l2' or 'l1', not {norm!r}"
     if x.ndim not in (3, 4):
         return f"Square needs image-shaped inputs [n, H, W(, C)], got shape {x.shape}"
     return None
@@ -77,7 +77,7 @@ def masking_checks(
 
     Returns:
       ``MaskingReport(warnings, figures)``. A check that does not apply (Square
-      on flat inputs or under L1) is skipped with a warning and its reason in
+      on flat inputs) is skipped with a warning and its reason in
       ``figures["black_box_skipped"]``.
     """
     for name, value in (("tolerance", tolerance), ("large_eps_accuracy", large_eps_accuracy)):

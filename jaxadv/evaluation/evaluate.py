@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxadv import sharding as shd
 from jaxadv.compose.loop import fix_key
@@ -34,6 +34,7 @@ from jaxadv.evaluation.checkpoint import (
 from jaxadv.evaluation.checks import masking_checks
 from jaxadv.evaluation.result import MISCLASSIFIED, ROBUST, EvaluationResult
 from jaxadv.evaluation.suites import SuiteAttack, check_suite_norm, resolve_suite
+from jaxadv.keys import example_keys, fold_rows, typed_key
 from jaxadv.models import logits as model_logits
 from jaxadv.success import AttackResult
 from jaxadv.threat_models import norm_of
@@ -46,15 +47,20 @@ _Batch = tuple[np.ndarray, np.ndarray]
 # --- arguments -----------------------------------------------------------------
 
 
-#: Folded into a batch's key for the draw of a randomised model that judges it.
+#: Folded into an example's key for the draw of a randomised model that judges it.
 _PREDICTION = 0x5EED
+#: Folded into the attacks' key, with the process index, for the examples of an
+#: iterator read by one of several processes (their indices in the result are not
+#: known in advance).
+_PROCESS = 0x9E0C
 
 
 def _split_key(key: PRNGKey) -> tuple[PRNGKey, PRNGKey]:
     if key is None:
         raise ValueError("key is required: pass key=jax.random.key(0) (it seeds the attacks' randomness)")
     try:
-        k1, k2 = jax.random.split(key)
+        k = typed_key(key)
+        k1, k2 = jax.random.split(k)
     except (TypeError, ValueError) as e:
         raise ValueError(f"key must be a PRNG key such as jax.random.key(0), got {key!r}") from e
     return k1, k2
@@ -374,6 +380,17 @@ class _Layout:
             return arrays
         return shd.place_rows(arrays, self.sharding)
 
+    def place_keys(self, keys: jax.Array) -> jax.Array:
+        """``[rows]`` keys split over the devices like the rows they belong to."""
+        if self.sharding is None:
+            return keys
+        rows = NamedSharding(self.sharding.mesh, PartitionSpec(self.sharding.spec[0]))
+        if self.processes == 1:
+            return jax.device_put(keys, rows)
+        # A global array is built from NumPy data: the keys travel as their raw data.
+        data = shd.place_rows(np.asarray(jax.random.key_data(keys)), rows)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(keys))
+
     def placer(self) -> Callable[[np.ndarray, int], Any] | None:
         """What the read-ahead thread uses to put a batch's padded inputs on the
         devices; ``None`` with several processes (padding them needs a collective)."""
@@ -495,22 +512,37 @@ def _check_feasible(
     return dist
 
 
+def _padded(n: int, rows: int) -> np.ndarray:
+    """The row indices of ``n`` examples padded to ``rows`` as :func:`jaxadv.sharding.pad_batch` pads."""
+    return np.concatenate([np.arange(n), np.zeros(rows - n, np.int64)])
+
+
 def _evaluate_batch(
-    s: _Setting, xb: np.ndarray, yb: np.ndarray, key: PRNGKey, placed: Any = None
+    s: _Setting, xb: np.ndarray, yb: np.ndarray, keys: jax.Array, placed: Any = None
 ) -> _BatchResult:
     """Attack one batch with the suite: per-example first successful attack, norm, queries.
 
+    ``keys``: ``[n]``, the key of each example (from its index in the data); every
+    random draw of an attack on an example comes from that example's key, so the
+    results do not depend on how the data is cut into batches.
     ``placed``: the batch's inputs already padded and on the devices, if so.
     """
     n, k = xb.shape[0], len(s.attacks)
     rows = s.layout.size(n, s.batch_size)
     if placed is None or placed.shape[0] != rows:
         placed = shd.pad_batch(xb, rows)
-    # A randomised model is judged on one draw per batch (its own fold of the key),
-    # the same draw for the clean and every adversarial prediction.
-    judge = fix_key(s.logits_fn, jax.random.fold_in(key, _PREDICTION)) if s.randomized else s.logits_fn
+    judge_keys = fold_rows(keys, _PREDICTION)
+
+    def judge(idx: np.ndarray) -> Any:
+        """The model that decides success for the rows ``idx`` of the batch: a
+        randomised model is judged on one draw per example (from its own key), the
+        same draw for its clean and every adversarial prediction."""
+        if not s.randomized:
+            return s.logits_fn
+        return fix_key(s.logits_fn, s.layout.place_keys(judge_keys[idx]))
+
     extra = {"randomized": True} if s.randomized else {}
-    z = s.layout.logits(judge, placed)[:n]
+    z = s.layout.logits(judge(_padded(n, rows)), placed)[:n]
     if yb.size and yb.max() >= z.shape[-1]:
         raise ValueError(
             f"labels must be < {z.shape[-1]} (the model's number of classes), found {int(yb.max())}"
@@ -528,17 +560,25 @@ def _evaluate_batch(
             break
         # A process with nothing left still takes part, with copies of its first example.
         sel = shd.pad_batch(idx if idx.size else np.zeros(1, np.int64), s.layout.size(idx.size, s.batch_size))
-        # Keyed by name, so an attack draws the same randomness alone or in a suite.
-        attack_key = jax.random.fold_in(key, zlib.crc32(attack.name.encode()) & 0x7FFFFFFF)
+        # Per example, keyed by the attack's name too, so that an attack draws the
+        # same randomness alone or in a suite.
+        attack_keys = fold_rows(keys[sel], zlib.crc32(attack.name.encode()) & 0x7FFFFFFF)
         start = time.perf_counter()
         xs, ys = s.layout.place(xb[sel], yb[sel])
         out = attack.run(
-            s.logits_fn, xs, ys, key=attack_key, eps=s.eps, norm=s.norm, bounds=(s.lo, s.hi), **extra
+            s.logits_fn,
+            xs,
+            ys,
+            key=s.layout.place_keys(attack_keys),
+            eps=s.eps,
+            norm=s.norm,
+            bounds=(s.lo, s.hi),
+            **extra,
         )
         # A suite member returns the adversarial array or an AttackResult (with queries).
         candidates, q = (out.x_adv, out.queries) if isinstance(out, AttackResult) else (out, None)
         x_adv = s.layout.fetch(candidates)[: idx.size]
-        z_adv = s.layout.logits(judge, candidates)[: idx.size]
+        z_adv = s.layout.logits(judge(sel), candidates)[: idx.size]
         seconds[i] += time.perf_counter() - start
         # A NaN or inf candidate (or logits) decides nothing: the attack failed on that example.
         finite = _finite_rows(x_adv) & np.isfinite(z_adv).all(axis=-1)
@@ -552,7 +592,7 @@ def _evaluate_batch(
         dist[hit] = d[success]
         x_best[hit] = x_adv[success]
     # The stored examples are the final word: flags agree with re-predicting them.
-    zf = s.layout.logits(judge, shd.pad_batch(x_best, s.layout.size(n, s.batch_size)))[:n]
+    zf = s.layout.logits(judge(_padded(n, rows)), shd.pad_batch(x_best, rows))[:n]
     lost = (fooled_by >= 0) & ((np.argmax(zf, axis=-1) == yb) | ~np.isfinite(zf).all(axis=-1))
     fooled_by[lost] = ROBUST
     dist[lost] = 0.0
@@ -702,37 +742,40 @@ def evaluate(
         an iterable of ``(x, y)`` NumPy batches of any sizes (then ``y=None``),
         e.g. a generator reading from disk, a Grain loader or tf.data's
         ``dataset.as_numpy_iterator()``. Its batches are cut and joined into
-        batches of ``batch_size`` examples, so the result depends on the
-        examples, their order and ``batch_size``, never on how the iterator
-        batches them (its batches must then share their per-example shape and
-        dtype). Integer inputs (``uint8`` images) are refused: scale them, e.g.
-        ``x / 255`` with ``bounds=(0, 1)``. NaN or inf is refused.
+        batches of ``batch_size`` examples; the result depends on the examples
+        and their order, never on how the iterator batches them (its batches
+        must then share their per-example shape and dtype). Integer inputs
+        (``uint8`` images) are refused: scale them, e.g. ``x / 255`` with
+        ``bounds=(0, 1)``. NaN or inf is refused.
       y: ``[n]`` integer labels, or ``[n, C]`` one-hot rows (taken as their
         argmax), when ``x`` is an array. Float, string and out-of-range labels
         are refused.
       eps: radius, raw input units. norm: ``"linf"``, ``"l2"``, ``"l1"`` (any case:
         ``"Linf"``, ``"L2"``).
       suite: ``"standard"``, ``"plus"`` or ``"rand"`` (AutoAttack's versions:
-        ``"standard"`` is APGD-CE, APGD-T, FAB-T and Square for L-inf and L2,
-        APGD-CE, APGD-T and FAB-T in L1; see :mod:`jaxadv.evaluation.suites`
+        ``"standard"`` is APGD-CE, APGD-T, FAB-T and Square, in L1 in
+        AutoAttack's L1 configurations; see :mod:`jaxadv.evaluation.suites`
         for every member and budget), ``"fast"`` (PGD-20 with cross-entropy then
         PGD-50 with the CW margin; every norm), or a list of names from
         :data:`jaxadv.evaluation.ATTACKS` and :class:`SuiteAttack`.
         A suite with a member that does not support ``norm`` is refused before
         anything runs.
-      key: PRNG key; each batch (by its index) and attack gets its own fold of it.
+      key: PRNG key. Each example gets its own fold of it, by its index in the
+        data (:func:`jaxadv.example_keys`), then one fold per attack (by name):
+        every random draw of an attack on an example comes from that key. An
+        example's results therefore do not depend on the batch size, the
+        number of devices, ``"auto"`` halving or a resume (see
+        :doc:`/numbers` for the one proviso, the model's own arithmetic).
       batch_size: examples per compiled call: the data is cut into batches of
         this size; attacks run on the still-robust examples padded to a power
-        of two (at most ``log2(batch_size) - 2`` compiled shapes). The batch
-        size changes the results (each batch draws its own randomness), so it
-        is part of a checkpoint's fingerprint. ``"auto"``: the largest size
-        that fits in device memory. The first batch is tried with
+        of two (at most ``log2(batch_size) - 2`` compiled shapes). It changes
+        speed and memory, not the results. ``"auto"``: the largest size that
+        fits in device memory. The first batch is tried with
         ``max_batch_size`` examples (fewer when the data has fewer); when a
         batch fails with XLA's out-of-memory error (``RESOURCE_EXHAUSTED``)
         the size is halved and the same examples are evaluated again (none
-        lost, none counted twice), on any batch. When only the first batch
-        needed it, the result equals that of a run with the size found,
-        ``result.batch_size``. With a sharding the size stays a multiple of
+        lost, none counted twice), on any batch. ``result.batch_size`` is the
+        size the run ended with. With a sharding the size stays a multiple of
         the device count. Refused with several processes.
       max_batch_size: the first size ``batch_size="auto"`` tries.
       prefetch: batches read ahead by a background thread while the current
@@ -755,9 +798,10 @@ def evaluate(
         file, unrelated to the model's weights.
       resume: continue from ``checkpoint`` when it exists: its examples are
         skipped (their inputs and labels are still read and hashed). The file
-        must belong to this run (same eps, norm, suite, key, bounds, model,
-        batch size and first examples; ``batch_size="auto"`` continues with the
-        checkpoint's size) and be intact, else a
+        must belong to this run (same eps, norm, suite, key, bounds, model and
+        first examples; any batch size may continue it, and
+        ``batch_size="auto"`` continues with the checkpoint's size) and be
+        intact, else a
         :class:`~jaxadv.evaluation.CheckpointError` names the problem and the
         file is left as it is. A complete checkpoint is returned as it is,
         warnings and checks included, without running anything. The result's
@@ -781,7 +825,10 @@ def evaluate(
         process passes *its own* examples, the same number of them (and of
         batches) on every process; the per-example results are gathered once,
         at the end, and every process receives the same result, holding the
-        examples of process 0, then process 1, and so on. ``checkpoint`` and
+        examples of process 0, then process 1, and so on; with array inputs an
+        example's key is that of its index in this gathered result (the same
+        as a single-process run on the concatenated data), with iterators it
+        also folds in the process index. ``checkpoint`` and
         ``batch_size="auto"`` are then refused, and the masking checks run on
         each process's first examples.
       certify: also certify the same examples, from
@@ -795,12 +842,14 @@ def evaluate(
         left on, a random input transformation, noise): the attacks get the
         model itself and draw their own keys (use ``suite="rand"``, whose members
         average the gradient over 20 draws; a suite with a member that cannot
-        attack a randomised model is refused), while every prediction of a
-        batch (clean, and of each attack's candidates) uses one draw of the
-        model, keyed by the batch. The figure is then that draw's robust
-        accuracy, as AutoAttack's ``"rand"`` version reports it; evaluate with
-        several keys to see its spread. The masking checks see one fixed draw.
-        Refused with ``certify``.
+        attack a randomised model is refused), while every prediction of an
+        example (clean, and of each attack's candidates) uses one draw of the
+        model, keyed by the example. The model is called one example at a time
+        (``logits_fn(x[i:i+1], key_i)`` under ``jax.vmap``), so that each
+        example's draws come from its own key. The figure is then that draw's
+        robust accuracy, as AutoAttack's ``"rand"`` version reports it;
+        evaluate with several keys to see its spread. The masking checks see
+        one fixed draw per example. Refused with ``certify``.
 
     Returns:
       An :class:`EvaluationResult`; ``result.robust_accuracy`` is the figure,
@@ -841,6 +890,9 @@ def evaluate(
     names = [a.name for a in attacks]
     key_attacks, key_checks = _split_key(key)
     layout = _Layout(shd.resolve_batch_sharding(sharding))
+    # An example's index: its position in the data (with several processes, in the
+    # gathered result: process p's example i is p * n + i, n the examples per process).
+    key_examples, index_offset = key_attacks, 0
     if layout.processes > 1 and auto:
         raise ValueError(
             "batch_size='auto' is not supported when several processes evaluate together "
@@ -856,6 +908,10 @@ def evaluate(
             raise ValueError("checkpoint is not supported when several processes evaluate together")
         if total is not None and layout.agree(-total) != -layout.agree(total):
             raise ValueError("every process must pass the same number of examples")
+        if total is not None:
+            index_offset = jax.process_index() * total
+        else:  # an iterator's length is not known in advance: the process index is folded in
+            key_examples = jax.random.fold_in(jax.random.fold_in(key_attacks, _PROCESS), jax.process_index())
     certifier = None
     if certify is not None:
         if checkpoint is not None or layout.processes > 1:
@@ -934,10 +990,11 @@ def evaluate(
                 return saved.result
         while (piece := feed.take(size.value)) is not None:
             first.offer(hasher.count, piece)
-            batch_key = jax.random.fold_in(key_attacks, batch_index)
+            # Each example's key comes from its index in the data, never from its batch.
+            keys = example_keys(key_examples, index_offset + hasher.count + np.arange(len(piece.x)))
             try:
                 out = _evaluate_batch(
-                    setting._replace(batch_size=size.value), piece.x, piece.y, batch_key, piece.placed
+                    setting._replace(batch_size=size.value), piece.x, piece.y, keys, piece.placed
                 )
             except jax.errors.JaxRuntimeError as e:
                 if not _out_of_memory(e):

@@ -70,6 +70,7 @@ import numpy as np
 from jaxadv.attacks.base import check_step_size, prepare
 from jaxadv.attacks.iterative import pgd, projected_gradient
 from jaxadv.compose.loop import run_from
+from jaxadv.keys import draw_rows, row_keys
 from jaxadv.losses import kl_divergence, mean_cross_entropy
 from jaxadv.models import from_nnx
 from jaxadv.threat_models import project_to_feasible
@@ -115,13 +116,13 @@ def _result(loss: Array, aux: Any, has_aux: bool) -> Any:
 
 
 def _batch(x: ArrayLike, y: ArrayLike, key: PRNGKey) -> tuple[Array, Array]:
-    """``x`` and ``y`` as arrays; refuses an empty batch and a ``key`` that is not one key."""
+    """``x`` and ``y`` as arrays; refuses an empty batch and a bad ``key``."""
     x, y = jnp.asarray(x), jnp.asarray(y)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"x must hold at least one example (the loss is a batch mean), got shape {x.shape}")
     if key is None:
         raise ValueError("key is required: it draws the attack's random start (pass key=jax.random.key(0))")
-    check_key(key)
+    check_key(key, per_example=True)
     return x, y
 
 
@@ -162,7 +163,9 @@ def pgd_at_loss(
         or a Flax NNX module.
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` integer labels (or ``[batch, C]`` one-hot).
-      key: PRNG key of the random start (the same key gives the same batch).
+      key: PRNG key of the random start (the same key gives the same batch): one
+        key, or a ``[batch]`` array of keys; each example starts from its own
+        (:mod:`jaxadv.keys`).
       eps: radius in raw input units, scalar or ``[batch]`` (traced), or a
         schedule of the step count (see the module docstring).
       step_size: PGD step, scalar or ``[batch]`` (traced), or a schedule.
@@ -312,10 +315,12 @@ def trades_loss(
     check_labels(y, x.shape[0], q.shape[-1])
     p = prepare(attack, x_const, q, bounds=bounds, eps=eps_now, soft_labels=True)
     alpha = check_step_size(step_now, p.x)
-    noise = 0.001 * jax.random.normal(key, p.x.shape, jnp.float32)
+    keys = row_keys(key, p.x.shape[0])  # each example's start from its own key
+    row = p.x.shape[1:]
+    noise = 0.001 * draw_rows(lambda k: jax.random.normal(k, row, jnp.float32), keys)
     x_init = project_to_feasible(p.x + noise, p.x, p.eps, norm, p.lo, p.hi)
     trades = projected_gradient(norm=norm, loss=kl_divergence)
-    x_adv = run_from(trades, p, x_init, key=key, step_size=alpha, steps=steps, targeted=False, loop="auto")
+    x_adv = run_from(trades, p, x_init, key=keys, step_size=alpha, steps=steps, targeted=False, loop="auto")
     x_adv = jax.lax.stop_gradient(p.finalize(x_adv))
     batch = x.shape[0]
     logits, aux = _outer(logits_fn, jnp.concatenate([x_const, x_adv.astype(x.dtype)], axis=0), has_aux)
