@@ -1,0 +1,127 @@
+"""The L1 Square attack and the L1 standard suite against AutoAttack (pyautoattack, PyTorch CPU).
+
+The digits MLP's weights are copied into its PyTorch twin (``tests/torch_models.py``,
+logits within 1e-4). Both libraries attack the same test digits at the same L1
+radius with the same budget; the robust accuracy of each side's returned examples
+is re-predicted on its own model.
+
+Square is randomised and the two libraries draw different windows and signs, so
+the agreement is statistical. Over the 397 test digits at eps 2 (where about a
+third of them fall, the regime in which the attack's strength shows most), two
+runs of the same library with two seeds differ by up to 1.5 pp, and so may the
+two libraries: the test averages ``SEEDS`` runs on each side and requires the
+means within ``SQUARE_TOLERANCE``, three standard errors of the difference of
+the two means when every run is an independent binomial draw
+(:math:`3\\sqrt{2p(1-p)/(n k)}`; with :math:`p = 0.65`, :math:`n = 397` and
+:math:`k = 2` that is 7 pp). That is loose, but honest: the runs of one library
+are measured to spread by less (figures in ``benchmarks/RESULTS.md``), and the
+figures of both libraries are printed.
+
+The L1 standard suite (APGD-CE and APGD-T with the shrinking radius, FAB-T, then
+Square) is compared with ``AutoAttack(norm="L1", version="standard")`` as
+``tests/test_crosscheck_evaluate.py`` does for L-inf: jaxadv's robust accuracy
+may be below AutoAttack's (a stronger evaluation; every counted example is
+checked in the ball and re-predicted) and at most ``SUITE_TOLERANCE`` above it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+import pytest
+
+import jaxadv
+
+pytestmark = [pytest.mark.slow, pytest.mark.crosscheck]
+
+SQUARE_EPS, QUERIES, SEEDS = 2.0, 5000, (0, 1)
+SUITE_N, SUITE_EPS = 100, 1.0
+#: 1 pp: at most one of the 100 digits more robust under jaxadv than under AutoAttack.
+SUITE_TOLERANCE = 0.01
+
+
+@pytest.fixture(scope="module")
+def twin(mlp: Any, digits: Any) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The PyTorch twin of the digits MLP and the test digits."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("pyautoattack")
+    from torch_models import TorchDigitsMLP, max_logit_gap
+
+    torch.set_num_threads(1)  # tiny tensors: more threads only contend with other work
+    x, y = digits[1].x, digits[1].y
+    net = TorchDigitsMLP(mlp.variables).eval()
+    assert max_logit_gap(net, mlp.logits_fn, x) < 1e-4
+    return net, x, y
+
+
+def _reference_square(net: Any, x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float]:
+    """Robust accuracy under pyautoattack's L1 Square, and its largest L1 perturbation."""
+    import torch
+    from pyautoattack.square import SquareAttack
+    from torch_models import to_nchw
+
+    attack = SquareAttack(
+        net, norm="L1", eps=SQUARE_EPS, n_queries=QUERIES, p_init=0.8, seed=seed, device="cpu"
+    )
+    xt = to_nchw(x)
+    with torch.no_grad():
+        x_adv = attack.perturb(xt, torch.from_numpy(y).long())
+        acc = float(np.mean(net(x_adv).argmax(1).numpy() == y))
+    return acc, float((x_adv - xt).abs().reshape(len(y), -1).sum(1).max())
+
+
+def test_square_l1_matches_autoattack(mlp: Any, twin: Any) -> None:
+    net, x, y = twin
+    ours, ref = [], []
+    for seed in SEEDS:
+        out = jaxadv.square(
+            mlp.logits_fn,
+            x,
+            y,
+            key=jax.random.key(seed),
+            eps=SQUARE_EPS,
+            queries=QUERIES,
+            norm="l1",
+            return_info=True,
+        )
+        fooled = np.asarray(jaxadv.predict(mlp.logits_fn, out.x_adv)) != y
+        np.testing.assert_array_equal(fooled, np.asarray(out.success))  # its flags are re-predictions
+        assert np.abs(np.asarray(out.x_adv) - x).reshape(len(y), -1).sum(1).max() <= SQUARE_EPS * (1 + 1e-5)
+        ours.append(1.0 - float(np.mean(fooled)))
+        acc, largest = _reference_square(net, x, y, seed)
+        assert largest <= SQUARE_EPS * (1 + 1e-5)
+        ref.append(acc)
+    p = float(np.mean(ref))
+    tolerance = 3 * np.sqrt(2 * p * (1 - p) / (len(y) * len(SEEDS)))
+    print(f"L1 Square, eps {SQUARE_EPS}, {QUERIES} queries, {len(y)} digits: ours {ours}, AutoAttack {ref}")
+    assert abs(np.mean(ours) - p) <= tolerance, (ours, ref, tolerance)
+    clean = float(np.mean(np.asarray(jaxadv.predict(mlp.logits_fn, x)) == y))
+    assert np.mean(ours) < clean - 0.2  # the attack does something at this radius
+
+
+def test_l1_standard_suite_matches_autoattack(mlp: Any, twin: Any) -> None:
+    import pyautoattack
+    import torch
+    from torch_models import to_nchw
+
+    net, x, y = twin
+    x, y = x[:SUITE_N], y[:SUITE_N]
+    ours = jaxadv.evaluate(
+        mlp.logits_fn, x, y, eps=SUITE_EPS, norm="l1", suite="standard", key=jax.random.key(0),
+        progress=False, checks=False,
+    )  # fmt: skip
+    assert ours.attacks == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    aa = pyautoattack.AutoAttack(net, norm="L1", eps=SUITE_EPS, version="standard", device="cpu", seed=0)
+    aa.verbose = False
+    assert aa.attacks_to_run == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    out = aa.run_standard_evaluation(to_nchw(x), torch.from_numpy(y.astype(np.int64)), batch_size=len(y))
+    x_adv = out[0] if isinstance(out, tuple) else out
+    with torch.no_grad():
+        reference = float(np.mean(net(x_adv).argmax(1).numpy() == y))
+    print(
+        f"L1 standard, eps {SUITE_EPS}, {SUITE_N} digits: ours {ours.robust_accuracy}, AutoAttack {reference}"
+    )
+    assert 0.1 < reference < 0.9  # the radius leaves work for the later members
+    assert ours.robust_accuracy <= reference + SUITE_TOLERANCE + 1e-9, (ours.robust_accuracy, reference)
