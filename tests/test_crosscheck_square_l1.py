@@ -1,4 +1,4 @@
-"""The L1 Square attack and the L1 standard suite against AutoAttack (pyautoattack, PyTorch CPU).
+r"""The L1 Square attack and the L1 standard suite against AutoAttack (pyautoattack, PyTorch CPU).
 
 The digits MLP's weights are copied into its PyTorch twin (``tests/torch_models.py``,
 logits within 1e-4). Both libraries attack the same test digits at the same L1
@@ -6,16 +6,18 @@ radius with the same budget; the robust accuracy of each side's returned example
 is re-predicted on its own model.
 
 Square is randomised and the two libraries draw different windows and signs, so
-the agreement is statistical. Over the 397 test digits at eps 2 (where about a
-third of them fall, the regime in which the attack's strength shows most), two
-runs of the same library with two seeds differ by up to 1.5 pp, and so may the
-two libraries: the test averages ``SEEDS`` runs on each side and requires the
-means within ``SQUARE_TOLERANCE``, three standard errors of the difference of
-the two means when every run is an independent binomial draw
-(:math:`3\\sqrt{2p(1-p)/(n k)}`; with :math:`p = 0.65`, :math:`n = 397` and
-:math:`k = 2` that is 7 pp). That is loose, but honest: the runs of one library
-are measured to spread by less (figures in ``benchmarks/RESULTS.md``), and the
-figures of both libraries are printed.
+the agreement is statistical. The check: all 397 test digits at L1 eps 2 (where
+about a third of them fall, the regime in which the attack's strength shows
+most), AutoAttack's budget of 5000 queries and ``p_init=0.8``, two seeds on each
+side; the mean robust accuracies must agree within ``SQUARE_TOLERANCE`` = 2 pp
+(8 digits). Why 2 pp and not 1: a single run is a draw, and the binomial bound
+on the difference of two means of two runs each (three standard errors,
+:math:`3\sqrt{2p(1-p)/(nk)}` with :math:`p = 0.64`, :math:`n = 397`,
+:math:`k = 2`) is 7 pp, far too loose to catch a wrong schedule; measured,
+the runs spread much less than binomially (most digits fall or resist under
+every seed): AutoAttack 63.98 % and 63.98 %, jaxadv 65.49 % and 64.48 %, means
+63.98 % and 64.99 %, 1.0 pp apart. 2 pp is twice that gap. Each run is
+deterministic (fixed seeds), so the test is not flaky on one platform.
 
 The L1 standard suite (APGD-CE and APGD-T with the shrinking radius, FAB-T, then
 Square) is compared with ``AutoAttack(norm="L1", version="standard")`` as
@@ -37,6 +39,8 @@ import jaxadv
 pytestmark = [pytest.mark.slow, pytest.mark.crosscheck]
 
 SQUARE_EPS, QUERIES, SEEDS = 2.0, 5000, (0, 1)
+#: 2 pp: the mean robust accuracies over ``SEEDS`` (see the module docstring).
+SQUARE_TOLERANCE = 0.02
 SUITE_N, SUITE_EPS = 100, 1.0
 #: 1 pp: at most one of the 100 digits more robust under jaxadv than under AutoAttack.
 SUITE_TOLERANCE = 0.01
@@ -93,10 +97,8 @@ def test_square_l1_matches_autoattack(mlp: Any, twin: Any) -> None:
         acc, largest = _reference_square(net, x, y, seed)
         assert largest <= SQUARE_EPS * (1 + 1e-5)
         ref.append(acc)
-    p = float(np.mean(ref))
-    tolerance = 3 * np.sqrt(2 * p * (1 - p) / (len(y) * len(SEEDS)))
     print(f"L1 Square, eps {SQUARE_EPS}, {QUERIES} queries, {len(y)} digits: ours {ours}, AutoAttack {ref}")
-    assert abs(np.mean(ours) - p) <= tolerance, (ours, ref, tolerance)
+    assert abs(np.mean(ours) - np.mean(ref)) <= SQUARE_TOLERANCE, (ours, ref)
     clean = float(np.mean(np.asarray(jaxadv.predict(mlp.logits_fn, x)) == y))
     assert np.mean(ours) < clean - 0.2  # the attack does something at this radius
 
