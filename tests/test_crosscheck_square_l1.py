@@ -20,10 +20,11 @@ every seed): AutoAttack 63.98 % and 63.98 %, jaxadv 65.49 % and 64.48 %, means
 deterministic (fixed seeds), so the test is not flaky on one platform.
 
 The L1 standard suite (APGD-CE and APGD-T with the shrinking radius, FAB-T, then
-Square) is compared with ``AutoAttack(norm="L1", version="standard")`` as
-``tests/test_crosscheck_evaluate.py`` does for L-inf: jaxadv's robust accuracy
-may be below AutoAttack's (a stronger evaluation; every counted example is
-checked in the ball and re-predicted) and at most ``SUITE_TOLERANCE`` above it.
+Square) is compared with ``AutoAttack(norm="L1", version="standard")`` on the
+first 100 test digits at L1 eps 1: the robust accuracies must agree within
+``SUITE_TOLERANCE`` = 1 pp (one digit) either way. Measured: 81.0 % on both sides
+(jaxadv: 82 % after APGD-CE, 81 % after FAB-T; APGD-T and Square fooled no
+further digit, Square spending its 5000 queries on each of the 81).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ SQUARE_EPS, QUERIES, SEEDS = 2.0, 5000, (0, 1)
 #: 2 pp: the mean robust accuracies over ``SEEDS`` (see the module docstring).
 SQUARE_TOLERANCE = 0.02
 SUITE_N, SUITE_EPS = 100, 1.0
-#: 1 pp: at most one of the 100 digits more robust under jaxadv than under AutoAttack.
+#: 1 pp: one of the 100 digits, either way.
 SUITE_TOLERANCE = 0.01
 
 
@@ -126,4 +127,4 @@ def test_l1_standard_suite_matches_autoattack(mlp: Any, twin: Any) -> None:
         f"L1 standard, eps {SUITE_EPS}, {SUITE_N} digits: ours {ours.robust_accuracy}, AutoAttack {reference}"
     )
     assert 0.1 < reference < 0.9  # the radius leaves work for the later members
-    assert ours.robust_accuracy <= reference + SUITE_TOLERANCE + 1e-9, (ours.robust_accuracy, reference)
+    assert abs(ours.robust_accuracy - reference) <= SUITE_TOLERANCE + 1e-9, (ours.robust_accuracy, reference)
