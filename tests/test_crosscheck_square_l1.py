@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -59,6 +60,32 @@ def twin(mlp: Any, digits: Any) -> tuple[Any, np.ndarray, np.ndarray]:
     net = TorchDigitsMLP(mlp.variables).eval()
     assert max_logit_gap(net, mlp.logits_fn, x) < 1e-4
     return net, x, y
+
+
+@pytest.mark.parametrize("s", [1, 2, 3, 4, 5, 8])
+def test_l1_pattern_matches_autoattack(s: int) -> None:
+    """The window's pattern: nested rectangles weighted by ``1 / k**4``, opposite signs in
+    its two halves, unit L1 norm; AutoAttack's ``eta`` transposes it at random, so either
+    orientation passes."""
+    pytest.importorskip("torch")
+    square = pytest.importorskip("pyautoattack.square")
+    from jaxadv.attacks.square import _PATTERN_POWER, _eta, _inverse_powers
+
+    want = square.SquareAttack(lambda t: t, norm="L1", eps=1.0, device="cpu").eta(s).numpy()
+    r, c = np.meshgrid(np.arange(s), np.arange(s), indexing="ij")
+    flip = jnp.zeros((1, 1, 1), bool)
+    ours = np.asarray(
+        _eta(
+            jnp.asarray(r)[None],
+            jnp.asarray(c)[None],
+            jnp.asarray(s),
+            flip,
+            _inverse_powers(9, _PATTERN_POWER["l1"]),
+            "l1",
+        )
+    )[0]
+    assert np.allclose(ours, want, atol=1e-6) or np.allclose(ours.T, want, atol=1e-6), (ours, want)
+    np.testing.assert_allclose(np.abs(ours).sum(), 1.0, rtol=1e-6)
 
 
 def _reference_square(net: Any, x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float]:
