@@ -114,6 +114,7 @@ def test_apgd_targeted_at_least_as_strong_on_most_seeds(cnn: Any, digits: Any) -
     assert wins >= 2
 
 
+@pytest.mark.slow
 def test_success_is_kept_and_returned(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:64]), jnp.asarray(digits[1].y[:64])
     key = jax.random.key(3)
@@ -129,6 +130,7 @@ def test_success_is_kept_and_returned(cnn: Any, digits: Any) -> None:
     assert bool(jnp.all(more.success >= frozen.success))
 
 
+@pytest.mark.slow
 def test_jit_traced_params_and_eps_and_vmap(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:32]), jnp.asarray(digits[1].y[:32])
     f = cnn.logits_fn

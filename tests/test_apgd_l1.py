@@ -108,6 +108,7 @@ N_FEATURES, STEPS = 16, 10
 W = np.random.default_rng(5).normal(size=N_FEATURES).astype(np.float32)
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**16), eps=st.sampled_from([0.05, 0.4, 1.5, 6.0]), shrinking=st.booleans())
 def test_result_in_l1_ball_and_box(seed: int, eps: float, shrinking: bool) -> None:
@@ -218,6 +219,7 @@ def _mean_accuracy(model: Any, x: Any, y: np.ndarray, draws: int = 64) -> float:
     return float(jnp.mean(preds == jnp.asarray(y)))
 
 
+@pytest.mark.slow
 def test_eot_is_no_weaker_on_a_randomised_model() -> None:
     w = sm.random_weights(7, features=32, classes=4)
     params = (jnp.asarray(w), jnp.zeros(4, jnp.float32))

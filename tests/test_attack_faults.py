@@ -207,6 +207,7 @@ def _nan_problem() -> tuple[Any, Any, jax.Array, jax.Array, np.ndarray]:
     return jaxadv.from_apply(sm.nan_rows_apply, w), linear(4), x, y, bad
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_rows_with_nan_logits_come_back_unchanged_and_the_others_are_unaffected(name: str) -> None:
     f_nan, _, x, y, bad = _nan_problem()
@@ -330,6 +331,7 @@ def test_infinite_eps_with_an_unbounded_box_is_refused() -> None:
     assert bool(jnp.all(jnp.isfinite(out)))
 
 
+@pytest.mark.slow
 def test_hop_skip_jump_with_infinite_bounds_returns_x_without_spending_queries() -> None:
     f, x = linear(4), _x()
     y = jaxadv.predict(f, x)
@@ -454,6 +456,7 @@ ALIASES = {"linf": ("Linf", "LINF", "inf"), "l2": ("L2",), "l1": ("L1",)}
 AUTOATTACK = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NORMED)
 def test_norm_aliases_behave_exactly_like_the_canonical_name(name: str) -> None:
     # Every attack under its L-inf spellings (one compiled program serves all of
@@ -469,6 +472,7 @@ def test_norm_aliases_behave_exactly_like_the_canonical_name(name: str) -> None:
         assert not compiles, (name, alias)
 
 
+@pytest.mark.slow
 def test_l2_and_l1_spellings_behave_like_the_canonical_names() -> None:
     f, x = linear(4), _x(3)
     y = jaxadv.predict(f, x)
@@ -512,6 +516,7 @@ def test_as_returned_agrees_with_finalize_for_unrepresentable_bounds() -> None:
         assert bool(jnp.all((kept >= lo) & (kept <= hi)))
 
 
+@pytest.mark.slow
 def test_bfloat16_success_kept_by_apgd_agrees_with_re_prediction() -> None:
     # bfloat16(2.64) = 2.640625 lies outside the box: a returned example is at most
     # 2.625, on the clean side of the boundary at 2.63.

@@ -59,6 +59,7 @@ LOSSES: dict[str, Callable[..., Any]] = {
 # --- optimisation ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(LOSSES))
 def test_gradients_are_finite_and_adam_steps_decrease_the_loss(
     method: str, batch: Any, variables: Any
@@ -85,6 +86,7 @@ def test_gradients_are_finite_and_adam_steps_decrease_the_loss(
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_crown_ibp_compiles_with_traced_hyperparameters_and_matches_eager(batch: Any, variables: Any) -> None:
     """Under jit (eps, kappa, beta traced, as a schedule needs) value and gradient are the eager ones."""
     x, y = batch
@@ -356,6 +358,7 @@ CHECKED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "name", "good", "bad", "match"), CHECKED)
 def test_checked_losses_report_bad_traced_values_under_jit(
     method: str, name: str, good: float, bad: float, match: str, batch: Any, variables: Any

@@ -119,6 +119,7 @@ def test_mlp_bounds_contain_the_box_corners() -> None:
         assert_inside(z, bounds.lower, bounds.upper)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, norm", [("mlp", "linf"), ("cnn", "linf")])
 def test_bounds_contain_pgd_extremes(model: str, norm: str) -> None:
     rng = np.random.default_rng(1)
@@ -332,6 +333,7 @@ class Mixed(nn.Module):
         return jnp.exp(x) - jnp.log(x + 1.0)
 
 
+@pytest.mark.slow
 def test_ibp_handles_batch_norm_pooling_and_monotone_activations() -> None:
     model = Mixed()
     variables = model.init(jax.random.key(0), jnp.zeros((1, 6, 6, 1)))
@@ -404,6 +406,7 @@ def digits_mlp(digits: Any) -> tuple[Any, np.ndarray, np.ndarray]:
     return sm.trained_digits("mlp32").logits_fn, test.x[:32], test.y[:32]
 
 
+@pytest.mark.slow
 def test_verified_examples_resist_pgd(digits_mlp: Any) -> None:
     f, x, y = digits_mlp
     norm, eps = "linf", 0.03

@@ -55,6 +55,7 @@ def evaluated(noisy: Any) -> dict[float, ev.EvaluationResult]:
     }
 
 
+@pytest.mark.slow
 def test_certified_accuracy_is_below_robust_accuracy_at_every_radius(evaluated: Any) -> None:
     smoothed, bounds = evaluated[0.25].certified, evaluated[0.5].certified
     assert smoothed.method == "smoothing" and bounds.method == "crown"

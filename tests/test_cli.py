@@ -24,6 +24,7 @@ from jaxadv import cli
 from jaxadv.__main__ import build_parser, main
 
 
+@pytest.mark.slow
 def test_cli_report_matches_library(cnn: Any, digits: Any, tmp_path: Any) -> None:
     test = digits[1]
     x, y = test.x[:64], test.y[:64]
@@ -249,6 +250,7 @@ class Killed(Exception):
     """Stands for the process being killed after the first batch."""
 
 
+@pytest.mark.slow
 def test_cli_resumes_an_interrupted_run_and_never_clobbers_results(
     saved: Saved, tmp_path: Path, capsys: Any, clean_imports: None
 ) -> None:
@@ -323,6 +325,7 @@ def test_load_data_labels_and_uint8(tmp_path: Path) -> None:
         cli.load_data(path)
 
 
+@pytest.mark.slow
 def test_cli_batch_size_auto_is_recorded(
     saved: Saved, tmp_path: Path, capsys: Any, clean_imports: None
 ) -> None:

@@ -96,6 +96,7 @@ ATTACKS = {
 
 
 # fgsm, bim and pgd (L-inf) are checked for every attack by tests/test_registry.py.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in ATTACKS if n not in ("fgsm", "bim", "pgd")])
 def test_under_jit_equals_direct_call(problem: Any, name: str) -> None:
     params, x, y = problem
@@ -129,6 +130,7 @@ def test_vmap_over_eps_is_an_eps_sweep(problem: Any, name: str) -> None:
     np.testing.assert_array_equal(np.asarray(sweep[0]), np.asarray(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ATTACKS))
 def test_grad_through_attack_wrt_params_is_finite(problem: Any, name: str) -> None:
     params, x, y = problem
@@ -203,6 +205,7 @@ def test_no_recompilation_for_new_params_and_hyperparameters(problem: Any, name:
     assert not np.allclose(np.asarray(first), np.asarray(second))
 
 
+@pytest.mark.slow
 def test_no_recompilation_for_flax_variables_and_steps(mlp: Any, digits: Any) -> None:
     x = jnp.asarray(digits[1].x[:16])
     key = jax.random.key(0)
@@ -262,6 +265,7 @@ def test_program_size_flat_in_steps(problem: Any) -> None:
     assert abs(len(small) - len(large)) <= 8
 
 
+@pytest.mark.slow
 def test_host_and_fori_loops_agree(mlp: Any, digits: Any) -> None:
     x = jnp.asarray(digits[1].x[:64])
     y = jnp.asarray(digits[1].y[:64])
@@ -287,6 +291,7 @@ def test_host_loop_under_jit_raises(problem: Any) -> None:
         jaxadv.bim(logits_fn, x, y, eps=0.1, loop="python")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_direct_call_runs_the_whole_loop_as_one_program(
     mlp: Any, digits: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

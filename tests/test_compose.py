@@ -29,6 +29,7 @@ def binary():
     return f, x, jaxadv.predict(f, x)
 
 
+@pytest.mark.slow
 def test_transfer_family_equals_bim_for_a_constant_gradient(binary):
     f, x, y = binary
     kw = dict(eps=EPS, step_size=EPS / 4, steps=4, loss="cw")
@@ -91,6 +92,7 @@ def test_variance_tuning_averages_neighbour_gradients():
     assert abs(float(offsets.mean())) < 0.02  # uniform offsets average out
 
 
+@pytest.mark.slow
 def test_user_built_attack_runs_under_jit_and_vmap(binary):
     f, x, y = binary
     attack = compose.Attack(

@@ -45,6 +45,7 @@ def _cosine(g: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.sum(g * t, 1) / (np.linalg.norm(g, axis=1) * np.linalg.norm(t, axis=1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
 def test_estimate_of_a_linear_loss_is_the_probes_projection(distribution: str) -> None:
     # For L(x) = g.x, each antithetic pair gives (g.u) u exactly: the estimate is
@@ -69,6 +70,7 @@ def test_estimate_of_a_linear_loss_is_the_probes_projection(distribution: str) -
         np.testing.assert_allclose(np.asarray(down.grad), -np.asarray(out.grad), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
 def test_estimate_converges_to_the_true_gradient_direction(distribution: str) -> None:
     x = _x()
@@ -113,6 +115,7 @@ def test_finite_difference_argument_errors() -> None:
         compose.finite_difference(bounds=0.0)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_composed_score_based_momentum_attack_stays_in_ball_and_bounds() -> None:
     # A scores-only model: its gradient raises, so the attack must only evaluate it.
     def scores(a: np.ndarray) -> np.ndarray:
@@ -136,6 +139,7 @@ def test_composed_score_based_momentum_attack_stays_in_ball_and_bounds() -> None
         attack(black_box, x, y, eps=eps, steps=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "distribution", "scale", "norm"),
     [
@@ -165,6 +169,7 @@ def test_spsa_and_nes_are_the_counted_composed_loop(
     np.testing.assert_array_equal(np.asarray(got.queries), np.asarray(want.queries))
 
 
+@pytest.mark.slow
 def test_counted_loop_stops_each_example_at_its_first_success() -> None:
     # Momentum on the estimate, counted: an example that succeeds stops moving and
     # spending; one that never does pays 1 + steps * (2 * samples + 1).

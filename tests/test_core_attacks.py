@@ -121,6 +121,7 @@ def test_fgsm_clips_to_bounds_and_per_example_eps() -> None:
     np.testing.assert_array_equal(np.asarray(x_adv[0]), np.asarray(x[0]))
 
 
+@pytest.mark.slow
 def test_targeted_fgsm_moves_toward_target() -> None:
     # Binary: the margin toward the target grows by exactly eps * ||w||_1.
     logits_fn, params = _linear(2, 6)
@@ -226,6 +227,7 @@ def test_targeted_attacks_reach_the_target(mlp: Any, test_batch: Any, attack: st
     assert float(jnp.max(jnp.abs(x_adv - x))) <= 0.3 + 1e-6
 
 
+@pytest.mark.slow
 def test_y_none_means_own_predictions_and_onehot_equals_int(mlp: Any, test_batch: Any) -> None:
     x, _ = test_batch
     pred = jaxadv.predict(mlp.logits_fn, x)
@@ -240,6 +242,7 @@ def test_y_none_means_own_predictions_and_onehot_equals_int(mlp: Any, test_batch
         np.testing.assert_allclose(np.asarray(attack(onehot)), ref, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_classes", [3, 100])
 def test_any_number_of_classes(digits: Any, num_classes: int) -> None:
     x = jnp.asarray(digits[1].x[:32])

@@ -58,6 +58,7 @@ def test_smaller_than_pgd_l2_at_equal_success(cnn: Any, digits: Any) -> None:
     assert bool(jnp.all((df.x_adv >= 0) & (df.x_adv <= 1)))
 
 
+@pytest.mark.slow
 def test_misclassified_examples_are_left_alone_and_jit(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:16]), jnp.asarray(digits[1].y[:16])
     f = cnn.logits_fn
@@ -99,6 +100,7 @@ def test_targeted_two_class_affine_step_is_exact(norm: str) -> None:
     assert bool(jnp.all(jaxadv.predict(f, out) == 1))
 
 
+@pytest.mark.slow
 def test_targeted_reaches_targets_on_the_cnn(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:32]), jnp.asarray(digits[1].y[:32])
     f = cnn.logits_fn

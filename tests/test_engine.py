@@ -53,6 +53,7 @@ def plain_fori(f, x, y, steps, key=None):
     return lax.fori_loop(0, steps, lambda i, s: composed.attack_step(i, s, operands, static), state).x
 
 
+@pytest.mark.slow
 def test_jit_identical_and_canonical(cnn, data):
     x, y = data
     ours = jax.jit(lambda f, x, y: jaxadv.bim(f, x, y, eps=0.1, step_size=0.025, steps=5))
@@ -105,6 +106,7 @@ def test_rewrite_failure_falls_back_with_a_warning(cnn, data, monkeypatch, caplo
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_vmap_and_grad(cnn, data):
     x, y = data
     ref = jax.jit(functools.partial(plain_fori, steps=3))(cnn, x, y)
@@ -153,6 +155,7 @@ def _conv1d_apply(params, x):
     return h.reshape(h.shape[0], -1) @ wd
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["nchw_grouped", "conv1d"])
 def test_other_layouts(which, data):
     x, y = data
@@ -181,6 +184,7 @@ def test_mlp_untouched(data):
     np.testing.assert_array_equal(np.asarray(ours(f, x, y)), np.asarray(ref(f, x, y)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "attack",
     [

@@ -39,6 +39,7 @@ def _bim(steps: int) -> SuiteAttack:
     return SuiteAttack(f"bim-{steps}", run)
 
 
+@pytest.mark.slow
 def test_worst_case_over_deterministic_suite(cnn: Any, data: Any) -> None:
     x, y = data
     key = jax.random.key(0)
@@ -62,6 +63,7 @@ def test_worst_case_over_deterministic_suite(cnn: Any, data: Any) -> None:
     )
 
 
+@pytest.mark.slow
 def test_flags_agree_with_repredicting_stored_examples(cnn: Any, data: Any) -> None:
     x, y = data
     res = jaxadv.evaluate(
@@ -196,6 +198,7 @@ def test_bad_arguments(cnn: Any, data: Any) -> None:
         jaxadv.evaluate(cnn.logits_fn, x, y[:5], eps=0.1, suite="fast", **kw)
 
 
+@pytest.mark.slow
 def test_eps_sweep_in_one_program_matches_separate_calls(cnn: Any, data: Any) -> None:
     x, y = data
     key = jax.random.key(3)
@@ -293,6 +296,7 @@ def _masked_apply(inner: Any) -> Any:
     return apply
 
 
+@pytest.mark.slow
 def test_masking_checks_fire_on_a_masked_model(cnn: Any, data: Any) -> None:
     x, y = data
     masked = _masked_apply(cnn.logits_fn)
@@ -305,6 +309,7 @@ def test_masking_checks_fire_on_a_masked_model(cnn: Any, data: Any) -> None:
     assert "black-box" in text, report
 
 
+@pytest.mark.slow
 def test_masking_checks_quiet_on_a_normal_model(cnn: Any, data: Any) -> None:
     x, y = data
     report = masking_checks(cnn.logits_fn, x[:48], y[:48], eps=0.1, norm="linf", key=jax.random.key(0))
@@ -312,6 +317,7 @@ def test_masking_checks_quiet_on_a_normal_model(cnn: Any, data: Any) -> None:
     assert report.figures["accuracy_at_large_eps"] <= 0.05
 
 
+@pytest.mark.slow
 def test_randomised_model_is_flagged(cnn: Any, data: Any) -> None:
     x, y = data
     state = {"rng": np.random.default_rng(0)}

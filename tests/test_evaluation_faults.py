@@ -45,6 +45,7 @@ def _half_nan_attack(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm
     return jnp.where(jnp.arange(x.shape[0])[:, None, None] < x.shape[0] // 2, bad, x)
 
 
+@pytest.mark.slow
 def test_nan_candidates_are_failed_attacks_and_reported(data: Any, tmp_path: Any) -> None:
     x, y = data
     f = sm.model(W)
@@ -65,6 +66,7 @@ def test_nan_candidates_are_failed_attacks_and_reported(data: Any, tmp_path: Any
     np.testing.assert_array_equal(mixed.robust, alone.robust)
 
 
+@pytest.mark.slow
 def test_huge_logits_never_turn_nan_into_success(data: Any) -> None:
     x, y = data
     w = jnp.asarray(W)
@@ -115,6 +117,7 @@ def test_l1_with_square_is_refused_before_any_batch(data: Any) -> None:
     assert read == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("norm", "shape", "suite", "reason"),
     [("l1", (8, 8), "fast", "not 'l1'"), ("linf", (64,), ["fgsm"], "image-shaped")],
@@ -188,6 +191,7 @@ def test_one_hot_labels_are_their_argmax(data: Any) -> None:
     np.testing.assert_array_equal(a.fooled_by, b.fooled_by)
 
 
+@pytest.mark.slow
 def test_norm_aliases(data: Any) -> None:
     x, y = data
     f = sm.model(W)
@@ -222,6 +226,7 @@ def test_robust_code_is_unchanged_for_untouched_examples(data: Any) -> None:
     assert np.all(res.fooled_by == ROBUST) and res.non_finite == {"id": 0}
 
 
+@pytest.mark.slow
 def test_queries_of_a_member_returning_an_attack_result_are_counted(data: Any) -> None:
     """A suite member may return the array or an AttackResult; the result's query
     counts reach EvaluationResult.queries (the built-in Square returns one)."""

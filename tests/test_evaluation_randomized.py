@@ -92,6 +92,7 @@ def test_randomized_refuses_members_that_cannot(noisy: Any, data: Any) -> None:
         jaxadv.evaluate(noisy, x, y, suite="rand", randomized=True, certify=certify, **kw)
 
 
+@pytest.mark.slow
 def test_rand_suite_accepts_a_deterministic_model(mlp: Any, data: Any) -> None:
     # As in AutoAttack: on a deterministic model the 20 draws are equal, and the
     # suite is APGD-CE then APGD-DLR.

@@ -122,6 +122,7 @@ def _read_ahead_threads() -> list[threading.Thread]:
 # --- batch_size="auto" ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_auto_batch_size_halves_to_the_largest_that_fits(
     data: Any, batches_seen: list[int], limit: Any
 ) -> None:

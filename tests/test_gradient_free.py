@@ -24,6 +24,7 @@ def _images(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 1, size=(6, 8, 8, 1)).astype(np.float32)
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=10, deadline=None)
 @hypothesis.given(
     seed=st.integers(0, 2**16),
@@ -120,6 +121,7 @@ def test_gradient_free_black_box_model() -> None:
     np.testing.assert_allclose(np.asarray(r.x_adv), np.asarray(ref.x_adv), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_free_digits(cnn: Any, digits: Any) -> None:
     x, y = digits[1].x[:32], digits[1].y[:32]
     clean = float(np.mean(np.asarray(jaxadv.predict(cnn.logits_fn, x)) == y))

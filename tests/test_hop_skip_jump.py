@@ -21,6 +21,7 @@ def _images(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.3, 0.7, size=(6, 8, 8, 1)).astype(np.float32)
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=8, deadline=None)
 @hypothesis.given(
     seed=st.integers(0, 2**16), budget=st.integers(2, 400), norm=st.sampled_from(["l2", "linf"])
@@ -42,6 +43,7 @@ def test_hop_skip_jump_properties(seed: int, budget: int, norm: str) -> None:
     np.testing.assert_array_equal(np.asarray(r.x_adv)[~success], x[~success])
 
 
+@pytest.mark.slow
 def test_hop_skip_jump_linear_distance() -> None:
     x = _images(1)
     need = sm.distance_to_boundary(x, _W, "l2")
@@ -52,6 +54,7 @@ def test_hop_skip_jump_linear_distance() -> None:
     assert np.median(dist / need) < 1.5, dist / need
 
 
+@pytest.mark.slow
 def test_hop_skip_jump_labels_only_and_gradient_free() -> None:
     def labels(a: np.ndarray) -> np.ndarray:
         return (a.reshape(a.shape[0], -1) @ _W).argmax(1)
@@ -66,6 +69,7 @@ def test_hop_skip_jump_labels_only_and_gradient_free() -> None:
     assert np.all(np.asarray(r.queries) <= 300)
 
 
+@pytest.mark.slow
 def test_hop_skip_jump_targeted() -> None:
     x = _images(3)
     pred = np.asarray(jaxadv.predict(LINEAR, x))

@@ -113,6 +113,7 @@ def squared_logit(logits: jax.Array, onehot: jax.Array) -> jax.Array:
     return 0.5 * jnp.sum(onehot * logits, axis=-1) ** 2
 
 
+@pytest.mark.slow
 def test_custom_and_margin_losses_drive_attacks() -> None:
     params = {"w": jax.random.normal(jax.random.key(5), (7, 3)), "b": jnp.zeros(3)}
     f = sm.affine(params["w"], params["b"])

@@ -67,6 +67,7 @@ def test_pgd_robust_accuracy_bf16_matches_float32(cnn: Any, digits: Any, eps: fl
     assert abs(bf16 - f32) <= TOLERANCE, (f32, bf16)
 
 
+@pytest.mark.slow
 def test_bfloat16_inputs_stay_bfloat16_and_feasible(cnn: Any, digits: Any) -> None:
     x, y = digits[1]
     xb = jnp.asarray(x[:128], jnp.bfloat16)

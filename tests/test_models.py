@@ -136,6 +136,7 @@ def bn_linen() -> tuple[BNNet, Any]:
     return model, variables
 
 
+@pytest.mark.slow
 def test_linen_batchnorm_dropout_inference(bn_linen: Any) -> None:
     model, variables = bn_linen
     before = jax.tree_util.tree_map(np.array, variables)
@@ -169,6 +170,7 @@ def test_linen_needs_variables() -> None:
         jaxadv.from_flax(Plain())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_mean_std_equals_internal_normalisation(norm: str) -> None:
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

@@ -46,6 +46,7 @@ def test_success_is_never_lost_by_a_later_step() -> None:
     assert bool(jaxadv.is_adversarial(f, out, y)[0])
 
 
+@pytest.mark.slow
 def test_zero_decay_is_bim(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:64]), jnp.asarray(digits[1].y[:64])
     f = cnn.logits_fn
@@ -77,6 +78,7 @@ def _bilinear(img: np.ndarray, new: int) -> np.ndarray:
     return rows[:, i0] * (1 - w)[None, :, None] + rows[:, i1] * w[None, :, None]
 
 
+@pytest.mark.slow
 def test_diverse_inputs() -> None:
     key = jax.random.key(0)
     x = jax.random.uniform(jax.random.key(1), (16, 8, 8, 3)) + 1.0  # > 0 so padding is visible
@@ -97,6 +99,7 @@ def test_diverse_inputs() -> None:
     assert bool(jnp.all(jnp.isfinite(g)))
 
 
+@pytest.mark.slow
 def test_diversity_under_jit_and_vmap(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:32]), jnp.asarray(digits[1].y[:32])
     f = cnn.logits_fn

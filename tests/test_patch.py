@@ -81,6 +81,7 @@ def test_only_pixels_in_the_mask_change(digits: Any) -> None:
     assert float(jnp.min(p.scale)) >= 0.6 and float(jnp.max(p.scale)) <= 1.6
 
 
+@pytest.mark.slow
 def test_patch_stays_in_bounds_and_finite(linear: Any, digits: Any) -> None:
     # A huge learning rate drives entries against the bounds: they must be clipped.
     # The model's logits are NaN for one example of each batch: no NaN reaches the patch.

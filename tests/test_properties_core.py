@@ -123,6 +123,7 @@ def test_output_in_ball_and_bounds(
     assert np.all(dist <= np.asarray(eps_arg) + tol), (dist, eps_arg)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(
     attack=st.sampled_from(["fgsm", "bim", "pgd"]),

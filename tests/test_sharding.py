@@ -487,6 +487,7 @@ def test_resolve_batch_sharding() -> None:
         resolve_batch_sharding("all")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_evaluate_accepts_an_explicit_mesh(cnn: Any, digits: Any) -> None:
     import jaxadv
     from jaxadv.sharding import batch_mesh

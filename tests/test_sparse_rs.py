@@ -53,6 +53,7 @@ def _sparse_inputs(n: int = 6) -> np.ndarray:
 # --- threat models, corners, bounds, dtype -------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize(("threat", "k"), [("l0", K_L0), ("patch", K_PATCH), ("frame", K_FRAME)])
 def test_threat_model_corners_and_bounds(threat: str, k: int, seed: int) -> None:
@@ -232,6 +233,7 @@ def test_flat_inputs_refused() -> None:
 # --- the digits CNN ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_digits_cnn_beats_random_pixels(cnn: Any, digits: Any) -> None:
     """With ``k = 4`` pixels and 200 queries the search fools far more test digits than
     ``k`` random pixels at random corners (the start point alone, ``queries=2``)."""

@@ -22,6 +22,7 @@ def _images(seed: int, n: int = 6, shape: tuple[int, ...] = (8, 8, 1)) -> np.nda
 LINEAR = sm.model(sm.random_weights(0))
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=12, deadline=None)
 @hypothesis.given(
     seed=st.integers(0, 2**16),
@@ -133,6 +134,7 @@ def test_square_never_differentiates_the_model() -> None:
     np.testing.assert_allclose(np.asarray(r.x_adv), np.asarray(ref.x_adv), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_square_digits_improves_with_queries(cnn: Any, digits: Any) -> None:
     norm, eps = "linf", 0.1
     x, y = digits[1].x[:48], digits[1].y[:48]

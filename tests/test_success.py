@@ -67,6 +67,7 @@ ATTACKS: list[tuple[str, Attack, str | None]] = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,attack,norm", ATTACKS, ids=[a[0] for a in ATTACKS])
 @settings(max_examples=10, deadline=None)
 @given(
@@ -94,6 +95,7 @@ def test_inside_ball_and_bounds_no_nan(
 LOW_PRECISION = [a for a in ATTACKS if a[0] in ("di-mifgsm-l2", "apgd-ce", "apgd-t", "deepfool", "cw")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,attack,norm", LOW_PRECISION, ids=[a[0] for a in LOW_PRECISION])
 def test_low_precision_inputs(name: str, attack: Attack, norm: str | None) -> None:
     # In float16 the mask must still agree with re-predicting the returned examples,
@@ -121,6 +123,7 @@ def test_as_returned_is_what_finalize_returns() -> None:
         np.testing.assert_array_equal(as_returned(x, dtype, lo, hi), p.finalize(x).astype(jnp.float32))
 
 
+@pytest.mark.slow
 def test_is_adversarial_and_with_success() -> None:
     f = _model(0)
     x = jax.random.uniform(jax.random.key(0), (10, 12))

@@ -89,6 +89,7 @@ def test_project_linf_and_l2_closed_forms() -> None:
     )
 
 
+@pytest.mark.slow
 def test_project_l1_matches_bisection_reference() -> None:
     for n in (5, 300):
         d = np.asarray(_random((8, n), n, scale=1.5))
@@ -100,6 +101,7 @@ def test_project_l1_matches_bisection_reference() -> None:
         np.testing.assert_array_equal(np.asarray(jaxadv.project(jnp.asarray(d), 0.0, "l1")), 0.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", NORMS)
 def test_project_is_euclidean_projection(norm: str) -> None:
     """Variational inequality of the Euclidean projection onto a convex set."""
@@ -334,6 +336,7 @@ def test_row_sum_over_any_axis_folds_that_axis_pairwise(axis: int) -> None:
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_norms_do_not_depend_on_the_batch_size() -> None:
     # 64 and 3072 features: shapes where a plain jnp.sum rounds by batch size on XLA:CPU.
     for shape in ((64, 8, 8, 1), (16, 32, 32, 3)):

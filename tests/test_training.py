@@ -87,6 +87,7 @@ def _method_loss(method: str, params: Any, x: jax.Array, y: jax.Array, key: Any,
     return training.trades_loss(f, x, y, key=key, eps=0.3, step_size=0.1, steps=4, beta=2.0, norm=norm)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pgd", "fast", "trades"])
 def test_loss_gradient_is_outer_gradient_at_constant_adversarial_batch(method: str) -> None:
     """No gradient leaks through the inner maximisation: the parameter gradient
@@ -164,6 +165,7 @@ def _train_pass(model: Any, variables: Any, x: jax.Array, key: Any) -> tuple[jax
     return out, mutated["batch_stats"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pgd", "fast", "trades"])
 def test_linen_step_attacks_in_eval_mode_is_deterministic_and_keeps_batch_stats(
     bn_setup: Any, method: str
@@ -224,6 +226,7 @@ def test_linen_step_attacks_in_eval_mode_is_deterministic_and_keeps_batch_stats(
 # --- Free adversarial training -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_free_step_replays_with_one_backward_pass_each(bn_setup: Any) -> None:
     """Each replay uses one backward pass for both the parameter update and an
     FGSM step of size eps on the persistent perturbation; deterministic."""
@@ -287,6 +290,7 @@ def _nnx_net(seed: int) -> NNXNet:
     return module
 
 
+@pytest.mark.slow
 def test_nnx_loss_attacks_an_inference_copy(digits: Any) -> None:
     """pgd_at_loss on an NNX module: the attack runs on an inference-mode copy of
     the current module, the loss and the batch-statistics update on the module."""
@@ -306,6 +310,7 @@ def test_nnx_loss_attacks_an_inference_copy(digits: Any) -> None:
     assert not np.allclose(module.bn.mean[...], _nnx_net(2).bn.mean[...])
 
 
+@pytest.mark.slow
 def test_nnx_steps_are_deterministic_and_update_in_place(digits: Any) -> None:
     x, y = jnp.asarray(digits[0].x[:16]), jnp.asarray(digits[0].y[:16])
     step = training.make_nnx_train_step(method="trades", eps=0.15, step_size=0.05, steps=2)
@@ -422,6 +427,7 @@ def test_argument_errors(bn_setup: Any) -> None:
         training.trades_loss(f, xl + 2.0, yl, key=jax.random.key(0), eps=0.1, step_size=0.1, steps=2)
 
 
+@pytest.mark.slow
 def test_losses_accept_a_plain_closure() -> None:
     """A closure over the parameters works too and gives the adapter's gradient."""
     params, x, y = _linear_problem()

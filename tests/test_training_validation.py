@@ -90,6 +90,7 @@ def test_trades_refuses_negative_beta() -> None:
         training.trades_loss(logits_fn(W), X, Y, key=KEY, eps=0.1, step_size=0.05, steps=2, beta=-1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(LOSSES))
 def test_checked_losses_report_bad_values_under_jit(method: str) -> None:
     """Under jit the values are abstract; jaxadv.checked runs the checks."""
@@ -178,6 +179,7 @@ STEP_CONFIGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(STEP_CONFIGS))
 def test_checked_linen_step_reports_bad_batches(method: str) -> None:
     config = STEP_CONFIGS[method]
@@ -204,6 +206,7 @@ def test_checked_linen_step_reports_bad_batches(method: str) -> None:
         plain(state, X, Y[:3], KEY)
 
 
+@pytest.mark.slow
 def test_jaxadv_checked_wraps_a_compiled_linen_step_in_either_order() -> None:
     """A jitted step reuses its first trace; the checked and plain calls must not share one."""
     step = training.make_train_step(MODEL, TX, method="pgd", **STEP_CONFIGS["pgd"])

@@ -84,6 +84,7 @@ def test_linf_fooling_rate_beats_random_perturbation(cnn: Any, digits: Any) -> N
     assert abs(labelled - rate) < 0.05
 
 
+@pytest.mark.slow
 def test_l2_targeted_beats_random_perturbation(cnn: Any, digits: Any) -> None:
     # l2 eps = 2 (of a 64-pixel image), target 3: about 0.85 of the held-out
     # digits not labelled 3 are sent to 3, about 0.01 by random perturbations.
@@ -99,6 +100,7 @@ def test_l2_targeted_beats_random_perturbation(cnn: Any, digits: Any) -> None:
     assert rate > 0.6 and rate > random_rate + 0.5
 
 
+@pytest.mark.slow
 def test_l1_manual_loop_of_steps_matches_convenience_loop(linear: Any, digits: Any) -> None:
     f, eps, key = linear, 3.0, jax.random.key(3)
     batches = _batches(digits[0], 3)

@@ -165,6 +165,7 @@ def test_value_checks_are_skipped_under_jit(name: str) -> None:
         run(X, Y[:2], 0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("attack", "kw"),
     [(jaxadv.fgsm, {}), (jaxadv.bim, {"steps": 2}), (jaxadv.pgd, {"steps": 2, "key": KEY})],
