@@ -133,3 +133,10 @@ def with_success(attack: Callable[..., Array]) -> Callable[..., AttackResult]:
         return AttackResult(x_adv, success)
 
     return wrapped
+
+
+def stop_mask(z: Array, labels: Array, targeted: bool) -> Array:
+    """``[batch]`` bool: the examples an attack stops on at scores ``z``: a success
+    (:func:`jaxadv.success.hits`) or scores that are not finite. Its negation is the
+    'still active' flag of the loops."""
+    return hits(z, labels, targeted) | ~finite_rows(z)

@@ -35,7 +35,7 @@ change:
   whose :math:`|g_i|` reaches the :math:`(1 - \kappa)`-quantile of
   :math:`|g|` (the top :math:`\kappa` fraction) and 0 elsewhere; no momentum;
 * :math:`\Pi_S` is the exact Euclidean projection onto the L1 ball
-  intersected with the box (:func:`project_l1_box`), not a projection onto the
+  intersected with the box (:func:`jaxadv.threat_models.project_l1_box`), not a projection onto the
   ball followed by clipping;
 * :math:`\eta^{(0)} = \epsilon` and :math:`\kappa^{(0)} = 0.2`; every
   ``max(int(0.04 N), 1)`` steps, with :math:`s = \|x_{best} - x\|_0` the
@@ -77,8 +77,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv.attacks.base import Problem
-from jaxadv.compose.loop import EVAL_FOLD, check_finite_step, loop_problem, prepare_problem, source_model
+from jaxadv._core.problem import Problem, check_finite_step
+from jaxadv._core.randomised import EVAL_FOLD, loop_problem, prepare_problem, source_model
 from jaxadv.compose.sources import EOT, LossGradient
 from jaxadv.engine import iterate
 from jaxadv.keys import fold_rows, row_keys
@@ -87,6 +87,7 @@ from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
 from jaxadv.threat_models import (
     per_example,
+    project_l1_box,
     project_to_feasible,
     random_feasible,
     row_sum,
@@ -156,62 +157,6 @@ def l1_checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _flat(a: Array) -> Array:
     return a.reshape(a.shape[0], math.prod(a.shape[1:]))
-
-
-@jax.jit
-def project_l1_box(x_adv: Array, x: Array, eps: ArrayLike, lo: ArrayLike, hi: ArrayLike) -> Array:
-    r"""The Euclidean projection of ``x_adv`` onto :math:`\{z : \|z - x\|_1 \le \epsilon,\ lo \le z \le hi\}`.
-
-    With :math:`y = x' - x` and :math:`u_i` the room in the box along
-    :math:`\mathrm{sign}(y_i)` (:math:`hi_i - x_i` or :math:`x_i - lo_i`), the
-    problem separates per coordinate given the multiplier :math:`\lambda \ge 0`
-    of the L1 constraint:
-    :math:`\delta_i(\lambda) = \mathrm{sign}(y_i)\,\min(\max(|y_i| - \lambda, 0), u_i)`.
-    :math:`\lambda = 0` when :math:`\|\delta(0)\|_1 \le \epsilon`; otherwise
-    :math:`\phi(\lambda) = \|\delta(\lambda)\|_1` is piecewise linear and
-    non-increasing with breakpoints :math:`|y_i|` and :math:`|y_i| - u_i`, so one
-    sort of the :math:`2n` breakpoints and a cumulative sum give the exact
-    :math:`\lambda` with :math:`\phi(\lambda) = \epsilon`. Needs :math:`x` inside
-    the box. Sums that overflow to ``inf`` lie past the crossing, so a finite
-    ``eps`` still finds it; ``eps = inf`` gives the box clip of ``x_adv``.
-
-    Args:
-      x_adv: ``[batch, ...]`` points to project.
-      x: ``[batch, ...]`` centres, inside ``[lo, hi]``.
-      eps: radius, scalar or ``[batch]``.
-      lo, hi: bounds broadcasting against ``x``.
-
-    Returns:
-      The projected points, float32, shape of ``x``.
-    """
-    xf = x.astype(jnp.float32)
-    y = _flat(jnp.clip(x_adv.astype(jnp.float32) - xf, -_F32_MAX, _F32_MAX))
-    up = _flat(jnp.broadcast_to(jnp.asarray(hi, jnp.float32) - xf, x.shape))
-    down = _flat(jnp.broadcast_to(xf - jnp.asarray(lo, jnp.float32), x.shape))
-    a = jnp.abs(y)
-    # For lambda >= 0 a room beyond |y_i| changes nothing: capping it keeps every
-    # breakpoint finite (also for unbounded boxes) and >= 0.
-    room = jnp.clip(jnp.where(y > 0, up, down), 0.0, a)
-    b, n = a.shape
-    eps_b = jnp.broadcast_to(jnp.reshape(jnp.asarray(eps, jnp.float32), (-1,)), (b,))
-    eps_c = eps_b[:, None]
-    breaks = jnp.concatenate([a, a - room], axis=1)
-    slope = jnp.concatenate([jnp.ones((b, n), jnp.float32), -jnp.ones((b, n), jnp.float32)], axis=1)
-    neg_sorted, slope_sorted = jax.lax.sort((-breaks, slope), dimension=1, num_keys=1)
-    knots = -neg_sorted  # descending
-    active = jnp.cumsum(slope_sorted, axis=1)  # coordinates moving with lambda just below each knot
-    phi = jnp.concatenate(
-        [jnp.zeros((b, 1), jnp.float32), jnp.cumsum(active[:, :-1] * (knots[:, :-1] - knots[:, 1:]), axis=1)],
-        axis=1,
-    )
-    j = jnp.maximum(jnp.sum(phi < eps_c, axis=1) - 1, 0)[:, None]
-    slope_j = jnp.maximum(jnp.take_along_axis(active, j, axis=1), 1.0)
-    lam = jnp.take_along_axis(knots, j, axis=1) - (eps_c - jnp.take_along_axis(phi, j, axis=1)) / slope_j
-    lam = jnp.maximum(lam, 0.0)
-    inside = (row_sum(room) <= eps_b)[:, None]
-    delta = jnp.sign(y) * jnp.where(inside, room, jnp.clip(a - lam, 0.0, room))
-    # x + (hi - x) may round past hi: clip (it only shrinks the perturbation).
-    return jnp.clip(xf + delta.reshape(x.shape), lo, hi)
 
 
 def _sparse_direction(grad: Array, topk: Array) -> Array:

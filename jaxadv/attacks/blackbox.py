@@ -36,9 +36,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv import validation
-from jaxadv.attacks.base import Problem
-from jaxadv.losses import finite_rows
-from jaxadv.success import AttackResult, hits
+from jaxadv._core.problem import Problem
+from jaxadv.success import AttackResult
 from jaxadv.typing import Array
 from jaxadv.validation import check_steps, is_traced
 
@@ -75,13 +74,6 @@ def check_finite_eps(p: Problem, *, allow_inf: bool = True) -> None:
         raise ValueError("eps must be finite for this attack and norm, got eps=inf")
     if not bool(jnp.all(jnp.isfinite(p.lo)) & jnp.all(jnp.isfinite(p.hi))):
         raise ValueError("eps is infinite and bounds are unbounded: pass a finite eps or finite bounds")
-
-
-def stop_mask(z: Array, labels: Array, targeted: bool) -> Array:
-    """``[batch]`` bool: the examples an attack stops on at scores ``z``: a success
-    (:func:`jaxadv.success.hits`) or scores that are not finite. Its negation is the
-    'still active' flag of the loops."""
-    return hits(z, labels, targeted) | ~finite_rows(z)
 
 
 def empty_result(p: Problem, *, return_info: bool) -> Array | AttackResult:

@@ -21,13 +21,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxadv.attacks.base import prepare
-from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, finish, stop_mask
+from jaxadv._core.problem import prepare
+from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, finish
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, fold_rows, row_keys, split_rows
 from jaxadv.models import combine_model
-from jaxadv.success import hits
+from jaxadv.success import hits, stop_mask
 from jaxadv.threat_models import norm_of, per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_norm, check_steps, is_traced

@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxadv.attacks.base import prepare
+from jaxadv._core.problem import prepare
 from jaxadv.attacks.cw import _BIG, _search_update
 from jaxadv.engine import iterate
 from jaxadv.losses import as_onehot, cw_margin, finite_rows

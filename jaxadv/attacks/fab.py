@@ -53,7 +53,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxadv.attacks.base import Problem, prepare
+from jaxadv._core.problem import Problem, prepare
 from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, fold_rows, row_keys
 from jaxadv.losses import finite_rows

@@ -47,7 +47,7 @@ Step :math:`k = 0 .. K-1` (:math:`K` = ``steps``), at :math:`x_k = x + \delta_k`
    :math:`\Pi` maps onto the ball intersected with the box
    :math:`[lo - x, hi - x]`: L-inf clips (exact); L2 rescales to the ball, then
    clips to the box; L1 is the exact Euclidean projection onto the L1 ball
-   intersected with the box (:func:`jaxadv.attacks.apgd.project_l1_box`); L0
+   intersected with the box (:func:`jaxadv.threat_models.project_l1_box`); L0
    keeps the :math:`\lfloor\epsilon\rfloor` coordinates of the box-clipped step
    that lower the squared distance most and zeroes the rest (the exact
    Euclidean projection onto the L0 ball intersected with the box).
@@ -88,13 +88,19 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxadv.attacks.apgd import project_l1_box
-from jaxadv.attacks.base import prepare
+from jaxadv._core.problem import prepare
 from jaxadv.engine import iterate
 from jaxadv.losses import cw_margin, finite_rows
 from jaxadv.models import combine_model
 from jaxadv.success import AttackResult, as_returned, hits
-from jaxadv.threat_models import clip_to_bounds, norm_of, per_example, project, steepest_direction
+from jaxadv.threat_models import (
+    clip_to_bounds,
+    norm_of,
+    per_example,
+    project,
+    project_l1_box,
+    steepest_direction,
+)
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm
 from jaxadv.validation import check_batch_array, check_finite, check_norm, check_steps
 

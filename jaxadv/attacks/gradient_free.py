@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from jaxadv.attacks.base import check_step_size, prepare
+from jaxadv._core.problem import check_step_size, prepare
 from jaxadv.attacks.blackbox import check_finite_eps, check_key, check_queries, empty_result, finish
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.compose.estimates import FiniteDifference

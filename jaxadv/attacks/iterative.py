@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from jaxadv.compose.loop import Attack, check_finite_step
+from jaxadv.compose.loop import Attack
 from jaxadv.compose.sources import EOT, LossGradient, finite_step
 from jaxadv.compose.updates import Steepest
 from jaxadv.losses import cross_entropy, get_loss
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_key, check_norm
 
-__all__ = ["bim", "check_finite_step", "eot_pgd", "finite_step", "pgd", "projected_gradient"]
+__all__ = ["bim", "eot_pgd", "finite_step", "pgd", "projected_gradient"]
 
 
 def projected_gradient(

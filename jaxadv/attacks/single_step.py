@@ -6,8 +6,8 @@ from typing import Any
 
 import jax
 
-from jaxadv.attacks.base import prepare
-from jaxadv.attacks.iterative import check_finite_step, projected_gradient
+from jaxadv._core.problem import check_finite_step, prepare
+from jaxadv.attacks.iterative import projected_gradient
 from jaxadv.compose.loop import run_from
 from jaxadv.losses import cross_entropy
 from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm

@@ -26,15 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv.attacks.base import prepare
-from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, finish, stop_mask
+from jaxadv._core.problem import prepare
+from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, finish
 from jaxadv.attacks.square import from_nhwc, image_layout, to_nhwc
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, fold_rows, row_keys, split_rows
 from jaxadv.losses import as_onehot, cross_entropy, cw_margin, finite_rows
 from jaxadv.models import combine_model
-from jaxadv.success import hits
+from jaxadv.success import hits, stop_mask
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, PRNGKey
 
 __all__ = ["sparse_rs"]

@@ -14,23 +14,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv.attacks.apgd import project_l1_box
-from jaxadv.attacks.base import prepare
+from jaxadv._core.problem import prepare
 from jaxadv.attacks.blackbox import (
     check_finite_eps,
     check_key,
     check_queries,
     empty_result,
     finish,
-    stop_mask,
 )
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, row_keys, split_rows
 from jaxadv.losses import as_onehot, cross_entropy, cw_margin, finite_rows
 from jaxadv.models import combine_model
-from jaxadv.success import hits
-from jaxadv.threat_models import norm_of, per_example, row_sum
+from jaxadv.success import hits, stop_mask
+from jaxadv.threat_models import norm_of, per_example, project_l1_box, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_norm
 
@@ -392,7 +390,7 @@ def square(
       (``C`` channels), the second window is cleared, and the point is the exact
       projection of :math:`x + \delta` onto the L1 ball of radius
       :math:`\epsilon(1 - 10^{-6})` intersected with the box
-      (:func:`jaxadv.apgd`'s ``project_l1_box``), as AutoAttack does.
+      (:func:`jaxadv.threat_models.project_l1_box`), as AutoAttack does.
 
     The proposal is kept when it lowers the loss or succeeds (success is the
     argmax test of :func:`jaxadv.is_adversarial`). The fraction

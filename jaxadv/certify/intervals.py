@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv.attacks.base import prepare
+from jaxadv._core.problem import prepare
 from jaxadv.certify._jaxpr import Const, Node, Program, trace, unsupported
 from jaxadv.models import ModelStatic, combine_model
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, Norm

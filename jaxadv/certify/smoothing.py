@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv.attacks.base import prepare
+from jaxadv._core.problem import prepare
 from jaxadv.certify.binomial import clopper_pearson_lower, two_sided_binomial_pvalue
 from jaxadv.models import ModelStatic, combine_model
 from jaxadv.typing import Array, ArrayLike, LogitsFn, PRNGKey
