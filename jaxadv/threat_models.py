@@ -20,31 +20,19 @@ Conventions used everywhere in the library:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv._core.rows import flat, per_example, select_rows
 from jaxadv.keys import draw_rows, fold_rows, row_keys, split_rows
 from jaxadv.typing import Array, ArrayLike, Norm, PRNGKey
 from jaxadv.validation import check_norm
 
 _TINY = 1e-12
 _F32_MAX = float(np.finfo(np.float32).max)
-
-
-def per_example(value: ArrayLike, x: Array) -> Array:
-    """Reshape a scalar or a ``[batch]`` array so that it broadcasts against ``x``."""
-    value = jnp.asarray(value, jnp.float32)
-    if value.ndim == 0:
-        return value
-    return value.reshape(value.shape + (1,) * (x.ndim - value.ndim))
-
-
-def _flat(delta: Array) -> Array:
-    return delta.reshape(delta.shape[0], math.prod(delta.shape[1:]))
 
 
 def row_sum(v: Array, axis: int = 1) -> Array:
@@ -102,7 +90,7 @@ def norm_of(delta: Array, norm: Norm) -> Array:
     whenever the true norm is (squares of entries above ~1e19 overflow float32).
     """
     norm = check_norm(norm)
-    d = _flat(delta).astype(jnp.float32)
+    d = flat(delta).astype(jnp.float32)
     if norm == "linf":
         return jnp.max(jnp.abs(d), axis=1)
     if norm == "l2":
@@ -116,7 +104,7 @@ def _project_l1(delta: Array, eps: Array) -> Array:
 
     Computed on each row scaled by a power of two (exact), so that the cumulative
     sums of huge perturbations do not overflow."""
-    v = _flat(delta).astype(jnp.float32)  # sort/cumsum in float32, also for bfloat16 inputs
+    v = flat(delta).astype(jnp.float32)  # sort/cumsum in float32, also for bfloat16 inputs
     v = jnp.clip(v, -_F32_MAX, _F32_MAX)
     scale = _pow2_scale(v)
     eps = jnp.broadcast_to(jnp.reshape(eps, (-1,)) if jnp.ndim(eps) else eps, (v.shape[0],))
@@ -164,7 +152,7 @@ def project(delta: Array, eps: ArrayLike, norm: Norm) -> Array:
     if norm == "linf":
         return jnp.clip(delta, -eps_b, eps_b).astype(delta.dtype)
     if norm == "l2":
-        d = _flat(jnp.clip(delta, -_F32_MAX, _F32_MAX).astype(jnp.float32))
+        d = flat(jnp.clip(delta, -_F32_MAX, _F32_MAX).astype(jnp.float32))
         eps_r = jnp.broadcast_to(jnp.reshape(jnp.asarray(eps, jnp.float32), (-1, 1)), (d.shape[0], 1))
         # d * eps / ||d|| as (d s) * (eps / ||d s||): the same numbers (s a power of two)
         # without the overflow of ||d||^2 or a factor eps / ||d|| that flushes to 0.
@@ -239,7 +227,7 @@ def steepest_direction(grad: Array, norm: Norm, *, l1_sparsity: float = 0.05) ->
     norm = check_norm(norm)
     if norm == "linf":
         return jnp.sign(grad)
-    g = _flat(grad)
+    g = flat(grad)
     if norm == "l2":
         g = jnp.clip(g.astype(jnp.float32), -_F32_MAX, _F32_MAX)
         # g / max(||g||, tiny), computed as (g s) / max(||g s||, tiny s): the same
@@ -320,7 +308,7 @@ def random_feasible(key: PRNGKey, x: Array, eps: Array, norm: Norm, lo: Array, h
     u = draw_rows(lambda k: jax.random.uniform(k, row, jnp.float32), fold_rows(keys, 1))
     boxed = jnp.isfinite(lo) & jnp.isfinite(hi)
     in_box = jnp.where(boxed, jnp.where(boxed, lo, 0.0) + u * jnp.where(boxed, hi - lo, 0.0), x)
-    return jnp.where(per_example(finite, x) > 0, x0, in_box)
+    return select_rows(finite, x0, in_box)
 
 
 def step_along(step_size: ArrayLike, direction: Array) -> Array:
@@ -332,7 +320,7 @@ def step_along(step_size: ArrayLike, direction: Array) -> Array:
 def unit_l1(grad: Array) -> Array:
     """``grad / max(||grad||_1, 1e-12)`` per example, finite for huge or infinite entries
     (computed on rows scaled by a power of two)."""
-    g = _flat(jnp.clip(grad.astype(jnp.float32), -_F32_MAX, _F32_MAX))
+    g = flat(jnp.clip(grad.astype(jnp.float32), -_F32_MAX, _F32_MAX))
     scale = _pow2_scale(g)
     g = g * scale
     return (g / jnp.maximum(row_sum(jnp.abs(g))[:, None], _TINY * scale)).reshape(grad.shape)
@@ -375,9 +363,9 @@ def project_l1_box(x_adv: Array, x: Array, eps: ArrayLike, lo: ArrayLike, hi: Ar
       The projected points, float32, shape of ``x``.
     """
     xf = x.astype(jnp.float32)
-    y = _flat(jnp.clip(x_adv.astype(jnp.float32) - xf, -_F32_MAX, _F32_MAX))
-    up = _flat(jnp.broadcast_to(jnp.asarray(hi, jnp.float32) - xf, x.shape))
-    down = _flat(jnp.broadcast_to(xf - jnp.asarray(lo, jnp.float32), x.shape))
+    y = flat(jnp.clip(x_adv.astype(jnp.float32) - xf, -_F32_MAX, _F32_MAX))
+    up = flat(jnp.broadcast_to(jnp.asarray(hi, jnp.float32) - xf, x.shape))
+    down = flat(jnp.broadcast_to(xf - jnp.asarray(lo, jnp.float32), x.shape))
     a = jnp.abs(y)
     # For lambda >= 0 a room beyond |y_i| changes nothing: capping it keeps every
     # breakpoint finite (also for unbounded boxes) and >= 0.

@@ -79,6 +79,7 @@ import numpy as np
 
 from jaxadv._core.problem import Problem, check_finite_step
 from jaxadv._core.randomised import EVAL_FOLD, loop_problem, prepare_problem, source_model
+from jaxadv._core.rows import flat, select_rows
 from jaxadv.compose.sources import EOT, LossGradient
 from jaxadv.engine import iterate
 from jaxadv.keys import fold_rows, row_keys
@@ -86,7 +87,6 @@ from jaxadv.losses import dlr, dlr_targeted, finite_rows, get_loss
 from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
 from jaxadv.threat_models import (
-    per_example,
     project_l1_box,
     project_to_feasible,
     random_feasible,
@@ -155,15 +155,11 @@ def l1_checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
     return is_check, np.where(is_check, np.float32(k), np.float32(1.0)).astype(np.float32)
 
 
-def _flat(a: Array) -> Array:
-    return a.reshape(a.shape[0], math.prod(a.shape[1:]))
-
-
 def _sparse_direction(grad: Array, topk: Array) -> Array:
     """``sign(g)`` on the coordinates with ``|g|`` at least its ``(1 - topk)``-quantile
     (per example), divided by their number: a unit-L1 ascent direction moving the
     top ``topk`` fraction of coordinates."""
-    g = _flat(grad)
+    g = flat(grad)
     n = g.shape[1]
     a = jnp.abs(g)
     idx = jnp.clip(jnp.floor((1.0 - topk) * n), 0, n - 1).astype(jnp.int32)
@@ -175,7 +171,7 @@ def _sparse_direction(grad: Array, topk: Array) -> Array:
 
 def _sparsity(x_t: Array, x: Array) -> Array:
     """``[batch]`` float32: the number of coordinates where ``x_t`` differs from ``x``."""
-    return jnp.sum(_flat(x_t != x), axis=1).astype(jnp.float32)
+    return jnp.sum(flat(x_t != x), axis=1).astype(jnp.float32)
 
 
 class _State(NamedTuple):
@@ -225,13 +221,6 @@ class _Static(NamedTuple):
     randomized: bool
 
 
-def _freeze(new: Any, old: Any, frozen: Array) -> Any:
-    def pick(n: Array, o: Array) -> Array:
-        return jnp.where(frozen.reshape(frozen.shape + (1,) * (n.ndim - 1)), o, n)
-
-    return jax.tree_util.tree_map(pick, new, old)
-
-
 def _evaluate(ops: _Operands, static: _Static, x_t: Array, key: PRNGKey) -> tuple[Array, Array, Array]:
     """``(objective, logits, gradient)`` at ``x_t`` from the gradient source: the
     objective is the loss, negated when ``targeted``; a point where the logits, the
@@ -243,7 +232,7 @@ def _evaluate(ops: _Operands, static: _Static, x_t: Array, key: PRNGKey) -> tupl
     g = ops.source(model, x_t, ops.loss_labels, key=key, targeted=static.targeted)
     ok = g.ok & jnp.isfinite(g.loss)
     loss_val = jnp.where(ok, -g.loss if static.targeted else g.loss, -jnp.inf)
-    grad = jnp.where(per_example(ok, g.grad) > 0, g.grad, 0.0)
+    grad = select_rows(ok, g.grad, 0.0)
     logits = g.logits if g.logits is not None else model(x_t, fold_rows(key, EVAL_FOLD))
     return loss_val, logits, grad
 
@@ -254,10 +243,10 @@ def _record(
     """Success at ``x_new``, and the new last adversarial iterate, highest-loss point,
     its gradient and its loss."""
     hit = hits(logits, ops.labels, static.targeted)
-    x_adv = _freeze(x_new, s.x_adv, ~hit)
+    x_adv = select_rows(~hit, s.x_adv, x_new)
     better = loss_val > s.loss_best
-    x_best = _freeze(x_new, s.x_best, ~better)
-    grad_best = _freeze(grad, s.grad_best, ~better)
+    x_best = select_rows(~better, s.x_best, x_new)
+    grad_best = select_rows(~better, s.grad_best, grad)
     loss_best = jnp.where(better, loss_val, s.loss_best)
     return hit, x_adv, x_best, grad_best, loss_best
 
@@ -282,9 +271,9 @@ def _apgd_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
     stalled = ~s.reduced_last & (s.loss_best_last >= loss_best)
     reduce = at_check & (few_increases | stalled)
     new = s._replace(
-        x=_freeze(x_best, x_new, ~reduce),
+        x=select_rows(~reduce, x_new, x_best),
         x_prev=s.x,
-        grad=_freeze(grad_best, grad, ~reduce),
+        grad=select_rows(~reduce, grad, grad_best),
         eta=jnp.where(reduce, 0.5 * s.eta, s.eta),
         x_best=x_best,
         grad_best=grad_best,
@@ -297,7 +286,7 @@ def _apgd_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
         reduced_last=jnp.where(at_check, reduce, s.reduced_last),
     )
     if static.early_stop:
-        new = _freeze(new, s, s.found)
+        new = select_rows(s.found, s, new)
     return new
 
 
@@ -317,9 +306,9 @@ def _apgd_l1_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _Stat
     eta = jnp.clip(jnp.where(sparser, eps, s.eta / 1.5), eps / 10.0, eps)
     n = math.prod(ops.x.shape[1:])
     new = s._replace(
-        x=_freeze(x_best, x_new, ~sparser),
+        x=select_rows(~sparser, x_new, x_best),
         x_prev=s.x,
-        grad=_freeze(grad_best, grad, ~sparser),
+        grad=select_rows(~sparser, grad, grad_best),
         eta=jnp.where(at_check, eta, s.eta),
         x_best=x_best,
         grad_best=grad_best,
@@ -330,7 +319,7 @@ def _apgd_l1_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _Stat
         topk=jnp.where(at_check, sparsity / n / 1.5, s.topk),
         sparsity_last=jnp.where(at_check, sparsity, s.sparsity_last),
     )
-    return _freeze(new, s, s.found & ops.freeze)
+    return select_rows(s.found & ops.freeze, s, new)
 
 
 @functools.partial(jax.jit, static_argnames=("static",))
@@ -506,8 +495,8 @@ def _run(
         )
     new_hit = s.found & ~prior.found
     higher = ~s.found & ~prior.found & (s.loss_best > prior.loss)
-    x_out = _freeze(s.x_adv, prior.x, ~new_hit)
-    x_out = _freeze(s.x_best, x_out, ~higher)
+    x_out = select_rows(~new_hit, prior.x, s.x_adv)
+    x_out = select_rows(~higher, x_out, s.x_best)
     return _Outcome(x_out, prior.found | s.found, jnp.where(higher, s.loss_best, prior.loss))
 
 
@@ -683,7 +672,7 @@ def apgd(
         )
         if _all_found(out, clean_bad):
             break
-    x_adv = p.finalize(jnp.where(per_example(clean_bad, p.x) > 0, p.x, out.x))
+    x_adv = p.finalize(select_rows(clean_bad, p.x, out.x))
     return p.output(x_adv, targeted=targeted, return_info=return_info)
 
 
@@ -773,5 +762,5 @@ def apgd_targeted(
             )
         if _all_found(out, clean_bad):
             break
-    x_adv = p.finalize(jnp.where(per_example(clean_bad, p.x) > 0, p.x, out.x))
+    x_adv = p.finalize(select_rows(clean_bad, p.x, out.x))
     return p.output(x_adv, targeted=False, return_info=return_info)

@@ -32,11 +32,12 @@ import jax.numpy as jnp
 import optax
 
 from jaxadv._core.problem import prepare
+from jaxadv._core.rows import select_rows
 from jaxadv.engine import iterate
 from jaxadv.losses import as_onehot, cw_margin, finite_rows
 from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
-from jaxadv.threat_models import per_example, row_sum
+from jaxadv.threat_models import row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode
 from jaxadv.validation import check_finite, check_steps
 
@@ -104,7 +105,7 @@ def _cw_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _Stat
     (_, (l2, z, margin, xa)), g = jax.value_and_grad(objective, has_aux=True)(s.w)
     # No update from a point where the logits or the gradient are not finite.
     finite = finite_rows(z) & jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), axis=1)
-    g = jnp.where(per_example(finite, g) > 0, g, 0.0)
+    g = select_rows(finite, g, 0.0)
     # Success as in the paper (margin at least kappa) and as the model predicts it.
     ok = hits(z, labels, targeted) & (margin <= -kappa)
     better = ok & (l2 < s.best_l2)
@@ -113,7 +114,7 @@ def _cw_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _Stat
         w=optax.apply_updates(s.w, updates),
         opt_state=opt_state,
         best_l2=jnp.where(better, l2, s.best_l2),
-        best_x=jnp.where(per_example(better, x) > 0, xa, s.best_x),
+        best_x=select_rows(better, xa, s.best_x),
         hit_now=s.hit_now | ok,
     )
 

@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv._core.problem import prepare
+from jaxadv._core.rows import select_rows
 from jaxadv.attacks.cw import _BIG, _search_update
 from jaxadv.engine import iterate
 from jaxadv.losses import as_onehot, cw_margin, finite_rows
@@ -131,7 +132,7 @@ def _ead_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _Sta
     g, z = jax.grad(smooth, has_aux=True)(s.y_k)
     # No gradient step from a slack point where the logits or the gradient are not finite.
     finite = finite_rows(z) & jnp.all(jnp.isfinite(g.reshape(b, -1)), axis=1)
-    g = jnp.where(per_example(finite, g) > 0, g, 0.0)
+    g = select_rows(finite, g, 0.0)
     k = i.astype(jnp.float32)
     step = lr * jnp.sqrt(jnp.maximum(1.0 - k / horizon, 0.0))
     bx = per_example(beta, x)
@@ -148,7 +149,7 @@ def _ead_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _Sta
         x_k=x_new,
         y_k=y_new,
         best_dist=jnp.where(better, dist, s.best_dist),
-        best_x=jnp.where(per_example(better, x) > 0, xa, s.best_x),
+        best_x=select_rows(better, xa, s.best_x),
         hit_now=s.hit_now | ok,
     )
 

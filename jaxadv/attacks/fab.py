@@ -47,13 +47,13 @@ misclassified from the start are returned unchanged.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxadv._core.problem import Problem, prepare
+from jaxadv._core.rows import flat, select_rows
 from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, fold_rows, row_keys
 from jaxadv.losses import finite_rows
@@ -71,15 +71,11 @@ _DUAL: dict[str, Norm] = {"linf": "l1", "l2": "l2", "l1": "linf"}
 _TINY = 1e-30
 
 
-def _flat(a: Array) -> Array:
-    return a.reshape(a.shape[0], math.prod(a.shape[1:]))
-
-
 def _norm(v: Array, norm: Norm) -> Array:
     """``[batch, ...] -> [batch]`` norms for comparisons inside the loop: the L2 norm is
     taken on each row divided by its largest entry (no overflow, and cheaper to compile
     than :func:`jaxadv.norm_of`, which the returned examples are measured with)."""
-    a = jnp.abs(_flat(v))
+    a = jnp.abs(flat(v))
     m = jnp.max(a, axis=1)
     if norm == "linf":
         return m
@@ -243,8 +239,8 @@ def project_hyperplane_box(
 
 @functools.partial(jax.jit, static_argnames=("norm",))
 def _project_points(t: Array, w: Array, b: Array, lo: Array, hi: Array, *, norm: Norm) -> Array:
-    tf, wf = _flat(t), _flat(w)
-    return _project_flat(tf, wf, b - row_sum(wf * tf), _flat(lo), _flat(hi), norm).reshape(t.shape)
+    tf, wf = flat(t), flat(w)
+    return _project_flat(tf, wf, b - row_sum(wf * tf), flat(lo), flat(hi), norm).reshape(t.shape)
 
 
 class _State(NamedTuple):
@@ -304,7 +300,7 @@ def _fab_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
     norm, x0 = static.norm, ops.x
     b = x0.shape[0]
     w, f = _nearest_boundary(s.x1, ops, static)
-    x1f, x0f = _flat(s.x1), _flat(x0)
+    x1f, x0f = flat(s.x1), flat(x0)
     # Required change of <w, .> from x1 and from x0 to reach the boundary.
     r1 = -f
     r0 = -f - row_sum(w * (x0f - x1f))
@@ -331,8 +327,8 @@ def _fab_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
     better = hit & (dist < s.best_norm)
     back = x0 + per_example(ops.beta, x0) * (x_new - x0)
     return _State(
-        x1=jnp.where(per_example(hit, x0) > 0, back, x_new),
-        best=jnp.where(per_example(better, x0) > 0, x_new, s.best),
+        x1=select_rows(hit, back, x_new),
+        best=select_rows(better, x_new, s.best),
         best_norm=jnp.where(better, dist, s.best_norm),
     )
 
@@ -368,7 +364,7 @@ def _search_body(i: Array, s: _SearchState, ops: _SearchOperands, static: _Searc
     return _SearchState(
         t_lo=jnp.where(hit, s.t_lo, mid),
         t_hi=jnp.where(hit, mid, s.t_hi),
-        x_hi=jnp.where(per_example(hit, ops.x) > 0, x_mid, s.x_hi),
+        x_hi=select_rows(hit, x_mid, s.x_hi),
     )
 
 
@@ -450,11 +446,11 @@ def _finish(
     both = norm_of(pairs, norm).reshape(b, 2)
     best_norm, searched_norm = both[:, 0], both[:, 1]
     shorter = found & (searched_norm <= best_norm)
-    best = jnp.where(per_example(shorter, x) > 0, searched, best)
+    best = select_rows(shorter, searched, best)
     best_norm = jnp.where(shorter, searched_norm, best_norm)
     if eps_mode:
         found = found & (best_norm <= setup.eps)
-    return jnp.where(per_example(found, x) > 0, best, x), found
+    return select_rows(found, best, x), found
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -523,7 +519,7 @@ def _run_fab(
         return x_adv[:1], found[:1]
     setup = _setup(p.params, x, p.labels, p.lo, p.hi, p.eps, hyper, model=p.model)
     static = _Static(p.model, norm, p.dtype)
-    lo, hi = _flat(setup.lo), _flat(setup.hi)
+    lo, hi = flat(setup.lo), flat(setup.hi)
     state = _State(x, x, jnp.full((x.shape[0],), jnp.inf, jnp.float32))
     runs = [(classes, r) for classes in class_sets for r in range(num_restarts)]
     for run, (classes, r) in enumerate(runs):

@@ -89,6 +89,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv._core.problem import prepare
+from jaxadv._core.rows import flat, select_rows
 from jaxadv.engine import iterate
 from jaxadv.losses import cw_margin, finite_rows
 from jaxadv.models import combine_model
@@ -142,14 +143,10 @@ class _Static(NamedTuple):
     dtype: Any
 
 
-def _flat(a: Array) -> Array:
-    return a.reshape(a.shape[0], math.prod(a.shape[1:]))
-
-
 def _size(delta: Array, norm: str) -> Array:
     """``[batch]`` norm of ``delta``; for L0 the number of non-zero coordinates (float32)."""
     if norm == "l0":
-        return jnp.sum(_flat(delta) != 0, axis=1).astype(jnp.float32)
+        return jnp.sum(flat(delta) != 0, axis=1).astype(jnp.float32)
     return norm_of(delta, norm)  # type: ignore[arg-type]
 
 
@@ -170,7 +167,7 @@ def _project(x_new: Array, x: Array, eps: Array, norm: str, lo: Array, hi: Array
     if norm == "l0":
         c = clip_to_bounds(x_new, lo, hi) - x
         # Keeping coordinate i lowers ||x_new - x'||^2 by d_i^2 - (d_i - c_i)^2 = c_i (2 d_i - c_i).
-        score = _flat(c * (2.0 * delta - c))
+        score = flat(c * (2.0 * delta - c))
         keep = _keep_top(score, jnp.floor(eps)).reshape(x.shape)
         return x + jnp.where(keep, c, 0.0)
     return clip_to_bounds(x + project(delta, eps, norm), lo, hi)  # type: ignore[arg-type]
@@ -202,7 +199,7 @@ def _record(s: _State, xa: Array, z: Array, ops: _Operands, static: _Static) -> 
     better = hit & (size < s.best_norm)
     s = s._replace(
         best_norm=jnp.where(better, size, s.best_norm),
-        best_x=jnp.where(per_example(better, xa) > 0, xa, s.best_x),
+        best_x=select_rows(better, xa, s.best_x),
         found=s.found | hit,
     )
     return s, hit, size
@@ -211,8 +208,8 @@ def _record(s: _State, xa: Array, z: Array, ops: _Operands, static: _Static) -> 
 def _fmn_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
     norm = static.norm
     xa, z, loss, g = _evaluate(s, ops, static)
-    finite = finite_rows(z) & jnp.isfinite(loss) & jnp.all(jnp.isfinite(_flat(g)), axis=1)
-    g = jnp.where(per_example(finite, g) > 0, g, 0.0)
+    finite = finite_rows(z) & jnp.isfinite(loss) & jnp.all(jnp.isfinite(flat(g)), axis=1)
+    g = select_rows(finite, g, 0.0)
     # Coordinates at a bound that the descent step would push out of the box.
     g = jnp.where(((xa <= ops.lo) & (g > 0)) | ((xa >= ops.hi) & (g < 0)), 0.0, g)
     s, hit, size = _record(s, xa, z, ops, static)
@@ -267,7 +264,7 @@ def _mid_point(x: Array, start: Array, beta: Array, norm: str) -> Array:
     if norm == "l1":
         return x + jnp.sign(delta) * jnp.maximum(jnp.abs(delta) - (1.0 - b) * top, 0.0)
     k = jnp.ceil(beta * _size(delta, "l0"))
-    keep = _keep_top(_flat(jnp.abs(delta)), k).reshape(x.shape)
+    keep = _keep_top(flat(jnp.abs(delta)), k).reshape(x.shape)
     return x + jnp.where(keep, delta, 0.0)
 
 
@@ -288,7 +285,7 @@ def _search_body(i: Array, s: _Search, ops: _SearchOperands, static: _Static) ->
 def _search_result(ops: _SearchOperands, upper: Array, *, static: _Static) -> Array:
     """The bisection's smallest adversarial point, or ``x`` where the start is not adversarial."""
     mid = _mid_point(ops.x, ops.start, upper, static.norm)
-    return jnp.where(per_example(_is_hit(ops, static, mid), ops.x) > 0, mid, ops.x)
+    return select_rows(_is_hit(ops, static, mid), mid, ops.x)
 
 
 @functools.partial(jax.jit, static_argnames=("norm",))

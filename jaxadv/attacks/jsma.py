@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv._core.problem import prepare
+from jaxadv._core.rows import select_rows
 from jaxadv.engine import iterate
 from jaxadv.losses import finite_rows
 from jaxadv.models import combine_model, logits
@@ -156,7 +157,7 @@ def _jsma_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _St
     x_new = as_returned(x_new, dtype, lo, hi)
     stop = s.done | hit | ~finite | ~found
     return _State(
-        x_adv=jnp.where(per_example(stop, x) > 0, s.x_adv, x_new),
+        x_adv=select_rows(stop, s.x_adv, x_new),
         done=stop,
     )
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv._core.problem import prepare
+from jaxadv._core.rows import select_rows
 from jaxadv.attacks.blackbox import (
     check_finite_eps,
     check_key,
@@ -268,10 +269,10 @@ def _square_body(i: Array, state: _SquareState, ops: _SquareOperands, static: _S
     active = ~state.done
     lower = active & (loss < state.loss)
     # A success is kept even when its loss is not lower (the targeted loss is not the margin).
-    keep = per_example(lower | (active & hit), x) > 0
+    keep = lower | (active & hit)
     return _SquareState(
         key=key,
-        x_best=jnp.where(keep, cand, state.x_best),
+        x_best=select_rows(keep, cand, state.x_best),
         loss=jnp.where(lower, loss, state.loss),
         done=state.done | (active & hit),
         queries=state.queries + active.astype(jnp.int32),
@@ -339,10 +340,9 @@ def _square_init(
     clean_stop = stop_mask(z0, labels, targeted)
     # A start point whose scores are not finite is not taken: the search starts at x.
     take_init = ~clean_stop & finite_rows(z1)
-    keep = per_example(take_init, x) > 0
     return _SquareState(
         key=k1,
-        x_best=jnp.where(keep, init, x),
+        x_best=select_rows(take_init, init, x),
         loss=jnp.where(take_init, loss1, loss0),
         done=clean_stop | (take_init & hit1),
         queries=jnp.where(clean_stop, 1, 2).astype(jnp.int32),

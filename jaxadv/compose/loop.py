@@ -43,6 +43,7 @@ import jax.numpy as jnp
 
 from jaxadv._core.problem import Problem, check_finite_step, check_step_size
 from jaxadv._core.randomised import EVAL_FOLD, loop_problem, prepare_problem, source_model
+from jaxadv._core.rows import select_rows
 from jaxadv.compose.bookkeeping import Best, QueryCount, charge, init_best, record, select
 from jaxadv.compose.sources import LossGradient, _pytree, check_parts
 from jaxadv.compose.updates import Context, Steepest
@@ -50,7 +51,7 @@ from jaxadv.engine import iterate
 from jaxadv.keys import fold_rows, row_keys, split_rows
 from jaxadv.losses import finite_rows
 from jaxadv.success import as_returned, stop_mask
-from jaxadv.threat_models import mask_blocked, per_example, project_to_feasible, random_feasible, step_along
+from jaxadv.threat_models import mask_blocked, project_to_feasible, random_feasible, step_along
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_key, check_norm, check_steps
 
@@ -237,7 +238,7 @@ def _random_init(
     logits are not finite (they are returned unchanged)."""
     x0 = random_feasible(key, x, eps, norm, lo, hi)
     clean_ok = finite_rows(source_model(model, params, randomized)(x, fold_rows(key, EVAL_FOLD)))
-    return jnp.where(per_example(clean_ok, x) > 0, x0, x)
+    return select_rows(clean_ok, x0, x)
 
 
 class LoopState(NamedTuple):
@@ -274,11 +275,6 @@ class Static(NamedTuple):
     dtype: Any
 
 
-def _keep(new: Any, old: Any, mask: Array) -> Any:
-    """``new`` where ``mask`` (per example), ``old`` elsewhere, leaf by leaf."""
-    return jax.tree_util.tree_map(lambda n, o: jnp.where(per_example(mask, n) > 0, n, o), new, old)
-
-
 def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopState:
     """One step of a composed attack (the loop body given to :func:`jaxadv.iterate`)."""
     a = ops.attack
@@ -305,20 +301,20 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
         z = model(x_new, fold_rows(key, EVAL_FOLD)).astype(jnp.float32)
         count, active = charge(s.tally, chain, z, ops.labels, static.targeted, a.source.queries + 1)
         move = active & g.ok & finite_rows(z)
-        return LoopState(_keep(x_new, s.x, move), _keep(rule_state, s.rule, move), None, count)
+        return LoopState(select_rows(move, x_new, s.x), select_rows(move, rule_state, s.rule), None, count)
     if a.keep_best:
         x_new = as_returned(x_new, static.dtype, ops.lo, ops.hi)
     # From a point where the logits or the gradient are not finite: back to x,
     # and the rule's state is kept.
-    x_new = jnp.where(per_example(g.ok, ops.x) > 0, x_new, ops.x)
-    rule_state = _keep(rule_state, s.rule, g.ok)
+    x_new = select_rows(g.ok, x_new, ops.x)
+    rule_state = select_rows(g.ok, rule_state, s.rule)
     if s.best is None:
         return LoopState(x_new, rule_state, None)
     z = g.logits if g.logits is not None and point is s.x else model(s.x, fold_rows(key, EVAL_FOLD))
     best, hit = record(s.best, s.x, z, ops.labels, static.targeted)
     if not a.early_stop:
         return LoopState(x_new, rule_state, best, None)
-    return LoopState(_keep(x_new, s.x, ~hit), _keep(rule_state, s.rule, ~hit), best, None)
+    return LoopState(select_rows(~hit, x_new, s.x), select_rows(~hit, rule_state, s.rule), best, None)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "targeted", "randomized"))
