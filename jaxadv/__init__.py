@@ -31,7 +31,6 @@ from jaxadv.validation import checked
 from jaxadv import callables as _callables
 from jaxadv import certify, compose, config, evaluation, keys, sharding, training, universal, zoo
 from jaxadv import success as _success
-from jaxadv import transfer as _transfer
 from jaxadv.attacks import apgd as _apgd
 from jaxadv.attacks import blackbox as _blackbox
 from jaxadv.attacks import cw as _cw
@@ -45,6 +44,7 @@ from jaxadv.attacks import jsma as _jsma
 from jaxadv.attacks import momentum as _momentum
 from jaxadv.attacks import sparse_rs as _sparse_rs
 from jaxadv.attacks import square as _square
+from jaxadv.attacks import transfer as _transfer
 from jaxadv.attacks.apgd import *  # noqa: F403
 from jaxadv.attacks.blackbox import *  # noqa: F403
 from jaxadv.attacks.cw import *  # noqa: F403
@@ -58,9 +58,9 @@ from jaxadv.attacks.jsma import *  # noqa: F403
 from jaxadv.attacks.momentum import *  # noqa: F403
 from jaxadv.attacks.sparse_rs import *  # noqa: F403
 from jaxadv.attacks.square import *  # noqa: F403
+from jaxadv.attacks.transfer import *  # noqa: F403
 from jaxadv.callables import *  # noqa: F403
 from jaxadv.success import *  # noqa: F403
-from jaxadv.transfer import *  # noqa: F403
 
 __version__ = "0.1.0"
 
