@@ -52,7 +52,7 @@ class AttackResult(NamedTuple):
 
 def as_returned(x: Array, dtype: Any, lo: Array, hi: Array) -> Array:
     """Round float32 iterates to the caller's dtype and clip them into the box with
-    :meth:`jaxadv.Problem.finalize`'s rule (:func:`jaxadv.threat_models.cast_into_box`),
+    :meth:`jaxadv.attacks.base.Problem.finalize`'s rule (:func:`jaxadv.threat_models.cast_into_box`),
     then return them as float32.
 
     An iterate passed through this is exactly the array an attack would return, so

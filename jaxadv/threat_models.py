@@ -169,7 +169,7 @@ def cast_into_box(x: Array, dtype: Any, lo: Array, hi: Array) -> Array:
 
     Bounds that ``dtype`` cannot represent are rounded inward, so that the result
     lies inside the float32 ``[lo, hi]`` exactly. This is how every attack casts
-    its result back to the caller's dtype (:meth:`jaxadv.Problem.finalize`) and
+    its result back to the caller's dtype (:meth:`jaxadv.attacks.base.Problem.finalize`) and
     how iterative attacks round their iterates before testing them for success
     (:func:`jaxadv.success.as_returned`): one rule, so the two always agree.
     """

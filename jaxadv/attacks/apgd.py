@@ -12,7 +12,8 @@ stalls, restarting from the best point found:
 with :math:`S = B_\epsilon(x) \cap [lo, hi]`, :math:`\alpha = 1` for the first
 step and :math:`0.75` afterwards, :math:`\eta^{(0)} = 2\epsilon`, and
 :math:`d_p` the steepest-ascent direction of the norm
-(:func:`jaxadv.steepest_direction`; projections are :func:`jaxadv.project_to_feasible`).
+(:func:`jaxadv.threat_models.steepest_direction`; projections are
+:func:`jaxadv.threat_models.project_to_feasible`).
 
 Checkpoints :math:`w_j = \lceil p_j N \rceil` with :math:`p_0 = 0`,
 :math:`p_1 = 0.22` and :math:`p_{j+1} = p_j + \max(p_j - p_{j-1} - 0.03, 0.06)`
@@ -70,8 +71,7 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
-from typing import Any, Callable, NamedTuple, TypeVar, cast
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -103,26 +103,6 @@ _F32_MAX = float(np.finfo(np.float32).max)
 # A run's gradient draws use keys folded from its key with this tag, so that
 # they are independent of its random start.
 _GRAD = 0x6AD
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _renamed_keyword(old: str, new: str) -> Callable[[_F], _F]:
-    """Accept the keyword ``old`` as a deprecated spelling of ``new`` (not both)."""
-
-    def wrap(fn: _F) -> _F:
-        @functools.wraps(fn)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if old in kwargs:
-                if new in kwargs:
-                    raise ValueError(f"pass {new}= only: {old}= is its deprecated name, and both were given")
-                warnings.warn(f"{old}= is deprecated; use {new}=", DeprecationWarning, stacklevel=2)
-                kwargs[new] = kwargs.pop(old)
-            return fn(*args, **kwargs)
-
-        return cast(_F, call)
-
-    return wrap
 
 
 def checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -541,14 +521,12 @@ def _all_found(out: _Outcome, skip: Array) -> bool:
     return not is_traced(out.found) and bool(jnp.all(out.found | skip))
 
 
-@_renamed_keyword("eot_samples", "num_samples")
-@_renamed_keyword("n_restarts", "num_restarts")
 def apgd(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     steps: int = 100,
     norm: Norm = "linf",
@@ -604,8 +582,7 @@ def apgd(
       bounds: ``(lo, hi)``, scalars or arrays broadcasting against ``x``.
       loss: ``"ce"``, ``"dlr"``, another name or a callable
         (:func:`jaxadv.losses.get_loss`; static).
-      num_restarts: number of random restarts (static). ``n_restarts`` is a
-        deprecated name for it.
+      num_restarts: number of random restarts (static).
       rho: the fraction of condition 1 (static; L-inf and L2).
       num_samples: gradient draws per step (static); each step costs that many
         forward-backward passes.
@@ -676,15 +653,12 @@ def apgd(
     return p.output(x_adv, targeted=targeted, return_info=return_info)
 
 
-@_renamed_keyword("eot_samples", "num_samples")
-@_renamed_keyword("n_target_classes", "num_target_classes")
-@_renamed_keyword("n_restarts", "num_restarts")
 def apgd_targeted(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     steps: int = 100,
     norm: Norm = "linf",
@@ -714,8 +688,7 @@ def apgd_targeted(
       num_samples, transform, randomized, shrinking_eps, early_stop, loop: as in :func:`apgd`.
       y: ``[batch]`` integer labels or ``[batch, C]`` one-hot.
       num_target_classes: number of target classes tried (static; at most ``C - 1``).
-      num_restarts: random restarts per target class (static). ``n_restarts`` is
-        a deprecated name for it.
+      num_restarts: random restarts per target class (static).
       return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success,
         None)`` (success: the prediction differs from ``y``).
 

@@ -38,7 +38,7 @@ from jaxadv.losses import as_onehot, cw_margin, finite_rows
 from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
 from jaxadv.threat_models import row_sum
-from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, PRNGKey
 from jaxadv.validation import check_finite, check_steps
 
 __all__ = ["cw_l2"]
@@ -142,6 +142,7 @@ def cw_l2(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
     confidence: ArrayLike = 0.0,
     steps: int = 100,
     binary_search_steps: int = 9,
@@ -171,6 +172,8 @@ def cw_l2(
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` labels or ``[batch, C]`` one-hot (targets when ``targeted``);
         ``None``: the model's predictions.
+      key: accepted and ignored: the attack draws no random numbers (see
+        :doc:`/conventions`).
       confidence: :math:`\kappa`, scalar or ``[batch]`` (traced).
       steps: optimiser steps per search step (static).
       binary_search_steps: number of values of :math:`c` tried (static).

@@ -297,7 +297,7 @@ def hop_skip_jump(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     queries: int = 1000,
     norm: Norm = "l2",
     targeted: bool = False,

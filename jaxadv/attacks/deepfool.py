@@ -37,7 +37,7 @@ from jaxadv.losses import finite_rows
 from jaxadv.models import combine_model, logits
 from jaxadv.success import as_returned, hits
 from jaxadv.threat_models import clip_to_bounds, norm_of, per_example
-from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_finite, check_norm, check_steps
 
 __all__ = ["deepfool"]
@@ -127,6 +127,7 @@ def deepfool(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
     steps: int = 50,
     overshoot: ArrayLike = 0.02,
     norm: Norm = "l2",
@@ -161,6 +162,8 @@ def deepfool(
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` integer labels or ``[batch, C]`` one-hot; ``None``: the model's predictions (the
         original algorithm). With ``targeted=True``: the target classes (required).
+      key: accepted and ignored: the attack draws no random numbers (see
+        :doc:`/conventions`).
       steps: maximum number of iterations (static).
       overshoot: :math:`\eta`, scalar or ``[batch]`` (traced; the paper uses 0.02).
       norm: ``"l2"`` or ``"linf"`` (static).

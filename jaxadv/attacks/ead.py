@@ -60,7 +60,7 @@ from jaxadv.losses import as_onehot, cw_margin, finite_rows
 from jaxadv.models import combine_model
 from jaxadv.success import as_returned, hits
 from jaxadv.threat_models import clip_to_bounds, per_example, row_sum
-from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, PRNGKey
 from jaxadv.validation import check_batch_array, check_finite, check_steps
 
 __all__ = ["ead"]
@@ -159,8 +159,9 @@ def ead(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
     targeted: bool = False,
-    beta: ArrayLike = 1e-3,
+    l1_weight: ArrayLike = 1e-3,
     confidence: ArrayLike = 0.0,
     learning_rate: ArrayLike = 1e-2,
     steps: int = 100,
@@ -194,8 +195,10 @@ def ead(
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` labels or ``[batch, C]`` one-hot (targets when ``targeted``);
         ``None``: the model's predictions.
+      key: accepted and ignored: the attack draws no random numbers (see
+        :doc:`/conventions`).
       targeted: make the model predict ``y``.
-      beta: :math:`\beta`, the L1 weight and shrinkage threshold, scalar or
+      l1_weight: :math:`\beta`, the L1 weight and shrinkage threshold, scalar or
         ``[batch]`` (traced).
       confidence: :math:`\kappa`, scalar or ``[batch]`` (traced).
       learning_rate: :math:`\alpha_0`, scalar or ``[batch]`` (traced).
@@ -228,7 +231,7 @@ def ead(
         return jnp.broadcast_to(check_batch_array(check_finite(value, name, minimum=0.0), p.x, name), (b,))
 
     kappa = per_batch(confidence, "confidence")
-    beta_ = per_batch(beta, "beta")
+    beta_ = per_batch(l1_weight, "l1_weight")
     lr = per_batch(learning_rate, "learning_rate")
     const = per_batch(initial_const, "initial_const")
     lower = jnp.zeros((b,), jnp.float32)

@@ -499,7 +499,7 @@ def _run_fab(
     hyper = (
         _check_hyper(alpha_max, "alpha_max", x, 1.0),
         _check_hyper(eta, "eta", x, None),
-        _check_hyper(beta, "beta", x, 1.0),
+        _check_hyper(beta, "backward_factor", x, 1.0),
     )
     if x.shape[0] == 1:
         # XLA compiles a batch of one differently (its size-1 axes are simplified
@@ -569,14 +569,14 @@ def fab(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     eps: ArrayLike | None = None,
     steps: int = 100,
     norm: Norm = "linf",
     num_restarts: int = 1,
     alpha_max: ArrayLike = 0.1,
     eta: ArrayLike = 1.05,
-    beta: ArrayLike = 0.9,
+    backward_factor: ArrayLike = 0.9,
     search_steps: int = 10,
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
@@ -607,7 +607,7 @@ def fab(
       alpha_max: largest weight :math:`\alpha_{max} \in [0, 1]` of the step from ``x``
         (scalar or ``[batch]``, traced).
       eta: overshoot :math:`\eta \ge 0` of the projection steps (traced).
-      beta: backward factor :math:`\beta \in [0, 1]` after an adversarial iterate (traced).
+      backward_factor: :math:`\beta \in [0, 1]`, the backward factor after an adversarial iterate (traced).
       search_steps: halvings of the final search (static; 0: no search).
       bounds: ``(lo, hi)``, scalars or arrays broadcasting against ``x``.
       loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
@@ -634,7 +634,7 @@ def fab(
         num_restarts=num_restarts,
         alpha_max=alpha_max,
         eta=eta,
-        beta=beta,
+        beta=backward_factor,
         search_steps=search_steps,
         loop=loop,
     )
@@ -646,7 +646,7 @@ def fab_targeted(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     eps: ArrayLike | None = None,
     steps: int = 100,
     norm: Norm = "linf",
@@ -654,7 +654,7 @@ def fab_targeted(
     num_restarts: int = 1,
     alpha_max: ArrayLike = 0.1,
     eta: ArrayLike = 1.05,
-    beta: ArrayLike = 0.9,
+    backward_factor: ArrayLike = 0.9,
     search_steps: int = 10,
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
@@ -673,7 +673,7 @@ def fab_targeted(
 
     Args:
       logits_fn, x, key, eps, steps, norm: as in :func:`fab`.
-      alpha_max, eta, beta, search_steps, bounds, loop: as in :func:`fab`.
+      alpha_max, eta, backward_factor, search_steps, bounds, loop: as in :func:`fab`.
       y: ``[batch]`` integer labels or ``[batch, C]`` one-hot; ``None``: the model's predictions.
       num_target_classes: target classes tried (static; at most ``C - 1``).
       num_restarts: runs per target class (static).
@@ -701,7 +701,7 @@ def fab_targeted(
         num_restarts=num_restarts,
         alpha_max=alpha_max,
         eta=eta,
-        beta=beta,
+        beta=backward_factor,
         search_steps=search_steps,
         loop=loop,
     )

@@ -102,7 +102,7 @@ from jaxadv.threat_models import (
     project_l1_box,
     steepest_direction,
 )
-from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_batch_array, check_finite, check_norm, check_steps
 
 __all__ = ["fmn"]
@@ -318,6 +318,7 @@ def fmn(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
     norm: FMNNorm = "l2",
     steps: int = 100,
     alpha_init: ArrayLike = 1.0,
@@ -348,6 +349,8 @@ def fmn(
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` integer labels or ``[batch, C]`` one-hot (targets when
         ``targeted``); ``None``: the model's predictions.
+      key: accepted and ignored: the attack draws no random numbers (see
+        :doc:`/conventions`).
       norm: ``"l0"``, ``"l1"``, ``"l2"`` or ``"linf"`` (static; case-insensitive).
       steps: number of gradient steps :math:`K` (static).
       alpha_init, alpha_final: step size at the first and last step, scalars or

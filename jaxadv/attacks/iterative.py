@@ -6,9 +6,9 @@ Both repeat a projected steepest-ascent step
     x_{t+1} = \Pi_{B_\epsilon(x) \cap [lo, hi]}\big(x_t + \alpha\, d_p(s\,\nabla_x L(f(x_t), y))\big)
 
 with :math:`d_p` the steepest-ascent direction of unit :math:`p`-norm
-(:func:`jaxadv.steepest_direction`), :math:`s = +1` for untargeted and
+(:func:`jaxadv.threat_models.steepest_direction`), :math:`s = +1` for untargeted and
 :math:`s = -1` for targeted attacks, and :math:`\Pi` the projection onto the
-intersection of the eps-ball and the box (:func:`jaxadv.project_to_feasible`).
+intersection of the eps-ball and the box (:func:`jaxadv.threat_models.project_to_feasible`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Callable
 from jaxadv.compose.loop import Attack
 from jaxadv.compose.sources import EOT, LossGradient, finite_step
 from jaxadv.compose.updates import Steepest
-from jaxadv.losses import cross_entropy, get_loss
+from jaxadv.losses import get_loss
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_key, check_norm
 
@@ -28,7 +28,7 @@ __all__ = ["bim", "eot_pgd", "finite_step", "pgd", "projected_gradient"]
 def projected_gradient(
     *,
     norm: Norm = "linf",
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
     random_start: bool = False,
     l1_sparsity: float = 0.05,
 ) -> Attack:
@@ -57,7 +57,7 @@ def pgd(
     random_start: bool = True,
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
@@ -72,7 +72,7 @@ def pgd(
 
     where :math:`d_p` is ``sign`` for ``"linf"``, :math:`g/\|g\|_2` for ``"l2"``
     and a sparse unit-L1 direction for ``"l1"`` (see
-    :func:`jaxadv.steepest_direction`); :math:`s=-1` when ``targeted``.
+    :func:`jaxadv.threat_models.steepest_direction`); :math:`s=-1` when ``targeted``.
     Each step has :math:`p`-norm ``step_size``; the total perturbation has
     :math:`p`-norm at most ``eps``, and every iterate lies in ``bounds``.
 
@@ -128,13 +128,14 @@ def bim(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     step_size: ArrayLike | None = None,
     steps: int = 10,
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
@@ -148,8 +149,8 @@ def bim(
 
     for the default ``norm="linf"``. With ``targeted=True`` and
     ``y = jaxadv.least_likely(logits_fn, x)`` this is the iterative
-    least-likely-class method. Arguments as in :func:`pgd` (no ``key``: the
-    attack is deterministic). Under ``jit`` the loop is one
+    least-likely-class method. Arguments as in :func:`pgd`; ``key`` is accepted
+    and ignored (the attack is deterministic). Under ``jit`` the loop is one
     :func:`jax.lax.fori_loop`.
 
     Returns:
@@ -178,7 +179,7 @@ def eot_pgd(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     step_size: ArrayLike | None = None,
     steps: int = 10,
@@ -189,7 +190,7 @@ def eot_pgd(
     random_start: bool = True,
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,

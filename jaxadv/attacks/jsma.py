@@ -49,7 +49,7 @@ from jaxadv.losses import finite_rows
 from jaxadv.models import combine_model, logits
 from jaxadv.success import as_returned, hits
 from jaxadv.threat_models import clip_to_bounds, per_example
-from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, PRNGKey
 from jaxadv.validation import check_batch_array, value_check
 
 __all__ = ["jsma"]
@@ -167,6 +167,7 @@ def jsma(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
     targeted: bool = False,
     theta: ArrayLike = 1.0,
     gamma: float = 0.1,
@@ -198,6 +199,8 @@ def jsma(
       logits_fn: model ``x -> logits [batch, C]``.
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` integer labels or ``[batch, C]`` one-hot (the targets when ``targeted=True``).
+      key: accepted and ignored: the attack draws no random numbers (see
+        :doc:`/conventions`).
       targeted: see above (static).
       theta: :math:`\theta`, the change of each chosen feature, nonzero, scalar
         or ``[batch]`` (traced); positive increases features, negative decreases them.

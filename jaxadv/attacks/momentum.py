@@ -32,7 +32,7 @@ from jaxadv.compose.sources import (
     gaussian_kernel_1d,
 )
 from jaxadv.compose.updates import Momentum, Nesterov, VarianceTuning
-from jaxadv.losses import cross_entropy, get_loss
+from jaxadv.losses import get_loss
 from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_finite, check_norm
 
@@ -100,7 +100,7 @@ def mifgsm(
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
     diversity_prob: float = 0.0,
     resize_rate: ArrayLike = 0.9,
     spatial_axes: tuple[int, int] = (1, 2),
@@ -179,7 +179,7 @@ def nifgsm(
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
     diversity_prob: float = 0.0,
     resize_rate: ArrayLike = 0.9,
     spatial_axes: tuple[int, int] = (1, 2),
@@ -223,17 +223,17 @@ def vmifgsm(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     step_size: ArrayLike | None = None,
     steps: int = 10,
     decay: ArrayLike = 1.0,
     num_neighbors: int = 5,
-    beta: ArrayLike = 1.5,
+    neighborhood: ArrayLike = 1.5,
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
     diversity_prob: float = 0.0,
     resize_rate: ArrayLike = 0.9,
     spatial_axes: tuple[int, int] = (1, 2),
@@ -255,7 +255,8 @@ def vmifgsm(
 
     Args:
       num_neighbors: :math:`N`, neighbours per step (static).
-      beta: neighbourhood radius as a multiple of ``eps``, a finite number ``>= 0`` (traced).
+      neighborhood: :math:`\beta`, the neighbourhood radius as a multiple of ``eps``, a
+        finite number ``>= 0`` (traced).
       key: PRNG key for the neighbours (required).
       Others: as in :func:`mifgsm`.
 
@@ -268,7 +269,9 @@ def vmifgsm(
         raise ValueError(f"num_neighbors must be a positive int, got {num_neighbors!r}")
     attack = Attack(
         _source(loss, diversity_prob, resize_rate, spatial_axes),
-        VarianceTuning(jnp.asarray(decay, jnp.float32), jnp.asarray(beta, jnp.float32), num_neighbors),
+        VarianceTuning(
+            jnp.asarray(decay, jnp.float32), jnp.asarray(neighborhood, jnp.float32), num_neighbors
+        ),
         norm=_transfer_norm(norm, "vmifgsm"),
         keep_best=True,
         early_stop=early_stop,
@@ -295,7 +298,7 @@ def tifgsm(
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
     diversity_prob: float = 0.5,
     resize_rate: ArrayLike = 0.9,
     spatial_axes: tuple[int, int] = (1, 2),

@@ -9,8 +9,7 @@ import jax
 from jaxadv._core.problem import check_finite_step, prepare
 from jaxadv.attacks.iterative import projected_gradient
 from jaxadv.compose.loop import run_from
-from jaxadv.losses import cross_entropy
-from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm
+from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_norm
 
 _NO_KEY = jax.random.key(0)  # FGSM draws nothing; the loop's operands still carry a key
@@ -21,11 +20,12 @@ def fgsm(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
@@ -48,6 +48,8 @@ def fgsm(
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` labels or ``[batch, C]`` one-hot (targets when
         ``targeted``); ``None``: the model's predictions.
+      key: accepted and ignored: the attack draws no random numbers (see
+        :doc:`/conventions`).
       eps: step size and radius, raw input units, scalar or ``[batch]`` (traced).
       norm, targeted, bounds, loss, l1_sparsity, loop, return_info: as in :func:`jaxadv.pgd`.
 

@@ -169,7 +169,7 @@ def _spatial_norm(a: Array, norm: str = "l2") -> Array:
     """L2 (or L1) norm over the two spatial axes of ``[b, H, W, C]``, per channel:
     ``[b, 1, 1, C]``.
 
-    Summed with :func:`jaxadv.row_sum`, so a row's value does not depend on the
+    Summed with :func:`jaxadv.threat_models.row_sum`, so a row's value does not depend on the
     batch size (or on how a sharded batch is split)."""
     b, h, w, ch = a.shape
     if norm == "l1":
@@ -354,7 +354,7 @@ def square(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     queries: int = 1000,
     norm: Norm = "linf",

@@ -234,7 +234,7 @@ def smooth_certify(
     Raises:
       ValueError: for a missing key, ``sigma <= 0``, ``alpha`` outside ``(0, 1)``,
         ``n``/``n0``/``batch_size`` that are not positive ints, and the input errors of
-        :func:`jaxadv.prepare` (labels out of range, non-finite ``x``...).
+        :func:`jaxadv.attacks.base.prepare` (labels out of range, non-finite ``x``...).
     """
     n0 = check_steps(n0, "n0")
     n = check_steps(n, "n")

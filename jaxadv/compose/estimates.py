@@ -60,7 +60,7 @@ class FiniteDifference:
     that holds the example), evaluates the model at :math:`x \pm \delta u_k`
     (clipped into ``[lo, hi]`` when given; a randomised model gets one key per
     example, the same for its ``2 K`` probes) and averages in
-    :func:`jaxadv.row_sum`'s order, so an example's estimate does not depend on
+    :func:`jaxadv.threat_models.row_sum`'s order, so an example's estimate does not depend on
     the batch it is in.
 
     Attributes:

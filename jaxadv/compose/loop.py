@@ -276,7 +276,7 @@ class Static(NamedTuple):
 
 
 def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopState:
-    """One step of a composed attack (the loop body given to :func:`jaxadv.iterate`)."""
+    """One step of a composed attack (the loop body given to :func:`jaxadv.engine.iterate`)."""
     a = ops.attack
     model = source_model(static.model, ops.params, a.randomized)
     if s.tally is None:
