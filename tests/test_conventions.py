@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any
 
 import attack_registry as reg
@@ -95,3 +96,15 @@ def test_removed_spellings_are_refused(name: str) -> None:
 def test_deprecated_aliases_are_gone() -> None:
     assert not hasattr(jaxadv, "BlackBoxResult")
     assert "BlackBoxResult" not in jaxadv.__all__
+
+
+@pytest.mark.parametrize("spec", [s for s in ATTACKS if inspect.isfunction(s.fn)], ids=repr)
+def test_return_info_is_overloaded(spec: Spec) -> None:
+    # Literal[False] (the default) -> Array; Literal[True] -> AttackResult.
+    found = set()
+    for overload in typing.get_overloads(spec.fn):
+        sig = inspect.signature(overload)
+        found.add((str(sig.parameters["return_info"].annotation), str(sig.return_annotation)))
+    assert ("Literal[False]", "Array") in found, (spec.name, found)
+    assert ("Literal[True]", "AttackResult") in found, (spec.name, found)
+    assert inspect.signature(spec.fn).return_annotation == "Array | AttackResult"

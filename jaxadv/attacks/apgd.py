@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +85,7 @@ from jaxadv.engine import iterate
 from jaxadv.keys import fold_rows, row_keys
 from jaxadv.losses import dlr, dlr_targeted, finite_rows, get_loss
 from jaxadv.models import combine_model
-from jaxadv.success import as_returned, hits
+from jaxadv.success import AttackResult, as_returned, hits
 from jaxadv.threat_models import (
     project_l1_box,
     project_to_feasible,
@@ -521,6 +521,57 @@ def _all_found(out: _Outcome, skip: Array) -> bool:
     return not is_traced(out.found) and bool(jnp.all(out.found | skip))
 
 
+@overload
+def apgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    steps: int = 100,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    num_restarts: int = 1,
+    rho: float = 0.75,
+    num_samples: int = 1,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def apgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    steps: int = 100,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    num_restarts: int = 1,
+    rho: float = 0.75,
+    num_samples: int = 1,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def apgd(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -542,7 +593,31 @@ def apgd(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def apgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    steps: int = 100,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    num_restarts: int = 1,
+    rho: float = 0.75,
+    num_samples: int = 1,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Auto-PGD (Croce & Hein, 2020, 2021): APGD-CE and APGD-DLR, in L-inf, L2 and L1.
 
     Runs the algorithm of the module docstring ``num_restarts`` times from random
@@ -653,6 +728,55 @@ def apgd(
     return p.output(x_adv, targeted=targeted, return_info=return_info)
 
 
+@overload
+def apgd_targeted(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    steps: int = 100,
+    norm: Norm = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    num_target_classes: int = 9,
+    num_restarts: int = 1,
+    rho: float = 0.75,
+    num_samples: int = 1,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def apgd_targeted(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    steps: int = 100,
+    norm: Norm = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    num_target_classes: int = 9,
+    num_restarts: int = 1,
+    rho: float = 0.75,
+    num_samples: int = 1,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def apgd_targeted(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -673,7 +797,30 @@ def apgd_targeted(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def apgd_targeted(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    steps: int = 100,
+    norm: Norm = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    num_target_classes: int = 9,
+    num_restarts: int = 1,
+    rho: float = 0.75,
+    num_samples: int = 1,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""APGD-T (Croce & Hein, 2020): APGD on the targeted DLR loss over the top classes.
 
     For :math:`k = 2, \dots, n_{target}+1` the target :math:`t` of each example is

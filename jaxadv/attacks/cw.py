@@ -25,7 +25,7 @@ The smallest successful perturbation over all steps and search steps is kept.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,7 @@ from jaxadv._core.rows import select_rows
 from jaxadv.engine import iterate
 from jaxadv.losses import as_onehot, cw_margin, finite_rows
 from jaxadv.models import combine_model
-from jaxadv.success import as_returned, hits
+from jaxadv.success import AttackResult, as_returned, hits
 from jaxadv.threat_models import row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, PRNGKey
 from jaxadv.validation import check_finite, check_steps
@@ -137,6 +137,45 @@ def _init_w(x: Array, lo: Array, hi: Array, *, optimizer: Any) -> tuple[Array, A
     return w, optimizer.init(w)
 
 
+@overload
+def cw_l2(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    confidence: ArrayLike = 0.0,
+    steps: int = 100,
+    binary_search_steps: int = 9,
+    initial_const: ArrayLike = 1e-3,
+    optimizer: optax.GradientTransformation | None = None,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def cw_l2(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    confidence: ArrayLike = 0.0,
+    steps: int = 100,
+    binary_search_steps: int = 9,
+    initial_const: ArrayLike = 1e-3,
+    optimizer: optax.GradientTransformation | None = None,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def cw_l2(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -152,7 +191,25 @@ def cw_l2(
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def cw_l2(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    confidence: ArrayLike = 0.0,
+    steps: int = 100,
+    binary_search_steps: int = 9,
+    initial_const: ArrayLike = 1e-3,
+    optimizer: optax.GradientTransformation | None = None,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Carlini & Wagner L2 (2017): the smallest L2 perturbation found by optimisation.
 
     Runs ``binary_search_steps`` optimisations of ``steps`` steps each (see the

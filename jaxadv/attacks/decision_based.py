@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, fold_rows, row_keys, split_rows
 from jaxadv.models import combine_model
-from jaxadv.success import hits, stop_mask
+from jaxadv.success import AttackResult, hits, stop_mask
 from jaxadv.threat_models import norm_of, per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_norm, check_steps, is_traced
@@ -292,6 +292,53 @@ def _default_steps(queries: int, init_evals: int, max_evals: int, bs_steps: int)
     return max(t, 1)
 
 
+@overload
+def hop_skip_jump(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    queries: int = 1000,
+    norm: Norm = "l2",
+    targeted: bool = False,
+    x_init: ArrayLike | None = None,
+    steps: int | None = None,
+    init_evals: int = 100,
+    max_evals: int = 10_000,
+    gamma: float = 1.0,
+    init_tries: int = 100,
+    geometric_steps: int = 25,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def hop_skip_jump(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    queries: int = 1000,
+    norm: Norm = "l2",
+    targeted: bool = False,
+    x_init: ArrayLike | None = None,
+    steps: int | None = None,
+    init_evals: int = 100,
+    max_evals: int = 10_000,
+    gamma: float = 1.0,
+    init_tries: int = 100,
+    geometric_steps: int = 25,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def hop_skip_jump(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -311,7 +358,29 @@ def hop_skip_jump(
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def hop_skip_jump(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    queries: int = 1000,
+    norm: Norm = "l2",
+    targeted: bool = False,
+    x_init: ArrayLike | None = None,
+    steps: int | None = None,
+    init_evals: int = 100,
+    max_evals: int = 10_000,
+    gamma: float = 1.0,
+    init_tries: int = 100,
+    geometric_steps: int = 25,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""HopSkipJump (Chen, Jordan & Wainwright, 2020): a decision-based attack.
 
     Uses only the top-1 label. Minimises :math:`\|x' - x\|_p` (``norm="l2"`` or

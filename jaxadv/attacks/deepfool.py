@@ -25,7 +25,7 @@ classes with the highest clean logits, as in the original code.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ from jaxadv._core.rows import select_rows
 from jaxadv.engine import iterate
 from jaxadv.losses import finite_rows
 from jaxadv.models import combine_model, logits
-from jaxadv.success import as_returned, hits
+from jaxadv.success import AttackResult, as_returned, hits
 from jaxadv.threat_models import clip_to_bounds, norm_of, per_example
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_finite, check_norm, check_steps
@@ -122,6 +122,43 @@ def _deepfool_body(i: Array, s: _State, operands: _Operands, static: _Static) ->
     )
 
 
+@overload
+def deepfool(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    steps: int = 50,
+    overshoot: ArrayLike = 0.02,
+    norm: Norm = "l2",
+    targeted: bool = False,
+    num_candidates: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def deepfool(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    steps: int = 50,
+    overshoot: ArrayLike = 0.02,
+    norm: Norm = "l2",
+    targeted: bool = False,
+    num_candidates: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def deepfool(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -136,7 +173,24 @@ def deepfool(
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def deepfool(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    steps: int = 50,
+    overshoot: ArrayLike = 0.02,
+    norm: Norm = "l2",
+    targeted: bool = False,
+    num_candidates: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""DeepFool (Moosavi-Dezfooli et al., 2016), L2 or L-inf, untargeted or targeted.
 
     Runs the iteration of the module docstring for at most ``steps`` steps per

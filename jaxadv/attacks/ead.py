@@ -47,7 +47,7 @@ times 10 until bounded, bisection after). Every search step restarts from
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +58,7 @@ from jaxadv.attacks.cw import _BIG, _search_update
 from jaxadv.engine import iterate
 from jaxadv.losses import as_onehot, cw_margin, finite_rows
 from jaxadv.models import combine_model
-from jaxadv.success import as_returned, hits
+from jaxadv.success import AttackResult, as_returned, hits
 from jaxadv.threat_models import clip_to_bounds, per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, PRNGKey
 from jaxadv.validation import check_batch_array, check_finite, check_steps
@@ -154,6 +154,51 @@ def _ead_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _Sta
     )
 
 
+@overload
+def ead(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    targeted: bool = False,
+    l1_weight: ArrayLike = 1e-3,
+    confidence: ArrayLike = 0.0,
+    learning_rate: ArrayLike = 1e-2,
+    steps: int = 100,
+    binary_search_steps: int = 9,
+    initial_const: ArrayLike = 1e-3,
+    decision_rule: str = "en",
+    fista: bool = True,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def ead(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    targeted: bool = False,
+    l1_weight: ArrayLike = 1e-3,
+    confidence: ArrayLike = 0.0,
+    learning_rate: ArrayLike = 1e-2,
+    steps: int = 100,
+    binary_search_steps: int = 9,
+    initial_const: ArrayLike = 1e-3,
+    decision_rule: str = "en",
+    fista: bool = True,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def ead(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -172,7 +217,28 @@ def ead(
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def ead(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    targeted: bool = False,
+    l1_weight: ArrayLike = 1e-3,
+    confidence: ArrayLike = 0.0,
+    learning_rate: ArrayLike = 1e-2,
+    steps: int = 100,
+    binary_search_steps: int = 9,
+    initial_const: ArrayLike = 1e-3,
+    decision_rule: str = "en",
+    fista: bool = True,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""EAD (Chen et al., 2018): an elastic-net (mostly L1) minimal adversarial perturbation.
 
     Runs ``binary_search_steps`` FISTA optimisations of ``steps`` iterations

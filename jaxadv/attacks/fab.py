@@ -47,7 +47,7 @@ misclassified from the start are returned unchanged.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +58,7 @@ from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, fold_rows, row_keys
 from jaxadv.losses import finite_rows
 from jaxadv.models import combine_model
-from jaxadv.success import as_returned, hits
+from jaxadv.success import AttackResult, as_returned, hits
 from jaxadv.threat_models import norm_of, per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_key, check_norm, check_steps, check_target_classes, is_traced, value_check
@@ -564,6 +564,49 @@ def _check_common(
     return norm, steps
 
 
+@overload
+def fab(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike | None = None,
+    steps: int = 100,
+    norm: Norm = "linf",
+    num_restarts: int = 1,
+    alpha_max: ArrayLike = 0.1,
+    eta: ArrayLike = 1.05,
+    backward_factor: ArrayLike = 0.9,
+    search_steps: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def fab(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike | None = None,
+    steps: int = 100,
+    norm: Norm = "linf",
+    num_restarts: int = 1,
+    alpha_max: ArrayLike = 0.1,
+    eta: ArrayLike = 1.05,
+    backward_factor: ArrayLike = 0.9,
+    search_steps: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def fab(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -581,7 +624,27 @@ def fab(
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def fab(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike | None = None,
+    steps: int = 100,
+    norm: Norm = "linf",
+    num_restarts: int = 1,
+    alpha_max: ArrayLike = 0.1,
+    eta: ArrayLike = 1.05,
+    backward_factor: ArrayLike = 0.9,
+    search_steps: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""FAB (Croce & Hein, 2020), untargeted: minimal L-inf, L2 or L1 adversarial examples.
 
     Runs the iteration of the module docstring ``num_restarts`` times (the first
@@ -641,6 +704,51 @@ def fab(
     return p.output(p.finalize(x_adv), targeted=False, return_info=return_info)
 
 
+@overload
+def fab_targeted(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike | None = None,
+    steps: int = 100,
+    norm: Norm = "linf",
+    num_target_classes: int = 9,
+    num_restarts: int = 1,
+    alpha_max: ArrayLike = 0.1,
+    eta: ArrayLike = 1.05,
+    backward_factor: ArrayLike = 0.9,
+    search_steps: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def fab_targeted(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike | None = None,
+    steps: int = 100,
+    norm: Norm = "linf",
+    num_target_classes: int = 9,
+    num_restarts: int = 1,
+    alpha_max: ArrayLike = 0.1,
+    eta: ArrayLike = 1.05,
+    backward_factor: ArrayLike = 0.9,
+    search_steps: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def fab_targeted(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -659,7 +767,28 @@ def fab_targeted(
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def fab_targeted(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike | None = None,
+    steps: int = 100,
+    norm: Norm = "linf",
+    num_target_classes: int = 9,
+    num_restarts: int = 1,
+    alpha_max: ArrayLike = 0.1,
+    eta: ArrayLike = 1.05,
+    backward_factor: ArrayLike = 0.9,
+    search_steps: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""FAB-T (Croce & Hein, 2020; AutoAttack's targeted FAB): FAB along chosen boundaries.
 
     For :math:`k = 2, \dots, n_{target} + 1` the target :math:`t` of each example

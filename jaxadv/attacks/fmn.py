@@ -83,7 +83,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -313,6 +313,51 @@ def _check_fmn_norm(norm: Any) -> str:
         ) from None
 
 
+@overload
+def fmn(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    norm: FMNNorm = "l2",
+    steps: int = 100,
+    alpha_init: ArrayLike = 1.0,
+    alpha_final: ArrayLike | None = None,
+    gamma_init: ArrayLike = 0.05,
+    gamma_final: ArrayLike = 0.001,
+    starting_points: ArrayLike | None = None,
+    binary_search_steps: int = 10,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def fmn(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    norm: FMNNorm = "l2",
+    steps: int = 100,
+    alpha_init: ArrayLike = 1.0,
+    alpha_final: ArrayLike | None = None,
+    gamma_init: ArrayLike = 0.05,
+    gamma_final: ArrayLike = 0.001,
+    starting_points: ArrayLike | None = None,
+    binary_search_steps: int = 10,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def fmn(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -331,7 +376,28 @@ def fmn(
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def fmn(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    norm: FMNNorm = "l2",
+    steps: int = 100,
+    alpha_init: ArrayLike = 1.0,
+    alpha_final: ArrayLike | None = None,
+    gamma_init: ArrayLike = 0.05,
+    gamma_final: ArrayLike = 0.001,
+    starting_points: ArrayLike | None = None,
+    binary_search_steps: int = 10,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Fast Minimum-Norm attack (Pintor et al., NeurIPS 2021): the smallest perturbation found.
 
     Runs the iteration of the module docstring for ``steps`` steps and returns,

@@ -14,7 +14,7 @@ queries once it succeeds.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 from jaxadv._core.problem import check_step_size, prepare
 from jaxadv.attacks.blackbox import check_finite_eps, check_key, check_queries, empty_result, finish
@@ -23,7 +23,8 @@ from jaxadv.compose.estimates import FiniteDifference
 from jaxadv.compose.loop import Attack, run_with_queries
 from jaxadv.compose.updates import Steepest
 from jaxadv.losses import get_loss
-from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
+from jaxadv.success import AttackResult
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_batch_array, check_finite, check_norm, check_steps
 
 __all__ = ["nes", "spsa"]
@@ -68,6 +69,49 @@ def _estimated_pgd(
         return finish(p, x_adv, spent, targeted=targeted, return_info=return_info)
 
 
+@overload
+def spsa(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    num_samples: int = 16,
+    fd_scale: ArrayLike | None = None,
+    step_size: ArrayLike | None = None,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "cw",
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def spsa(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    num_samples: int = 16,
+    fd_scale: ArrayLike | None = None,
+    step_size: ArrayLike | None = None,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "cw",
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def spsa(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -85,7 +129,27 @@ def spsa(
     loss: str | LossFn = "cw",
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def spsa(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    num_samples: int = 16,
+    fd_scale: ArrayLike | None = None,
+    step_size: ArrayLike | None = None,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "cw",
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Gradient-free PGD with the SPSA gradient estimate (Uesato et al., 2018).
 
     Each iteration draws ``num_samples`` Rademacher directions :math:`v_k \in \{\pm1\}^n`
@@ -136,6 +200,49 @@ def spsa(
     )  # fmt: skip
 
 
+@overload
+def nes(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    num_samples: int = 16,
+    fd_scale: ArrayLike | None = None,
+    step_size: ArrayLike | None = None,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "cw",
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def nes(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    num_samples: int = 16,
+    fd_scale: ArrayLike | None = None,
+    step_size: ArrayLike | None = None,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "cw",
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def nes(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -153,7 +260,27 @@ def nes(
     loss: str | LossFn = "cw",
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def nes(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    num_samples: int = 16,
+    fd_scale: ArrayLike | None = None,
+    step_size: ArrayLike | None = None,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "cw",
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Gradient-free PGD with the NES gradient estimate (Ilyas et al., 2018).
 
     Natural evolution strategies with antithetic Gaussian sampling, with

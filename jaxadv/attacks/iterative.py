@@ -13,12 +13,13 @@ intersection of the eps-ball and the box (:func:`jaxadv.threat_models.project_to
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable, Literal, overload
 
 from jaxadv.compose.loop import Attack
 from jaxadv.compose.sources import EOT, LossGradient, finite_step
 from jaxadv.compose.updates import Steepest
 from jaxadv.losses import get_loss
+from jaxadv.success import AttackResult
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_key, check_norm
 
@@ -44,6 +45,49 @@ def projected_gradient(
     )
 
 
+@overload
+def pgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def pgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def pgd(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -61,7 +105,27 @@ def pgd(
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def pgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Projected gradient descent (Madry et al., 2018).
 
     Starts from a uniform random point of the feasible set (``random_start``)
@@ -123,6 +187,47 @@ def pgd(
     )  # fmt: skip
 
 
+@overload
+def bim(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def bim(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def bim(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -139,7 +244,26 @@ def bim(
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def bim(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Basic Iterative Method (Kurakin et al., 2017): PGD started at ``x``.
 
     .. math::
@@ -174,6 +298,55 @@ def bim(
     )
 
 
+@overload
+def eot_pgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    num_samples: int = 10,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def eot_pgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    num_samples: int = 10,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def eot_pgd(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -194,7 +367,30 @@ def eot_pgd(
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def eot_pgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    num_samples: int = 10,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""PGD with expectation over transformation (EOT; Athalye et al., 2018).
 
     Each step follows the mean gradient over ``num_samples`` random draws,

@@ -37,7 +37,7 @@ scored in blocks of rows, so that memory stays at ``batch * block * n`` values.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +47,7 @@ from jaxadv._core.rows import select_rows
 from jaxadv.engine import iterate
 from jaxadv.losses import finite_rows
 from jaxadv.models import combine_model, logits
-from jaxadv.success import as_returned, hits
+from jaxadv.success import AttackResult, as_returned, hits
 from jaxadv.threat_models import clip_to_bounds, per_example
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, PRNGKey
 from jaxadv.validation import check_batch_array, value_check
@@ -162,6 +162,39 @@ def _jsma_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _St
     )
 
 
+@overload
+def jsma(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    targeted: bool = False,
+    theta: ArrayLike = 1.0,
+    gamma: float = 0.1,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def jsma(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    targeted: bool = False,
+    theta: ArrayLike = 1.0,
+    gamma: float = 0.1,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def jsma(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -174,7 +207,22 @@ def jsma(
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def jsma(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    targeted: bool = False,
+    theta: ArrayLike = 1.0,
+    gamma: float = 0.1,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""JSMA (Papernot et al., 2016): a sparse (:math:`L_0`) targeted attack by saliency maps.
 
     Runs the pairwise saliency-map iteration of the module docstring for at most

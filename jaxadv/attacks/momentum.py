@@ -19,7 +19,7 @@ smooths it with a Gaussian kernel, and input diversity (DI, any of them with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import jax.numpy as jnp
 
@@ -33,7 +33,8 @@ from jaxadv.compose.sources import (
 )
 from jaxadv.compose.updates import Momentum, Nesterov, VarianceTuning
 from jaxadv.losses import get_loss
-from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
+from jaxadv.success import AttackResult
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_finite, check_norm
 
 __all__ = ["diverse_inputs", "mifgsm", "nifgsm", "tifgsm", "vmifgsm"]
@@ -87,6 +88,55 @@ def _run(
     )  # fmt: skip
 
 
+@overload
+def mifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def mifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def mifgsm(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -107,7 +157,30 @@ def mifgsm(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def mifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Momentum iterative FGSM (Dong et al., 2018); DI-MI-FGSM with ``diversity_prob > 0``.
 
     Starts at :math:`x_0 = x`, :math:`g_0 = 0` and runs the update of the module
@@ -166,6 +239,55 @@ def mifgsm(
     )  # fmt: skip
 
 
+@overload
+def nifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def nifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def nifgsm(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -186,7 +308,30 @@ def nifgsm(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def nifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Nesterov iterative FGSM (NI-FGSM; Lin et al., ICLR 2020).
 
     MI-FGSM with the gradient taken at the look-ahead point:
@@ -218,6 +363,59 @@ def nifgsm(
     )  # fmt: skip
 
 
+@overload
+def vmifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    num_neighbors: int = 5,
+    neighborhood: ArrayLike = 1.5,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def vmifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    num_neighbors: int = 5,
+    neighborhood: ArrayLike = 1.5,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def vmifgsm(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -240,7 +438,32 @@ def vmifgsm(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def vmifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    num_neighbors: int = 5,
+    neighborhood: ArrayLike = 1.5,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Variance-tuned momentum iterative FGSM (VMI-FGSM; Wang & He, CVPR 2021).
 
     .. math::
@@ -283,6 +506,59 @@ def vmifgsm(
     )  # fmt: skip
 
 
+@overload
+def tifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 0.0,
+    kernel_size: int = 15,
+    nsig: float = 3.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.5,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def tifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 0.0,
+    kernel_size: int = 15,
+    nsig: float = 3.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.5,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def tifgsm(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -305,7 +581,32 @@ def tifgsm(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def tifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 0.0,
+    kernel_size: int = 15,
+    nsig: float = 3.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.5,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Translation-invariant iterative FGSM (TI-FGSM; Dong et al., CVPR 2019).
 
     The gradient is convolved, per channel, with a Gaussian kernel :math:`W`

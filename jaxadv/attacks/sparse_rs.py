@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,7 @@ from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, fold_rows, row_keys, split_rows
 from jaxadv.losses import as_onehot, finite_rows, get_loss
 from jaxadv.models import combine_model
-from jaxadv.success import hits, stop_mask
+from jaxadv.success import AttackResult, hits, stop_mask
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, PRNGKey
 
 __all__ = ["sparse_rs"]
@@ -460,6 +460,47 @@ def _check_k(k: Any, threat: str, h: int, w: int) -> int:
     return k
 
 
+@overload
+def sparse_rs(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    k: int,
+    threat: str = "l0",
+    queries: int = 1000,
+    targeted: bool = False,
+    p_init: float | None = None,
+    loss: str | LossFn | None = None,
+    bounds: Bounds = (0.0, 1.0),
+    channel_axis: int = -1,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def sparse_rs(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    k: int,
+    threat: str = "l0",
+    queries: int = 1000,
+    targeted: bool = False,
+    p_init: float | None = None,
+    loss: str | LossFn | None = None,
+    bounds: Bounds = (0.0, 1.0),
+    channel_axis: int = -1,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def sparse_rs(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -476,7 +517,26 @@ def sparse_rs(
     channel_axis: int = -1,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def sparse_rs(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    k: int,
+    threat: str = "l0",
+    queries: int = 1000,
+    targeted: bool = False,
+    p_init: float | None = None,
+    loss: str | LossFn | None = None,
+    bounds: Bounds = (0.0, 1.0),
+    channel_axis: int = -1,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Sparse-RS (Croce et al., AAAI 2022): score-based random search for sparse perturbations.
 
     Minimises, per example, a loss :math:`L` of the scores (``loss="cw"``, the margin:

@@ -8,7 +8,7 @@ AutoAttack added for its L1 evaluation (Croce & Hein, 2021, "Mind the box").
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, row_keys, split_rows
 from jaxadv.losses import as_onehot, cross_entropy, cw_margin, finite_rows
 from jaxadv.models import combine_model
-from jaxadv.success import hits, stop_mask
+from jaxadv.success import AttackResult, hits, stop_mask
 from jaxadv.threat_models import norm_of, per_example, project_l1_box, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_norm
@@ -349,6 +349,45 @@ def _square_init(
     )
 
 
+@overload
+def square(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    norm: Norm = "linf",
+    p_init: float | None = None,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    channel_axis: int = -1,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def square(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    norm: Norm = "linf",
+    p_init: float | None = None,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    channel_axis: int = -1,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
 def square(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -364,7 +403,25 @@ def square(
     channel_axis: int = -1,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def square(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    norm: Norm = "linf",
+    p_init: float | None = None,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    channel_axis: int = -1,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Square Attack (Andriushchenko et al., 2020), L-inf, L2 and L1: score-based random search.
 
     Minimises, per example, the margin :math:`z_y - \max_{j\ne y} z_j`
