@@ -22,6 +22,10 @@ them.
   seen through fixed per-example keys (:func:`fix_key`,
   :func:`prepare_problem`) or called by a loop with its own keys
   (:func:`loop_problem`, :func:`source_model`).
+* :mod:`jaxadv._core.rows`: the per-example helpers: :func:`per_example`
+  (re-exported by :mod:`jaxadv.threat_models`), :func:`select_rows` (``new``
+  in the examples where a mask holds, ``old`` elsewhere, over pytrees) and
+  :func:`flat` (``[batch, ...] -> [batch, n]``).
 * :mod:`jaxadv._core.jaxpr`: walking a jaxpr equation by equation (entering
   calls, re-binding primitives), shared by the convolution rewrite and by the
   bound propagation of :mod:`jaxadv.certify`.
