@@ -122,7 +122,7 @@ def main() -> None:
     def crown_ibp(f: Any, x: jax.Array, y: jax.Array, key: jax.Array, t: jax.Array) -> jax.Array:
         eps_t, kappa_t = training.ibp_schedule(t, warmup=warmup, ramp=ramp, eps=eps_train, kappa_end=0.0)
         beta_t = 1.0 - eps_t / eps_train  # 1 -> 0 over the ramp (Zhang et al., 2020)
-        return training.crown_ibp_loss(f, x, y, eps=eps_t, kappa=kappa_t, beta=beta_t)
+        return training.crown_ibp_loss(f, x, y, eps=eps_t, kappa=kappa_t, crown_weight=beta_t)
 
     # --- (a) bound propagation --------------------------------------------------------
     bound_rows = []
@@ -289,7 +289,7 @@ def main() -> None:
         "",
         f"`smooth_certify` per noise draw: {per_draw:.2f} x forward (its ratio over n0 + n). The",
         "bound functions are called as a user calls them, eagerly: their time includes the input",
-        "checks of `jaxadv.prepare` (host round trips), a large share at this tiny model size.",
+        "checks of `jaxadv.attacks.base.prepare` (host round trips), a large share at this tiny model size.",
         "",
     ]
     if quick:

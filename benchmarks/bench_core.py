@@ -146,7 +146,7 @@ def fori_variant(steps: int, unroll: int | bool) -> Callable[..., jax.Array]:
 
     @jax.jit
     def run(logits_fn: Any, x: jax.Array, y: jax.Array) -> jax.Array:
-        p = jaxadv.prepare(logits_fn, x, y, bounds=(0.0, 1.0), eps=EPS)
+        p = jaxadv.attacks.base.prepare(logits_fn, x, y, bounds=(0.0, 1.0), eps=EPS)
         alpha = jnp.asarray(2.5 * EPS / steps, jnp.float32)
         operands = composed.Operands(
             p.params, p.x, p.labels, p.lo, p.hi, p.eps, alpha, jax.random.key(0), projected_gradient()

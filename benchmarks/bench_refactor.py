@@ -48,7 +48,7 @@ def worker() -> None:
     eps = 0.1
 
     def grad_once(x: jax.Array) -> jax.Array:
-        return jaxadv.loss_and_grad(f, x, y, loss=jaxadv.cross_entropy, targeted=False)[2]
+        return jaxadv.gradients.loss_and_grad(f, x, y, loss=jaxadv.cross_entropy, targeted=False)[2]
 
     floor_fn = jax.jit(grad_once)
     attacks = {

@@ -1,127 +1,105 @@
 """jaxadv: adversarial examples for JAX models, as pure, compiled functions.
 
-The public API is this flat namespace; implementation lives in the modules
-named in each import below.
+The public API is this flat namespace: the attacks, the model adapters, the
+results, the losses an attack takes, :func:`evaluate`, and the subpackages.
+Implementation lives in the modules named in each import below; the building
+blocks (norms and projections in :mod:`jaxadv.threat_models`, the problem of
+an attack in :mod:`jaxadv.attacks.base`, the loop in :mod:`jaxadv.engine`, ...)
+are imported from their modules.
 """
 
-from jaxadv.attacks.base import Problem, prepare
+from jaxadv.attacks.apgd import apgd, apgd_targeted
+from jaxadv.attacks.cw import cw_l2
+from jaxadv.attacks.decision_based import hop_skip_jump
+from jaxadv.attacks.deepfool import deepfool
+from jaxadv.attacks.ead import ead
+from jaxadv.attacks.fab import fab, fab_targeted
+from jaxadv.attacks.fmn import fmn
+from jaxadv.attacks.gradient_free import nes, spsa
 from jaxadv.attacks.iterative import bim, eot_pgd, pgd
+from jaxadv.attacks.jsma import jsma
+from jaxadv.attacks.momentum import mifgsm, nifgsm, tifgsm, vmifgsm
 from jaxadv.attacks.single_step import fgsm
-from jaxadv.engine import iterate
+from jaxadv.attacks.sparse_rs import sparse_rs
+from jaxadv.attacks.square import square
+from jaxadv.attacks.transfer import TransferResult, ensemble_logits, transfer
+from jaxadv.callables import CallableError, GradientNotAvailableError, from_callable
 from jaxadv.evaluation import EvaluationResult, evaluate
-from jaxadv.gradients import loss_and_grad
 from jaxadv.keys import example_keys
-from jaxadv.losses import as_onehot, cross_entropy, cw_margin
+from jaxadv.losses import cross_entropy, cw_margin, dlr, dlr_targeted
 from jaxadv.models import from_apply, from_flax, from_nnx, logits, predict
+from jaxadv.success import AttackResult, is_adversarial, with_success
 from jaxadv.targets import least_likely, random_targets
-from jaxadv.threat_models import (
-    clip_to_bounds,
-    norm_of,
-    per_example,
-    project,
-    project_to_feasible,
-    random_start,
-    row_sum,
-    steepest_direction,
-)
+from jaxadv.threat_models import norm_of
 from jaxadv.validation import checked
 
 # isort: split
-# Attack families and tools that list their public names in ``__all__``.
-from jaxadv import callables as _callables
+# The public home of the building blocks prepare and Problem (jaxadv.attacks.base.prepare).
+import jaxadv.attacks.base  # noqa: E402, F401
 from jaxadv import certify, compose, config, evaluation, keys, sharding, training, universal, zoo
-from jaxadv import success as _success
-from jaxadv import transfer as _transfer
-from jaxadv.attacks import apgd as _apgd
-from jaxadv.attacks import blackbox as _blackbox
-from jaxadv.attacks import cw as _cw
-from jaxadv.attacks import decision_based as _decision_based
-from jaxadv.attacks import deepfool as _deepfool
-from jaxadv.attacks import ead as _ead
-from jaxadv.attacks import fab as _fab
-from jaxadv.attacks import fmn as _fmn
-from jaxadv.attacks import gradient_free as _gradient_free
-from jaxadv.attacks import jsma as _jsma
-from jaxadv.attacks import momentum as _momentum
-from jaxadv.attacks import sparse_rs as _sparse_rs
-from jaxadv.attacks import square as _square
-from jaxadv.attacks.apgd import *  # noqa: F403
-from jaxadv.attacks.blackbox import *  # noqa: F403
-from jaxadv.attacks.cw import *  # noqa: F403
-from jaxadv.attacks.decision_based import *  # noqa: F403
-from jaxadv.attacks.deepfool import *  # noqa: F403
-from jaxadv.attacks.ead import *  # noqa: F403
-from jaxadv.attacks.fab import *  # noqa: F403
-from jaxadv.attacks.fmn import *  # noqa: F403
-from jaxadv.attacks.gradient_free import *  # noqa: F403
-from jaxadv.attacks.jsma import *  # noqa: F403
-from jaxadv.attacks.momentum import *  # noqa: F403
-from jaxadv.attacks.sparse_rs import *  # noqa: F403
-from jaxadv.attacks.square import *  # noqa: F403
-from jaxadv.callables import *  # noqa: F403
-from jaxadv.success import *  # noqa: F403
-from jaxadv.transfer import *  # noqa: F403
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "EvaluationResult",
-    "Problem",
-    "as_onehot",
+    # attacks
+    "apgd",
+    "apgd_targeted",
     "bim",
+    "cw_l2",
+    "deepfool",
+    "ead",
+    "eot_pgd",
+    "fab",
+    "fab_targeted",
+    "fgsm",
+    "fmn",
+    "hop_skip_jump",
+    "jsma",
+    "mifgsm",
+    "nes",
+    "nifgsm",
+    "pgd",
+    "sparse_rs",
+    "spsa",
+    "square",
+    "tifgsm",
+    "vmifgsm",
+    "transfer",
+    "ensemble_logits",
+    # model adapters
+    "from_apply",
+    "from_callable",
+    "from_flax",
+    "from_nnx",
+    "logits",
+    "predict",
+    "CallableError",
+    "GradientNotAvailableError",
+    # results and success
+    "AttackResult",
+    "EvaluationResult",
+    "TransferResult",
+    "evaluate",
+    "is_adversarial",
+    "with_success",
+    # losses, targets, keys, measuring
+    "cross_entropy",
+    "cw_margin",
+    "dlr",
+    "dlr_targeted",
+    "least_likely",
+    "random_targets",
+    "example_keys",
+    "norm_of",
+    "checked",
+    # subpackages
     "certify",
     "compose",
     "config",
-    "checked",
-    "clip_to_bounds",
-    "cross_entropy",
-    "cw_margin",
-    "eot_pgd",
-    "evaluate",
-    "example_keys",
     "evaluation",
-    "fgsm",
-    "from_apply",
-    "from_flax",
-    "from_nnx",
-    "iterate",
     "keys",
-    "least_likely",
-    "logits",
-    "loss_and_grad",
-    "norm_of",
-    "per_example",
-    "pgd",
-    "predict",
-    "prepare",
-    "project",
-    "project_to_feasible",
-    "random_start",
-    "random_targets",
-    "row_sum",
     "sharding",
-    "steepest_direction",
     "training",
     "universal",
     "zoo",
 ]
-for _module in (
-    _apgd,
-    _cw,
-    _decision_based,
-    _deepfool,
-    _ead,
-    _fab,
-    _fmn,
-    _jsma,
-    _momentum,
-    _sparse_rs,
-    _blackbox,
-    _gradient_free,
-    _square,
-    _callables,
-    _success,
-    _transfer,
-):
-    __all__ += _module.__all__
-del _module

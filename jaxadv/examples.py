@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxadv.models import predict
 from jaxadv.typing import Array, ArrayLike
 
 NUM_TRAIN = 1400
@@ -110,6 +111,4 @@ def train_classifier(
 
 def accuracy(logits_fn: Any, x: ArrayLike, y: ArrayLike) -> float:
     """Fraction of ``x`` that ``logits_fn`` classifies as ``y``."""
-    from jaxadv.models import predict
-
     return float(jnp.mean(predict(logits_fn, x) == jnp.asarray(y)))

@@ -52,7 +52,7 @@ class AttackResult(NamedTuple):
 
 def as_returned(x: Array, dtype: Any, lo: Array, hi: Array) -> Array:
     """Round float32 iterates to the caller's dtype and clip them into the box with
-    :meth:`jaxadv.Problem.finalize`'s rule (:func:`jaxadv.threat_models.cast_into_box`),
+    :meth:`jaxadv.attacks.base.Problem.finalize`'s rule (:func:`jaxadv.threat_models.cast_into_box`),
     then return them as float32.
 
     An iterate passed through this is exactly the array an attack would return, so
@@ -133,3 +133,10 @@ def with_success(attack: Callable[..., Array]) -> Callable[..., AttackResult]:
         return AttackResult(x_adv, success)
 
     return wrapped
+
+
+def stop_mask(z: Array, labels: Array, targeted: bool) -> Array:
+    """``[batch]`` bool: the examples an attack stops on at scores ``z``: a success
+    (:func:`jaxadv.success.hits`) or scores that are not finite. Its negation is the
+    'still active' flag of the loops."""
+    return hits(z, labels, targeted) | ~finite_rows(z)

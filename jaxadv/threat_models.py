@@ -20,31 +20,19 @@ Conventions used everywhere in the library:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv._core.rows import flat, per_example, select_rows
 from jaxadv.keys import draw_rows, fold_rows, row_keys, split_rows
 from jaxadv.typing import Array, ArrayLike, Norm, PRNGKey
 from jaxadv.validation import check_norm
 
 _TINY = 1e-12
 _F32_MAX = float(np.finfo(np.float32).max)
-
-
-def per_example(value: ArrayLike, x: Array) -> Array:
-    """Reshape a scalar or a ``[batch]`` array so that it broadcasts against ``x``."""
-    value = jnp.asarray(value, jnp.float32)
-    if value.ndim == 0:
-        return value
-    return value.reshape(value.shape + (1,) * (x.ndim - value.ndim))
-
-
-def _flat(delta: Array) -> Array:
-    return delta.reshape(delta.shape[0], math.prod(delta.shape[1:]))
 
 
 def row_sum(v: Array, axis: int = 1) -> Array:
@@ -102,7 +90,7 @@ def norm_of(delta: Array, norm: Norm) -> Array:
     whenever the true norm is (squares of entries above ~1e19 overflow float32).
     """
     norm = check_norm(norm)
-    d = _flat(delta).astype(jnp.float32)
+    d = flat(delta).astype(jnp.float32)
     if norm == "linf":
         return jnp.max(jnp.abs(d), axis=1)
     if norm == "l2":
@@ -116,7 +104,7 @@ def _project_l1(delta: Array, eps: Array) -> Array:
 
     Computed on each row scaled by a power of two (exact), so that the cumulative
     sums of huge perturbations do not overflow."""
-    v = _flat(delta).astype(jnp.float32)  # sort/cumsum in float32, also for bfloat16 inputs
+    v = flat(delta).astype(jnp.float32)  # sort/cumsum in float32, also for bfloat16 inputs
     v = jnp.clip(v, -_F32_MAX, _F32_MAX)
     scale = _pow2_scale(v)
     eps = jnp.broadcast_to(jnp.reshape(eps, (-1,)) if jnp.ndim(eps) else eps, (v.shape[0],))
@@ -164,7 +152,7 @@ def project(delta: Array, eps: ArrayLike, norm: Norm) -> Array:
     if norm == "linf":
         return jnp.clip(delta, -eps_b, eps_b).astype(delta.dtype)
     if norm == "l2":
-        d = _flat(jnp.clip(delta, -_F32_MAX, _F32_MAX).astype(jnp.float32))
+        d = flat(jnp.clip(delta, -_F32_MAX, _F32_MAX).astype(jnp.float32))
         eps_r = jnp.broadcast_to(jnp.reshape(jnp.asarray(eps, jnp.float32), (-1, 1)), (d.shape[0], 1))
         # d * eps / ||d|| as (d s) * (eps / ||d s||): the same numbers (s a power of two)
         # without the overflow of ||d||^2 or a factor eps / ||d|| that flushes to 0.
@@ -181,7 +169,7 @@ def cast_into_box(x: Array, dtype: Any, lo: Array, hi: Array) -> Array:
 
     Bounds that ``dtype`` cannot represent are rounded inward, so that the result
     lies inside the float32 ``[lo, hi]`` exactly. This is how every attack casts
-    its result back to the caller's dtype (:meth:`jaxadv.Problem.finalize`) and
+    its result back to the caller's dtype (:meth:`jaxadv.attacks.base.Problem.finalize`) and
     how iterative attacks round their iterates before testing them for success
     (:func:`jaxadv.success.as_returned`): one rule, so the two always agree.
     """
@@ -239,7 +227,7 @@ def steepest_direction(grad: Array, norm: Norm, *, l1_sparsity: float = 0.05) ->
     norm = check_norm(norm)
     if norm == "linf":
         return jnp.sign(grad)
-    g = _flat(grad)
+    g = flat(grad)
     if norm == "l2":
         g = jnp.clip(g.astype(jnp.float32), -_F32_MAX, _F32_MAX)
         # g / max(||g||, tiny), computed as (g s) / max(||g s||, tiny s): the same
@@ -320,7 +308,7 @@ def random_feasible(key: PRNGKey, x: Array, eps: Array, norm: Norm, lo: Array, h
     u = draw_rows(lambda k: jax.random.uniform(k, row, jnp.float32), fold_rows(keys, 1))
     boxed = jnp.isfinite(lo) & jnp.isfinite(hi)
     in_box = jnp.where(boxed, jnp.where(boxed, lo, 0.0) + u * jnp.where(boxed, hi - lo, 0.0), x)
-    return jnp.where(per_example(finite, x) > 0, x0, in_box)
+    return select_rows(finite, x0, in_box)
 
 
 def step_along(step_size: ArrayLike, direction: Array) -> Array:
@@ -332,7 +320,7 @@ def step_along(step_size: ArrayLike, direction: Array) -> Array:
 def unit_l1(grad: Array) -> Array:
     """``grad / max(||grad||_1, 1e-12)`` per example, finite for huge or infinite entries
     (computed on rows scaled by a power of two)."""
-    g = _flat(jnp.clip(grad.astype(jnp.float32), -_F32_MAX, _F32_MAX))
+    g = flat(jnp.clip(grad.astype(jnp.float32), -_F32_MAX, _F32_MAX))
     scale = _pow2_scale(g)
     g = g * scale
     return (g / jnp.maximum(row_sum(jnp.abs(g))[:, None], _TINY * scale)).reshape(grad.shape)
@@ -346,3 +334,59 @@ def mask_blocked(grad: Array, x: Array, lo: ArrayLike, hi: ArrayLike) -> Array:
     """
     blocked = ((x >= hi) & (grad > 0)) | ((x <= lo) & (grad < 0))
     return jnp.where(blocked, 0.0, grad)
+
+
+@jax.jit
+def project_l1_box(x_adv: Array, x: Array, eps: ArrayLike, lo: ArrayLike, hi: ArrayLike) -> Array:
+    r"""The Euclidean projection of ``x_adv`` onto :math:`\{z : \|z - x\|_1 \le \epsilon,\ lo \le z \le hi\}`.
+
+    With :math:`y = x' - x` and :math:`u_i` the room in the box along
+    :math:`\mathrm{sign}(y_i)` (:math:`hi_i - x_i` or :math:`x_i - lo_i`), the
+    problem separates per coordinate given the multiplier :math:`\lambda \ge 0`
+    of the L1 constraint:
+    :math:`\delta_i(\lambda) = \mathrm{sign}(y_i)\,\min(\max(|y_i| - \lambda, 0), u_i)`.
+    :math:`\lambda = 0` when :math:`\|\delta(0)\|_1 \le \epsilon`; otherwise
+    :math:`\phi(\lambda) = \|\delta(\lambda)\|_1` is piecewise linear and
+    non-increasing with breakpoints :math:`|y_i|` and :math:`|y_i| - u_i`, so one
+    sort of the :math:`2n` breakpoints and a cumulative sum give the exact
+    :math:`\lambda` with :math:`\phi(\lambda) = \epsilon`. Needs :math:`x` inside
+    the box. Sums that overflow to ``inf`` lie past the crossing, so a finite
+    ``eps`` still finds it; ``eps = inf`` gives the box clip of ``x_adv``.
+
+    Args:
+      x_adv: ``[batch, ...]`` points to project.
+      x: ``[batch, ...]`` centres, inside ``[lo, hi]``.
+      eps: radius, scalar or ``[batch]``.
+      lo, hi: bounds broadcasting against ``x``.
+
+    Returns:
+      The projected points, float32, shape of ``x``.
+    """
+    xf = x.astype(jnp.float32)
+    y = flat(jnp.clip(x_adv.astype(jnp.float32) - xf, -_F32_MAX, _F32_MAX))
+    up = flat(jnp.broadcast_to(jnp.asarray(hi, jnp.float32) - xf, x.shape))
+    down = flat(jnp.broadcast_to(xf - jnp.asarray(lo, jnp.float32), x.shape))
+    a = jnp.abs(y)
+    # For lambda >= 0 a room beyond |y_i| changes nothing: capping it keeps every
+    # breakpoint finite (also for unbounded boxes) and >= 0.
+    room = jnp.clip(jnp.where(y > 0, up, down), 0.0, a)
+    b, n = a.shape
+    eps_b = jnp.broadcast_to(jnp.reshape(jnp.asarray(eps, jnp.float32), (-1,)), (b,))
+    eps_c = eps_b[:, None]
+    breaks = jnp.concatenate([a, a - room], axis=1)
+    slope = jnp.concatenate([jnp.ones((b, n), jnp.float32), -jnp.ones((b, n), jnp.float32)], axis=1)
+    neg_sorted, slope_sorted = jax.lax.sort((-breaks, slope), dimension=1, num_keys=1)
+    knots = -neg_sorted  # descending
+    active = jnp.cumsum(slope_sorted, axis=1)  # coordinates moving with lambda just below each knot
+    phi = jnp.concatenate(
+        [jnp.zeros((b, 1), jnp.float32), jnp.cumsum(active[:, :-1] * (knots[:, :-1] - knots[:, 1:]), axis=1)],
+        axis=1,
+    )
+    j = jnp.maximum(jnp.sum(phi < eps_c, axis=1) - 1, 0)[:, None]
+    slope_j = jnp.maximum(jnp.take_along_axis(active, j, axis=1), 1.0)
+    lam = jnp.take_along_axis(knots, j, axis=1) - (eps_c - jnp.take_along_axis(phi, j, axis=1)) / slope_j
+    lam = jnp.maximum(lam, 0.0)
+    inside = (row_sum(room) <= eps_b)[:, None]
+    delta = jnp.sign(y) * jnp.where(inside, room, jnp.clip(a - lam, 0.0, room))
+    # x + (hi - x) may round past hi: clip (it only shrinks the perturbation).
+    return jnp.clip(xf + delta.reshape(x.shape), lo, hi)

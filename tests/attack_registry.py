@@ -297,7 +297,7 @@ ATTACKS: tuple[Spec, ...] = (
         NO_BALL,
         keyed=False,
         targeted=True,
-        retune={"beta": 0.01},
+        retune={"l1_weight": 0.01},
         steps=3,
         binary_search_steps=2,
         initial_const=1.0,

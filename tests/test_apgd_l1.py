@@ -182,19 +182,13 @@ def test_targeted_dlr_is_refused_pointing_to_apgd_targeted() -> None:
         jaxadv.apgd(f, x, np.zeros(4, np.int32), key=KEY, eps=0.1, loss="dlr", targeted=True)
 
 
-def test_n_restarts_is_a_deprecated_alias() -> None:
+def test_the_old_keyword_names_are_refused() -> None:
     f, x, _ = _far_from_boundary("tight")
     kw = dict(key=KEY, eps=0.5, steps=STEPS, norm="l1")
-    with pytest.warns(DeprecationWarning, match="num_restarts"):
-        old = jaxadv.apgd(f, x, n_restarts=2, **kw)
-    np.testing.assert_array_equal(old, jaxadv.apgd(f, x, num_restarts=2, **kw))
     for attack in (jaxadv.apgd, jaxadv.apgd_targeted):
-        with pytest.raises(ValueError, match="both"):
-            attack(f, x, n_restarts=2, num_restarts=2, **kw)
-        with pytest.raises(ValueError, match="both"):
-            attack(f, x, eot_samples=2, num_samples=2, **kw)
-    with pytest.warns(DeprecationWarning, match="eot_samples= is deprecated; use num_samples="):
-        jaxadv.apgd(f, x, eot_samples=1, **kw)
+        for old in ("n_restarts", "eot_samples"):
+            with pytest.raises(TypeError, match=old):
+                attack(f, x, **{old: 2}, **kw)
 
 
 def test_rejects_bad_arguments() -> None:
@@ -273,7 +267,7 @@ def test_apgd_ce_no_weaker_than_autoattack_l1(twin: Any, cnn: Any, digits: Any) 
     # 150 test digits (64 pixels in [0, 1]), 20 steps, eps = 2; ours no worse
     # than the reference by more than one example. The reference starts from a
     # Gaussian projected onto the set, ours from a uniform point of the L1 ball
-    # (jaxadv.random_start): on this model ours is the stronger attack (by about
+    # (jaxadv.threat_models.random_start): on this model ours is the stronger attack (by about
     # 3pp at 100 steps; within 1pp with the reference's start).
     x, y = digits[1].x[:N_REF], digits[1].y[:N_REF]
     ref = _reference_accuracy(twin, x, y)

@@ -148,7 +148,7 @@ def test_losses_and_gradients_of_huge_logits_are_finite_under_jit(scale: float) 
     for loss in losses:
         for targeted in (False, True):
             value, z, g = jax.jit(
-                lambda x_, loss=loss, targeted=targeted: jaxadv.loss_and_grad(
+                lambda x_, loss=loss, targeted=targeted: jaxadv.gradients.loss_and_grad(
                     f, x_, y, loss=loss, targeted=targeted
                 )
             )(x)
@@ -168,16 +168,16 @@ def test_directions_and_norms_of_huge_gradients(magnitude: float) -> None:
     g = g.at[:, 0, 0, 0].set(magnitude).at[1].multiply(1e-3)
     unit = {"l2": 1.0, "l1": 1.0}
     for norm, expected in unit.items():
-        d = jaxadv.steepest_direction(g, norm)  # type: ignore[arg-type]
+        d = jaxadv.threat_models.steepest_direction(g, norm)  # type: ignore[arg-type]
         assert bool(jnp.all(jnp.isfinite(d)))
         np.testing.assert_allclose(np.asarray(jaxadv.norm_of(d, norm)), expected, rtol=1e-5)  # type: ignore[arg-type]
     if np.isfinite(magnitude):
         n = jaxadv.norm_of(g, "l2")
         assert bool(jnp.all(jnp.isfinite(n))) and bool(jnp.all(n >= magnitude * 1e-3))
-    p = jaxadv.project(g, 0.5, "l2")
+    p = jaxadv.threat_models.project(g, 0.5, "l2")
     assert bool(jnp.all(jnp.isfinite(p)))
     np.testing.assert_allclose(np.asarray(jaxadv.norm_of(p, "l2")), 0.5, rtol=1e-5)
-    p1 = jaxadv.project(g, 0.5, "l1")
+    p1 = jaxadv.threat_models.project(g, 0.5, "l1")
     assert bool(jnp.all(jnp.isfinite(p1)))
     np.testing.assert_allclose(np.asarray(jaxadv.norm_of(p1, "l1")), 0.5, rtol=1e-5)
 
@@ -186,11 +186,11 @@ def test_scaled_norms_and_directions_equal_the_plain_formulas_for_ordinary_value
     g = jnp.asarray(np.random.default_rng(3).normal(size=(5, *SHAPE)), jnp.float32)
     flat = sm.flat(g)
     np.testing.assert_array_equal(
-        np.asarray(jaxadv.norm_of(g, "l2")), np.asarray(jnp.sqrt(jaxadv.row_sum(flat * flat)))
+        np.asarray(jaxadv.norm_of(g, "l2")), np.asarray(jnp.sqrt(jaxadv.threat_models.row_sum(flat * flat)))
     )
-    n = jnp.sqrt(jaxadv.row_sum(flat * flat))[:, None]
+    n = jnp.sqrt(jaxadv.threat_models.row_sum(flat * flat))[:, None]
     np.testing.assert_array_equal(
-        np.asarray(jaxadv.steepest_direction(g, "l2")), np.asarray((flat / n).reshape(g.shape))
+        np.asarray(jaxadv.threat_models.steepest_direction(g, "l2")), np.asarray((flat / n).reshape(g.shape))
     )
 
 
@@ -490,10 +490,10 @@ def test_threat_model_functions_accept_aliases() -> None:
         for alias in aliases:
             for fn in (
                 lambda n: jaxadv.norm_of(d, n),
-                lambda n: jaxadv.project(d, 0.5, n),
-                lambda n: jaxadv.steepest_direction(d, n),
-                lambda n: jaxadv.random_start(KEY, d.shape, 0.5, n),
-                lambda n: jaxadv.project_to_feasible(d, d * 0, 0.5, n, -1.0, 1.0),
+                lambda n: jaxadv.threat_models.project(d, 0.5, n),
+                lambda n: jaxadv.threat_models.steepest_direction(d, n),
+                lambda n: jaxadv.threat_models.random_start(KEY, d.shape, 0.5, n),
+                lambda n: jaxadv.threat_models.project_to_feasible(d, d * 0, 0.5, n, -1.0, 1.0),
             ):
                 np.testing.assert_array_equal(np.asarray(fn(alias)), np.asarray(fn(norm)))
     for spelling, canonical in (("LINF", "linf"), ("Inf", "linf"), ("l2", "l2"), ("L1", "l1")):
@@ -510,7 +510,9 @@ def test_as_returned_agrees_with_finalize_for_unrepresentable_bounds() -> None:
     lo, hi = jnp.float32(0.013), jnp.float32(2.64)
     x = jnp.linspace(-0.1, 2.8, 301, dtype=jnp.float32).reshape(1, 301)
     for dtype in (jnp.float32, jnp.float16, jnp.bfloat16):
-        p = jaxadv.Problem(None, [], x, jnp.zeros(1, jnp.int32), lo, hi, jnp.float32(0), dtype, 2)  # type: ignore[arg-type]
+        p = jaxadv.attacks.base.Problem(
+            None, [], x, jnp.zeros(1, jnp.int32), lo, hi, jnp.float32(0), dtype, 2
+        )  # type: ignore[arg-type]
         kept = as_returned(x, dtype, lo, hi)
         np.testing.assert_array_equal(np.asarray(kept), np.asarray(p.finalize(x).astype(jnp.float32)))
         assert bool(jnp.all((kept >= lo) & (kept <= hi)))
@@ -522,7 +524,7 @@ def test_bfloat16_success_kept_by_apgd_agrees_with_re_prediction() -> None:
     # 2.625, on the clean side of the boundary at 2.63.
     f = jaxadv.from_apply(sm.boundary_apply, jnp.float32(2.63))
     x = jnp.full((4, *SHAPE), 2.5, jnp.bfloat16)
-    p = jaxadv.prepare(f, x, jnp.zeros(4, jnp.int32), bounds=(0.0, 2.64), eps=0.5)
+    p = jaxadv.attacks.base.prepare(f, x, jnp.zeros(4, jnp.int32), bounds=(0.0, 2.64), eps=0.5)
     labels = jax.nn.one_hot(p.labels, 2)
     out = apgd_module._run(
         p, KEY, labels, jaxadv.cross_entropy, apgd_module._start(p),

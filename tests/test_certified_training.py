@@ -51,7 +51,7 @@ LOSSES: dict[str, Callable[..., Any]] = {
     ),
     "ibp": lambda f, x, y, **kw: training.ibp_loss(f, x, y, **{"eps": 0.05, "kappa": 0.5, **kw}),
     "crown_ibp": lambda f, x, y, **kw: training.crown_ibp_loss(
-        f, x, y, **{"eps": 0.05, "kappa": 0.0, "beta": 1.0, **kw}
+        f, x, y, **{"eps": 0.05, "kappa": 0.0, "crown_weight": 1.0, **kw}
     ),
 }
 
@@ -92,7 +92,7 @@ def test_crown_ibp_compiles_with_traced_hyperparameters_and_matches_eager(batch:
     x, y = batch
 
     def loss(v: Any, eps: jax.Array, kappa: jax.Array, beta: jax.Array) -> jax.Array:
-        return training.crown_ibp_loss(_f(v), x, y, eps=eps, kappa=kappa, beta=beta)
+        return training.crown_ibp_loss(_f(v), x, y, eps=eps, kappa=kappa, crown_weight=beta)
 
     eager_value, eager_grad = jax.value_and_grad(loss)(variables, 0.05, 0.25, 0.5)
     value, grad = jax.jit(jax.value_and_grad(loss))(variables, 0.05, 0.25, 0.5)
@@ -172,7 +172,7 @@ def test_worst_case_logits_bound_the_clean_ones_and_grow_with_eps(batch: Any, va
     previous = clean
     for eps in (0.01, 0.05, 0.1):
         ibp = training.ibp_loss(f, x, y, eps=eps, kappa=0.0)
-        crown = training.crown_ibp_loss(f, x, y, eps=eps, kappa=0.0, beta=1.0)
+        crown = training.crown_ibp_loss(f, x, y, eps=eps, kappa=0.0, crown_weight=1.0)
         assert clean <= crown <= ibp
         assert ibp >= previous
         previous = ibp
@@ -186,9 +186,9 @@ def test_crown_ibp_with_beta_zero_is_ibp(batch: Any, variables: Any) -> None:
     f = _f(variables)
     ibp = training.ibp_loss(f, x, y, eps=0.05, kappa=0.25)
     np.testing.assert_allclose(
-        training.crown_ibp_loss(f, x, y, eps=0.05, kappa=0.25, beta=0.0), ibp, rtol=1e-5
+        training.crown_ibp_loss(f, x, y, eps=0.05, kappa=0.25, crown_weight=0.0), ibp, rtol=1e-5
     )
-    traced = jax.jit(lambda b: training.crown_ibp_loss(f, x, y, eps=0.05, kappa=0.25, beta=b))(0.0)
+    traced = jax.jit(lambda b: training.crown_ibp_loss(f, x, y, eps=0.05, kappa=0.25, crown_weight=b))(0.0)
     np.testing.assert_allclose(traced, ibp, rtol=1e-5)
 
 
@@ -301,7 +301,7 @@ BAD = [
     ("ibp", {"kappa": 1.5}, r"kappa must lie in \[0, 1\]"),
     ("ibp", {"kappa": -0.1}, r"kappa must lie in \[0, 1\]"),
     ("ibp", {"norm": "l3"}, "norm must be one of"),
-    ("crown_ibp", {"beta": 2.0}, r"beta must lie in \[0, 1\]"),
+    ("crown_ibp", {"crown_weight": 2.0}, r"crown_weight must lie in \[0, 1\]"),
     ("crown_ibp", {"kappa": -1.0}, r"kappa must lie in \[0, 1\]"),
     ("crown_ibp", {"eps": -0.1}, "eps must be >= 0"),
     ("crown_ibp", {"batch_size": 0}, "batch_size must be >= 1"),
@@ -354,7 +354,7 @@ CHECKED = [
     ("smoothadv", "eps", 0.5, -0.5, "eps must be >= 0"),
     ("ibp", "eps", 0.05, -0.05, "eps must be >= 0"),
     ("ibp", "kappa", 0.5, 1.5, r"kappa must lie in \[0, 1\]"),
-    ("crown_ibp", "beta", 0.5, -0.5, r"beta must lie in \[0, 1\]"),
+    ("crown_ibp", "crown_weight", 0.5, -0.5, r"crown_weight must lie in \[0, 1\]"),
 ]
 
 

@@ -81,8 +81,8 @@ def test_nesterov_takes_the_gradient_at_the_look_ahead_point():
 
 def test_variance_tuning_averages_neighbour_gradients():
     """nu = mean of the neighbours' gradients - g; with grad_at = the point itself, that
-    mean is x_t plus the mean of the uniform offsets, which stay inside beta * eps."""
-    rule = compose.variance_tuning(1.0, beta=2.0, num_neighbors=64)
+    mean is x_t plus the mean of the uniform offsets, which stay inside neighborhood * eps."""
+    rule = compose.variance_tuning(1.0, neighborhood=2.0, num_neighbors=64)
     x_t = jnp.zeros((3, 16))
     state = rule.init(x_t)
     ctx = compose.Context(x_t, jax.random.key(0), jnp.asarray(0.1), "linf", 0.05, lambda pt, k: pt)

@@ -211,7 +211,7 @@ def test_counted_loop_refuses_what_it_cannot_count() -> None:
         compose.Attack(fd, random_start=True, count_queries=True)
     counted = compose.Attack(fd, count_queries=True)
     x = _x(2)
-    problem = jaxadv.prepare(sm.model(_W4), x, None, bounds=(0.0, 1.0), targeted=False, eps=0.1)
+    problem = jaxadv.attacks.base.prepare(sm.model(_W4), x, None, bounds=(0.0, 1.0), targeted=False, eps=0.1)
     with pytest.raises(ValueError, match="run_with_queries"):
         compose.run_from(counted, problem, x, key=KEY, step_size=0.01, steps=1, targeted=False, loop="auto")
     empty = counted(sm.model(_W4), x[:0], key=KEY, eps=0.1, steps=2, return_info=True)

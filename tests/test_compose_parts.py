@@ -96,7 +96,7 @@ def test_variance_tuning_replays_the_vmi_fgsm_recursion() -> None:
     velocity is mu v + (g' + nu) / ||g' + nu||_1."""
     decay = 0.9
     c = _grads(1, seed=5)[0]
-    rule = compose.variance_tuning(decay, beta=1.5, num_neighbors=4)
+    rule = compose.variance_tuning(decay, neighborhood=1.5, num_neighbors=4)
     state = rule.init(jnp.zeros(SHAPE))
     ctx = _ctx("linf", grad_at=lambda point, key: jnp.asarray(c))
     v, nu = np.zeros(SHAPE), np.zeros(SHAPE)
@@ -109,8 +109,8 @@ def test_variance_tuning_replays_the_vmi_fgsm_recursion() -> None:
         np.testing.assert_array_equal(np.asarray(d), np.sign(v))
 
 
-def test_variance_tuning_samples_neighbours_within_beta_eps_per_example() -> None:
-    """grad_at(point) = point: the mean neighbour is x_t plus offsets inside beta * eps,
+def test_variance_tuning_samples_neighbours_within_neighborhood_eps_per_example() -> None:
+    """grad_at(point) = point: the mean neighbour is x_t plus offsets inside neighborhood * eps,
     with each example's own eps; no offset reaches beyond it."""
     seen: list[Any] = []
 
@@ -118,7 +118,7 @@ def test_variance_tuning_samples_neighbours_within_beta_eps_per_example() -> Non
         seen.append(point)
         return point
 
-    rule = compose.variance_tuning(1.0, beta=2.0, num_neighbors=3)
+    rule = compose.variance_tuning(1.0, neighborhood=2.0, num_neighbors=3)
     x_t = jnp.full(SHAPE, 0.5)
     eps = jnp.asarray([0.01, 0.1, 0.0])
     _, state = rule.update(jnp.zeros(SHAPE), rule.init(x_t), _ctx("linf", x_t, grad_at, eps=eps))  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from jaxadv.attacks.jsma import jsma
 pytestmark = [pytest.mark.slow, pytest.mark.crosscheck]
 
 N = 100
-EAD_SETTINGS = dict(beta=1e-3, learning_rate=1e-2, steps=100, binary_search_steps=9, initial_const=1e-3)
+EAD_SETTINGS = dict(l1_weight=1e-3, learning_rate=1e-2, steps=100, binary_search_steps=9, initial_const=1e-3)
 JSMA_GAMMA = 0.25  # 64 features: 8 steps, at most 16 features changed
 
 
@@ -95,7 +95,7 @@ def test_ead_matches_torchattacks(twin: Any, cnn: Any, digits: Any, rule: str) -
         max_iterations=s["steps"],
         abort_early=False,
         initial_const=s["initial_const"],
-        beta=s["beta"],
+        beta=s["l1_weight"],
     )
     ref = _reference(attack, x, y)
     ours = np.asarray(ead(cnn.logits_fn, x, y, decision_rule=rule, **s))  # type: ignore[arg-type]

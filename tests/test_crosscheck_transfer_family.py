@@ -132,7 +132,7 @@ def test_nifgsm_matches_example_by_example(setup: Any, cnn: Any) -> None:
     # within rounding of zero; a confident example's whole gradient is tiny).
     one_theirs = _theirs(torchattacks.NIFGSM(twin, **{**THEIRS, "steps": 1}), xt, yt)
     one_ours = np.asarray(jaxadv.nifgsm(cnn.logits_fn, x, y, **{**OURS, "steps": 1}))
-    _, _, grad = jaxadv.loss_and_grad(
+    _, _, grad = jaxadv.gradients.loss_and_grad(
         cnn.logits_fn, jnp.asarray(x), jnp.asarray(y), loss=jaxadv.cross_entropy, targeted=False
     )
     xg = xt.clone().requires_grad_(True)
@@ -207,7 +207,9 @@ def test_vmifgsm_robust_accuracy(setup: Any, cnn: Any) -> None:
     ours, theirs = _mean_accuracies(
         cnn,
         y,
-        lambda k: jaxadv.vmifgsm(cnn.logits_fn, x, y, key=k, **OURS, decay=1.0, num_neighbors=5, beta=1.5),
+        lambda k: jaxadv.vmifgsm(
+            cnn.logits_fn, x, y, key=k, **OURS, decay=1.0, num_neighbors=5, neighborhood=1.5
+        ),
         lambda s: _theirs(attack, xt, yt, s),
         seeds=SEEDS[:2],  # the neighbours' noise mostly averages out within a run
     )

@@ -52,7 +52,7 @@ def test_iterates_match_a_numpy_fista_on_a_linear_model(linear: Any) -> None:
     f, w, x = linear
     y = np.asarray(jaxadv.predict(f, x))
     c, lr, beta, k_max = 2.0, 0.05, 0.01, 30
-    kw = dict(beta=beta, learning_rate=lr, steps=k_max, binary_search_steps=1, initial_const=c)
+    kw = dict(l1_weight=beta, learning_rate=lr, steps=k_max, binary_search_steps=1, initial_const=c)
     out = np.asarray(ead(f, x, y, decision_rule="l1", **kw))  # type: ignore[arg-type]
     want = x.copy()
     w64 = w.astype(np.float64)
@@ -78,7 +78,9 @@ def test_linear_model_minimal_l1_and_the_two_decision_rules(linear: Any) -> None
     y = np.asarray(jaxadv.predict(f, x))
     exact = sm.distance_to_boundary(x, w, "l1")  # one coordinate each; fits in the box
     bounds = (-1.0, 2.0)
-    kw = dict(beta=5e-2, steps=100, binary_search_steps=9, initial_const=0.1, bounds=bounds, return_info=True)
+    kw = dict(
+        l1_weight=5e-2, steps=100, binary_search_steps=9, initial_const=0.1, bounds=bounds, return_info=True
+    )
     by_l1 = ead(f, x, y, decision_rule="l1", **kw)
     by_en = ead(f, x, y, decision_rule="EN", **kw)
     for r in (by_l1, by_en):
@@ -91,7 +93,7 @@ def test_linear_model_minimal_l1_and_the_two_decision_rules(linear: Any) -> None
     assert np.mean(np.sum(np.abs(d1) > 1e-6, axis=1)) <= FEATURES / 4
     # Both rules choose among the same iterates (the rule does not steer the
     # optimisation): each is best under its own distance, and they differ.
-    beta = kw["beta"]
+    beta = kw["l1_weight"]
     assert np.all(_l1(d1) <= _l1(de) + 1e-5)
     assert np.all(_l2sq(de) + beta * _l1(de) <= _l2sq(d1) + beta * _l1(d1) + 1e-5)
     assert np.any(np.abs(_l1(d1) - _l1(de)) > 1e-3)
@@ -102,8 +104,8 @@ def test_targeted_reaches_the_targets_and_larger_beta_is_sparser(linear: Any) ->
     y = np.asarray(jaxadv.predict(f, x))
     t = ((y + 1) % CLASSES).astype(np.int32)
     kw = dict(targeted=True, decision_rule="l1", steps=50, binary_search_steps=6, initial_const=0.1)
-    sparse = ead(f, x, t, beta=5e-2, return_info=True, **kw)
-    dense = ead(f, x, t, beta=1e-3, return_info=True, **kw)
+    sparse = ead(f, x, t, l1_weight=5e-2, return_info=True, **kw)
+    dense = ead(f, x, t, l1_weight=1e-3, return_info=True, **kw)
     assert bool(jnp.all(sparse.success)) and bool(jnp.all(dense.success))
     assert float(jnp.min(sparse.x_adv)) >= 0.0 and float(jnp.max(sparse.x_adv)) <= 1.0
     nnz = [np.sum(np.abs(np.asarray(r.x_adv) - x) > 1e-6) for r in (sparse, dense)]
@@ -115,14 +117,14 @@ def test_bad_input_empty_batch_and_non_finite_logits(linear: Any) -> None:
     y = np.asarray(jaxadv.predict(f, x))
     with pytest.raises(ValueError, match="decision_rule"):
         ead(f, x, y, decision_rule="l2")
-    with pytest.raises(ValueError, match="beta must be >= 0"):
-        ead(f, x, y, beta=-1.0)
+    with pytest.raises(ValueError, match="l1_weight must be >= 0"):
+        ead(f, x, y, l1_weight=-1.0)
     with pytest.raises(ValueError, match="learning_rate must be >= 0"):
         ead(f, x, y, learning_rate=-1.0)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         ead(f, x, y, steps=0)
-    with pytest.raises(ValueError, match="beta must be a scalar or have shape"):
-        ead(f, x, y, beta=jnp.ones(3))
+    with pytest.raises(ValueError, match="l1_weight must be a scalar or have shape"):
+        ead(f, x, y, l1_weight=jnp.ones(3))
     with pytest.raises(ValueError, match="y is required"):
         ead(f, x, None, targeted=True)
     assert ead(f, x[:0], y[:0]).shape == (0, FEATURES)

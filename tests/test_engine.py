@@ -36,7 +36,7 @@ def cnn(data):
 
 def plain_fori(f, x, y, steps, key=None):
     """The same attack with the unmodified body (reference)."""
-    p = jaxadv.prepare(f, x, y, bounds=(0.0, 1.0), eps=0.1)
+    p = jaxadv.attacks.base.prepare(f, x, y, bounds=(0.0, 1.0), eps=0.1)
     operands = composed.Operands(
         p.params,
         p.x,

@@ -251,7 +251,7 @@ def test_rejects_bad_input(linear: Any) -> None:
         (dict(eps=-0.1), "eps must be >= 0"),
         (dict(eps=jnp.ones(3)), r"eps must be a scalar or have shape \[batch\]"),
         (dict(alpha_max=1.5), r"alpha_max must be in \[0, 1.0\]"),
-        (dict(beta=-0.1), r"beta must be in \[0, 1.0\]"),
+        (dict(backward_factor=-0.1), r"backward_factor must be in \[0, 1.0\]"),
         (dict(eta=-1.0), "eta must be >= 0"),
         (dict(key=None), "key is required"),
         (dict(y=np.zeros(BATCH, np.float32)), "must hold integer class indices"),

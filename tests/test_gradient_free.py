@@ -86,26 +86,17 @@ def test_gradient_free_targeted_and_errors() -> None:
 
 
 @pytest.mark.parametrize(("name", "alias", "default"), [("spsa", "delta", 0.01), ("nes", "sigma", 0.001)])
-def test_fd_scale_and_its_deprecated_aliases(name: str, alias: str, default: float) -> None:
+def test_fd_scale_default_and_the_removed_aliases(name: str, alias: str, default: float) -> None:
     attack, x = ATTACKS[name], _images(4)
     kw: dict[str, Any] = dict(key=jax.random.key(0), eps=0.1, queries=28, num_samples=4, return_info=True)
     # A scale large enough for the probes to reach the box: the estimate depends on it.
     ref = attack(LINEAR, x, fd_scale=0.3, **kw)
-    with pytest.warns(DeprecationWarning, match=f"{alias}= is deprecated, pass fd_scale="):
-        old = attack(LINEAR, x, **{alias: 0.3}, **kw)
-    for a, b in zip(ref, old, strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     dflt, explicit = attack(LINEAR, x, **kw), attack(LINEAR, x, fd_scale=default, **kw)
     np.testing.assert_array_equal(np.asarray(dflt.x_adv), np.asarray(explicit.x_adv))
     assert not np.array_equal(np.asarray(dflt.x_adv), np.asarray(ref.x_adv))
-    with pytest.raises(ValueError, match=f"pass fd_scale only \\({alias} is its deprecated alias\\)"):
-        attack(LINEAR, x, fd_scale=0.3, **{alias: 0.3}, **kw)
-    kw.pop("num_samples")
-    with pytest.warns(DeprecationWarning, match="samples is deprecated; pass num_samples"):
-        renamed = attack(LINEAR, x, fd_scale=0.3, samples=4, **kw)
-    np.testing.assert_array_equal(np.asarray(renamed.x_adv), np.asarray(ref.x_adv))
-    with pytest.raises(ValueError, match="pass num_samples only"):
-        attack(LINEAR, x, fd_scale=0.3, samples=4, num_samples=8, **kw)
+    for old in (alias, "samples"):
+        with pytest.raises(TypeError, match=old):
+            attack(LINEAR, x, **{old: 4}, **kw)
 
 
 def test_gradient_free_black_box_model() -> None:

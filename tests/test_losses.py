@@ -36,11 +36,11 @@ def _np_ce(z: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def test_as_onehot() -> None:
     y = jnp.asarray([0, 2, 1])
-    oh = jaxadv.as_onehot(y, 4)
+    oh = jaxadv.losses.as_onehot(y, 4)
     assert oh.dtype == jnp.float32 and oh.shape == (3, 4)
     np.testing.assert_array_equal(np.asarray(oh), np.eye(4)[[0, 2, 1]])
     soft = jnp.asarray([[0.2, 0.8], [1.0, 0.0]], jnp.bfloat16)
-    out = jaxadv.as_onehot(soft, 2)
+    out = jaxadv.losses.as_onehot(soft, 2)
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(out), np.asarray(soft, np.float32))
 
@@ -75,7 +75,7 @@ def test_cw_margin() -> None:
 
 
 # Compiled once per (loss, targeted, shapes): eager differentiation compiles op by op.
-loss_and_grad = jax.jit(jaxadv.loss_and_grad, static_argnames=("loss", "targeted"))
+loss_and_grad = jax.jit(jaxadv.gradients.loss_and_grad, static_argnames=("loss", "targeted"))
 
 
 @pytest.mark.parametrize("targeted", [False, True])

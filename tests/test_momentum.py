@@ -82,9 +82,9 @@ def _bilinear(img: np.ndarray, new: int) -> np.ndarray:
 def test_diverse_inputs() -> None:
     key = jax.random.key(0)
     x = jax.random.uniform(jax.random.key(1), (16, 8, 8, 3)) + 1.0  # > 0 so padding is visible
-    np.testing.assert_array_equal(jaxadv.diverse_inputs(key, x, prob=0.0), x)
-    np.testing.assert_array_equal(jaxadv.diverse_inputs(key, x, prob=1.0, resize_rate=1.0), x)
-    out = np.asarray(jaxadv.diverse_inputs(key, x, prob=1.0, resize_rate=0.5))
+    np.testing.assert_array_equal(jaxadv.compose.diverse_inputs(key, x, prob=0.0), x)
+    np.testing.assert_array_equal(jaxadv.compose.diverse_inputs(key, x, prob=1.0, resize_rate=1.0), x)
+    out = np.asarray(jaxadv.compose.diverse_inputs(key, x, prob=1.0, resize_rate=0.5))
     xn = np.asarray(x)
     assert out.shape == x.shape
     for b in range(16):
@@ -95,7 +95,7 @@ def test_diverse_inputs() -> None:
         # The window is the input resized bilinearly to h x h (pixel centres aligned).
         window = out[b][rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         np.testing.assert_allclose(window, _bilinear(xn[b], h), rtol=1e-5, atol=1e-6)
-    g = jax.grad(lambda z: jnp.sum(jaxadv.diverse_inputs(key, z, prob=0.5) ** 2))(x)
+    g = jax.grad(lambda z: jnp.sum(jaxadv.compose.diverse_inputs(key, z, prob=0.5) ** 2))(x)
     assert bool(jnp.all(jnp.isfinite(g)))
 
 

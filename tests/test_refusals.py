@@ -77,11 +77,11 @@ def test_tifgsm_refuses_bad_nsig(model: Any, batch: Any, nsig: float) -> None:
         call(BY_NAME["tifgsm"], model, x, y, nsig=nsig)
 
 
-@pytest.mark.parametrize("beta", [NAN, INF, -1.0])
-def test_vmifgsm_refuses_bad_beta(model: Any, batch: Any, beta: float) -> None:
+@pytest.mark.parametrize("neighborhood", [NAN, INF, -1.0])
+def test_vmifgsm_refuses_bad_neighborhood(model: Any, batch: Any, neighborhood: float) -> None:
     x, y = batch
-    with pytest.raises(ValueError, match="beta must be >= 0 and finite"):
-        call(BY_NAME["vmifgsm"], model, x, y, beta=beta)
+    with pytest.raises(ValueError, match="neighborhood must be >= 0 and finite"):
+        call(BY_NAME["vmifgsm"], model, x, y, neighborhood=neighborhood)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_vmifgsm_refuses_bad_beta(model: Any, batch: Any, beta: float) -> None:
         (lambda: compose.momentum(NAN), "decay must be >= 0"),
         (lambda: compose.momentum(-1.0), "decay must be >= 0"),
         (lambda: compose.nesterov(INF), "decay must be >= 0"),
-        (lambda: compose.variance_tuning(1.0, beta=-1.0), "beta must be >= 0"),
+        (lambda: compose.variance_tuning(1.0, neighborhood=-1.0), "neighborhood must be >= 0"),
         (lambda: compose.variance_tuning(NAN), "decay must be >= 0"),
         (lambda: compose.input_diversity(prob=2.0), r"prob must be in \[0, 1\]"),
         (lambda: compose.input_diversity(resize_rate=NAN), r"resize_rate must be in \(0, 1\]"),
@@ -154,7 +154,7 @@ def test_eot_repr_names_its_field_as_its_argument() -> None:
         ("cw_l2", dict(confidence=INF), "confidence must be >= 0 and finite"),
         ("cw_l2", dict(initial_const=INF), "initial_const must be >= 0 and finite"),
         ("deepfool", dict(overshoot=INF), "overshoot must be >= 0 and finite"),
-        ("ead", dict(beta=INF), "beta must be >= 0 and finite"),
+        ("ead", dict(l1_weight=INF), "l1_weight must be >= 0 and finite"),
         ("ead", dict(learning_rate=INF), "learning_rate must be >= 0 and finite"),
         ("fmn", dict(alpha_init=INF), "alpha_init must be >= 0 and finite"),
         ("fmn", dict(gamma_final=INF), "gamma_final must be >= 0 and finite"),

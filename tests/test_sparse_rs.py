@@ -211,7 +211,7 @@ def test_empty_batch() -> None:
         ({"k": 65}, "k"),
         ({"k": 9, "threat": "patch"}, "k"),
         ({"k": 2.0}, "k"),
-        ({"loss": "dlr"}, "loss"),
+        ({"loss": "no such loss"}, "loss"),
         ({"p_init": 0.0}, "p_init"),
         ({"p_init": 1.5}, "p_init"),
         ({"queries": 1}, "queries"),

@@ -47,7 +47,7 @@ ATTACKS: list[tuple[str, Attack, str | None]] = [
     (
         "apgd-t",
         lambda f, x, y, k, e, b: jaxadv.apgd_targeted(
-            f, x, y, key=k, eps=e, steps=3, n_target_classes=2, bounds=b
+            f, x, y, key=k, eps=e, steps=3, num_target_classes=2, bounds=b
         ),
         "linf",
     ),
@@ -119,7 +119,9 @@ def test_as_returned_is_what_finalize_returns() -> None:
     x = jnp.linspace(-0.3, 1.3, 97, dtype=jnp.float32).reshape(1, 97) + 1e-4
     lo, hi = jnp.float32(0.0), jnp.float32(1.0)
     for dtype in (jnp.float32, jnp.float16, jnp.bfloat16):
-        p = jaxadv.Problem(None, [], x, jnp.zeros(1, jnp.int32), lo, hi, jnp.float32(0), dtype, 2)  # type: ignore[arg-type]
+        p = jaxadv.attacks.base.Problem(
+            None, [], x, jnp.zeros(1, jnp.int32), lo, hi, jnp.float32(0), dtype, 2
+        )  # type: ignore[arg-type]
         np.testing.assert_array_equal(as_returned(x, dtype, lo, hi), p.finalize(x).astype(jnp.float32))
 
 
@@ -141,7 +143,9 @@ def test_is_adversarial_and_with_success() -> None:
     r = jitted(0.3)
     np.testing.assert_array_equal(r.success, jaxadv.predict(f, r.x_adv) != pred)
     t = jax.jit(
-        lambda e: jaxadv.apgd_targeted(f, x, pred, key=jax.random.key(1), eps=e, steps=3, n_target_classes=2)
+        lambda e: jaxadv.apgd_targeted(
+            f, x, pred, key=jax.random.key(1), eps=e, steps=3, num_target_classes=2
+        )
     )
     out = t(jnp.float32(0.3))
     assert float(jnp.max(jnp.abs(out - x))) <= 0.3 + 1e-6

@@ -66,7 +66,7 @@ def _random(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> jax.Array:
 def test_project_lands_in_ball(norm: str) -> None:
     d = _random((6, 4, 3, 2), 0, scale=2.0)
     for eps in (0.0, 0.05, 0.7, 3.0):
-        p = jaxadv.project(d, eps, norm)
+        p = jaxadv.threat_models.project(d, eps, norm)
         assert p.shape == d.shape and p.dtype == d.dtype
         assert np.all(_np_norm(np.asarray(p), norm) <= eps * (1 + 1e-5) + 1e-7)
         assert not np.any(np.isnan(np.asarray(p)))
@@ -76,16 +76,20 @@ def test_project_lands_in_ball(norm: str) -> None:
 def test_project_leaves_inside_points_unchanged(norm: str) -> None:
     d = _random((5, 10), 1)
     eps = 1.01 * _np_norm(np.asarray(d), norm).max()
-    np.testing.assert_array_equal(np.asarray(jaxadv.project(d, eps, norm)), np.asarray(d))
+    np.testing.assert_array_equal(np.asarray(jaxadv.threat_models.project(d, eps, norm)), np.asarray(d))
 
 
 def test_project_linf_and_l2_closed_forms() -> None:
     d = np.asarray(_random((5, 7), 2, scale=2.0))
     eps = 0.8
-    np.testing.assert_allclose(np.asarray(jaxadv.project(jnp.asarray(d), eps, "linf")), np.clip(d, -eps, eps))
+    np.testing.assert_allclose(
+        np.asarray(jaxadv.threat_models.project(jnp.asarray(d), eps, "linf")), np.clip(d, -eps, eps)
+    )
     n = np.linalg.norm(d, axis=1, keepdims=True)
     np.testing.assert_allclose(
-        np.asarray(jaxadv.project(jnp.asarray(d), eps, "l2")), d * np.minimum(1.0, eps / n), rtol=1e-6
+        np.asarray(jaxadv.threat_models.project(jnp.asarray(d), eps, "l2")),
+        d * np.minimum(1.0, eps / n),
+        rtol=1e-6,
     )
 
 
@@ -94,11 +98,13 @@ def test_project_l1_matches_bisection_reference() -> None:
     for n in (5, 300):
         d = np.asarray(_random((8, n), n, scale=1.5))
         eps = np.linspace(0.05, 2.0, 8).astype(np.float32)
-        got = np.asarray(jaxadv.project(jnp.asarray(d), jnp.asarray(eps), "l1"))
+        got = np.asarray(jaxadv.threat_models.project(jnp.asarray(d), jnp.asarray(eps), "l1"))
         want = np.stack([_l1_reference(d[i], float(eps[i])) for i in range(8)])
         np.testing.assert_allclose(got, want, atol=2e-6)
         # Zero radius: the projection is the origin.
-        np.testing.assert_array_equal(np.asarray(jaxadv.project(jnp.asarray(d), 0.0, "l1")), 0.0)
+        np.testing.assert_array_equal(
+            np.asarray(jaxadv.threat_models.project(jnp.asarray(d), 0.0, "l1")), 0.0
+        )
 
 
 @pytest.mark.slow
@@ -107,8 +113,8 @@ def test_project_is_euclidean_projection(norm: str) -> None:
     """Variational inequality of the Euclidean projection onto a convex set."""
     d = _random((4, 12), 3, scale=2.0)
     eps = 0.9
-    p = np.asarray(jaxadv.project(d, eps, norm), np.float64)
-    z = np.asarray(jaxadv.random_start(jax.random.key(4), (2000, 12), eps, norm), np.float64)
+    p = np.asarray(jaxadv.threat_models.project(d, eps, norm), np.float64)
+    z = np.asarray(jaxadv.threat_models.random_start(jax.random.key(4), (2000, 12), eps, norm), np.float64)
     dn = np.asarray(d, np.float64)
     for i in range(4):
         inner = (z - p[i]) @ (dn[i] - p[i])
@@ -122,22 +128,24 @@ def test_project_is_euclidean_projection(norm: str) -> None:
 def test_project_per_example_eps(norm: str) -> None:
     d = _random((4, 3, 5), 5, scale=3.0)
     eps = jnp.asarray([0.0, 0.1, 0.5, 2.0])
-    p = jaxadv.project(d, eps, norm)
+    p = jaxadv.threat_models.project(d, eps, norm)
     norms = _np_norm(np.asarray(p), norm)
     np.testing.assert_allclose(norms, np.asarray(eps), rtol=1e-5, atol=1e-6)
     for i in range(4):
         np.testing.assert_allclose(
-            np.asarray(p[i : i + 1]), np.asarray(jaxadv.project(d[i : i + 1], eps[i], norm)), atol=1e-6
+            np.asarray(p[i : i + 1]),
+            np.asarray(jaxadv.threat_models.project(d[i : i + 1], eps[i], norm)),
+            atol=1e-6,
         )
 
 
 def test_unknown_norm_raises() -> None:
     d = jnp.zeros((2, 3))
     for fn in (
-        lambda: jaxadv.project(d, 0.1, "linf2"),  # type: ignore[arg-type]
-        lambda: jaxadv.steepest_direction(d, "l3"),  # type: ignore[arg-type]
+        lambda: jaxadv.threat_models.project(d, 0.1, "linf2"),  # type: ignore[arg-type]
+        lambda: jaxadv.threat_models.steepest_direction(d, "l3"),  # type: ignore[arg-type]
         lambda: jaxadv.norm_of(d, "L3"),  # type: ignore[arg-type]
-        lambda: jaxadv.random_start(jax.random.key(0), (2, 3), 0.1, "l0"),  # type: ignore[arg-type]
+        lambda: jaxadv.threat_models.random_start(jax.random.key(0), (2, 3), 0.1, "l0"),  # type: ignore[arg-type]
     ):
         with pytest.raises(ValueError, match="norm"):
             fn()
@@ -148,7 +156,7 @@ def test_unknown_norm_raises() -> None:
 
 def test_steepest_direction_linf_is_sign() -> None:
     g = _random((3, 4, 5), 6)
-    d = jaxadv.steepest_direction(g, "linf")
+    d = jaxadv.threat_models.steepest_direction(g, "linf")
     np.testing.assert_array_equal(np.asarray(d), np.sign(np.asarray(g)))
     np.testing.assert_allclose(
         np.asarray(jnp.sum(g * d, axis=(1, 2))), _np_norm(np.asarray(g), "l1"), rtol=1e-5
@@ -157,7 +165,7 @@ def test_steepest_direction_linf_is_sign() -> None:
 
 def test_steepest_direction_l2_unit_and_aligned() -> None:
     g = _random((3, 4, 5), 7)
-    d = jaxadv.steepest_direction(g, "l2")
+    d = jaxadv.threat_models.steepest_direction(g, "l2")
     np.testing.assert_allclose(_np_norm(np.asarray(d), "l2"), 1.0, rtol=1e-6)
     np.testing.assert_allclose(
         np.asarray(jnp.sum(g * d, axis=(1, 2))), _np_norm(np.asarray(g), "l2"), rtol=1e-5
@@ -168,7 +176,7 @@ def test_steepest_direction_l2_unit_and_aligned() -> None:
 def test_steepest_direction_l1_unit_and_sparse(sparsity: float) -> None:
     n = 200
     g = _random((4, n), 8)
-    d = np.asarray(jaxadv.steepest_direction(g, "l1", l1_sparsity=sparsity))
+    d = np.asarray(jaxadv.threat_models.steepest_direction(g, "l1", l1_sparsity=sparsity))
     k = max(1, round(sparsity * n))
     np.testing.assert_allclose(np.abs(d).sum(axis=1), 1.0, rtol=1e-6)
     assert np.all((d != 0).sum(axis=1) == k)
@@ -178,14 +186,14 @@ def test_steepest_direction_l1_unit_and_sparse(sparsity: float) -> None:
         assert set(np.flatnonzero(d[i])) == set(top)
         np.testing.assert_array_equal(np.sign(d[i, top]), np.sign(gn[i, top]))
     # k = 1 attains the dual norm: <g, d> = ||g||_inf.
-    d1 = jaxadv.steepest_direction(g, "l1", l1_sparsity=1.0 / n)
+    d1 = jaxadv.threat_models.steepest_direction(g, "l1", l1_sparsity=1.0 / n)
     np.testing.assert_allclose(np.asarray(jnp.sum(g * d1, axis=1)), _np_norm(gn, "linf"), rtol=1e-6)
 
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_steepest_direction_of_zero_is_zero(norm: str) -> None:
     g = jnp.zeros((3, 6)).at[1].set(jnp.arange(6.0) - 2.5)
-    d = np.asarray(jaxadv.steepest_direction(g, norm))
+    d = np.asarray(jaxadv.threat_models.steepest_direction(g, norm))
     assert not np.any(np.isnan(d))
     np.testing.assert_array_equal(d[0], 0.0)
     np.testing.assert_array_equal(d[2], 0.0)
@@ -194,7 +202,7 @@ def test_steepest_direction_of_zero_is_zero(norm: str) -> None:
 
 def test_steepest_direction_bad_sparsity() -> None:
     with pytest.raises(ValueError, match="l1_sparsity"):
-        jaxadv.steepest_direction(jnp.ones((1, 4)), "l1", l1_sparsity=0.0)
+        jaxadv.threat_models.steepest_direction(jnp.ones((1, 4)), "l1", l1_sparsity=0.0)
 
 
 # --- random_start ------------------------------------------------------------
@@ -203,7 +211,7 @@ def test_steepest_direction_bad_sparsity() -> None:
 @pytest.mark.parametrize("norm", NORMS)
 def test_random_start_in_ball_and_per_example(norm: str) -> None:
     eps = jnp.asarray([0.0, 0.01, 0.3, 2.0])
-    d = jaxadv.random_start(jax.random.key(9), (4, 3, 3, 2), eps, norm)
+    d = jaxadv.threat_models.random_start(jax.random.key(9), (4, 3, 3, 2), eps, norm)
     assert d.shape == (4, 3, 3, 2) and d.dtype == jnp.float32
     norms = _np_norm(np.asarray(d), norm)
     assert np.all(norms <= np.asarray(eps) * (1 + 1e-5) + 1e-7)
@@ -216,7 +224,7 @@ def test_random_start_radius_law(norm: str) -> None:
     """Uniform on the ball <=> P(||d|| <= r eps) = r**n (volume scales as r**n)."""
     m, eps = 4000, 0.5
     for n in (2, 8):
-        d = np.asarray(jaxadv.random_start(jax.random.key(10 + n), (m, n), eps, norm))
+        d = np.asarray(jaxadv.threat_models.random_start(jax.random.key(10 + n), (m, n), eps, norm))
         radius = _np_norm(d, norm) / eps
         for r in (0.5, 0.8, 0.9, 0.97):
             p = r**n
@@ -227,15 +235,15 @@ def test_random_start_coordinate_moments() -> None:
     m, n, eps = 4000, 4, 1.0
     key = jax.random.key(11)
     # L-inf: uniform on [-eps, eps]: E|d_i| = eps / 2, E d_i = 0.
-    d = np.asarray(jaxadv.random_start(key, (m, n), eps, "linf"))
+    d = np.asarray(jaxadv.threat_models.random_start(key, (m, n), eps, "linf"))
     assert abs(np.abs(d).mean() - eps / 2) < 0.01
     assert np.abs(d.mean(axis=0)).max() < 0.03
     # L2 ball in R^n: E ||d||^2 = eps^2 n / (n + 2); coordinates are exchangeable and symmetric.
-    d = np.asarray(jaxadv.random_start(key, (m, n), eps, "l2"))
+    d = np.asarray(jaxadv.threat_models.random_start(key, (m, n), eps, "l2"))
     assert abs((d**2).sum(axis=1).mean() - n / (n + 2)) < 0.02
     assert np.abs(d.mean(axis=0)).max() < 0.03
     # L1 ball in R^n: E |d_i| = eps / (n + 1); each orthant has mass 2**-n.
-    d = np.asarray(jaxadv.random_start(key, (m, n), eps, "l1"))
+    d = np.asarray(jaxadv.threat_models.random_start(key, (m, n), eps, "l1"))
     assert abs(np.abs(d).mean() - 1 / (n + 1)) < 0.01
     orthant = (d > 0).astype(int) @ (2 ** np.arange(n))
     counts = np.bincount(orthant, minlength=2**n) / m
@@ -243,9 +251,9 @@ def test_random_start_coordinate_moments() -> None:
 
 
 def test_random_start_depends_on_key() -> None:
-    a = jaxadv.random_start(jax.random.key(0), (2, 5), 0.3, "l2")
-    b = jaxadv.random_start(jax.random.key(0), (2, 5), 0.3, "l2")
-    c = jaxadv.random_start(jax.random.key(1), (2, 5), 0.3, "l2")
+    a = jaxadv.threat_models.random_start(jax.random.key(0), (2, 5), 0.3, "l2")
+    b = jaxadv.threat_models.random_start(jax.random.key(0), (2, 5), 0.3, "l2")
+    c = jaxadv.threat_models.random_start(jax.random.key(1), (2, 5), 0.3, "l2")
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not np.allclose(np.asarray(a), np.asarray(c))
 
@@ -262,7 +270,7 @@ def test_project_to_feasible_ball_and_box(norm: str) -> None:
     x = lo + u * (hi - lo)
     x_adv = x + _random(x.shape, 13, scale=0.5)
     eps = jnp.asarray([0.0, 0.05, 0.2, 1.0, 100.0])
-    out = jaxadv.project_to_feasible(x_adv, x, eps, norm, lo, hi)
+    out = jaxadv.threat_models.project_to_feasible(x_adv, x, eps, norm, lo, hi)
     assert out.shape == x.shape
     assert bool(jnp.all(out >= lo)) and bool(jnp.all(out <= hi))
     norms = _np_norm(np.asarray(out - x), norm)
@@ -274,8 +282,8 @@ def test_project_to_feasible_ball_and_box(norm: str) -> None:
 
 def test_per_example_shapes() -> None:
     x = jnp.zeros((3, 4, 5, 2))
-    assert jaxadv.per_example(0.5, x).shape == ()
-    e = jaxadv.per_example(jnp.asarray([1.0, 2.0, 3.0]), x)
+    assert jaxadv.threat_models.per_example(0.5, x).shape == ()
+    e = jaxadv.threat_models.per_example(jnp.asarray([1.0, 2.0, 3.0]), x)
     assert e.shape == (3, 1, 1, 1) and e.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray((x + e)[:, 2, 3, 1]), [1.0, 2.0, 3.0])
 
@@ -289,7 +297,7 @@ def test_norm_of_matches_numpy(norm: str) -> None:
 def test_clip_to_bounds_and_mask_blocked() -> None:
     x = jnp.asarray([[0.0, 0.5, 1.0, 1.0]])
     np.testing.assert_array_equal(
-        np.asarray(jaxadv.clip_to_bounds(x * 3 - 1, 0.0, 1.0)), [[0.0, 0.5, 1.0, 1.0]]
+        np.asarray(jaxadv.threat_models.clip_to_bounds(x * 3 - 1, 0.0, 1.0)), [[0.0, 0.5, 1.0, 1.0]]
     )
     g = jnp.asarray([[-1.0, 2.0, 3.0, -4.0]])
     # At the lower bound a descent coordinate is blocked; at the upper one an ascent coordinate.
@@ -299,8 +307,8 @@ def test_clip_to_bounds_and_mask_blocked() -> None:
 def test_project_l1_bfloat16_input() -> None:
     """The sort-based L1 projection runs in float32 for low-precision inputs."""
     d = _random((2, 600), 15).astype(jnp.bfloat16)
-    want = jaxadv.project(d.astype(jnp.float32), 3.0, "l1")
-    got = jaxadv.project(d, 3.0, "l1")
+    want = jaxadv.threat_models.project(d.astype(jnp.float32), 3.0, "l1")
+    got = jaxadv.threat_models.project(d, 3.0, "l1")
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), np.asarray(want), rtol=2**-8, atol=1e-6)
     assert np.all(np.asarray(jaxadv.norm_of(got, "l1")) <= 3.0 * (1 + 2**-7))
@@ -318,7 +326,7 @@ def _np_pairwise(row: np.ndarray) -> np.float32:
 @pytest.mark.parametrize("cols", [1, 2, 3, 10, 64, 100, 3072])
 def test_row_sum_is_a_pairwise_sum_independent_of_the_batch(cols: int) -> None:
     v = np.asarray(jax.random.normal(jax.random.key(cols), (64, cols)), np.float32) ** 2
-    fn = jax.jit(jaxadv.row_sum)
+    fn = jax.jit(jaxadv.threat_models.row_sum)
     full = np.asarray(fn(jnp.asarray(v)))
     assert full.shape == (64,)
     np.testing.assert_allclose(full, v.astype(np.float64).sum(axis=1), rtol=1e-5)
@@ -330,7 +338,7 @@ def test_row_sum_is_a_pairwise_sum_independent_of_the_batch(cols: int) -> None:
 @pytest.mark.parametrize("axis", [0, 1, 2, -1])
 def test_row_sum_over_any_axis_folds_that_axis_pairwise(axis: int) -> None:
     v = np.asarray(jax.random.normal(jax.random.key(7), (5, 9, 6)), np.float32)
-    got = np.asarray(jax.jit(jaxadv.row_sum, static_argnums=1)(jnp.asarray(v), axis))
+    got = np.asarray(jax.jit(jaxadv.threat_models.row_sum, static_argnums=1)(jnp.asarray(v), axis))
     rows = np.moveaxis(v, axis, -1)  # each entry of the result: one line along `axis`
     want = np.array([_np_pairwise(r) for r in rows.reshape(-1, rows.shape[-1])]).reshape(rows.shape[:-1])
     np.testing.assert_array_equal(got, want)

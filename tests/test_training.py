@@ -57,7 +57,9 @@ def _reference_adv(method: str, params: Any, x: jax.Array, y: jax.Array, key: An
         return jaxadv.pgd(f, x, y, key=key, eps=0.3, step_size=0.375, steps=1, norm=norm)
     q = jax.nn.softmax(f(x), axis=-1)
     p = prepare(f, x, q, bounds=(0.0, 1.0), eps=0.3)
-    x0 = jaxadv.project_to_feasible(x + 0.001 * jax.random.normal(key, x.shape), x, 0.3, norm, 0.0, 1.0)
+    x0 = jaxadv.threat_models.project_to_feasible(
+        x + 0.001 * jax.random.normal(key, x.shape), x, 0.3, norm, 0.0, 1.0
+    )
     return run_from(
         projected_gradient(norm=norm, loss=training.kl_divergence),
         p,
@@ -185,7 +187,7 @@ def test_linen_step_attacks_in_eval_mode_is_deterministic_and_keeps_batch_stats(
     else:
         q = jax.nn.softmax(eval_fn(x), axis=-1)
         p = prepare(eval_fn, x, q, bounds=(0.0, 1.0), eps=0.15)
-        x0 = jaxadv.project_to_feasible(
+        x0 = jaxadv.threat_models.project_to_feasible(
             x + 0.001 * jax.random.normal(attack_key, x.shape), x, 0.15, "linf", 0, 1
         )
         x_adv = run_from(

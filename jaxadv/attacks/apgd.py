@@ -12,7 +12,8 @@ stalls, restarting from the best point found:
 with :math:`S = B_\epsilon(x) \cap [lo, hi]`, :math:`\alpha = 1` for the first
 step and :math:`0.75` afterwards, :math:`\eta^{(0)} = 2\epsilon`, and
 :math:`d_p` the steepest-ascent direction of the norm
-(:func:`jaxadv.steepest_direction`; projections are :func:`jaxadv.project_to_feasible`).
+(:func:`jaxadv.threat_models.steepest_direction`; projections are
+:func:`jaxadv.threat_models.project_to_feasible`).
 
 Checkpoints :math:`w_j = \lceil p_j N \rceil` with :math:`p_0 = 0`,
 :math:`p_1 = 0.22` and :math:`p_{j+1} = p_j + \max(p_j - p_{j-1} - 0.03, 0.06)`
@@ -35,7 +36,7 @@ change:
   whose :math:`|g_i|` reaches the :math:`(1 - \kappa)`-quantile of
   :math:`|g|` (the top :math:`\kappa` fraction) and 0 elsewhere; no momentum;
 * :math:`\Pi_S` is the exact Euclidean projection onto the L1 ball
-  intersected with the box (:func:`project_l1_box`), not a projection onto the
+  intersected with the box (:func:`jaxadv.threat_models.project_l1_box`), not a projection onto the
   ball followed by clipping;
 * :math:`\eta^{(0)} = \epsilon` and :math:`\kappa^{(0)} = 0.2`; every
   ``max(int(0.04 N), 1)`` steps, with :math:`s = \|x_{best} - x\|_0` the
@@ -70,23 +71,23 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
-from typing import Any, Callable, NamedTuple, TypeVar, cast
+from typing import Any, Callable, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv.attacks.base import Problem
-from jaxadv.compose.loop import EVAL_FOLD, check_finite_step, loop_problem, prepare_problem, source_model
+from jaxadv._core.problem import Problem, check_finite_step
+from jaxadv._core.randomised import EVAL_FOLD, loop_problem, prepare_problem, source_model
+from jaxadv._core.rows import flat, select_rows
 from jaxadv.compose.sources import EOT, LossGradient
 from jaxadv.engine import iterate
 from jaxadv.keys import fold_rows, row_keys
 from jaxadv.losses import dlr, dlr_targeted, finite_rows, get_loss
 from jaxadv.models import combine_model
-from jaxadv.success import as_returned, hits
+from jaxadv.success import AttackResult, as_returned, hits
 from jaxadv.threat_models import (
-    per_example,
+    project_l1_box,
     project_to_feasible,
     random_feasible,
     row_sum,
@@ -102,26 +103,6 @@ _F32_MAX = float(np.finfo(np.float32).max)
 # A run's gradient draws use keys folded from its key with this tag, so that
 # they are independent of its random start.
 _GRAD = 0x6AD
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _renamed_keyword(old: str, new: str) -> Callable[[_F], _F]:
-    """Accept the keyword ``old`` as a deprecated spelling of ``new`` (not both)."""
-
-    def wrap(fn: _F) -> _F:
-        @functools.wraps(fn)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if old in kwargs:
-                if new in kwargs:
-                    raise ValueError(f"pass {new}= only: {old}= is its deprecated name, and both were given")
-                warnings.warn(f"{old}= is deprecated; use {new}=", DeprecationWarning, stacklevel=2)
-                kwargs[new] = kwargs.pop(old)
-            return fn(*args, **kwargs)
-
-        return cast(_F, call)
-
-    return wrap
 
 
 def checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,71 +135,11 @@ def l1_checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
     return is_check, np.where(is_check, np.float32(k), np.float32(1.0)).astype(np.float32)
 
 
-def _flat(a: Array) -> Array:
-    return a.reshape(a.shape[0], math.prod(a.shape[1:]))
-
-
-@jax.jit
-def project_l1_box(x_adv: Array, x: Array, eps: ArrayLike, lo: ArrayLike, hi: ArrayLike) -> Array:
-    r"""The Euclidean projection of ``x_adv`` onto :math:`\{z : \|z - x\|_1 \le \epsilon,\ lo \le z \le hi\}`.
-
-    With :math:`y = x' - x` and :math:`u_i` the room in the box along
-    :math:`\mathrm{sign}(y_i)` (:math:`hi_i - x_i` or :math:`x_i - lo_i`), the
-    problem separates per coordinate given the multiplier :math:`\lambda \ge 0`
-    of the L1 constraint:
-    :math:`\delta_i(\lambda) = \mathrm{sign}(y_i)\,\min(\max(|y_i| - \lambda, 0), u_i)`.
-    :math:`\lambda = 0` when :math:`\|\delta(0)\|_1 \le \epsilon`; otherwise
-    :math:`\phi(\lambda) = \|\delta(\lambda)\|_1` is piecewise linear and
-    non-increasing with breakpoints :math:`|y_i|` and :math:`|y_i| - u_i`, so one
-    sort of the :math:`2n` breakpoints and a cumulative sum give the exact
-    :math:`\lambda` with :math:`\phi(\lambda) = \epsilon`. Needs :math:`x` inside
-    the box. Sums that overflow to ``inf`` lie past the crossing, so a finite
-    ``eps`` still finds it; ``eps = inf`` gives the box clip of ``x_adv``.
-
-    Args:
-      x_adv: ``[batch, ...]`` points to project.
-      x: ``[batch, ...]`` centres, inside ``[lo, hi]``.
-      eps: radius, scalar or ``[batch]``.
-      lo, hi: bounds broadcasting against ``x``.
-
-    Returns:
-      The projected points, float32, shape of ``x``.
-    """
-    xf = x.astype(jnp.float32)
-    y = _flat(jnp.clip(x_adv.astype(jnp.float32) - xf, -_F32_MAX, _F32_MAX))
-    up = _flat(jnp.broadcast_to(jnp.asarray(hi, jnp.float32) - xf, x.shape))
-    down = _flat(jnp.broadcast_to(xf - jnp.asarray(lo, jnp.float32), x.shape))
-    a = jnp.abs(y)
-    # For lambda >= 0 a room beyond |y_i| changes nothing: capping it keeps every
-    # breakpoint finite (also for unbounded boxes) and >= 0.
-    room = jnp.clip(jnp.where(y > 0, up, down), 0.0, a)
-    b, n = a.shape
-    eps_b = jnp.broadcast_to(jnp.reshape(jnp.asarray(eps, jnp.float32), (-1,)), (b,))
-    eps_c = eps_b[:, None]
-    breaks = jnp.concatenate([a, a - room], axis=1)
-    slope = jnp.concatenate([jnp.ones((b, n), jnp.float32), -jnp.ones((b, n), jnp.float32)], axis=1)
-    neg_sorted, slope_sorted = jax.lax.sort((-breaks, slope), dimension=1, num_keys=1)
-    knots = -neg_sorted  # descending
-    active = jnp.cumsum(slope_sorted, axis=1)  # coordinates moving with lambda just below each knot
-    phi = jnp.concatenate(
-        [jnp.zeros((b, 1), jnp.float32), jnp.cumsum(active[:, :-1] * (knots[:, :-1] - knots[:, 1:]), axis=1)],
-        axis=1,
-    )
-    j = jnp.maximum(jnp.sum(phi < eps_c, axis=1) - 1, 0)[:, None]
-    slope_j = jnp.maximum(jnp.take_along_axis(active, j, axis=1), 1.0)
-    lam = jnp.take_along_axis(knots, j, axis=1) - (eps_c - jnp.take_along_axis(phi, j, axis=1)) / slope_j
-    lam = jnp.maximum(lam, 0.0)
-    inside = (row_sum(room) <= eps_b)[:, None]
-    delta = jnp.sign(y) * jnp.where(inside, room, jnp.clip(a - lam, 0.0, room))
-    # x + (hi - x) may round past hi: clip (it only shrinks the perturbation).
-    return jnp.clip(xf + delta.reshape(x.shape), lo, hi)
-
-
 def _sparse_direction(grad: Array, topk: Array) -> Array:
     """``sign(g)`` on the coordinates with ``|g|`` at least its ``(1 - topk)``-quantile
     (per example), divided by their number: a unit-L1 ascent direction moving the
     top ``topk`` fraction of coordinates."""
-    g = _flat(grad)
+    g = flat(grad)
     n = g.shape[1]
     a = jnp.abs(g)
     idx = jnp.clip(jnp.floor((1.0 - topk) * n), 0, n - 1).astype(jnp.int32)
@@ -230,7 +151,7 @@ def _sparse_direction(grad: Array, topk: Array) -> Array:
 
 def _sparsity(x_t: Array, x: Array) -> Array:
     """``[batch]`` float32: the number of coordinates where ``x_t`` differs from ``x``."""
-    return jnp.sum(_flat(x_t != x), axis=1).astype(jnp.float32)
+    return jnp.sum(flat(x_t != x), axis=1).astype(jnp.float32)
 
 
 class _State(NamedTuple):
@@ -280,13 +201,6 @@ class _Static(NamedTuple):
     randomized: bool
 
 
-def _freeze(new: Any, old: Any, frozen: Array) -> Any:
-    def pick(n: Array, o: Array) -> Array:
-        return jnp.where(frozen.reshape(frozen.shape + (1,) * (n.ndim - 1)), o, n)
-
-    return jax.tree_util.tree_map(pick, new, old)
-
-
 def _evaluate(ops: _Operands, static: _Static, x_t: Array, key: PRNGKey) -> tuple[Array, Array, Array]:
     """``(objective, logits, gradient)`` at ``x_t`` from the gradient source: the
     objective is the loss, negated when ``targeted``; a point where the logits, the
@@ -298,7 +212,7 @@ def _evaluate(ops: _Operands, static: _Static, x_t: Array, key: PRNGKey) -> tupl
     g = ops.source(model, x_t, ops.loss_labels, key=key, targeted=static.targeted)
     ok = g.ok & jnp.isfinite(g.loss)
     loss_val = jnp.where(ok, -g.loss if static.targeted else g.loss, -jnp.inf)
-    grad = jnp.where(per_example(ok, g.grad) > 0, g.grad, 0.0)
+    grad = select_rows(ok, g.grad, 0.0)
     logits = g.logits if g.logits is not None else model(x_t, fold_rows(key, EVAL_FOLD))
     return loss_val, logits, grad
 
@@ -309,10 +223,10 @@ def _record(
     """Success at ``x_new``, and the new last adversarial iterate, highest-loss point,
     its gradient and its loss."""
     hit = hits(logits, ops.labels, static.targeted)
-    x_adv = _freeze(x_new, s.x_adv, ~hit)
+    x_adv = select_rows(~hit, s.x_adv, x_new)
     better = loss_val > s.loss_best
-    x_best = _freeze(x_new, s.x_best, ~better)
-    grad_best = _freeze(grad, s.grad_best, ~better)
+    x_best = select_rows(~better, s.x_best, x_new)
+    grad_best = select_rows(~better, s.grad_best, grad)
     loss_best = jnp.where(better, loss_val, s.loss_best)
     return hit, x_adv, x_best, grad_best, loss_best
 
@@ -337,9 +251,9 @@ def _apgd_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
     stalled = ~s.reduced_last & (s.loss_best_last >= loss_best)
     reduce = at_check & (few_increases | stalled)
     new = s._replace(
-        x=_freeze(x_best, x_new, ~reduce),
+        x=select_rows(~reduce, x_new, x_best),
         x_prev=s.x,
-        grad=_freeze(grad_best, grad, ~reduce),
+        grad=select_rows(~reduce, grad, grad_best),
         eta=jnp.where(reduce, 0.5 * s.eta, s.eta),
         x_best=x_best,
         grad_best=grad_best,
@@ -352,7 +266,7 @@ def _apgd_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
         reduced_last=jnp.where(at_check, reduce, s.reduced_last),
     )
     if static.early_stop:
-        new = _freeze(new, s, s.found)
+        new = select_rows(s.found, s, new)
     return new
 
 
@@ -372,9 +286,9 @@ def _apgd_l1_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _Stat
     eta = jnp.clip(jnp.where(sparser, eps, s.eta / 1.5), eps / 10.0, eps)
     n = math.prod(ops.x.shape[1:])
     new = s._replace(
-        x=_freeze(x_best, x_new, ~sparser),
+        x=select_rows(~sparser, x_new, x_best),
         x_prev=s.x,
-        grad=_freeze(grad_best, grad, ~sparser),
+        grad=select_rows(~sparser, grad, grad_best),
         eta=jnp.where(at_check, eta, s.eta),
         x_best=x_best,
         grad_best=grad_best,
@@ -385,7 +299,7 @@ def _apgd_l1_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _Stat
         topk=jnp.where(at_check, sparsity / n / 1.5, s.topk),
         sparsity_last=jnp.where(at_check, sparsity, s.sparsity_last),
     )
-    return _freeze(new, s, s.found & ops.freeze)
+    return select_rows(s.found & ops.freeze, s, new)
 
 
 @functools.partial(jax.jit, static_argnames=("static",))
@@ -561,8 +475,8 @@ def _run(
         )
     new_hit = s.found & ~prior.found
     higher = ~s.found & ~prior.found & (s.loss_best > prior.loss)
-    x_out = _freeze(s.x_adv, prior.x, ~new_hit)
-    x_out = _freeze(s.x_best, x_out, ~higher)
+    x_out = select_rows(~new_hit, prior.x, s.x_adv)
+    x_out = select_rows(~higher, x_out, s.x_best)
     return _Outcome(x_out, prior.found | s.found, jnp.where(higher, s.loss_best, prior.loss))
 
 
@@ -607,14 +521,63 @@ def _all_found(out: _Outcome, skip: Array) -> bool:
     return not is_traced(out.found) and bool(jnp.all(out.found | skip))
 
 
-@_renamed_keyword("eot_samples", "num_samples")
-@_renamed_keyword("n_restarts", "num_restarts")
+@overload
 def apgd(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    steps: int = 100,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    num_restarts: int = 1,
+    rho: float = 0.75,
+    num_samples: int = 1,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def apgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    steps: int = 100,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    num_restarts: int = 1,
+    rho: float = 0.75,
+    num_samples: int = 1,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def apgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     steps: int = 100,
     norm: Norm = "linf",
@@ -630,7 +593,31 @@ def apgd(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def apgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    steps: int = 100,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    num_restarts: int = 1,
+    rho: float = 0.75,
+    num_samples: int = 1,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Auto-PGD (Croce & Hein, 2020, 2021): APGD-CE and APGD-DLR, in L-inf, L2 and L1.
 
     Runs the algorithm of the module docstring ``num_restarts`` times from random
@@ -670,8 +657,7 @@ def apgd(
       bounds: ``(lo, hi)``, scalars or arrays broadcasting against ``x``.
       loss: ``"ce"``, ``"dlr"``, another name or a callable
         (:func:`jaxadv.losses.get_loss`; static).
-      num_restarts: number of random restarts (static). ``n_restarts`` is a
-        deprecated name for it.
+      num_restarts: number of random restarts (static).
       rho: the fraction of condition 1 (static; L-inf and L2).
       num_samples: gradient draws per step (static); each step costs that many
         forward-backward passes.
@@ -738,19 +724,65 @@ def apgd(
         )
         if _all_found(out, clean_bad):
             break
-    x_adv = p.finalize(jnp.where(per_example(clean_bad, p.x) > 0, p.x, out.x))
+    x_adv = p.finalize(select_rows(clean_bad, p.x, out.x))
     return p.output(x_adv, targeted=targeted, return_info=return_info)
 
 
-@_renamed_keyword("eot_samples", "num_samples")
-@_renamed_keyword("n_target_classes", "num_target_classes")
-@_renamed_keyword("n_restarts", "num_restarts")
+@overload
 def apgd_targeted(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    steps: int = 100,
+    norm: Norm = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    num_target_classes: int = 9,
+    num_restarts: int = 1,
+    rho: float = 0.75,
+    num_samples: int = 1,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def apgd_targeted(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    steps: int = 100,
+    norm: Norm = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    num_target_classes: int = 9,
+    num_restarts: int = 1,
+    rho: float = 0.75,
+    num_samples: int = 1,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def apgd_targeted(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     steps: int = 100,
     norm: Norm = "linf",
@@ -765,7 +797,30 @@ def apgd_targeted(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def apgd_targeted(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    steps: int = 100,
+    norm: Norm = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    num_target_classes: int = 9,
+    num_restarts: int = 1,
+    rho: float = 0.75,
+    num_samples: int = 1,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    shrinking_eps: bool = False,
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""APGD-T (Croce & Hein, 2020): APGD on the targeted DLR loss over the top classes.
 
     For :math:`k = 2, \dots, n_{target}+1` the target :math:`t` of each example is
@@ -780,8 +835,7 @@ def apgd_targeted(
       num_samples, transform, randomized, shrinking_eps, early_stop, loop: as in :func:`apgd`.
       y: ``[batch]`` integer labels or ``[batch, C]`` one-hot.
       num_target_classes: number of target classes tried (static; at most ``C - 1``).
-      num_restarts: random restarts per target class (static). ``n_restarts`` is
-        a deprecated name for it.
+      num_restarts: random restarts per target class (static).
       return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success,
         None)`` (success: the prediction differs from ``y``).
 
@@ -828,5 +882,5 @@ def apgd_targeted(
             )
         if _all_found(out, clean_bad):
             break
-    x_adv = p.finalize(jnp.where(per_example(clean_bad, p.x) > 0, p.x, out.x))
+    x_adv = p.finalize(select_rows(clean_bad, p.x, out.x))
     return p.output(x_adv, targeted=False, return_info=return_info)

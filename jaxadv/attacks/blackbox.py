@@ -20,7 +20,7 @@ They share these rules:
 * A point where the model's scores are not finite (NaN or inf) is never a
   success nor an improvement. Examples whose clean scores are not finite are
   returned unchanged after the first query; an empty batch is returned as it is.
-* The loops run through :func:`jaxadv.iterate` with fixed shapes: rows of
+* The loops run through :func:`jaxadv.engine.iterate` with fixed shapes: rows of
   frozen examples still travel through the model in each batched call, but
   their answers are discarded and not counted. A model built by
   :func:`jaxadv.from_callable` therefore sees the whole batch at each call.
@@ -36,18 +36,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv import validation
-from jaxadv.attacks.base import Problem
-from jaxadv.losses import finite_rows
-from jaxadv.success import AttackResult, hits
+from jaxadv._core.problem import Problem
+from jaxadv.success import AttackResult
 from jaxadv.typing import Array
 from jaxadv.validation import check_steps, is_traced
-
-__all__ = ["BlackBoxResult"]
-
-BlackBoxResult = AttackResult
-"""Deprecated alias of :class:`jaxadv.AttackResult` (also ``jaxadv.BlackBoxResult``), the
-type the black-box attacks return with ``return_info=True`` (they return the adversarial
-array by default). Kept so that code naming the type still works."""
 
 
 def check_queries(queries: Any, minimum: int) -> int:
@@ -77,13 +69,6 @@ def check_finite_eps(p: Problem, *, allow_inf: bool = True) -> None:
         raise ValueError("eps is infinite and bounds are unbounded: pass a finite eps or finite bounds")
 
 
-def stop_mask(z: Array, labels: Array, targeted: bool) -> Array:
-    """``[batch]`` bool: the examples an attack stops on at scores ``z``: a success
-    (:func:`jaxadv.success.hits`) or scores that are not finite. Its negation is the
-    'still active' flag of the loops."""
-    return hits(z, labels, targeted) | ~finite_rows(z)
-
-
 def empty_result(p: Problem, *, return_info: bool) -> Array | AttackResult:
     """The output for a batch of 0 examples (the model is not called)."""
     out = p.finalize(p.x)
@@ -96,7 +81,7 @@ def finish(
     p: Problem, x_adv: Array, queries: Array, *, targeted: bool, return_info: bool
 ) -> Array | AttackResult:
     """Cast back to the caller's dtype; with ``return_info``, re-evaluate success on the
-    returned examples (:meth:`jaxadv.Problem.output`) and attach the query counts."""
+    returned examples (:meth:`jaxadv.attacks.base.Problem.output`) and attach the query counts."""
     out = p.output(
         p.finalize(x_adv), targeted=targeted, return_info=return_info, queries=queries.astype(jnp.int32)
     )

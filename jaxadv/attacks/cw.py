@@ -25,19 +25,20 @@ The smallest successful perturbation over all steps and search steps is kept.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxadv.attacks.base import prepare
+from jaxadv._core.problem import prepare
+from jaxadv._core.rows import select_rows
 from jaxadv.engine import iterate
 from jaxadv.losses import as_onehot, cw_margin, finite_rows
 from jaxadv.models import combine_model
-from jaxadv.success import as_returned, hits
-from jaxadv.threat_models import per_example, row_sum
-from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode
+from jaxadv.success import AttackResult, as_returned, hits
+from jaxadv.threat_models import row_sum
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, PRNGKey
 from jaxadv.validation import check_finite, check_steps
 
 __all__ = ["cw_l2"]
@@ -104,7 +105,7 @@ def _cw_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _Stat
     (_, (l2, z, margin, xa)), g = jax.value_and_grad(objective, has_aux=True)(s.w)
     # No update from a point where the logits or the gradient are not finite.
     finite = finite_rows(z) & jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), axis=1)
-    g = jnp.where(per_example(finite, g) > 0, g, 0.0)
+    g = select_rows(finite, g, 0.0)
     # Success as in the paper (margin at least kappa) and as the model predicts it.
     ok = hits(z, labels, targeted) & (margin <= -kappa)
     better = ok & (l2 < s.best_l2)
@@ -113,7 +114,7 @@ def _cw_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _Stat
         w=optax.apply_updates(s.w, updates),
         opt_state=opt_state,
         best_l2=jnp.where(better, l2, s.best_l2),
-        best_x=jnp.where(per_example(better, x) > 0, xa, s.best_x),
+        best_x=select_rows(better, xa, s.best_x),
         hit_now=s.hit_now | ok,
     )
 
@@ -136,11 +137,51 @@ def _init_w(x: Array, lo: Array, hi: Array, *, optimizer: Any) -> tuple[Array, A
     return w, optimizer.init(w)
 
 
+@overload
 def cw_l2(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
+    confidence: ArrayLike = 0.0,
+    steps: int = 100,
+    binary_search_steps: int = 9,
+    initial_const: ArrayLike = 1e-3,
+    optimizer: optax.GradientTransformation | None = None,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def cw_l2(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    confidence: ArrayLike = 0.0,
+    steps: int = 100,
+    binary_search_steps: int = 9,
+    initial_const: ArrayLike = 1e-3,
+    optimizer: optax.GradientTransformation | None = None,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def cw_l2(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
     confidence: ArrayLike = 0.0,
     steps: int = 100,
     binary_search_steps: int = 9,
@@ -150,7 +191,25 @@ def cw_l2(
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def cw_l2(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    confidence: ArrayLike = 0.0,
+    steps: int = 100,
+    binary_search_steps: int = 9,
+    initial_const: ArrayLike = 1e-3,
+    optimizer: optax.GradientTransformation | None = None,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Carlini & Wagner L2 (2017): the smallest L2 perturbation found by optimisation.
 
     Runs ``binary_search_steps`` optimisations of ``steps`` steps each (see the
@@ -170,6 +229,8 @@ def cw_l2(
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` labels or ``[batch, C]`` one-hot (targets when ``targeted``);
         ``None``: the model's predictions.
+      key: accepted and ignored: the attack draws no random numbers (see
+        :doc:`/conventions`).
       confidence: :math:`\kappa`, scalar or ``[batch]`` (traced).
       steps: optimiser steps per search step (static).
       binary_search_steps: number of values of :math:`c` tried (static).

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 
-from jaxadv.attacks.base import prepare
-from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, finish, stop_mask
+from jaxadv._core.problem import prepare
+from jaxadv._core.rows import select_rows
+from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, finish
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, fold_rows, row_keys, split_rows
 from jaxadv.models import combine_model
-from jaxadv.success import hits
+from jaxadv.success import AttackResult, hits, stop_mask
 from jaxadv.threat_models import norm_of, per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_norm, check_steps, is_traced
@@ -114,7 +115,7 @@ def _binary_search(
     low = jnp.zeros_like(high)
     low, high, queries = jax.lax.fori_loop(0, steps, step, (low, high, queries))
     out = project(high)
-    return jnp.where(per_example(active, x) > 0, out, x_adv), queries
+    return select_rows(active, out, x_adv), queries
 
 
 class _HSJOperands(NamedTuple):
@@ -195,7 +196,7 @@ def _hsj_body(i: Array, state: _HSJState, ops: _HSJOperands, static: _HSJStatic)
         cand = jnp.clip(state.x_adv + per_example(step, x) * direction, lo, hi)
         ok = hits(logits_fn(cand), labels, targeted)
         take = trying & ok
-        x_new = jnp.where(per_example(take, x) > 0, cand, x_new)
+        x_new = select_rows(take, cand, x_new)
         step = jnp.where(trying & ~ok, 0.5 * step, step)
         return step, moved | take, x_new, q + trying.astype(jnp.int32)
 
@@ -249,7 +250,7 @@ def _hsj_init(
     if has_init:
         can = ~clean_stop & (queries + 1 <= budget)
         found = can & hits(logits_fn(x_init), labels, targeted)
-        x_adv = jnp.where(per_example(found, x) > 0, x_init, x)
+        x_adv = select_rows(found, x_init, x)
         queries = queries + can.astype(jnp.int32)
     else:
         # Uniform noise needs a finite box: without one no start point is drawn.
@@ -265,7 +266,7 @@ def _hsj_init(
             noise = draw_rows(lambda k: jax.random.uniform(k, row, jnp.float32), fold_rows(k_noise, j))
             noise = lo_s + noise * span
             ok = searching & hits(logits_fn(noise), labels, targeted)
-            x_adv = jnp.where(per_example(ok, x) > 0, noise, x_adv)
+            x_adv = select_rows(ok, noise, x_adv)
             return found | ok, x_adv, q + searching.astype(jnp.int32)
 
         start = (jnp.zeros_like(clean_adv), x, queries)
@@ -291,12 +292,59 @@ def _default_steps(queries: int, init_evals: int, max_evals: int, bs_steps: int)
     return max(t, 1)
 
 
+@overload
 def hop_skip_jump(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
+    queries: int = 1000,
+    norm: Norm = "l2",
+    targeted: bool = False,
+    x_init: ArrayLike | None = None,
+    steps: int | None = None,
+    init_evals: int = 100,
+    max_evals: int = 10_000,
+    gamma: float = 1.0,
+    init_tries: int = 100,
+    geometric_steps: int = 25,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def hop_skip_jump(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    queries: int = 1000,
+    norm: Norm = "l2",
+    targeted: bool = False,
+    x_init: ArrayLike | None = None,
+    steps: int | None = None,
+    init_evals: int = 100,
+    max_evals: int = 10_000,
+    gamma: float = 1.0,
+    init_tries: int = 100,
+    geometric_steps: int = 25,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def hop_skip_jump(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
     queries: int = 1000,
     norm: Norm = "l2",
     targeted: bool = False,
@@ -310,7 +358,29 @@ def hop_skip_jump(
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def hop_skip_jump(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    queries: int = 1000,
+    norm: Norm = "l2",
+    targeted: bool = False,
+    x_init: ArrayLike | None = None,
+    steps: int | None = None,
+    init_evals: int = 100,
+    max_evals: int = 10_000,
+    gamma: float = 1.0,
+    init_tries: int = 100,
+    geometric_steps: int = 25,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""HopSkipJump (Chen, Jordan & Wainwright, 2020): a decision-based attack.
 
     Uses only the top-1 label. Minimises :math:`\|x' - x\|_p` (``norm="l2"`` or
@@ -413,5 +483,5 @@ def hop_skip_jump(
             p.model, norm, targeted, float(gamma), init_evals, max_evals, n_max, geometric_steps, bs_steps
         )
         state = iterate(_hsj_body, state, operands, steps=steps, static=static, loop=loop)
-        x_adv = jnp.where(per_example(state.found, p.x) > 0, state.x_adv, p.x)
+        x_adv = select_rows(state.found, state.x_adv, p.x)
         return finish(p, x_adv, state.queries, targeted=targeted, return_info=return_info)

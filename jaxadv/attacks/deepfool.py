@@ -25,18 +25,19 @@ classes with the highest clean logits, as in the original code.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 
-from jaxadv.attacks.base import prepare
+from jaxadv._core.problem import prepare
+from jaxadv._core.rows import select_rows
 from jaxadv.engine import iterate
 from jaxadv.losses import finite_rows
 from jaxadv.models import combine_model, logits
-from jaxadv.success import as_returned, hits
+from jaxadv.success import AttackResult, as_returned, hits
 from jaxadv.threat_models import clip_to_bounds, norm_of, per_example
-from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_finite, check_norm, check_steps
 
 __all__ = ["deepfool"]
@@ -80,7 +81,7 @@ def _deepfool_body(i: Array, s: _State, operands: _Operands, static: _Static) ->
     jac, z = jax.vmap(jax.jacrev(selected, has_aux=True))(s.x_adv, candidates)
     hit = hits(z, candidates[:, 0], targeted)
     finite = finite_rows(z) & jnp.all(jnp.isfinite(jac.reshape(jac.shape[0], -1)), axis=1)
-    jac = jnp.where(per_example(finite, jac) > 0, jac, 0.0)
+    jac = select_rows(finite, jac, 0.0)
     z = jnp.where(finite[:, None], z, 0.0)
     picked = jnp.take_along_axis(z, candidates, axis=1)
     f = picked[:, 1:] - picked[:, :1]  # [batch, K-1]
@@ -106,26 +107,64 @@ def _deepfool_body(i: Array, s: _State, operands: _Operands, static: _Static) ->
         # Where ||w||^2 overflows (huge logits), divide by ||w|| twice instead.
         safe = jnp.maximum(dual_k, 1e-12)
         split = per_example((jnp.abs(f_k) + 1e-4) / safe, x) * (w_k / per_example(safe, x))
-        step = jnp.where(per_example(jnp.isfinite(dual_k**2), x) > 0, plain, split)
+        step = select_rows(jnp.isfinite(dual_k**2), plain, split)
     r = s.r + step
     x_new = as_returned(clip_to_bounds(x + (1.0 + overshoot) * r, lo, hi), dtype, lo, hi)
     # Examples whose current candidate already fools the model keep their state;
     # those whose candidate makes the model (or its Jacobian) non-finite stop at x.
     failed = ~s.done & ~hit & ~finite
-    stop = per_example(hit | s.done, x) > 0
-    x_adv = jnp.where(stop, s.x_adv, x_new)
+    stop = hit | s.done
+    x_adv = select_rows(stop, s.x_adv, x_new)
     return _State(
-        r=jnp.where(stop, s.r, r),
-        x_adv=jnp.where(per_example(failed, x) > 0, x, x_adv),
+        r=select_rows(stop, s.r, r),
+        x_adv=select_rows(failed, x, x_adv),
         done=s.done | hit | failed,
     )
 
 
+@overload
 def deepfool(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
+    steps: int = 50,
+    overshoot: ArrayLike = 0.02,
+    norm: Norm = "l2",
+    targeted: bool = False,
+    num_candidates: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def deepfool(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    steps: int = 50,
+    overshoot: ArrayLike = 0.02,
+    norm: Norm = "l2",
+    targeted: bool = False,
+    num_candidates: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def deepfool(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
     steps: int = 50,
     overshoot: ArrayLike = 0.02,
     norm: Norm = "l2",
@@ -134,7 +173,24 @@ def deepfool(
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def deepfool(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    steps: int = 50,
+    overshoot: ArrayLike = 0.02,
+    norm: Norm = "l2",
+    targeted: bool = False,
+    num_candidates: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""DeepFool (Moosavi-Dezfooli et al., 2016), L2 or L-inf, untargeted or targeted.
 
     Runs the iteration of the module docstring for at most ``steps`` steps per
@@ -160,6 +216,8 @@ def deepfool(
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` integer labels or ``[batch, C]`` one-hot; ``None``: the model's predictions (the
         original algorithm). With ``targeted=True``: the target classes (required).
+      key: accepted and ignored: the attack draws no random numbers (see
+        :doc:`/conventions`).
       steps: maximum number of iterations (static).
       overshoot: :math:`\eta`, scalar or ``[batch]`` (traced; the paper uses 0.02).
       norm: ``"l2"`` or ``"linf"`` (static).

@@ -47,19 +47,20 @@ times 10 until bounded, bisection after). Every search step restarts from
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 
-from jaxadv.attacks.base import prepare
+from jaxadv._core.problem import prepare
+from jaxadv._core.rows import select_rows
 from jaxadv.attacks.cw import _BIG, _search_update
 from jaxadv.engine import iterate
 from jaxadv.losses import as_onehot, cw_margin, finite_rows
 from jaxadv.models import combine_model
-from jaxadv.success import as_returned, hits
+from jaxadv.success import AttackResult, as_returned, hits
 from jaxadv.threat_models import clip_to_bounds, per_example, row_sum
-from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, PRNGKey
 from jaxadv.validation import check_batch_array, check_finite, check_steps
 
 __all__ = ["ead"]
@@ -131,7 +132,7 @@ def _ead_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _Sta
     g, z = jax.grad(smooth, has_aux=True)(s.y_k)
     # No gradient step from a slack point where the logits or the gradient are not finite.
     finite = finite_rows(z) & jnp.all(jnp.isfinite(g.reshape(b, -1)), axis=1)
-    g = jnp.where(per_example(finite, g) > 0, g, 0.0)
+    g = select_rows(finite, g, 0.0)
     k = i.astype(jnp.float32)
     step = lr * jnp.sqrt(jnp.maximum(1.0 - k / horizon, 0.0))
     bx = per_example(beta, x)
@@ -148,18 +149,64 @@ def _ead_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _Sta
         x_k=x_new,
         y_k=y_new,
         best_dist=jnp.where(better, dist, s.best_dist),
-        best_x=jnp.where(per_example(better, x) > 0, xa, s.best_x),
+        best_x=select_rows(better, xa, s.best_x),
         hit_now=s.hit_now | ok,
     )
 
 
+@overload
 def ead(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
     targeted: bool = False,
-    beta: ArrayLike = 1e-3,
+    l1_weight: ArrayLike = 1e-3,
+    confidence: ArrayLike = 0.0,
+    learning_rate: ArrayLike = 1e-2,
+    steps: int = 100,
+    binary_search_steps: int = 9,
+    initial_const: ArrayLike = 1e-3,
+    decision_rule: str = "en",
+    fista: bool = True,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def ead(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    targeted: bool = False,
+    l1_weight: ArrayLike = 1e-3,
+    confidence: ArrayLike = 0.0,
+    learning_rate: ArrayLike = 1e-2,
+    steps: int = 100,
+    binary_search_steps: int = 9,
+    initial_const: ArrayLike = 1e-3,
+    decision_rule: str = "en",
+    fista: bool = True,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def ead(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    targeted: bool = False,
+    l1_weight: ArrayLike = 1e-3,
     confidence: ArrayLike = 0.0,
     learning_rate: ArrayLike = 1e-2,
     steps: int = 100,
@@ -170,7 +217,28 @@ def ead(
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def ead(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    targeted: bool = False,
+    l1_weight: ArrayLike = 1e-3,
+    confidence: ArrayLike = 0.0,
+    learning_rate: ArrayLike = 1e-2,
+    steps: int = 100,
+    binary_search_steps: int = 9,
+    initial_const: ArrayLike = 1e-3,
+    decision_rule: str = "en",
+    fista: bool = True,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""EAD (Chen et al., 2018): an elastic-net (mostly L1) minimal adversarial perturbation.
 
     Runs ``binary_search_steps`` FISTA optimisations of ``steps`` iterations
@@ -193,8 +261,10 @@ def ead(
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` labels or ``[batch, C]`` one-hot (targets when ``targeted``);
         ``None``: the model's predictions.
+      key: accepted and ignored: the attack draws no random numbers (see
+        :doc:`/conventions`).
       targeted: make the model predict ``y``.
-      beta: :math:`\beta`, the L1 weight and shrinkage threshold, scalar or
+      l1_weight: :math:`\beta`, the L1 weight and shrinkage threshold, scalar or
         ``[batch]`` (traced).
       confidence: :math:`\kappa`, scalar or ``[batch]`` (traced).
       learning_rate: :math:`\alpha_0`, scalar or ``[batch]`` (traced).
@@ -227,7 +297,7 @@ def ead(
         return jnp.broadcast_to(check_batch_array(check_finite(value, name, minimum=0.0), p.x, name), (b,))
 
     kappa = per_batch(confidence, "confidence")
-    beta_ = per_batch(beta, "beta")
+    beta_ = per_batch(l1_weight, "l1_weight")
     lr = per_batch(learning_rate, "learning_rate")
     const = per_batch(initial_const, "initial_const")
     lower = jnp.zeros((b,), jnp.float32)

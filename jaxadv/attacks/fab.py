@@ -47,18 +47,18 @@ misclassified from the start are returned unchanged.
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 
-from jaxadv.attacks.base import Problem, prepare
+from jaxadv._core.problem import Problem, prepare
+from jaxadv._core.rows import flat, select_rows
 from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, fold_rows, row_keys
 from jaxadv.losses import finite_rows
 from jaxadv.models import combine_model
-from jaxadv.success import as_returned, hits
+from jaxadv.success import AttackResult, as_returned, hits
 from jaxadv.threat_models import norm_of, per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_key, check_norm, check_steps, check_target_classes, is_traced, value_check
@@ -71,15 +71,11 @@ _DUAL: dict[str, Norm] = {"linf": "l1", "l2": "l2", "l1": "linf"}
 _TINY = 1e-30
 
 
-def _flat(a: Array) -> Array:
-    return a.reshape(a.shape[0], math.prod(a.shape[1:]))
-
-
 def _norm(v: Array, norm: Norm) -> Array:
     """``[batch, ...] -> [batch]`` norms for comparisons inside the loop: the L2 norm is
     taken on each row divided by its largest entry (no overflow, and cheaper to compile
     than :func:`jaxadv.norm_of`, which the returned examples are measured with)."""
-    a = jnp.abs(_flat(v))
+    a = jnp.abs(flat(v))
     m = jnp.max(a, axis=1)
     if norm == "linf":
         return m
@@ -243,8 +239,8 @@ def project_hyperplane_box(
 
 @functools.partial(jax.jit, static_argnames=("norm",))
 def _project_points(t: Array, w: Array, b: Array, lo: Array, hi: Array, *, norm: Norm) -> Array:
-    tf, wf = _flat(t), _flat(w)
-    return _project_flat(tf, wf, b - row_sum(wf * tf), _flat(lo), _flat(hi), norm).reshape(t.shape)
+    tf, wf = flat(t), flat(w)
+    return _project_flat(tf, wf, b - row_sum(wf * tf), flat(lo), flat(hi), norm).reshape(t.shape)
 
 
 class _State(NamedTuple):
@@ -304,7 +300,7 @@ def _fab_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
     norm, x0 = static.norm, ops.x
     b = x0.shape[0]
     w, f = _nearest_boundary(s.x1, ops, static)
-    x1f, x0f = _flat(s.x1), _flat(x0)
+    x1f, x0f = flat(s.x1), flat(x0)
     # Required change of <w, .> from x1 and from x0 to reach the boundary.
     r1 = -f
     r0 = -f - row_sum(w * (x0f - x1f))
@@ -331,8 +327,8 @@ def _fab_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
     better = hit & (dist < s.best_norm)
     back = x0 + per_example(ops.beta, x0) * (x_new - x0)
     return _State(
-        x1=jnp.where(per_example(hit, x0) > 0, back, x_new),
-        best=jnp.where(per_example(better, x0) > 0, x_new, s.best),
+        x1=select_rows(hit, back, x_new),
+        best=select_rows(better, x_new, s.best),
         best_norm=jnp.where(better, dist, s.best_norm),
     )
 
@@ -368,7 +364,7 @@ def _search_body(i: Array, s: _SearchState, ops: _SearchOperands, static: _Searc
     return _SearchState(
         t_lo=jnp.where(hit, s.t_lo, mid),
         t_hi=jnp.where(hit, mid, s.t_hi),
-        x_hi=jnp.where(per_example(hit, ops.x) > 0, x_mid, s.x_hi),
+        x_hi=select_rows(hit, x_mid, s.x_hi),
     )
 
 
@@ -450,11 +446,11 @@ def _finish(
     both = norm_of(pairs, norm).reshape(b, 2)
     best_norm, searched_norm = both[:, 0], both[:, 1]
     shorter = found & (searched_norm <= best_norm)
-    best = jnp.where(per_example(shorter, x) > 0, searched, best)
+    best = select_rows(shorter, searched, best)
     best_norm = jnp.where(shorter, searched_norm, best_norm)
     if eps_mode:
         found = found & (best_norm <= setup.eps)
-    return jnp.where(per_example(found, x) > 0, best, x), found
+    return select_rows(found, best, x), found
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -503,7 +499,7 @@ def _run_fab(
     hyper = (
         _check_hyper(alpha_max, "alpha_max", x, 1.0),
         _check_hyper(eta, "eta", x, None),
-        _check_hyper(beta, "beta", x, 1.0),
+        _check_hyper(beta, "backward_factor", x, 1.0),
     )
     if x.shape[0] == 1:
         # XLA compiles a batch of one differently (its size-1 axes are simplified
@@ -523,7 +519,7 @@ def _run_fab(
         return x_adv[:1], found[:1]
     setup = _setup(p.params, x, p.labels, p.lo, p.hi, p.eps, hyper, model=p.model)
     static = _Static(p.model, norm, p.dtype)
-    lo, hi = _flat(setup.lo), _flat(setup.hi)
+    lo, hi = flat(setup.lo), flat(setup.hi)
     state = _State(x, x, jnp.full((x.shape[0],), jnp.inf, jnp.float32))
     runs = [(classes, r) for classes in class_sets for r in range(num_restarts)]
     for run, (classes, r) in enumerate(runs):
@@ -568,24 +564,87 @@ def _check_common(
     return norm, steps
 
 
+@overload
 def fab(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     eps: ArrayLike | None = None,
     steps: int = 100,
     norm: Norm = "linf",
     num_restarts: int = 1,
     alpha_max: ArrayLike = 0.1,
     eta: ArrayLike = 1.05,
-    beta: ArrayLike = 0.9,
+    backward_factor: ArrayLike = 0.9,
+    search_steps: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def fab(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike | None = None,
+    steps: int = 100,
+    norm: Norm = "linf",
+    num_restarts: int = 1,
+    alpha_max: ArrayLike = 0.1,
+    eta: ArrayLike = 1.05,
+    backward_factor: ArrayLike = 0.9,
+    search_steps: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def fab(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike | None = None,
+    steps: int = 100,
+    norm: Norm = "linf",
+    num_restarts: int = 1,
+    alpha_max: ArrayLike = 0.1,
+    eta: ArrayLike = 1.05,
+    backward_factor: ArrayLike = 0.9,
     search_steps: int = 10,
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def fab(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike | None = None,
+    steps: int = 100,
+    norm: Norm = "linf",
+    num_restarts: int = 1,
+    alpha_max: ArrayLike = 0.1,
+    eta: ArrayLike = 1.05,
+    backward_factor: ArrayLike = 0.9,
+    search_steps: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""FAB (Croce & Hein, 2020), untargeted: minimal L-inf, L2 or L1 adversarial examples.
 
     Runs the iteration of the module docstring ``num_restarts`` times (the first
@@ -611,7 +670,7 @@ def fab(
       alpha_max: largest weight :math:`\alpha_{max} \in [0, 1]` of the step from ``x``
         (scalar or ``[batch]``, traced).
       eta: overshoot :math:`\eta \ge 0` of the projection steps (traced).
-      beta: backward factor :math:`\beta \in [0, 1]` after an adversarial iterate (traced).
+      backward_factor: :math:`\beta \in [0, 1]`, the backward factor after an adversarial iterate (traced).
       search_steps: halvings of the final search (static; 0: no search).
       bounds: ``(lo, hi)``, scalars or arrays broadcasting against ``x``.
       loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
@@ -638,19 +697,20 @@ def fab(
         num_restarts=num_restarts,
         alpha_max=alpha_max,
         eta=eta,
-        beta=beta,
+        beta=backward_factor,
         search_steps=search_steps,
         loop=loop,
     )
     return p.output(p.finalize(x_adv), targeted=False, return_info=return_info)
 
 
+@overload
 def fab_targeted(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     eps: ArrayLike | None = None,
     steps: int = 100,
     norm: Norm = "linf",
@@ -658,12 +718,77 @@ def fab_targeted(
     num_restarts: int = 1,
     alpha_max: ArrayLike = 0.1,
     eta: ArrayLike = 1.05,
-    beta: ArrayLike = 0.9,
+    backward_factor: ArrayLike = 0.9,
+    search_steps: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def fab_targeted(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike | None = None,
+    steps: int = 100,
+    norm: Norm = "linf",
+    num_target_classes: int = 9,
+    num_restarts: int = 1,
+    alpha_max: ArrayLike = 0.1,
+    eta: ArrayLike = 1.05,
+    backward_factor: ArrayLike = 0.9,
+    search_steps: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def fab_targeted(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike | None = None,
+    steps: int = 100,
+    norm: Norm = "linf",
+    num_target_classes: int = 9,
+    num_restarts: int = 1,
+    alpha_max: ArrayLike = 0.1,
+    eta: ArrayLike = 1.05,
+    backward_factor: ArrayLike = 0.9,
     search_steps: int = 10,
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def fab_targeted(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike | None = None,
+    steps: int = 100,
+    norm: Norm = "linf",
+    num_target_classes: int = 9,
+    num_restarts: int = 1,
+    alpha_max: ArrayLike = 0.1,
+    eta: ArrayLike = 1.05,
+    backward_factor: ArrayLike = 0.9,
+    search_steps: int = 10,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""FAB-T (Croce & Hein, 2020; AutoAttack's targeted FAB): FAB along chosen boundaries.
 
     For :math:`k = 2, \dots, n_{target} + 1` the target :math:`t` of each example
@@ -677,7 +802,7 @@ def fab_targeted(
 
     Args:
       logits_fn, x, key, eps, steps, norm: as in :func:`fab`.
-      alpha_max, eta, beta, search_steps, bounds, loop: as in :func:`fab`.
+      alpha_max, eta, backward_factor, search_steps, bounds, loop: as in :func:`fab`.
       y: ``[batch]`` integer labels or ``[batch, C]`` one-hot; ``None``: the model's predictions.
       num_target_classes: target classes tried (static; at most ``C - 1``).
       num_restarts: runs per target class (static).
@@ -705,7 +830,7 @@ def fab_targeted(
         num_restarts=num_restarts,
         alpha_max=alpha_max,
         eta=eta,
-        beta=beta,
+        beta=backward_factor,
         search_steps=search_steps,
         loop=loop,
     )

@@ -47,7 +47,7 @@ Step :math:`k = 0 .. K-1` (:math:`K` = ``steps``), at :math:`x_k = x + \delta_k`
    :math:`\Pi` maps onto the ball intersected with the box
    :math:`[lo - x, hi - x]`: L-inf clips (exact); L2 rescales to the ball, then
    clips to the box; L1 is the exact Euclidean projection onto the L1 ball
-   intersected with the box (:func:`jaxadv.attacks.apgd.project_l1_box`); L0
+   intersected with the box (:func:`jaxadv.threat_models.project_l1_box`); L0
    keeps the :math:`\lfloor\epsilon\rfloor` coordinates of the box-clipped step
    that lower the squared distance most and zeroes the rest (the exact
    Euclidean projection onto the L0 ball intersected with the box).
@@ -83,19 +83,26 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 
-from jaxadv.attacks.apgd import project_l1_box
-from jaxadv.attacks.base import prepare
+from jaxadv._core.problem import prepare
+from jaxadv._core.rows import flat, select_rows
 from jaxadv.engine import iterate
 from jaxadv.losses import cw_margin, finite_rows
 from jaxadv.models import combine_model
 from jaxadv.success import AttackResult, as_returned, hits
-from jaxadv.threat_models import clip_to_bounds, norm_of, per_example, project, steepest_direction
-from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm
+from jaxadv.threat_models import (
+    clip_to_bounds,
+    norm_of,
+    per_example,
+    project,
+    project_l1_box,
+    steepest_direction,
+)
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_batch_array, check_finite, check_norm, check_steps
 
 __all__ = ["fmn"]
@@ -136,14 +143,10 @@ class _Static(NamedTuple):
     dtype: Any
 
 
-def _flat(a: Array) -> Array:
-    return a.reshape(a.shape[0], math.prod(a.shape[1:]))
-
-
 def _size(delta: Array, norm: str) -> Array:
     """``[batch]`` norm of ``delta``; for L0 the number of non-zero coordinates (float32)."""
     if norm == "l0":
-        return jnp.sum(_flat(delta) != 0, axis=1).astype(jnp.float32)
+        return jnp.sum(flat(delta) != 0, axis=1).astype(jnp.float32)
     return norm_of(delta, norm)  # type: ignore[arg-type]
 
 
@@ -164,7 +167,7 @@ def _project(x_new: Array, x: Array, eps: Array, norm: str, lo: Array, hi: Array
     if norm == "l0":
         c = clip_to_bounds(x_new, lo, hi) - x
         # Keeping coordinate i lowers ||x_new - x'||^2 by d_i^2 - (d_i - c_i)^2 = c_i (2 d_i - c_i).
-        score = _flat(c * (2.0 * delta - c))
+        score = flat(c * (2.0 * delta - c))
         keep = _keep_top(score, jnp.floor(eps)).reshape(x.shape)
         return x + jnp.where(keep, c, 0.0)
     return clip_to_bounds(x + project(delta, eps, norm), lo, hi)  # type: ignore[arg-type]
@@ -196,7 +199,7 @@ def _record(s: _State, xa: Array, z: Array, ops: _Operands, static: _Static) -> 
     better = hit & (size < s.best_norm)
     s = s._replace(
         best_norm=jnp.where(better, size, s.best_norm),
-        best_x=jnp.where(per_example(better, xa) > 0, xa, s.best_x),
+        best_x=select_rows(better, xa, s.best_x),
         found=s.found | hit,
     )
     return s, hit, size
@@ -205,8 +208,8 @@ def _record(s: _State, xa: Array, z: Array, ops: _Operands, static: _Static) -> 
 def _fmn_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
     norm = static.norm
     xa, z, loss, g = _evaluate(s, ops, static)
-    finite = finite_rows(z) & jnp.isfinite(loss) & jnp.all(jnp.isfinite(_flat(g)), axis=1)
-    g = jnp.where(per_example(finite, g) > 0, g, 0.0)
+    finite = finite_rows(z) & jnp.isfinite(loss) & jnp.all(jnp.isfinite(flat(g)), axis=1)
+    g = select_rows(finite, g, 0.0)
     # Coordinates at a bound that the descent step would push out of the box.
     g = jnp.where(((xa <= ops.lo) & (g > 0)) | ((xa >= ops.hi) & (g < 0)), 0.0, g)
     s, hit, size = _record(s, xa, z, ops, static)
@@ -261,7 +264,7 @@ def _mid_point(x: Array, start: Array, beta: Array, norm: str) -> Array:
     if norm == "l1":
         return x + jnp.sign(delta) * jnp.maximum(jnp.abs(delta) - (1.0 - b) * top, 0.0)
     k = jnp.ceil(beta * _size(delta, "l0"))
-    keep = _keep_top(_flat(jnp.abs(delta)), k).reshape(x.shape)
+    keep = _keep_top(flat(jnp.abs(delta)), k).reshape(x.shape)
     return x + jnp.where(keep, delta, 0.0)
 
 
@@ -282,7 +285,7 @@ def _search_body(i: Array, s: _Search, ops: _SearchOperands, static: _Static) ->
 def _search_result(ops: _SearchOperands, upper: Array, *, static: _Static) -> Array:
     """The bisection's smallest adversarial point, or ``x`` where the start is not adversarial."""
     mid = _mid_point(ops.x, ops.start, upper, static.norm)
-    return jnp.where(per_example(_is_hit(ops, static, mid), ops.x) > 0, mid, ops.x)
+    return select_rows(_is_hit(ops, static, mid), mid, ops.x)
 
 
 @functools.partial(jax.jit, static_argnames=("norm",))
@@ -310,11 +313,57 @@ def _check_fmn_norm(norm: Any) -> str:
         ) from None
 
 
+@overload
 def fmn(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
+    norm: FMNNorm = "l2",
+    steps: int = 100,
+    alpha_init: ArrayLike = 1.0,
+    alpha_final: ArrayLike | None = None,
+    gamma_init: ArrayLike = 0.05,
+    gamma_final: ArrayLike = 0.001,
+    starting_points: ArrayLike | None = None,
+    binary_search_steps: int = 10,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def fmn(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    norm: FMNNorm = "l2",
+    steps: int = 100,
+    alpha_init: ArrayLike = 1.0,
+    alpha_final: ArrayLike | None = None,
+    gamma_init: ArrayLike = 0.05,
+    gamma_final: ArrayLike = 0.001,
+    starting_points: ArrayLike | None = None,
+    binary_search_steps: int = 10,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def fmn(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
     norm: FMNNorm = "l2",
     steps: int = 100,
     alpha_init: ArrayLike = 1.0,
@@ -327,7 +376,28 @@ def fmn(
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def fmn(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    norm: FMNNorm = "l2",
+    steps: int = 100,
+    alpha_init: ArrayLike = 1.0,
+    alpha_final: ArrayLike | None = None,
+    gamma_init: ArrayLike = 0.05,
+    gamma_final: ArrayLike = 0.001,
+    starting_points: ArrayLike | None = None,
+    binary_search_steps: int = 10,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Fast Minimum-Norm attack (Pintor et al., NeurIPS 2021): the smallest perturbation found.
 
     Runs the iteration of the module docstring for ``steps`` steps and returns,
@@ -345,6 +415,8 @@ def fmn(
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` integer labels or ``[batch, C]`` one-hot (targets when
         ``targeted``); ``None``: the model's predictions.
+      key: accepted and ignored: the attack draws no random numbers (see
+        :doc:`/conventions`).
       norm: ``"l0"``, ``"l1"``, ``"l2"`` or ``"linf"`` (static; case-insensitive).
       steps: number of gradient steps :math:`K` (static).
       alpha_init, alpha_final: step size at the first and last step, scalars or

@@ -14,32 +14,20 @@ queries once it succeeds.
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
+from typing import Any, Literal, overload
 
-from jaxadv.attacks.base import check_step_size, prepare
+from jaxadv._core.problem import check_step_size, prepare
 from jaxadv.attacks.blackbox import check_finite_eps, check_key, check_queries, empty_result, finish
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.compose.estimates import FiniteDifference
 from jaxadv.compose.loop import Attack, run_with_queries
 from jaxadv.compose.updates import Steepest
-from jaxadv.losses import cw_margin
-from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
+from jaxadv.losses import get_loss
+from jaxadv.success import AttackResult
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_batch_array, check_finite, check_norm, check_steps
 
 __all__ = ["nes", "spsa"]
-
-
-def _fd_scale(
-    fd_scale: ArrayLike | None, alias: ArrayLike | None, alias_name: str, default: float
-) -> ArrayLike:
-    """``fd_scale``, or its deprecated per-attack alias (``delta``, ``sigma``)."""
-    if alias is None:
-        return default if fd_scale is None else fd_scale
-    if fd_scale is not None:
-        raise ValueError(f"pass fd_scale only ({alias_name} is its deprecated alias), not both")
-    warnings.warn(f"{alias_name}= is deprecated, pass fd_scale= instead", DeprecationWarning, stacklevel=3)
-    return alias
 
 
 def _estimated_pgd(
@@ -56,7 +44,7 @@ def _estimated_pgd(
     norm: Norm,
     targeted: bool,
     bounds: Bounds,
-    loss: LossFn,
+    loss: str | LossFn,
     distribution: str,
     loop: LoopMode,
     return_info: bool,
@@ -72,7 +60,7 @@ def _estimated_pgd(
     check_finite_eps(p)
     if p.empty:
         return empty_result(p, return_info=return_info)
-    source = FiniteDifference(loss, samples, scale, distribution, p.lo, p.hi)
+    source = FiniteDifference(get_loss(loss), samples, scale, distribution, p.lo, p.hi)
     attack = Attack(source, Steepest(), norm=norm, count_queries=True)
     with reraise_callable_errors():
         x_adv, spent = run_with_queries(
@@ -81,22 +69,13 @@ def _estimated_pgd(
         return finish(p, x_adv, spent, targeted=targeted, return_info=return_info)
 
 
-def _num_samples(num_samples: int, samples: int | None) -> int:
-    """``num_samples``, or its deprecated alias ``samples`` (not both)."""
-    if samples is None:
-        return num_samples
-    if num_samples != 16:
-        raise ValueError("pass num_samples only (samples is its deprecated alias)")
-    warnings.warn("samples is deprecated; pass num_samples", DeprecationWarning, stacklevel=3)
-    return samples
-
-
+@overload
 def spsa(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     queries: int = 1000,
     num_samples: int = 16,
@@ -105,12 +84,72 @@ def spsa(
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: LossFn = cw_margin,
+    loss: str | LossFn = "cw",
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def spsa(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    num_samples: int = 16,
+    fd_scale: ArrayLike | None = None,
+    step_size: ArrayLike | None = None,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "cw",
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def spsa(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    num_samples: int = 16,
+    fd_scale: ArrayLike | None = None,
+    step_size: ArrayLike | None = None,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "cw",
     loop: LoopMode = "auto",
     return_info: bool = False,
-    delta: ArrayLike | None = None,
-    samples: int | None = None,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def spsa(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    num_samples: int = 16,
+    fd_scale: ArrayLike | None = None,
+    step_size: ArrayLike | None = None,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "cw",
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Gradient-free PGD with the SPSA gradient estimate (Uesato et al., 2018).
 
     Each iteration draws ``num_samples`` Rademacher directions :math:`v_k \in \{\pm1\}^n`
@@ -123,8 +162,8 @@ def spsa(
     (:class:`jaxadv.compose.FiniteDifference`; the perturbed points clipped into
     ``bounds``), then takes the PGD step
     :math:`x_{t+1} = \Pi_{B_\epsilon(x)\cap[lo,hi]}(x_t + \alpha\, d_p(\hat g))`
-    (:func:`jaxadv.steepest_direction`, :func:`jaxadv.project_to_feasible`).
-    :math:`L` is ``loss`` (default the margin :func:`jaxadv.cw_margin`), ascended,
+    (:func:`jaxadv.threat_models.steepest_direction`, :func:`jaxadv.threat_models.project_to_feasible`).
+    :math:`L` is ``loss`` (default ``"cw"``, the margin :func:`jaxadv.cw_margin`), ascended,
     or descended when ``targeted``. The model is only evaluated.
 
     Queries: 1 for the clean input, then ``2 * num_samples + 1`` per iteration (the
@@ -148,27 +187,26 @@ def spsa(
       return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success, queries)``
         instead of the array: ``success`` re-predicted on ``x_adv``, ``queries``
         ``[batch]`` int32 evaluations spent per example.
-      delta: deprecated alias of ``fd_scale``.
-      samples: deprecated alias of ``num_samples``.
 
     Returns:
       The adversarial batch, shape and dtype of ``x``, inside the eps-ball and
       ``bounds`` (an :class:`jaxadv.AttackResult` with ``return_info``).
     """
     return _estimated_pgd(
-        logits_fn, x, y, key=key, eps=eps, queries=queries, samples=_num_samples(num_samples, samples),
-        fd_scale=_fd_scale(fd_scale, delta, "delta", 0.01), step_size=step_size, norm=norm,
+        logits_fn, x, y, key=key, eps=eps, queries=queries, samples=num_samples,
+        fd_scale=0.01 if fd_scale is None else fd_scale, step_size=step_size, norm=norm,
         targeted=targeted, bounds=bounds, loss=loss, distribution="rademacher", loop=loop,
         return_info=return_info,
     )  # fmt: skip
 
 
+@overload
 def nes(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     queries: int = 1000,
     num_samples: int = 16,
@@ -177,12 +215,72 @@ def nes(
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: LossFn = cw_margin,
+    loss: str | LossFn = "cw",
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def nes(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    num_samples: int = 16,
+    fd_scale: ArrayLike | None = None,
+    step_size: ArrayLike | None = None,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "cw",
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def nes(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    num_samples: int = 16,
+    fd_scale: ArrayLike | None = None,
+    step_size: ArrayLike | None = None,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "cw",
     loop: LoopMode = "auto",
     return_info: bool = False,
-    sigma: ArrayLike | None = None,
-    samples: int | None = None,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def nes(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    num_samples: int = 16,
+    fd_scale: ArrayLike | None = None,
+    step_size: ArrayLike | None = None,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "cw",
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Gradient-free PGD with the NES gradient estimate (Ilyas et al., 2018).
 
     Natural evolution strategies with antithetic Gaussian sampling, with
@@ -195,16 +293,15 @@ def nes(
 
     (:class:`jaxadv.compose.FiniteDifference` with ``distribution="gaussian"``)
     followed by the projected step of :func:`spsa`. Queries and arguments as in
-    :func:`spsa`; ``fd_scale`` (traced) defaults to 0.001, and ``sigma`` is its
-    deprecated alias (``samples`` that of ``num_samples``).
+    :func:`spsa`; ``fd_scale`` (traced) defaults to 0.001.
 
     Returns:
       The adversarial batch, shape and dtype of ``x`` (an
       :class:`jaxadv.AttackResult` ``(x_adv, success, queries)`` with ``return_info``).
     """
     return _estimated_pgd(
-        logits_fn, x, y, key=key, eps=eps, queries=queries, samples=_num_samples(num_samples, samples),
-        fd_scale=_fd_scale(fd_scale, sigma, "sigma", 0.001), step_size=step_size, norm=norm,
+        logits_fn, x, y, key=key, eps=eps, queries=queries, samples=num_samples,
+        fd_scale=0.001 if fd_scale is None else fd_scale, step_size=step_size, norm=norm,
         targeted=targeted, bounds=bounds, loss=loss, distribution="gaussian", loop=loop,
         return_info=return_info,
     )  # fmt: skip

@@ -6,29 +6,30 @@ Both repeat a projected steepest-ascent step
     x_{t+1} = \Pi_{B_\epsilon(x) \cap [lo, hi]}\big(x_t + \alpha\, d_p(s\,\nabla_x L(f(x_t), y))\big)
 
 with :math:`d_p` the steepest-ascent direction of unit :math:`p`-norm
-(:func:`jaxadv.steepest_direction`), :math:`s = +1` for untargeted and
+(:func:`jaxadv.threat_models.steepest_direction`), :math:`s = +1` for untargeted and
 :math:`s = -1` for targeted attacks, and :math:`\Pi` the projection onto the
-intersection of the eps-ball and the box (:func:`jaxadv.project_to_feasible`).
+intersection of the eps-ball and the box (:func:`jaxadv.threat_models.project_to_feasible`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable, Literal, overload
 
-from jaxadv.compose.loop import Attack, check_finite_step
+from jaxadv.compose.loop import Attack
 from jaxadv.compose.sources import EOT, LossGradient, finite_step
 from jaxadv.compose.updates import Steepest
-from jaxadv.losses import cross_entropy, get_loss
+from jaxadv.losses import get_loss
+from jaxadv.success import AttackResult
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_key, check_norm
 
-__all__ = ["bim", "check_finite_step", "eot_pgd", "finite_step", "pgd", "projected_gradient"]
+__all__ = ["bim", "eot_pgd", "finite_step", "pgd", "projected_gradient"]
 
 
 def projected_gradient(
     *,
     norm: Norm = "linf",
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
     random_start: bool = False,
     l1_sparsity: float = 0.05,
 ) -> Attack:
@@ -44,6 +45,7 @@ def projected_gradient(
     )
 
 
+@overload
 def pgd(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -57,11 +59,73 @@ def pgd(
     random_start: bool = True,
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def pgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def pgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def pgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Projected gradient descent (Madry et al., 2018).
 
     Starts from a uniform random point of the feasible set (``random_start``)
@@ -72,7 +136,7 @@ def pgd(
 
     where :math:`d_p` is ``sign`` for ``"linf"``, :math:`g/\|g\|_2` for ``"l2"``
     and a sparse unit-L1 direction for ``"l1"`` (see
-    :func:`jaxadv.steepest_direction`); :math:`s=-1` when ``targeted``.
+    :func:`jaxadv.threat_models.steepest_direction`); :math:`s=-1` when ``targeted``.
     Each step has :math:`p`-norm ``step_size``; the total perturbation has
     :math:`p`-norm at most ``eps``, and every iterate lies in ``bounds``.
 
@@ -123,22 +187,83 @@ def pgd(
     )  # fmt: skip
 
 
+@overload
 def bim(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     step_size: ArrayLike | None = None,
     steps: int = 10,
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def bim(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def bim(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def bim(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Basic Iterative Method (Kurakin et al., 2017): PGD started at ``x``.
 
     .. math::
@@ -148,8 +273,8 @@ def bim(
 
     for the default ``norm="linf"``. With ``targeted=True`` and
     ``y = jaxadv.least_likely(logits_fn, x)`` this is the iterative
-    least-likely-class method. Arguments as in :func:`pgd` (no ``key``: the
-    attack is deterministic). Under ``jit`` the loop is one
+    least-likely-class method. Arguments as in :func:`pgd`; ``key`` is accepted
+    and ignored (the attack is deterministic). Under ``jit`` the loop is one
     :func:`jax.lax.fori_loop`.
 
     Returns:
@@ -173,12 +298,13 @@ def bim(
     )
 
 
+@overload
 def eot_pgd(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     step_size: ArrayLike | None = None,
     steps: int = 10,
@@ -189,11 +315,82 @@ def eot_pgd(
     random_start: bool = True,
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def eot_pgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    num_samples: int = 10,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def eot_pgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    num_samples: int = 10,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def eot_pgd(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    num_samples: int = 10,
+    transform: Callable[[PRNGKey, Array], Array] | None = None,
+    randomized: bool = False,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""PGD with expectation over transformation (EOT; Athalye et al., 2018).
 
     Each step follows the mean gradient over ``num_samples`` random draws,

@@ -37,18 +37,19 @@ scored in blocks of rows, so that memory stays at ``batch * block * n`` values.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 
-from jaxadv.attacks.base import prepare
+from jaxadv._core.problem import prepare
+from jaxadv._core.rows import select_rows
 from jaxadv.engine import iterate
 from jaxadv.losses import finite_rows
 from jaxadv.models import combine_model, logits
-from jaxadv.success import as_returned, hits
+from jaxadv.success import AttackResult, as_returned, hits
 from jaxadv.threat_models import clip_to_bounds, per_example
-from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, PRNGKey
 from jaxadv.validation import check_batch_array, value_check
 
 __all__ = ["jsma"]
@@ -156,9 +157,57 @@ def _jsma_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _St
     x_new = as_returned(x_new, dtype, lo, hi)
     stop = s.done | hit | ~finite | ~found
     return _State(
-        x_adv=jnp.where(per_example(stop, x) > 0, s.x_adv, x_new),
+        x_adv=select_rows(stop, s.x_adv, x_new),
         done=stop,
     )
+
+
+@overload
+def jsma(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    targeted: bool = False,
+    theta: ArrayLike = 1.0,
+    gamma: float = 0.1,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def jsma(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    targeted: bool = False,
+    theta: ArrayLike = 1.0,
+    gamma: float = 0.1,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def jsma(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    targeted: bool = False,
+    theta: ArrayLike = 1.0,
+    gamma: float = 0.1,
+    bounds: Bounds = (0.0, 1.0),
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult: ...
 
 
 def jsma(
@@ -166,13 +215,14 @@ def jsma(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
     targeted: bool = False,
     theta: ArrayLike = 1.0,
     gamma: float = 0.1,
     bounds: Bounds = (0.0, 1.0),
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult:
     r"""JSMA (Papernot et al., 2016): a sparse (:math:`L_0`) targeted attack by saliency maps.
 
     Runs the pairwise saliency-map iteration of the module docstring for at most
@@ -197,6 +247,8 @@ def jsma(
       logits_fn: model ``x -> logits [batch, C]``.
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` integer labels or ``[batch, C]`` one-hot (the targets when ``targeted=True``).
+      key: accepted and ignored: the attack draws no random numbers (see
+        :doc:`/conventions`).
       targeted: see above (static).
       theta: :math:`\theta`, the change of each chosen feature, nonzero, scalar
         or ``[batch]`` (traced); positive increases features, negative decreases them.

@@ -19,7 +19,7 @@ smooths it with a Gaussian kernel, and input diversity (DI, any of them with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import jax.numpy as jnp
 
@@ -32,8 +32,9 @@ from jaxadv.compose.sources import (
     gaussian_kernel_1d,
 )
 from jaxadv.compose.updates import Momentum, Nesterov, VarianceTuning
-from jaxadv.losses import cross_entropy, get_loss
-from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
+from jaxadv.losses import get_loss
+from jaxadv.success import AttackResult
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_finite, check_norm
 
 __all__ = ["diverse_inputs", "mifgsm", "nifgsm", "tifgsm", "vmifgsm"]
@@ -87,6 +88,7 @@ def _run(
     )  # fmt: skip
 
 
+@overload
 def mifgsm(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -100,14 +102,85 @@ def mifgsm(
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def mifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def mifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
     diversity_prob: float = 0.0,
     resize_rate: ArrayLike = 0.9,
     spatial_axes: tuple[int, int] = (1, 2),
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def mifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Momentum iterative FGSM (Dong et al., 2018); DI-MI-FGSM with ``diversity_prob > 0``.
 
     Starts at :math:`x_0 = x`, :math:`g_0 = 0` and runs the update of the module
@@ -166,6 +239,7 @@ def mifgsm(
     )  # fmt: skip
 
 
+@overload
 def nifgsm(
     logits_fn: LogitsFn,
     x: ArrayLike,
@@ -179,14 +253,85 @@ def nifgsm(
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def nifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def nifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
     diversity_prob: float = 0.0,
     resize_rate: ArrayLike = 0.9,
     spatial_axes: tuple[int, int] = (1, 2),
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def nifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Nesterov iterative FGSM (NI-FGSM; Lin et al., ICLR 2020).
 
     MI-FGSM with the gradient taken at the look-ahead point:
@@ -218,29 +363,107 @@ def nifgsm(
     )  # fmt: skip
 
 
+@overload
 def vmifgsm(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     step_size: ArrayLike | None = None,
     steps: int = 10,
     decay: ArrayLike = 1.0,
     num_neighbors: int = 5,
-    beta: ArrayLike = 1.5,
+    neighborhood: ArrayLike = 1.5,
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def vmifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    num_neighbors: int = 5,
+    neighborhood: ArrayLike = 1.5,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def vmifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    num_neighbors: int = 5,
+    neighborhood: ArrayLike = 1.5,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
     diversity_prob: float = 0.0,
     resize_rate: ArrayLike = 0.9,
     spatial_axes: tuple[int, int] = (1, 2),
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def vmifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 1.0,
+    num_neighbors: int = 5,
+    neighborhood: ArrayLike = 1.5,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.0,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Variance-tuned momentum iterative FGSM (VMI-FGSM; Wang & He, CVPR 2021).
 
     .. math::
@@ -255,7 +478,8 @@ def vmifgsm(
 
     Args:
       num_neighbors: :math:`N`, neighbours per step (static).
-      beta: neighbourhood radius as a multiple of ``eps``, a finite number ``>= 0`` (traced).
+      neighborhood: :math:`\beta`, the neighbourhood radius as a multiple of ``eps``, a
+        finite number ``>= 0`` (traced).
       key: PRNG key for the neighbours (required).
       Others: as in :func:`mifgsm`.
 
@@ -268,7 +492,9 @@ def vmifgsm(
         raise ValueError(f"num_neighbors must be a positive int, got {num_neighbors!r}")
     attack = Attack(
         _source(loss, diversity_prob, resize_rate, spatial_axes),
-        VarianceTuning(jnp.asarray(decay, jnp.float32), jnp.asarray(beta, jnp.float32), num_neighbors),
+        VarianceTuning(
+            jnp.asarray(decay, jnp.float32), jnp.asarray(neighborhood, jnp.float32), num_neighbors
+        ),
         norm=_transfer_norm(norm, "vmifgsm"),
         keep_best=True,
         early_stop=early_stop,
@@ -278,6 +504,84 @@ def vmifgsm(
         attack, logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, targeted=targeted,
         bounds=bounds, loop=loop, return_info=return_info,
     )  # fmt: skip
+
+
+@overload
+def tifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 0.0,
+    kernel_size: int = 15,
+    nsig: float = 3.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.5,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def tifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 0.0,
+    kernel_size: int = 15,
+    nsig: float = 3.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.5,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def tifgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    step_size: ArrayLike | None = None,
+    steps: int = 10,
+    decay: ArrayLike = 0.0,
+    kernel_size: int = 15,
+    nsig: float = 3.0,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    diversity_prob: float = 0.5,
+    resize_rate: ArrayLike = 0.9,
+    spatial_axes: tuple[int, int] = (1, 2),
+    early_stop: bool = False,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult: ...
 
 
 def tifgsm(
@@ -295,14 +599,14 @@ def tifgsm(
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
     diversity_prob: float = 0.5,
     resize_rate: ArrayLike = 0.9,
     spatial_axes: tuple[int, int] = (1, 2),
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult:
     r"""Translation-invariant iterative FGSM (TI-FGSM; Dong et al., CVPR 2019).
 
     The gradient is convolved, per channel, with a Gaussian kernel :math:`W`

@@ -2,18 +2,72 @@ r"""Single-step attacks: the fast gradient (sign) method."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal, overload
 
 import jax
 
-from jaxadv.attacks.base import prepare
-from jaxadv.attacks.iterative import check_finite_step, projected_gradient
+from jaxadv._core.problem import check_finite_step, prepare
+from jaxadv.attacks.iterative import projected_gradient
 from jaxadv.compose.loop import run_from
-from jaxadv.losses import cross_entropy
-from jaxadv.typing import ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm
+from jaxadv.success import AttackResult
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_norm
 
 _NO_KEY = jax.random.key(0)  # FGSM draws nothing; the loop's operands still carry a key
+
+
+@overload
+def fgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def fgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def fgsm(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    norm: Norm = "linf",
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    loss: str | LossFn = "ce",
+    l1_sparsity: float = 0.05,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult: ...
 
 
 def fgsm(
@@ -21,15 +75,16 @@ def fgsm(
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     norm: Norm = "linf",
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
-    loss: str | LossFn = cross_entropy,
+    loss: str | LossFn = "ce",
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult:
     r"""Fast gradient sign method (Goodfellow et al., 2015).
 
     .. math::
@@ -48,6 +103,8 @@ def fgsm(
       x: ``[batch, ...]`` clean inputs inside ``bounds``.
       y: ``[batch]`` labels or ``[batch, C]`` one-hot (targets when
         ``targeted``); ``None``: the model's predictions.
+      key: accepted and ignored: the attack draws no random numbers (see
+        :doc:`/conventions`).
       eps: step size and radius, raw input units, scalar or ``[batch]`` (traced).
       norm, targeted, bounds, loss, l1_sparsity, loop, return_info: as in :func:`jaxadv.pgd`.
 

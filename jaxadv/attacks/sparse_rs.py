@@ -20,22 +20,22 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv.attacks.base import prepare
-from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, finish, stop_mask
+from jaxadv._core.problem import prepare
+from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, finish
 from jaxadv.attacks.square import from_nhwc, image_layout, to_nhwc
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, fold_rows, row_keys, split_rows
-from jaxadv.losses import as_onehot, cross_entropy, cw_margin, finite_rows
+from jaxadv.losses import as_onehot, finite_rows, get_loss
 from jaxadv.models import combine_model
-from jaxadv.success import hits
-from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, PRNGKey
+from jaxadv.success import AttackResult, hits, stop_mask
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, PRNGKey
 
 __all__ = ["sparse_rs"]
 
@@ -180,16 +180,14 @@ def _render(bits: Array, lo: Array, hi: Array) -> Array:
 # --- loss ----------------------------------------------------------------------
 
 
-def _objectives(z: Array, labels: Array, targeted: bool, loss: str) -> tuple[Array, Array]:
+def _objectives(z: Array, labels: Array, targeted: bool, loss: LossFn) -> tuple[Array, Array]:
     r"""``(hit, loss)``: ``hit`` is success (:func:`jaxadv.success.hits`); the attack
-    minimises ``loss``: untargeted, the margin :math:`z_y - \max_{j\ne y} z_j` or
-    :math:`-\mathrm{CE}(z, y)`; targeted, :math:`\max_{j\ne t} z_j - z_t` or
-    :math:`\mathrm{CE}(z, t)`. NaN where the scores are not finite (never lower)."""
+    minimises ``loss(z, onehot)`` untargeted (e.g. the margin
+    :math:`z_y - \max_{j\ne y} z_j` or :math:`-\mathrm{CE}(z, y)`) and ``-loss(z, onehot)``
+    targeted (:math:`\max_{j\ne t} z_j - z_t` or :math:`\mathrm{CE}(z, t)`); the losses
+    are ascended, as in every attack. NaN where the scores are not finite (never lower)."""
     onehot = as_onehot(labels, z.shape[-1])
-    if loss == "ce":
-        value = cross_entropy(z, onehot) * (1.0 if targeted else -1.0)
-    else:
-        value = cw_margin(z, onehot) * (1.0 if targeted else -1.0)
+    value = loss(z, onehot) * (1.0 if targeted else -1.0)
     return hits(z, labels, targeted), jnp.where(finite_rows(z), value, jnp.nan)
 
 
@@ -229,7 +227,7 @@ class _Static(NamedTuple):
     threat: str
     k: int
     targeted: bool
-    loss: str
+    loss: LossFn
     layout: str
     move_every: int  # "patch": the location is updated every `move_every`-th iteration
 
@@ -462,26 +460,86 @@ def _check_k(k: Any, threat: str, h: int, w: int) -> int:
     return k
 
 
+@overload
 def sparse_rs(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
     k: int,
     threat: str = "l0",
     queries: int = 1000,
     targeted: bool = False,
     p_init: float | None = None,
-    loss: str | None = None,
+    loss: str | LossFn | None = None,
+    bounds: Bounds = (0.0, 1.0),
+    channel_axis: int = -1,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def sparse_rs(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    k: int,
+    threat: str = "l0",
+    queries: int = 1000,
+    targeted: bool = False,
+    p_init: float | None = None,
+    loss: str | LossFn | None = None,
+    bounds: Bounds = (0.0, 1.0),
+    channel_axis: int = -1,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def sparse_rs(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    k: int,
+    threat: str = "l0",
+    queries: int = 1000,
+    targeted: bool = False,
+    p_init: float | None = None,
+    loss: str | LossFn | None = None,
     bounds: Bounds = (0.0, 1.0),
     channel_axis: int = -1,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def sparse_rs(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    k: int,
+    threat: str = "l0",
+    queries: int = 1000,
+    targeted: bool = False,
+    p_init: float | None = None,
+    loss: str | LossFn | None = None,
+    bounds: Bounds = (0.0, 1.0),
+    channel_axis: int = -1,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Sparse-RS (Croce et al., AAAI 2022): score-based random search for sparse perturbations.
 
-    Minimises, per example, a loss :math:`L` of the scores (``loss="margin"``:
+    Minimises, per example, a loss :math:`L` of the scores (``loss="cw"``, the margin:
     :math:`z_y - \max_{j\ne y} z_j`, untargeted, or :math:`\max_{j\ne t} z_j - z_t`,
     targeted; ``loss="ce"``: :math:`-\mathrm{CE}(z, y)`, or :math:`\mathrm{CE}(z, t)`)
     over perturbations whose values are corners of the box (each channel at ``lo``
@@ -533,8 +591,9 @@ def sparse_rs(
       targeted: minimise the loss towards the target and stop when it is predicted.
       p_init: :math:`\alpha_0` (static); ``None``: the reference's 0.3 (l0), 0.4
         (patch), 0.5 (frame), untargeted, or 0.1, 0.1, 0.5 targeted.
-      loss: ``"margin"`` or ``"ce"``; ``None``: margin untargeted, cross-entropy
-        targeted (the reference's choice).
+      loss: a name or a callable (:func:`jaxadv.losses.get_loss`; ``"cw"`` is the
+        margin, ``"ce"`` the cross-entropy; static); ``None``: margin untargeted,
+        cross-entropy targeted (the reference's choice).
       bounds: ``(lo, hi)``, scalars or arrays broadcasting against ``x``.
       channel_axis: ``-1`` or ``1`` for 4-D inputs (static).
       loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
@@ -548,9 +607,7 @@ def sparse_rs(
     """
     if threat not in THREATS:
         raise ValueError(f"threat must be one of {THREATS}, got {threat!r}")
-    loss = ("ce" if targeted else "margin") if loss is None else loss
-    if loss not in ("margin", "ce"):
-        raise ValueError(f"loss must be 'margin' or 'ce', got {loss!r}")
+    loss_fn = get_loss(("ce" if targeted else "cw") if loss is None else loss)
     queries = check_queries(queries, 2)
     p_init = _P_INIT[threat][int(bool(targeted))] if p_init is None else float(p_init)
     if not (p_init > 0.0 and (threat == "frame" or p_init <= 1.0)):
@@ -573,7 +630,7 @@ def sparse_rs(
         p.params, xs, p.labels, lo, hi, x_corner, jnp.asarray(frame_rc, jnp.int32),
         _schedule(threat, queries, k, h * w, p_init),
     )  # fmt: skip
-    static = _Static(p.model, threat, k, bool(targeted), loss, layout, 10 if targeted else 4)
+    static = _Static(p.model, threat, k, bool(targeted), loss_fn, layout, 10 if targeted else 4)
     with reraise_callable_errors():
         state = _init(row_keys(key, p.x.shape[0]), ops, static=static)
         if queries > 2:

@@ -8,29 +8,28 @@ AutoAttack added for its L1 evaluation (Croce & Hein, 2021, "Mind the box").
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv.attacks.apgd import project_l1_box
-from jaxadv.attacks.base import prepare
+from jaxadv._core.problem import prepare
+from jaxadv._core.rows import select_rows
 from jaxadv.attacks.blackbox import (
     check_finite_eps,
     check_key,
     check_queries,
     empty_result,
     finish,
-    stop_mask,
 )
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, row_keys, split_rows
 from jaxadv.losses import as_onehot, cross_entropy, cw_margin, finite_rows
 from jaxadv.models import combine_model
-from jaxadv.success import hits
-from jaxadv.threat_models import norm_of, per_example, row_sum
+from jaxadv.success import AttackResult, hits, stop_mask
+from jaxadv.threat_models import norm_of, per_example, project_l1_box, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_norm
 
@@ -170,7 +169,7 @@ def _spatial_norm(a: Array, norm: str = "l2") -> Array:
     """L2 (or L1) norm over the two spatial axes of ``[b, H, W, C]``, per channel:
     ``[b, 1, 1, C]``.
 
-    Summed with :func:`jaxadv.row_sum`, so a row's value does not depend on the
+    Summed with :func:`jaxadv.threat_models.row_sum`, so a row's value does not depend on the
     batch size (or on how a sharded batch is split)."""
     b, h, w, ch = a.shape
     if norm == "l1":
@@ -270,10 +269,10 @@ def _square_body(i: Array, state: _SquareState, ops: _SquareOperands, static: _S
     active = ~state.done
     lower = active & (loss < state.loss)
     # A success is kept even when its loss is not lower (the targeted loss is not the margin).
-    keep = per_example(lower | (active & hit), x) > 0
+    keep = lower | (active & hit)
     return _SquareState(
         key=key,
-        x_best=jnp.where(keep, cand, state.x_best),
+        x_best=select_rows(keep, cand, state.x_best),
         loss=jnp.where(lower, loss, state.loss),
         done=state.done | (active & hit),
         queries=state.queries + active.astype(jnp.int32),
@@ -341,22 +340,60 @@ def _square_init(
     clean_stop = stop_mask(z0, labels, targeted)
     # A start point whose scores are not finite is not taken: the search starts at x.
     take_init = ~clean_stop & finite_rows(z1)
-    keep = per_example(take_init, x) > 0
     return _SquareState(
         key=k1,
-        x_best=jnp.where(keep, init, x),
+        x_best=select_rows(take_init, init, x),
         loss=jnp.where(take_init, loss1, loss0),
         done=clean_stop | (take_init & hit1),
         queries=jnp.where(clean_stop, 1, 2).astype(jnp.int32),
     )
 
 
+@overload
 def square(
     logits_fn: LogitsFn,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
-    key: PRNGKey,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    norm: Norm = "linf",
+    p_init: float | None = None,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    channel_axis: int = -1,
+    loop: LoopMode = "auto",
+    return_info: Literal[False] = False,
+) -> Array: ...
+
+
+@overload
+def square(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    norm: Norm = "linf",
+    p_init: float | None = None,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    channel_axis: int = -1,
+    loop: LoopMode = "auto",
+    return_info: Literal[True],
+) -> AttackResult: ...
+
+
+@overload
+def square(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
     eps: ArrayLike,
     queries: int = 1000,
     norm: Norm = "linf",
@@ -366,7 +403,25 @@ def square(
     channel_axis: int = -1,
     loop: LoopMode = "auto",
     return_info: bool = False,
-) -> Any:
+) -> Array | AttackResult: ...
+
+
+def square(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: PRNGKey | None = None,
+    eps: ArrayLike,
+    queries: int = 1000,
+    norm: Norm = "linf",
+    p_init: float | None = None,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    channel_axis: int = -1,
+    loop: LoopMode = "auto",
+    return_info: bool = False,
+) -> Array | AttackResult:
     r"""Square Attack (Andriushchenko et al., 2020), L-inf, L2 and L1: score-based random search.
 
     Minimises, per example, the margin :math:`z_y - \max_{j\ne y} z_j`
@@ -392,7 +447,7 @@ def square(
       (``C`` channels), the second window is cleared, and the point is the exact
       projection of :math:`x + \delta` onto the L1 ball of radius
       :math:`\epsilon(1 - 10^{-6})` intersected with the box
-      (:func:`jaxadv.apgd`'s ``project_l1_box``), as AutoAttack does.
+      (:func:`jaxadv.threat_models.project_l1_box`), as AutoAttack does.
 
     The proposal is kept when it lowers the loss or succeeds (success is the
     argmax test of :func:`jaxadv.is_adversarial`). The fraction

@@ -379,7 +379,7 @@ def crown_bounds(
       ``[batch, S]`` with ``spec``.
 
     Raises:
-      ValueError: for the input errors of :func:`jaxadv.prepare`, an unknown ``norm``,
+      ValueError: for the input errors of :func:`jaxadv.attacks.base.prepare`, an unknown ``norm``,
         a badly shaped ``spec``, or a primitive that CROWN cannot relax (named in the
         message, e.g. ``tanh`` or a max pooling: use :func:`ibp_bounds`).
     """

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv.attacks.base import prepare
+from jaxadv._core.problem import prepare
 from jaxadv.certify._jaxpr import Const, Node, Program, trace, unsupported
 from jaxadv.models import ModelStatic, combine_model
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, Norm
@@ -318,7 +318,7 @@ def _ibp(model: ModelStatic, params: list[Any], x: Array, lo: Array, hi: Array, 
 def checked_problem(
     logits_fn: LogitsFn, x: ArrayLike, y: ArrayLike | None, *, eps: ArrayLike, norm: Norm, bounds: Bounds
 ) -> tuple[Any, str]:
-    """Inputs checked as for an attack (:func:`jaxadv.prepare`); labels default to zeros."""
+    """Inputs checked as for an attack (:func:`jaxadv.attacks.base.prepare`); labels default to zeros."""
     norm_name = check_norm(norm)
     if y is None:
         y = np.zeros(np.shape(x)[:1], np.int32)
@@ -355,7 +355,7 @@ def ibp_bounds(
       ``lower <= logits_fn(x') <= upper`` for every admissible ``x'``.
 
     Raises:
-      ValueError: for the input errors of :func:`jaxadv.prepare` (bad shapes, ``eps < 0``,
+      ValueError: for the input errors of :func:`jaxadv.attacks.base.prepare` (bad shapes, ``eps < 0``,
         ``x`` outside ``bounds``), an unknown norm, or a primitive applied to an
         input-dependent value that has no interval rule (named in the message).
     """

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv.attacks.base import prepare
+from jaxadv._core.problem import prepare
 from jaxadv.certify.binomial import clopper_pearson_lower, two_sided_binomial_pvalue
 from jaxadv.models import ModelStatic, combine_model
 from jaxadv.typing import Array, ArrayLike, LogitsFn, PRNGKey
@@ -234,7 +234,7 @@ def smooth_certify(
     Raises:
       ValueError: for a missing key, ``sigma <= 0``, ``alpha`` outside ``(0, 1)``,
         ``n``/``n0``/``batch_size`` that are not positive ints, and the input errors of
-        :func:`jaxadv.prepare` (labels out of range, non-finite ``x``...).
+        :func:`jaxadv.attacks.base.prepare` (labels out of range, non-finite ``x``...).
     """
     n0 = check_steps(n0, "n0")
     n = check_steps(n, "n")

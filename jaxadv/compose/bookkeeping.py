@@ -21,9 +21,9 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
+from jaxadv._core.rows import select_rows
 from jaxadv.losses import finite_rows
 from jaxadv.success import hits
-from jaxadv.threat_models import per_example
 from jaxadv.typing import Array
 
 __all__ = ["Best", "QueryCount", "charge", "init_best", "record", "select"]
@@ -45,15 +45,15 @@ def init_best(x: Array) -> Best:
 def record(best: Best, x_t: Array, logits: Array, labels: Array, targeted: bool) -> tuple[Best, Array]:
     """Record ``x_t`` where it is adversarial; returns the new record and that mask."""
     hit = hits(logits, labels, targeted)
-    return Best(jnp.where(per_example(hit, x_t) > 0, x_t, best.x_adv), best.found | hit), hit
+    return Best(select_rows(hit, x_t, best.x_adv), best.found | hit), hit
 
 
 def select(best: Best, x_t: Array, logits: Array, x: Array, labels: Array, targeted: bool) -> Array:
     """The example to return: ``x_t`` if adversarial, else the recorded one, else
     ``x_t``; ``x`` where the model is not finite at ``x_t``."""
     hit = hits(logits, labels, targeted)
-    out = jnp.where(per_example(finite_rows(logits), x) > 0, x_t, x)
-    return jnp.where(per_example(~hit & best.found, x_t) > 0, best.x_adv, out)
+    out = select_rows(finite_rows(logits), x_t, x)
+    return select_rows(~hit & best.found, best.x_adv, out)
 
 
 class QueryCount(NamedTuple):

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv._core.rows import select_rows
 from jaxadv.compose.sources import Gradient, Model, _pytree
 from jaxadv.keys import draw_rows, fold_rows
 from jaxadv.losses import as_onehot, cw_margin, finite_rows, get_loss
@@ -59,7 +60,7 @@ class FiniteDifference:
     that holds the example), evaluates the model at :math:`x \pm \delta u_k`
     (clipped into ``[lo, hi]`` when given; a randomised model gets one key per
     example, the same for its ``2 K`` probes) and averages in
-    :func:`jaxadv.row_sum`'s order, so an example's estimate does not depend on
+    :func:`jaxadv.threat_models.row_sum`'s order, so an example's estimate does not depend on
     the batch it is in.
 
     Attributes:
@@ -120,7 +121,7 @@ class FiniteDifference:
         grad = row_sum(diff * u) / n / (2.0 * scale_b)
         probed = jnp.all(finite_rows(z).reshape(b, 2 * n), axis=1)
         ok = probed & jnp.all(jnp.isfinite(grad.reshape(b, -1)), axis=1)
-        grad = jnp.where(per_example(ok, grad) > 0, grad, 0.0)
+        grad = select_rows(ok, grad, 0.0)
         return Gradient(row_sum(values.reshape(b, 2 * n)) / (2 * n), None, grad, ok)
 
 

@@ -40,39 +40,22 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxadv.attacks.base import Problem, check_step_size, prepare
-from jaxadv.attacks.blackbox import stop_mask
+from jaxadv._core.problem import Problem, check_finite_step, check_step_size
+from jaxadv._core.randomised import EVAL_FOLD, loop_problem, prepare_problem, source_model
+from jaxadv._core.rows import select_rows
 from jaxadv.compose.bookkeeping import Best, QueryCount, charge, init_best, record, select
 from jaxadv.compose.sources import LossGradient, _pytree, check_parts
 from jaxadv.compose.updates import Context, Steepest
 from jaxadv.engine import iterate
-from jaxadv.keys import fold_rows, per_row, row_keys, split_rows
+from jaxadv.keys import fold_rows, row_keys, split_rows
 from jaxadv.losses import finite_rows
-from jaxadv.models import ModelStatic, combine_model
-from jaxadv.success import as_returned
-from jaxadv.threat_models import mask_blocked, per_example, project_to_feasible, random_feasible, step_along
+from jaxadv.success import as_returned, stop_mask
+from jaxadv.threat_models import mask_blocked, project_to_feasible, random_feasible, step_along
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
-from jaxadv.validation import check_key, check_norm, check_steps, is_traced
+from jaxadv.validation import check_key, check_norm, check_steps
 
-__all__ = [
-    "EVAL_FOLD",
-    "Attack",
-    "LoopState",
-    "Operands",
-    "attack_step",
-    "check_finite_step",
-    "loop_problem",
-    "prepare_problem",
-    "run_from",
-    "run_with_queries",
-    "source_model",
-]
-
-# The key of the model's own draw when a randomised model is evaluated for
-# bookkeeping (independent of the keys the gradient source folds in).
-EVAL_FOLD = 0xE7A1
+__all__ = ["Attack", "LoopState", "Operands", "attack_step", "run_from", "run_with_queries"]
 
 
 @_pytree(
@@ -238,80 +221,6 @@ def _random_part(part: Any) -> bool:
     return inner is not None and _random_part(inner)
 
 
-class _FixedKey:
-    """A randomised model seen as a deterministic one: fixed keys, one per example
-    (``[batch]`` keys, or one key standing for ``fold_in(key, i)`` per row), the model
-    called one example at a time (:func:`jaxadv.keys.per_row`)."""
-
-    def __init__(self, fn: Any, key: PRNGKey) -> None:
-        self.fn, self.key = fn, key
-
-    def __call__(self, x: Array) -> Array:
-        return per_row(self.fn)(x, row_keys(self.key, x.shape[0]))
-
-
-jax.tree_util.register_pytree_node(
-    _FixedKey, lambda m: ((m.fn, m.key), None), lambda _, c: _FixedKey(c[0], c[1])
-)
-
-
-def fix_key(logits_fn: Any, key: PRNGKey) -> LogitsFn:
-    """A randomised model ``logits_fn(x, key) -> logits`` seen as the deterministic
-    model of one draw per example: row ``i`` of a batch gets
-    ``logits_fn(x[i:i+1], key_i)``, ``key_i`` the ``i``-th of ``[batch]`` keys, or
-    ``fold_in(key, i)`` for one key (:func:`jaxadv.keys.row_keys`). The keys are a
-    traced leaf of the result: new keys reuse the compiled programs."""
-    return _FixedKey(logits_fn, key)
-
-
-def prepare_problem(
-    logits_fn: Any,
-    x: ArrayLike,
-    y: ArrayLike | None,
-    *,
-    key: PRNGKey,
-    randomized: bool,
-    bounds: Bounds,
-    targeted: bool,
-    eps: ArrayLike | None,
-) -> Problem:
-    """:func:`jaxadv.prepare`, with a randomised model ``logits_fn(x, key)`` seen
-    through fixed per-example keys derived from ``key`` (:func:`fix_key`; for the
-    input checks, the clean labels and the success of the returned batch)."""
-    model = logits_fn
-    if randomized:
-        batch = int(np.shape(x)[0]) if np.ndim(x) else 0
-        # An empty batch's output shape is probed on one example (see prepare).
-        model = _FixedKey(logits_fn, row_keys(key, max(batch, 1)) if np.ndim(x) else key)
-    return prepare(model, x, y, bounds=bounds, targeted=targeted, eps=eps)
-
-
-def loop_problem(p: Problem, randomized: bool) -> Problem:
-    """The problem whose model a loop calls with its own keys (``p`` itself for a
-    deterministic model); see :func:`source_model`."""
-    return p._replace(model=_unfix(p.model)) if randomized else p
-
-
-def _unfix(model: ModelStatic) -> ModelStatic:
-    """The structure of the wrapped randomised model inside a ``_FixedKey``'s."""
-    return _UnfixedModel(model)  # type: ignore[return-value]
-
-
-class _UnfixedModel(NamedTuple):
-    inner: ModelStatic
-
-
-def source_model(model: Any, params: Any, randomized: bool) -> Any:
-    """``model(x, keys) -> logits`` for the sources, ``keys`` one per row of ``x``: a
-    randomised model is called one example at a time with its key
-    (:func:`jaxadv.keys.per_row`); a deterministic one ignores the keys."""
-    if randomized:
-        fixed = combine_model(model.inner, params)
-        return per_row(fixed.fn)  # type: ignore[attr-defined]
-    f = combine_model(model, params)
-    return lambda xi, _keys: f(xi)
-
-
 @functools.partial(jax.jit, static_argnames=("norm", "model", "randomized"))
 def _random_init(
     key: PRNGKey,
@@ -329,21 +238,7 @@ def _random_init(
     logits are not finite (they are returned unchanged)."""
     x0 = random_feasible(key, x, eps, norm, lo, hi)
     clean_ok = finite_rows(source_model(model, params, randomized)(x, fold_rows(key, EVAL_FOLD)))
-    return jnp.where(per_example(clean_ok, x) > 0, x0, x)
-
-
-def check_finite_step(step_size: Array, lo: Array, hi: Array, name: str = "step_size") -> None:
-    """Refuse (concrete values) an infinite step size with unbounded ``bounds``: the
-    step would leave every finite value."""
-    if is_traced(step_size, lo, hi):
-        return
-    if not bool(np.all(np.isfinite(np.asarray(step_size)))) and not (
-        bool(np.all(np.isfinite(np.asarray(lo)))) and bool(np.all(np.isfinite(np.asarray(hi))))
-    ):
-        raise ValueError(
-            f"{name} is infinite (eps=inf gives an infinite default step) and bounds are unbounded: "
-            "nothing would keep the step finite; pass a finite step_size"
-        )
+    return select_rows(clean_ok, x0, x)
 
 
 class LoopState(NamedTuple):
@@ -380,13 +275,8 @@ class Static(NamedTuple):
     dtype: Any
 
 
-def _keep(new: Any, old: Any, mask: Array) -> Any:
-    """``new`` where ``mask`` (per example), ``old`` elsewhere, leaf by leaf."""
-    return jax.tree_util.tree_map(lambda n, o: jnp.where(per_example(mask, n) > 0, n, o), new, old)
-
-
 def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopState:
-    """One step of a composed attack (the loop body given to :func:`jaxadv.iterate`)."""
+    """One step of a composed attack (the loop body given to :func:`jaxadv.engine.iterate`)."""
     a = ops.attack
     model = source_model(static.model, ops.params, a.randomized)
     if s.tally is None:
@@ -411,20 +301,20 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
         z = model(x_new, fold_rows(key, EVAL_FOLD)).astype(jnp.float32)
         count, active = charge(s.tally, chain, z, ops.labels, static.targeted, a.source.queries + 1)
         move = active & g.ok & finite_rows(z)
-        return LoopState(_keep(x_new, s.x, move), _keep(rule_state, s.rule, move), None, count)
+        return LoopState(select_rows(move, x_new, s.x), select_rows(move, rule_state, s.rule), None, count)
     if a.keep_best:
         x_new = as_returned(x_new, static.dtype, ops.lo, ops.hi)
     # From a point where the logits or the gradient are not finite: back to x,
     # and the rule's state is kept.
-    x_new = jnp.where(per_example(g.ok, ops.x) > 0, x_new, ops.x)
-    rule_state = _keep(rule_state, s.rule, g.ok)
+    x_new = select_rows(g.ok, x_new, ops.x)
+    rule_state = select_rows(g.ok, rule_state, s.rule)
     if s.best is None:
         return LoopState(x_new, rule_state, None)
     z = g.logits if g.logits is not None and point is s.x else model(s.x, fold_rows(key, EVAL_FOLD))
     best, hit = record(s.best, s.x, z, ops.labels, static.targeted)
     if not a.early_stop:
         return LoopState(x_new, rule_state, best, None)
-    return LoopState(_keep(x_new, s.x, ~hit), _keep(rule_state, s.rule, ~hit), best, None)
+    return LoopState(select_rows(~hit, x_new, s.x), select_rows(~hit, rule_state, s.rule), best, None)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "targeted", "randomized"))

@@ -33,10 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv._core.rows import select_rows
 from jaxadv.gradients import loss_and_grad
 from jaxadv.keys import draw_rows, fold_rows, per_row, row_keys, split_rows
 from jaxadv.losses import cross_entropy, finite_rows, get_loss
-from jaxadv.threat_models import per_example
 from jaxadv.typing import Array, ArrayLike, LossFn, PRNGKey
 from jaxadv.validation import check_finite
 
@@ -96,7 +96,7 @@ def finite_step(z: Array, g: Array) -> Array:
 
 
 def _zero_where_bad(g: Array, ok: Array) -> Array:
-    return jnp.where(per_example(ok, g) > 0, g, 0.0)
+    return select_rows(ok, g, 0.0)
 
 
 _T = TypeVar("_T")
@@ -239,7 +239,7 @@ def diverse_inputs(
     moved = jax.vmap(lambda k, xi: _resize_pad_one(k, xi, rate, axes))(k_tf, x)
     p = jnp.asarray(prob, jnp.float32)
     apply = draw_rows(lambda k: jax.random.bernoulli(k, p), k_apply)
-    return jnp.where(per_example(apply, x) > 0, moved, x).astype(x.dtype)
+    return select_rows(apply, moved, x).astype(x.dtype)
 
 
 # Wrappers hand the wrapped source the step's keys folded with this tag, and draw

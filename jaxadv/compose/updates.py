@@ -11,12 +11,12 @@ A rule has the shape of an optax transformation:
 ``ctx`` (:class:`Context`) carries the iterate, the norm, the step's key and a
 ``grad_at(point, key)`` callback for rules that need more gradients (variance
 tuning). Directions are steepest-ascent directions of unit norm
-(:func:`jaxadv.steepest_direction`): the sign for L-inf, the normalised
+(:func:`jaxadv.threat_models.steepest_direction`): the sign for L-inf, the normalised
 gradient for L2, a sparse direction for L1.
 
-Rules are frozen dataclasses registered as pytrees: ``decay`` and ``beta`` are
+Rules are frozen dataclasses registered as pytrees: ``decay`` and ``neighborhood`` are
 traced leaves (new values do not recompile); counts are static. ``check()``
-refuses a NaN, infinite or negative ``decay`` or ``beta`` with a ``ValueError``
+refuses a NaN, infinite or negative ``decay`` or ``neighborhood`` with a ``ValueError``
 (when the values are concrete); the factories and :class:`jaxadv.compose.Attack`
 call it.
 """
@@ -160,7 +160,7 @@ class VarianceState(NamedTuple):
     variance: Array
 
 
-@_pytree(data=("decay", "beta"), meta=("num_neighbors",))
+@_pytree(data=("decay", "neighborhood"), meta=("num_neighbors",))
 @dataclasses.dataclass(frozen=True)
 class VarianceTuning:
     r"""Variance-tuned momentum (VMI-FGSM, Wang & He, 2021).
@@ -172,20 +172,20 @@ class VarianceTuning:
 
     :math:`d = d_p(v)`, with :math:`\nu = 0` at the first step. The
     ``num_neighbors`` (:math:`N`) neighbour gradients cost :math:`N` extra
-    forward-backward passes per step. Each example draws its neighbours from
-    its own key.
+    forward-backward passes per step; :math:`\beta` is ``neighborhood``. Each
+    example draws its neighbours from its own key.
     """
 
     decay: Any = 1.0
-    beta: Any = 1.5
+    neighborhood: Any = 1.5
     num_neighbors: int = 20
 
     needs_key = True  # random neighbours (not a field)
 
     def check(self) -> None:
-        """Refuse a ``decay`` or ``beta`` that is not a finite number ``>= 0``."""
+        """Refuse a ``decay`` or ``neighborhood`` that is not a finite number ``>= 0``."""
         check_finite(self.decay, "decay", minimum=0.0)
-        check_finite(self.beta, "beta", minimum=0.0)
+        check_finite(self.neighborhood, "neighborhood", minimum=0.0)
 
     def init(self, x: Array) -> VarianceState:
         return VarianceState(jnp.zeros_like(x, jnp.float32), jnp.zeros_like(x, jnp.float32))
@@ -195,7 +195,7 @@ class VarianceTuning:
 
     def update(self, grad: Array, state: Any, ctx: Context) -> tuple[Array, Any]:
         velocity = self.decay * state.velocity + unit_l1(grad + state.variance)
-        radius = per_example(self.beta * jnp.asarray(ctx.eps, jnp.float32), ctx.x_t)
+        radius = per_example(self.neighborhood * jnp.asarray(ctx.eps, jnp.float32), ctx.x_t)
 
         def neighbour(total: Array, j: Array) -> tuple[Array, None]:
             k = fold_rows(ctx.key, j)
@@ -232,12 +232,13 @@ def nesterov(decay: ArrayLike = 1.0) -> Nesterov:
 
 
 def variance_tuning(
-    decay: ArrayLike = 1.0, *, beta: ArrayLike = 1.5, num_neighbors: int = 20
+    decay: ArrayLike = 1.0, *, neighborhood: ArrayLike = 1.5, num_neighbors: int = 20
 ) -> VarianceTuning:
-    """:class:`VarianceTuning` with decay :math:`\\mu`, neighbourhood :math:`\\beta` (traced;
-    finite numbers ``>= 0``) and ``num_neighbors`` neighbours (static)."""
+    """:class:`VarianceTuning` with decay :math:`\\mu`, neighbourhood factor
+    :math:`\\beta` = ``neighborhood`` (traced; finite numbers ``>= 0``) and
+    ``num_neighbors`` neighbours (static)."""
     if not isinstance(num_neighbors, int) or isinstance(num_neighbors, bool) or num_neighbors < 1:
         raise ValueError(f"num_neighbors must be a positive int, got {num_neighbors!r}")
-    rule = VarianceTuning(_traced(decay), _traced(beta), num_neighbors)
+    rule = VarianceTuning(_traced(decay), _traced(neighborhood), num_neighbors)
     rule.check()
     return rule

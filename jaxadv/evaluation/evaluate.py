@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxadv import sharding as shd
-from jaxadv.compose.loop import fix_key
+from jaxadv._core.randomised import fix_key
 from jaxadv.evaluation.certified import Certification, CertifiedStream
 from jaxadv.evaluation.checkpoint import (
     DataHasher,

@@ -32,7 +32,7 @@ its clean term calls the module itself.
 Checks: each loss raises ``ValueError`` naming the argument for static errors
 (``steps``, ``m`` or ``batch_size`` below 1, an unknown norm, an empty batch,
 labels of the wrong shape or dtype, a missing key) and, on concrete values, for
-``eps < 0``, ``sigma <= 0``, ``kappa`` or ``beta`` outside ``[0, 1]``, labels outside
+``eps < 0``, ``sigma <= 0``, ``kappa`` or ``crown_weight`` outside ``[0, 1]``, labels outside
 ``[0, C)`` and ``x`` outside ``bounds`` (non-finite ``x`` for the Gaussian loss).
 Under ``jit`` the value checks are skipped unless the loss is wrapped with
 :func:`jaxadv.checked`, which runs them through checkify, as for the other losses.
@@ -305,7 +305,7 @@ def ibp_schedule(
     ``warmup`` steps, then both move linearly for ``ramp`` steps and stay at
     :math:`(\epsilon, \kappa_{\mathrm{end}})`; ``ramp=0`` jumps at ``warmup``. For CROWN-IBP
     (Zhang et al., 2020: :math:`\kappa` from 1 to 0 and :math:`\beta` from 1 to 0 over
-    the ramp) take ``kappa_end=0`` and :math:`\beta_t = 1 - r_t` (``1 - eps_t / eps``).
+    the ramp) take ``kappa_end=0`` and :math:`\beta_t = 1 - r_t` (``crown_weight = 1 - eps_t / eps``).
 
     Args:
       step: the update count, an int scalar ``>= 0`` (traced: e.g. ``state.step``).
@@ -418,7 +418,7 @@ def crown_ibp_loss(
     *,
     eps: ArrayLike,
     kappa: ArrayLike = 0.0,
-    beta: ArrayLike = 1.0,
+    crown_weight: ArrayLike = 1.0,
     norm: Norm = "linf",
     bounds: Bounds = (0.0, 1.0),
     batch_size: int = 32,
@@ -446,7 +446,8 @@ def crown_ibp_loss(
     with :math:`\underline m_y = 0`, so :math:`\mathrm{CE}(-\underline m, y) =
     \log(1 + \sum_{j \ne y} e^{-\underline m_j})`. The paper ramps :math:`\epsilon` up
     with :math:`\kappa` and :math:`\beta` going from 1 to 0 (see :func:`ibp_schedule`);
-    with ``beta = 1`` throughout the bounds stay CROWN-IBP. A concrete ``beta == 0``
+    with :math:`\beta` = ``crown_weight`` = 1 throughout the bounds stay CROWN-IBP. A
+    concrete ``crown_weight == 0``
     skips the backward pass (pure IBP margins). The gradient flows through both bounds
     (CROWN runs in a :func:`jax.lax.map` over the batch, ``batch_size`` examples at a
     time).
@@ -455,18 +456,19 @@ def crown_ibp_loss(
       logits_fn, x, y, eps, norm, bounds: as in :func:`ibp_loss`; the model must be
         built from the primitives :func:`jaxadv.certify.crown_bounds` supports.
       kappa: weight of the clean term, scalar in ``[0, 1]`` (traced).
-      beta: weight of the CROWN-IBP margins, scalar in ``[0, 1]`` (traced).
+      crown_weight: :math:`\beta`, the weight of the CROWN-IBP margins, scalar in
+        ``[0, 1]`` (traced).
       batch_size: examples bounded at once by CROWN (static; memory only).
 
     Returns:
       The scalar float32 loss.
 
     Raises:
-      ValueError: as :func:`ibp_loss`; also for ``beta`` outside ``[0, 1]``,
+      ValueError: as :func:`ibp_loss`; also for ``crown_weight`` outside ``[0, 1]``,
         ``batch_size < 1`` and a primitive CROWN cannot relax.
     """
     problem, norm_name, kappa, clean_ce, onehot = _bound_setup(logits_fn, x, y, eps, norm, bounds, kappa)
-    beta = _check_unit(beta, "beta")
+    beta = _check_unit(crown_weight, "crown_weight")
     batch_size = check_batch_size(batch_size)
     lower, upper = _ibp_logits(problem)
     margins = jnp.sum(lower * onehot, axis=1, keepdims=True) - upper

@@ -67,7 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv.attacks.base import check_step_size, prepare
+from jaxadv._core.problem import check_step_size, prepare
 from jaxadv.attacks.iterative import pgd, projected_gradient
 from jaxadv.compose.loop import run_from
 from jaxadv.keys import draw_rows, row_keys
