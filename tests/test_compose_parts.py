@@ -207,19 +207,25 @@ def test_eot_averages_its_draws_and_drops_examples_any_draw_fails() -> None:
         return xi
 
     # The identity transform: every draw gives the stub's gradient, so does the mean.
-    plain = compose.EOT(_Stub(), samples=4)(model, x, None, key=jax.random.key(0), targeted=False)
+    plain = compose.EOT(_Stub(), num_samples=4)(model, x, None, key=jax.random.key(0), targeted=False)
     np.testing.assert_allclose(np.asarray(plain.grad), np.asarray(x), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(plain.loss), np.asarray(x).reshape(3, -1).mean(1), rtol=1e-5)
     assert plain.logits is None and bool(jnp.all(plain.ok))
-    # A random shift of +-1 per draw: the mean of 64 draws is x plus their mean shift.
-    shifted = compose.EOT(_Stub(), samples=64, transform=lambda k, xi: xi + jax.random.rademacher(k, ()))
+    # A random shift of +-1 per draw and example (each example draws from its own key):
+    # the mean of 64 draws is x plus that example's mean shift.
+    shifted = compose.EOT(_Stub(), num_samples=64, transform=lambda k, xi: xi + jax.random.rademacher(k, ()))
     g = shifted(model, x, None, key=jax.random.key(1), targeted=False)
     shift = np.asarray(g.grad) - np.asarray(x)
-    np.testing.assert_allclose(shift, shift.flat[0], atol=1e-5)  # one shift per draw
-    twice = float(shift.flat[0]) * 64  # a mean of 64 draws of +-1: an even integer / 64
-    assert abs(twice) <= 64 and abs(twice - round(twice)) < 1e-3 and round(twice) % 2 == 0
+    per_example = shift.reshape(len(shift), -1)
+    np.testing.assert_allclose(
+        per_example, np.broadcast_to(per_example[:, :1], per_example.shape), atol=1e-5
+    )  # one shift per draw and example
+    for s in per_example[:, 0] * 64:  # a mean of 64 draws of +-1: an even integer / 64
+        assert abs(s) <= 64 and abs(s - round(s)) < 1e-3 and round(s) % 2 == 0
     # An example whose gradient fails in some draw is not stepped.
-    failed = compose.EOT(_Stub(fail=True), samples=2)(model, x, None, key=jax.random.key(0), targeted=False)
+    failed = compose.EOT(_Stub(fail=True), num_samples=2)(
+        model, x, None, key=jax.random.key(0), targeted=False
+    )
     np.testing.assert_array_equal(np.asarray(failed.ok), [True, False, True])
     assert np.all(np.asarray(failed.grad)[1] == 0)
     np.testing.assert_allclose(np.asarray(failed.grad)[[0, 2]], np.asarray(x)[[0, 2]], rtol=1e-6)

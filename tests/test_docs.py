@@ -36,7 +36,18 @@ def _public() -> dict[str, list[str]]:
         "jaxadv": [
             n
             for n in jaxadv.__all__
-            if n not in ("certify", "compose", "evaluation", "sharding", "training", "universal", "zoo")
+            if n
+            not in (
+                "certify",
+                "compose",
+                "config",
+                "evaluation",
+                "keys",
+                "sharding",
+                "training",
+                "universal",
+                "zoo",
+            )
         ],
         "jaxadv.compose": list(jaxadv.compose.__all__),
         "jaxadv.certify": list(jaxadv.certify.__all__),

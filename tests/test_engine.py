@@ -20,6 +20,7 @@ from jaxadv import config, examples
 from jaxadv._core import conv_rewrite
 from jaxadv.attacks.iterative import projected_gradient
 from jaxadv.compose import loop as composed
+from jaxadv.keys import row_keys
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def plain_fori(f, x, y, steps, key=None):
         p.hi,
         p.eps,
         jnp.float32(0.25 * 0.1),
-        jax.random.key(0),
+        row_keys(jax.random.key(0), p.x.shape[0]),
         projected_gradient(),
     )
     static = composed.Static(p.model, False, p.dtype)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -104,17 +103,20 @@ def test_half_precision_inputs_are_judged_with_their_rounding(data: Any, dtype: 
     assert np.all(res.robust[dist > eps + ulp_half])
 
 
-def test_l1_with_square_is_refused_before_any_batch(data: Any) -> None:
+def test_l1_square_keeps_to_the_l1_ball_and_cannot_fool_a_distant_example(data: Any) -> None:
+    # L1 Square is a member of the L1 standard suite: it runs in evaluate, stays in the
+    # L1 ball, and an example farther than eps (exact L1 distance to the linear
+    # boundary) is never fooled.
     x, y = data
-    read = []
-
-    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        read.append(1)
-        yield x, y
-
-    with pytest.raises(ValueError, match=r"norm='l1'"):
-        jaxadv.evaluate(sm.model(W), batches(), None, eps=1.0, norm="l1", suite=["square"], **KW)
-    assert read == []
+    eps = 1.0
+    res = jaxadv.evaluate(
+        sm.model(W), x[:16], y[:16], eps=eps, norm="l1", suite=["square"], store_adversarial=True, **KW
+    )
+    assert res.x_adv is not None
+    delta = np.abs(res.x_adv - x[:16]).reshape(16, -1).sum(axis=1)
+    assert delta.max() <= eps * (1 + 1e-5)
+    dist = sm.distance_to_boundary(x[:16], W, "l1")
+    assert np.all(res.robust[dist > eps * (1 + 1e-5)])
 
 
 @pytest.mark.slow

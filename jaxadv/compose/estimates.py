@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxadv._core.rows import select_rows
 from jaxadv.compose.sources import Gradient, Model, _pytree
-from jaxadv.keys import draw_rows, fold_rows
+from jaxadv.keys import draw_rows, fold_rows, row_keys
 from jaxadv.losses import as_onehot, cw_margin, finite_rows, get_loss
 from jaxadv.threat_models import per_example, row_sum
 from jaxadv.typing import Array, ArrayLike, Bounds, LossFn, PRNGKey
@@ -101,6 +101,7 @@ class FiniteDifference:
     def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
         b, n = x.shape[0], self.num_samples
         shape = (n, *x.shape[1:])
+        key = row_keys(key, b)  # one key, or one per example
         if self.distribution == "rademacher":
             u = draw_rows(lambda k: jax.random.rademacher(k, shape, dtype=jnp.float32), key)
         else:

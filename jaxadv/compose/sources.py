@@ -151,6 +151,7 @@ class EOT:
 
     def __call__(self, model: Model, x: Array, labels: Array, *, key: PRNGKey, targeted: bool) -> Gradient:
         transform = None if self.transform is None else _transform_rows(self.transform)
+        key = row_keys(key, x.shape[0])  # one key, or one per example
 
         def drawn(xi: Array, keys: Array) -> Array:
             # ``keys``: one per row of ``xi``, handed down by the wrapped source.

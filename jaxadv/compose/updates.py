@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv.compose.sources import _pytree
-from jaxadv.keys import draw_rows, fold_rows
+from jaxadv.keys import draw_rows, fold_rows, row_keys
 from jaxadv.threat_models import per_example, steepest_direction, step_along, unit_l1
 from jaxadv.typing import Array, ArrayLike, Norm, PRNGKey
 from jaxadv.validation import check_finite
@@ -197,8 +197,10 @@ class VarianceTuning:
         velocity = self.decay * state.velocity + unit_l1(grad + state.variance)
         radius = per_example(self.neighborhood * jnp.asarray(ctx.eps, jnp.float32), ctx.x_t)
 
+        keys = row_keys(ctx.key, ctx.x_t.shape[0])  # one key, or one per example
+
         def neighbour(total: Array, j: Array) -> tuple[Array, None]:
-            k = fold_rows(ctx.key, j)
+            k = fold_rows(keys, j)
             row = ctx.x_t.shape[1:]
             r = draw_rows(lambda kr: jax.random.uniform(kr, row, jnp.float32, -1.0, 1.0), k) * radius
             return total + ctx.grad_at(ctx.x_t + r, k), None

@@ -21,6 +21,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import golden_models as gm  # noqa: E402
+from test_golden import EXTRA_KWARGS  # noqa: E402  (the same calls as the test)
 
 # As in tests/conftest.py, so that the pins are made under the test suite's settings.
 jax.config.update("jax_numpy_rank_promotion", "allow")
@@ -32,7 +33,7 @@ def main() -> None:
     setup = gm.build()
     arrays: dict[str, np.ndarray] = {}
     for name, case in gm.CASES.items():
-        arrays.update(gm.flatten(name, case(setup, {})))
+        arrays.update(gm.flatten(name, case(setup, EXTRA_KWARGS.get(name, {}))))
     np.savez(OUTPUT, **arrays)
     for name, value in arrays.items():
         print(f"{name:28s} {str(value.dtype):8s} {value.shape}")
