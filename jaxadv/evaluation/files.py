@@ -74,7 +74,10 @@ def read_json(path: str | os.PathLike[str], what: str = "file") -> dict[str, Any
     except UnicodeDecodeError as e:
         raise CheckpointError(f"{what} {path} is not a text file (byte {e.start} is not UTF-8)") from e
     except json.JSONDecodeError as e:
-        truncated = e.pos >= len(text.rstrip()) if text.strip() else True
+        # A cut file fails at its end, or inside its last (cut) token such as "tru" or "0.12e":
+        # what follows the error is then one line of at most a token.
+        tail = text[e.pos :].rstrip()
+        truncated = not text.strip() or ("\n" not in tail and len(tail) <= 32)
         hint = "it looks truncated" if truncated else "it looks damaged"
         raise CheckpointError(
             f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}; {hint})"
