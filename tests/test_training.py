@@ -18,8 +18,14 @@ from jaxadv import training
 from jaxadv.attacks.base import prepare
 from jaxadv.attacks.iterative import projected_gradient
 from jaxadv.compose import run_from
+from jaxadv.keys import draw_rows, row_keys
 
 # --- a linear model: every quantity is cheap and exact ------------------------
+
+
+def _row_noise(key: Any, x: Any) -> Any:
+    """TRADES' start noise: each example's normal draw from its own key (jaxadv.keys)."""
+    return draw_rows(lambda k: jax.random.normal(k, x.shape[1:]), row_keys(key, x.shape[0]))
 
 
 def linear_apply(params: Any, x: jax.Array) -> jax.Array:
@@ -56,10 +62,8 @@ def _reference_adv(method: str, params: Any, x: jax.Array, y: jax.Array, key: An
     if method == "fast":  # FGSM of step 1.25 eps from a uniform start = one PGD step
         return jaxadv.pgd(f, x, y, key=key, eps=0.3, step_size=0.375, steps=1, norm=norm)
     q = jax.nn.softmax(f(x), axis=-1)
-    p = prepare(f, x, q, bounds=(0.0, 1.0), eps=0.3)
-    x0 = jaxadv.threat_models.project_to_feasible(
-        x + 0.001 * jax.random.normal(key, x.shape), x, 0.3, norm, 0.0, 1.0
-    )
+    p = prepare(f, x, q, bounds=(0.0, 1.0), eps=0.3, soft_labels=True)
+    x0 = jaxadv.threat_models.project_to_feasible(x + 0.001 * _row_noise(key, x), x, 0.3, norm, 0.0, 1.0)
     return run_from(
         projected_gradient(norm=norm, loss=training.kl_divergence),
         p,
@@ -186,9 +190,9 @@ def test_linen_step_attacks_in_eval_mode_is_deterministic_and_keeps_batch_stats(
         x_adv = jaxadv.pgd(eval_fn, x, y, key=attack_key, eps=0.15, step_size=1.25 * 0.15, steps=1)
     else:
         q = jax.nn.softmax(eval_fn(x), axis=-1)
-        p = prepare(eval_fn, x, q, bounds=(0.0, 1.0), eps=0.15)
+        p = prepare(eval_fn, x, q, bounds=(0.0, 1.0), eps=0.15, soft_labels=True)
         x0 = jaxadv.threat_models.project_to_feasible(
-            x + 0.001 * jax.random.normal(attack_key, x.shape), x, 0.15, "linf", 0, 1
+            x + 0.001 * _row_noise(attack_key, x), x, 0.15, "linf", 0, 1
         )
         x_adv = run_from(
             projected_gradient(norm="linf", loss=training.kl_divergence),
