@@ -14,6 +14,7 @@ import small_models as sm
 
 import jaxadv
 from jaxadv import compose
+from jaxadv.keys import draw_rows, row_keys
 
 SHAPE = (4, 4, 1)
 KEY = jax.random.key(0)
@@ -53,11 +54,12 @@ def test_estimate_of_a_linear_loss_is_the_probes_projection(distribution: str) -
     x, samples = _x(), 8
     source = compose.finite_difference(num_samples=samples, scale=0.01, distribution=distribution)
     out = _estimate(source, _W2, x, KEY)
-    shape = (3, samples, *SHAPE)
+    shape = (samples, *SHAPE)  # per example, from its own key (jaxadv.keys)
+    keys = row_keys(KEY, 3)
     if distribution == "rademacher":
-        u = np.asarray(jax.random.rademacher(KEY, shape, dtype=jnp.float32))
+        u = np.asarray(draw_rows(lambda k: jax.random.rademacher(k, shape, dtype=jnp.float32), keys))
     else:
-        u = np.asarray(jax.random.normal(KEY, shape, jnp.float32))
+        u = np.asarray(draw_rows(lambda k: jax.random.normal(k, shape, jnp.float32), keys))
     u = u.reshape(3, samples, -1)
     want = np.einsum("bkd,bk->bd", u, u @ _TRUE.reshape(-1)) / samples
     np.testing.assert_allclose(np.asarray(out.grad).reshape(3, -1), want, rtol=1e-3, atol=1e-3)
