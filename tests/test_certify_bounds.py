@@ -67,20 +67,29 @@ def assert_inside(values: Any, lower: Any, upper: Any, tol: float = TOL) -> None
     assert np.all(values <= upper + tol), float(np.max(values - upper))
 
 
-def directional(z: jax.Array, direction: jax.Array) -> jax.Array:
-    """``z . direction``: PGD on it with ``direction = +-e_j`` pushes logit ``j`` up or down."""
-    return jnp.sum(z * direction, axis=-1)
+def _picked(z: jax.Array, onehot: jax.Array) -> jax.Array:
+    """The labelled logit of each row (losses see one-hot labels): PGD on it pushes that logit up."""
+    return jnp.sum(z * onehot, axis=-1)
 
 
 def extreme_logits(f: Any, x: np.ndarray, eps: float, norm: str, num_classes: int) -> np.ndarray:
-    """``[2 C, batch, C]`` logits at PGD points that maximise / minimise each logit (one PGD run
-    on ``2 C`` copies of the batch, each with its direction passed as a signed one-hot label)."""
-    directions = np.concatenate([np.eye(num_classes), -np.eye(num_classes)]).astype(np.float32)
-    copies = len(directions)
+    """``[2 C, batch, C]`` logits at PGD points that maximise / minimise each logit: one PGD
+    run on ``2 C`` copies of the batch, copy ``j`` pushing logit ``j mod C`` up on a model
+    whose logits are multiplied by ``+1`` (first ``C`` copies) or ``-1`` (the others)."""
+    copies = 2 * num_classes
     xs = np.broadcast_to(x[None], (copies, *x.shape)).reshape(copies * len(x), *x.shape[1:])
-    ys = np.repeat(directions, len(x), axis=0)
+    ys = np.repeat(np.tile(np.arange(num_classes), 2), len(x)).astype(np.int32)
+    signs = jnp.asarray(np.repeat([1.0, -1.0], num_classes * len(x)).astype(np.float32))[:, None]
     x_adv = jaxadv.pgd(
-        f, xs, ys, key=jax.random.key(0), eps=eps, step_size=eps / 4, steps=20, norm=norm, loss=directional
+        lambda v: f(v) * signs,
+        xs,
+        ys,
+        key=jax.random.key(0),
+        eps=eps,
+        step_size=eps / 4,
+        steps=20,
+        norm=norm,
+        loss=_picked,
     )
     return np.asarray(f(x_adv)).reshape(copies, len(x), num_classes)
 

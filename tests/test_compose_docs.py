@@ -73,8 +73,10 @@ def test_vmapped_curve_stays_in_each_ball(page: dict[str, Any]) -> None:
     # Robust accuracy falls as the radius grows.
     curve = np.asarray(page["curve"])
     assert np.all(np.diff(curve) <= 1e-9) and curve[0] > curve[-1]
-    # The vmapped attack at eps=1 is the direct call's attack (same key): same examples.
-    np.testing.assert_allclose(x_advs[list(radii).index(1.0)], np.asarray(page["x_adv"]), atol=1e-5)
+    # The vmapped attack at eps=1 is the direct call's attack (same key): same examples,
+    # up to the float32 rounding that batching the matrix products under vmap changes
+    # (2e-5 on a few pixels; a different attack would differ by the step size, 0.1).
+    np.testing.assert_allclose(x_advs[list(radii).index(1.0)], np.asarray(page["x_adv"]), atol=1e-4)
     # A new decay is a new leaf value, not a new program.
     assert page["accuracy_curve"]._cache_size() == 1
     assert np.asarray(page["curve_less"]).shape == curve.shape
