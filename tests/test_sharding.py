@@ -344,7 +344,8 @@ def results(tmp_path_factory: Any) -> dict[str, Any]:
         cwd=root,
         capture_output=True,
         text=True,
-        timeout=600,
+        # About 540 s on two shared cores (the whole registry compiled for 8 devices).
+        timeout=1800,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
