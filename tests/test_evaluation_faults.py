@@ -20,6 +20,7 @@ import small_models as sm
 
 import jaxadv
 from jaxadv.evaluation import MISCLASSIFIED, ROBUST, SuiteAttack
+from jaxadv.evaluation.checks import _square_unsupported
 from jaxadv.evaluation.suites import resolve_suite
 
 evaluate_module = importlib.import_module("jaxadv.evaluation.evaluate")
@@ -122,8 +123,6 @@ def test_l1_square_keeps_to_the_l1_ball_and_cannot_fool_a_distant_example(data: 
 def test_square_check_applies_to_image_shaped_inputs_in_every_norm() -> None:
     # Square covers L-inf, L2 and L1 (L1 Square is in the L1 suite), so the black-box
     # check is skipped only for inputs that are not image-shaped.
-    from jaxadv.evaluation.checks import _square_unsupported
-
     for norm in ("linf", "l2", "l1"):
         assert _square_unsupported(norm, np.zeros((2, 8, 8, 1))) is None
         assert _square_unsupported(norm, np.zeros((2, 8, 8))) is None
