@@ -24,10 +24,13 @@ are taken against the faster):
   (sum over the batch): ``jax.jit(jax.grad(...))`` with the weights as
   arguments, the same through the library's convolution rewrite (the form the
   attacks' loops run, kernels prepared at every call), and PyTorch's
-  ``autograd.grad``;
+  ``autograd.grad``; on a CPU each JAX row twice, compiled with XLA's default
+  options (YNNPACK convolutions) and with those jaxadv gives its own programs
+  (Eigen convolutions, ``jaxadv.config`` ``cpu_eigen_convolutions``);
 * ``pgd``: PGD-10 (L-inf, eps 8/255, step 2/255, random start): ``jaxadv.pgd``
-  direct and under ``jax.jit``, ``torchattacks.PGD``; the floor of 10 jitted
-  input gradients; the attack's cost per step;
+  direct and under ``jax.jit`` (XLA's default options, and jaxadv's),
+  ``torchattacks.PGD``; the floor of 10 jitted input gradients compiled as
+  jaxadv compiles; the attack's cost per step;
 * ``apgd``: APGD-CE with 100 iterations: ``jaxadv.apgd`` against AutoAttack's
   ``APGDAttack`` (same budget, one restart), for ``--apgd-models``;
 * ``digits``: BIM-10 on the bundled 8x8 digits CNN (batch 397) against
@@ -69,6 +72,7 @@ import numpy as np
 
 import jaxadv
 from jaxadv import zoo
+from jaxadv._core import compile as compile_options
 from jaxadv._core import conv_rewrite
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -82,6 +86,7 @@ EVALUATE_BATCH = 8
 EPS, ALPHA = 8 / 255, 2 / 255
 # Row names shared with benchmarks/accelerator.py.
 FLOOR, DIRECT, JITTED = "floor: 10 gradients", "jaxadv.pgd direct", "jax.jit(jaxadv.pgd)"
+JITTED_TUNED = "jax.jit(jaxadv.pgd), jaxadv's options"
 APGD, APGD_REFERENCE = "jaxadv.apgd (ce)", "AutoAttack APGDAttack (ce)"
 
 
@@ -228,14 +233,21 @@ def setup(arch: str, batch: int, torch: Any, device: str) -> Setup:
     return Setup(arch, model, module, variables, logits_fn, x, y, xj, jnp.asarray(y), xt, yt, device, gap)
 
 
-def _gradient_program(s: Setup) -> Any:
+def _options(default: bool) -> dict[str, Any]:
+    """XLA's defaults, or the compile options jaxadv's own programs get (convolutions on
+    Eigen on a CPU, :mod:`jaxadv._core.compile`)."""
+    return {} if default or not compile_options.eigen_convolutions() else dict(compile_options.EIGEN_OPTIONS)
+
+
+def _gradient_program(s: Setup, *, default: bool = False) -> Any:
+    """One jitted input gradient, compiled as jaxadv compiles its programs (``default``:
+    with XLA's default options, as a user's own ``jit`` is)."""
     onehot = jax.nn.one_hot(s.yj, s.logits_fn(s.xj[:1]).shape[-1])
 
-    @jax.jit
     def gradient(f: Any, x: jax.Array) -> jax.Array:
         return jax.grad(lambda v: jnp.sum(jaxadv.cross_entropy(f(v), onehot)))(x)
 
-    return gradient
+    return jax.jit(gradient, compiler_options=_options(default))
 
 
 def _pgd(f: Any, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -261,6 +273,9 @@ def pgd_times(s: Setup, torch: Any, repeats: int) -> dict[str, list[float]]:
         DIRECT: lambda: _pgd(s.logits_fn, s.xj, s.yj),
         JITTED: lambda: jitted_pgd(s.logits_fn, s.xj, s.yj),
     }
+    if _options(False):
+        tuned = jax.jit(_pgd, compiler_options=_options(False))
+        fns[JITTED_TUNED] = lambda: tuned(s.logits_fn, s.xj, s.yj)
     try:
         import torchattacks
 
@@ -347,19 +362,21 @@ def suite(s: Setup, torch: Any) -> SuiteResult:
 def gradient_times(s: Setup, torch: Any, repeats: int) -> dict[str, list[float]]:
     """The forward pass and the input gradient of the summed cross-entropy, in both
     libraries (``repeats`` interleaved rounds after a warm-up)."""
-    gradient = _gradient_program(s)
     onehot = jax.nn.one_hot(s.yj, s.logits_fn(s.xj[:1]).shape[-1])
 
     def loss_grad(f: Any, x: jax.Array) -> jax.Array:
         return jax.grad(lambda v: jnp.sum(jaxadv.cross_entropy(f(v), onehot)))(x)
 
-    rewritten = jax.jit(conv_rewrite.rewrite(loss_grad))
-    forward = jax.jit(lambda f, x: f(x))
-    fns: dict[str, Callable[[], Any]] = {
-        "jax forward": lambda: forward(s.logits_fn, s.xj),
-        "jax input gradient": lambda: gradient(s.logits_fn, s.xj),
-        "jax input gradient, rewritten": lambda: rewritten(s.logits_fn, s.xj),
-    }
+    fns: dict[str, Callable[[], Any]] = {}
+    # XLA's default options (YNNPACK convolutions on a CPU), then jaxadv's (Eigen's), if other.
+    for default in (True, False) if _options(False) else (True,):
+        tag = ", XLA default" if default else ", jaxadv's options"
+        forward = jax.jit(lambda f, x: f(x), compiler_options=_options(default))
+        gradient = _gradient_program(s, default=default)
+        rewritten = jax.jit(conv_rewrite.rewrite(loss_grad), compiler_options=_options(default))
+        fns["jax forward" + tag] = lambda forward=forward: forward(s.logits_fn, s.xj)
+        fns["jax input gradient" + tag] = lambda gradient=gradient: gradient(s.logits_fn, s.xj)
+        fns["jax input gradient, rewritten" + tag] = lambda rewritten=rewritten: rewritten(s.logits_fn, s.xj)
 
     def torch_forward() -> Any:
         with torch.no_grad():

@@ -1,6 +1,6 @@
 """Library-wide settings.
 
-One setting exists today:
+Two settings exist today:
 
 ``conv_rewrite`` (bool, default ``True``)
     On XLA:CPU, the iterative attacks run their loop body with its
@@ -18,6 +18,21 @@ One setting exists today:
     debugging, or if a model's jaxpr holds a primitive it cannot re-bind (it
     then falls back by itself and logs a warning once).
 
+``cpu_eigen_convolutions`` (bool, default ``True``)
+    On XLA:CPU, the programs jaxadv compiles itself (a direct call's attack
+    loop, the model's clean logits, an attack's initial state) run their
+    convolutions on Eigen's convolution instead of XLA's default YNNPACK
+    fusion (:mod:`jaxadv._core.compile`). Measured on the same 2-core AMD EPYC
+    (AVX2), PreAct-ResNet-18, batch 32: the forward pass took 0.57 s against
+    1.19 s, the input gradient 1.19-1.29 s against 2.20 s, which puts both
+    below PyTorch's time on that machine (``benchmarks/RESULTS.md``, "Input
+    gradients on XLA:CPU"). Results are YNNPACK's up to floating-point
+    reassociation. Under your own ``jax.jit`` your compilation decides: the
+    same effect there comes from the environment variable ``XLA_FLAGS`` set to
+    ``--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``.
+    Turn it off where YNNPACK is the faster (measure with
+    ``benchmarks/bench_scale.py``: the CPUs measured here had no AVX-512).
+
 Settings are read when a program is traced: a program already compiled (by a
 direct call's cache or your own ``jax.jit``) keeps the value it was traced
 with; the library's own caches key on it. Change a setting with
@@ -29,8 +44,9 @@ with; the library's own caches key on it. Change a setting with
     with jaxadv.config.override(conv_rewrite=True):
         x_adv = jaxadv.pgd(logits_fn, x, y, key=key, eps=8 / 255, steps=10)
 
-The environment variable ``JAXADV_CONV_REWRITE`` (``0``/``false``/``off`` or
-``1``/``true``/``on``) sets the initial value when jaxadv is imported.
+The environment variables ``JAXADV_CONV_REWRITE`` and
+``JAXADV_CPU_EIGEN_CONVOLUTIONS`` (``0``/``false``/``off`` or ``1``/``true``/``on``)
+set the initial values when jaxadv is imported.
 """
 
 from __future__ import annotations
@@ -39,8 +55,11 @@ import contextlib
 import os
 from typing import Iterator
 
-_DEFAULTS: dict[str, bool] = {"conv_rewrite": True}
-_ENVIRONMENT = {"conv_rewrite": "JAXADV_CONV_REWRITE"}
+_DEFAULTS: dict[str, bool] = {"conv_rewrite": True, "cpu_eigen_convolutions": True}
+_ENVIRONMENT = {
+    "conv_rewrite": "JAXADV_CONV_REWRITE",
+    "cpu_eigen_convolutions": "JAXADV_CPU_EIGEN_CONVOLUTIONS",
+}
 _TRUE = ("1", "true", "on", "yes")
 _FALSE = ("0", "false", "off", "no")
 

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 
 from jaxadv import config
 from jaxadv._core import conv_rewrite
+from jaxadv._core.compile import jit
 from jaxadv.typing import LoopMode
 from jaxadv.validation import is_traced
 
@@ -50,7 +51,7 @@ S = TypeVar("S")
 Body = Callable[[Any, Any, Any, Any], Any]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
+@functools.partial(jit, static_argnums=(0, 4))
 def _host_step(body: Body, i: jax.Array, state: Any, operands: Any, static: Any) -> Any:
     return body(i, state, operands, static)
 
@@ -66,14 +67,14 @@ def _fori(body: Body, steps: Any, state: Any, operands: Any, static: Any, rewrit
     return jax.lax.fori_loop(0, steps, lambda i, s: body(i, s, operands, static), state)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+@functools.partial(jit, static_argnums=(0, 4, 5))
 def _compiled_loop(
     body: Body, steps: jax.Array, state: Any, operands: Any, static: Any, rewrite: bool
 ) -> Any:
     return _fori(body, steps, state, operands, static, rewrite)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 4, 5))
+@functools.partial(jit, static_argnums=(0, 1, 4, 5))
 def _fori_program(body: Body, steps: int, state: Any, operands: Any, static: Any, rewrite: bool) -> Any:
     # A direct call with loop="fori": the same loop as under a caller's jit (a static
     # trip count), compiled once and cached instead of re-traced at every call.

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv._core.compile import jit
 from jaxadv.typing import Array, ArrayLike, LogitsFn
 
 Partial = jax.tree_util.Partial
@@ -241,7 +242,7 @@ def combine_model(static: ModelStatic, dynamic: list[Any]) -> LogitsFn:
     return jax.tree_util.tree_unflatten(static.treedef, leaves)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jit, static_argnums=0)
 def _logits(static: ModelStatic, dynamic: list[Any], x: Array) -> Array:
     return combine_model(static, dynamic)(x)
 

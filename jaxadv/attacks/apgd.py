@@ -77,6 +77,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv._core.compile import jit
 from jaxadv._core.problem import Problem, check_finite_step
 from jaxadv._core.randomised import EVAL_FOLD, loop_problem, prepare_problem, source_model
 from jaxadv._core.rows import flat, select_rows
@@ -302,7 +303,7 @@ def _apgd_l1_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _Stat
     return select_rows(s.found & ops.freeze, s, new)
 
 
-@functools.partial(jax.jit, static_argnames=("static",))
+@functools.partial(jit, static_argnames=("static",))
 def _apgd_init(
     key: PRNGKey, ops: _Operands, found: Array, x_start: Array | None, *, static: _Static
 ) -> _State:
@@ -512,7 +513,7 @@ def _start(p: Problem) -> _Outcome:
     return _Outcome(p.x, jnp.zeros((b,), bool), jnp.full((b,), -jnp.inf, jnp.float32))
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(jit, static_argnames=("model",))
 def _clean_logits(params: Any, x: Array, *, model: Any) -> Array:
     return combine_model(model, params)(x)
 

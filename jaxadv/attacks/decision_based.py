@@ -21,6 +21,7 @@ from typing import Any, Literal, NamedTuple, overload
 import jax
 import jax.numpy as jnp
 
+from jaxadv._core.compile import jit
 from jaxadv._core.problem import prepare
 from jaxadv._core.rows import select_rows
 from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, finish
@@ -217,7 +218,7 @@ def _hsj_body(i: Array, state: _HSJState, ops: _HSJOperands, static: _HSJStatic)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("model", "norm", "targeted", "init_tries", "theta", "bs_steps", "has_init")
+    jit, static_argnames=("model", "norm", "targeted", "init_tries", "theta", "bs_steps", "has_init")
 )
 def _hsj_init(
     key: PRNGKey,

@@ -52,6 +52,7 @@ from typing import Any, Literal, NamedTuple, overload
 import jax
 import jax.numpy as jnp
 
+from jaxadv._core.compile import jit
 from jaxadv._core.problem import Problem, prepare
 from jaxadv._core.rows import flat, select_rows
 from jaxadv.engine import iterate
@@ -237,7 +238,7 @@ def project_hyperplane_box(
     return _project_points(t, wv, bv, lo, hi, norm=norm)
 
 
-@functools.partial(jax.jit, static_argnames=("norm",))
+@functools.partial(jit, static_argnames=("norm",))
 def _project_points(t: Array, w: Array, b: Array, lo: Array, hi: Array, *, norm: Norm) -> Array:
     tf, wf = flat(t), flat(w)
     return _project_flat(tf, wf, b - row_sum(wf * tf), flat(lo), flat(hi), norm).reshape(t.shape)
@@ -380,7 +381,7 @@ class _Setup(NamedTuple):
     beta: Array
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(jit, static_argnames=("model",))
 def _setup(
     params: Any,
     x: Array,
@@ -403,7 +404,7 @@ def _setup(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("norm", "eps_mode", "random"))
+@functools.partial(jit, static_argnames=("norm", "eps_mode", "random"))
 def _begin_run(
     key: PRNGKey, x: Array, best_norm: Array, setup: _Setup, *, norm: Norm, eps_mode: bool, random: bool
 ) -> tuple[Array, Array]:
@@ -432,7 +433,7 @@ def _begin_run(
     return jnp.clip(x + per_example(0.5 * radius, x) * u, setup.lo, setup.hi), active
 
 
-@functools.partial(jax.jit, static_argnames=("norm", "eps_mode"))
+@functools.partial(jit, static_argnames=("norm", "eps_mode"))
 def _finish(
     x: Array, best: Array, best_norm: Array, searched: Array, setup: _Setup, *, norm: Norm, eps_mode: bool
 ) -> tuple[Array, Array]:
@@ -453,7 +454,7 @@ def _finish(
     return select_rows(found, best, x), found
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(jit, static_argnames=("model",))
 def _class_order(params: Any, x: Array, *, model: Any) -> Array:
     """``[batch, C]`` int32: the classes by decreasing clean logit (a stable sort: ties
     go to the lower class index; NaN logits last)."""

@@ -88,6 +88,7 @@ from typing import Any, Literal, NamedTuple, overload
 import jax
 import jax.numpy as jnp
 
+from jaxadv._core.compile import jit
 from jaxadv._core.problem import prepare
 from jaxadv._core.rows import flat, select_rows
 from jaxadv.engine import iterate
@@ -281,14 +282,14 @@ def _search_body(i: Array, s: _Search, ops: _SearchOperands, static: _Static) ->
     return _Search(lower=jnp.where(hit, s.lower, beta), upper=jnp.where(hit, beta, s.upper))
 
 
-@functools.partial(jax.jit, static_argnames=("static",))
+@functools.partial(jit, static_argnames=("static",))
 def _search_result(ops: _SearchOperands, upper: Array, *, static: _Static) -> Array:
     """The bisection's smallest adversarial point, or ``x`` where the start is not adversarial."""
     mid = _mid_point(ops.x, ops.start, upper, static.norm)
     return select_rows(_is_hit(ops, static, mid), mid, ops.x)
 
 
-@functools.partial(jax.jit, static_argnames=("norm",))
+@functools.partial(jit, static_argnames=("norm",))
 def _init_state(x: Array, x_t: Array, lo: Array, hi: Array, *, norm: str) -> tuple[_State, Array]:
     """The loop's first state, and the largest norm of a perturbation inside the box."""
     b = x.shape[0]

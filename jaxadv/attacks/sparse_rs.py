@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv._core.compile import jit
 from jaxadv._core.problem import prepare
 from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, finish
 from jaxadv.attacks.square import from_nhwc, image_layout, to_nhwc
@@ -409,7 +410,7 @@ def _frame_mask(h: int, w: int, k: int) -> np.ndarray:
     return mask
 
 
-@functools.partial(jax.jit, static_argnames=("static",))
+@functools.partial(jit, static_argnames=("static",))
 def _init(key: Array, ops: _Operands, *, static: _Static) -> _State:
     """Evaluate the clean input (query 1), then the random start (query 2): ``k`` random
     pixels (``"l0"``) or the whole frame at random corners, or a random-squares patch at

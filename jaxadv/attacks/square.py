@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv._core.compile import jit
 from jaxadv._core.problem import prepare
 from jaxadv._core.rows import select_rows
 from jaxadv.attacks.blackbox import (
@@ -279,7 +280,7 @@ def _square_body(i: Array, state: _SquareState, ops: _SquareOperands, static: _S
     )
 
 
-@functools.partial(jax.jit, static_argnames=("model", "norm", "targeted", "layout"))
+@functools.partial(jit, static_argnames=("model", "norm", "targeted", "layout"))
 def _square_init(
     key: PRNGKey,
     params: Any,

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv._core.compile import jit
 from jaxadv.attacks.iterative import pgd
 from jaxadv.attacks.single_step import fgsm
 from jaxadv.models import ModelStatic, combine_model, predict, split_model
@@ -19,7 +20,7 @@ from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
 from jaxadv.validation import check_norm, check_steps
 
 
-@functools.partial(jax.jit, static_argnames=("model", "norm", "steps", "single_step"))
+@functools.partial(jit, static_argnames=("model", "norm", "steps", "single_step"))
 def _sweep(
     model: ModelStatic,
     params: Any,
