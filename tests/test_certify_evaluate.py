@@ -38,6 +38,15 @@ def noisy(digits: Any) -> tuple[Any, np.ndarray, np.ndarray]:
     return sm.trained_digits("noisy_mlp64").logits_fn, test.x[:N], test.y[:N]
 
 
+def _evaluate_both(noisy: Any, suite: Any) -> dict[float, ev.EvaluationResult]:
+    f, x, y = noisy
+    kw: dict[str, Any] = dict(norm="l2", suite=suite, key=KEY, batch_size=8, progress=False, checks=False)
+    return {
+        0.25: jaxadv.evaluate(f, x, y, eps=0.25, certify=SMOOTHING, **kw),
+        0.5: jaxadv.evaluate(f, x, y, eps=0.5, certify=BOUNDS, **kw),
+    }
+
+
 @pytest.fixture(scope="module")
 def evaluated(noisy: Any) -> dict[float, ev.EvaluationResult]:
     """The standard suite (L2) at 0.25 with smoothing attached, and at 0.5 with CROWN attached.
@@ -45,14 +54,19 @@ def evaluated(noisy: Any) -> dict[float, ev.EvaluationResult]:
     Batches of 8 (two per run): every attack compiles one shape; the certification
     cuts its own chunks of 16 from them.
     """
-    f, x, y = noisy
-    kw: dict[str, Any] = dict(
-        norm="l2", suite="standard", key=KEY, batch_size=8, progress=False, checks=False
-    )
-    return {
-        0.25: jaxadv.evaluate(f, x, y, eps=0.25, certify=SMOOTHING, **kw),
-        0.5: jaxadv.evaluate(f, x, y, eps=0.5, certify=BOUNDS, **kw),
-    }
+    return _evaluate_both(noisy, "standard")
+
+
+def _pgd5(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Any, bounds: Any) -> Any:
+    return jaxadv.pgd(logits_fn, x, y, key=key, eps=eps, step_size=eps / 4, steps=5, norm=norm, bounds=bounds)
+
+
+@pytest.fixture(scope="module")
+def evaluated_cheaply(noisy: Any) -> dict[float, ev.EvaluationResult]:
+    """The same evaluations with a 5-step PGD for a suite: what ``evaluate`` stores and
+    reports of the certification does not depend on the attacks (the bound against the
+    standard suite is the slow test's)."""
+    return _evaluate_both(noisy, [ev.SuiteAttack("pgd-5", _pgd5)])
 
 
 @pytest.mark.slow
@@ -72,17 +86,17 @@ def test_certified_accuracy_is_below_robust_accuracy_at_every_radius(evaluated: 
     assert bounds.accuracy_at(0.5) > 0
 
 
-def test_evaluate_stores_what_certified_accuracy_returns(noisy: Any, evaluated: Any) -> None:
+def test_evaluate_stores_what_certified_accuracy_returns(noisy: Any, evaluated_cheaply: Any) -> None:
     f, x, y = noisy
     for r, c in ((0.25, SMOOTHING), (0.5, BOUNDS)):
-        stored = evaluated[r].certified
+        stored = evaluated_cheaply[r].certified
         direct = ev.certified_accuracy(f, x, y, certify=c, key=KEY)
         np.testing.assert_array_equal(stored.radius, direct.radius)
         np.testing.assert_array_equal(stored.abstained, direct.abstained)
         np.testing.assert_array_equal(stored.accuracy, direct.accuracy)
         assert stored.certification == c
     # The smoothing figures are smooth_certify's (one chunk of 16, key folded with its index 0).
-    smoothed = evaluated[0.25].certified
+    smoothed = evaluated_cheaply[0.25].certified
     cert = certify.smooth_certify(
         f, x, y, key=jax.random.fold_in(KEY, 0), sigma=SIGMA, n0=64, n=500, alpha=0.001, batch_size=64
     )
@@ -94,16 +108,16 @@ def test_evaluate_stores_what_certified_accuracy_returns(noisy: Any, evaluated: 
     # The bound-propagation figures are verified()'s at each radius.
     ok = np.stack([np.asarray(certify.verified(f, x, y, eps=r, norm="l2")) for r in RADII], axis=1)
     np.testing.assert_array_equal(
-        evaluated[0.5].certified.certified, np.maximum.accumulate(ok[:, ::-1], axis=1)[:, ::-1]
+        evaluated_cheaply[0.5].certified.certified, np.maximum.accumulate(ok[:, ::-1], axis=1)[:, ::-1]
     )
 
 
-def test_result_reports_json_and_repr(evaluated: Any) -> None:
-    res = evaluated[0.25]
+def test_result_reports_json_and_repr(evaluated_cheaply: Any) -> None:
+    res = evaluated_cheaply[0.25]
     text = res.summary()
     assert "certified at r=0.25" in text and "robust, an upper bound" in text
     assert "smoothed classifier" in text and "abstained" in text
-    assert "bound propagation (CROWN), l2" in evaluated[0.5].summary()
+    assert "bound propagation (CROWN), l2" in evaluated_cheaply[0.5].summary()
     assert "certified=CertifiedResult(method='smoothing'" in repr(res)
     back = ev.EvaluationResult.from_dict(json.loads(json.dumps(res.to_dict())))
     assert back.certified is not None
@@ -114,19 +128,19 @@ def test_result_reports_json_and_repr(evaluated: Any) -> None:
     assert plain.certified is None and "certified" not in plain.summary()
 
 
-def test_curve_is_non_increasing_and_the_plot_draws_it(evaluated: Any) -> None:
+def test_curve_is_non_increasing_and_the_plot_draws_it(evaluated_cheaply: Any) -> None:
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    smoothed, bounds = evaluated[0.25].certified, evaluated[0.5].certified
+    smoothed, bounds = evaluated_cheaply[0.25].certified, evaluated_cheaply[0.5].certified
     for cert in (smoothed, bounds):
         assert np.all(np.diff(cert.accuracy) <= 0)
         rows = cert.certified  # [n, R]: certified at a radius means certified at every smaller one
         assert np.all(rows[:, 1:] <= rows[:, :-1])
     curve = [smoothed.accuracy_at(r) for r in np.linspace(0, 1, 41)]
     assert np.all(np.diff(curve) <= 0) and curve[-1] == 0.0  # n=500 caps the radius near 0.55
-    robust = {r: e.robust_accuracy for r, e in evaluated.items()}
+    robust = {r: e.robust_accuracy for r, e in evaluated_cheaply.items()}
     fig = ev.plot_certified_accuracy({"smoothing": smoothed, "CROWN": bounds}, robust=robust)
     ax = fig.axes[0]
     assert ax.get_xlabel() == "radius (l2)" and len(ax.lines) == 5  # 2 x (steps, markers), attack points
