@@ -588,6 +588,7 @@ def main() -> None:
                 "torch": f"{torch.__version__} on {device}"
                 + (f": {torch.cuda.get_device_name()}" if device == "cuda" else ""),
                 "conv rewrite": f"{jaxadv.config.read('conv_rewrite')} (jaxadv.config)",
+                "eigen convs": f"{jaxadv.config.read('cpu_eigen_convolutions')} (jaxadv.config)",
             }
         ),
         flush=True,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +57,8 @@ def test_inside_a_callers_trace_the_callers_compilation_decides() -> None:
     want = np.asarray(jax.jit(_conv)(X, W))
     # Traced arguments, and concrete ones closed over by the caller's trace.
     np.testing.assert_allclose(np.asarray(jax.jit(conv)(X, W)), want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(jax.jit(lambda u: conv(X, W) + 0 * u)(1.0)), want, rtol=1e-5, atol=1e-5)
+    closed = jax.jit(lambda u: conv(X, W) + 0 * u)(1.0)
+    np.testing.assert_allclose(np.asarray(closed), want, rtol=1e-5, atol=1e-5)
     g = jax.grad(lambda x: jnp.sum(conv(x, W) ** 2))(X)
     g_ref = jax.grad(lambda x: jnp.sum(_conv(x, W) ** 2))(X)
     np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-4, atol=1e-4)
