@@ -307,7 +307,17 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("which", list(MODELS))
+# custom_vjp in the fast tier; custom_jvp and shard_map (about 30-50 s of compilation each
+# on two cores) in the slow one. test_custom_jvp_primal_is_rewritten_and_keeps_its_rule
+# checks custom_jvp in the fast tier too.
+@pytest.mark.parametrize(
+    "which",
+    [
+        "custom_vjp",
+        pytest.param("custom_jvp", marks=pytest.mark.slow),
+        pytest.param("shard_map", marks=pytest.mark.slow),
+    ],
+)
 def test_custom_derivatives_and_shard_map_give_equal_results(which: str) -> None:
     k = jax.random.split(jax.random.key(1), 4)
     params = [
