@@ -31,6 +31,7 @@ from typing import Any, Callable, TypeVar
 import jax
 
 from jaxadv import config
+from jaxadv.validation import is_traced
 
 logger = logging.getLogger("jaxadv")
 
@@ -47,11 +48,6 @@ _unsupported: list[str] = []  # the first error, once the option was refused
 def eigen_convolutions() -> bool:
     """Whether programs compiled now get :data:`EIGEN_OPTIONS` (setting on, CPU backend, option known)."""
     return not _unsupported and config.read("cpu_eigen_convolutions") and jax.default_backend() == "cpu"
-
-
-def _inside_a_trace(args: Any, kwargs: Any) -> bool:
-    leaves = jax.tree_util.tree_leaves((args, kwargs))
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
 
 
 def _refused(error: Exception) -> bool:
@@ -86,7 +82,7 @@ def jit(fun: F | None = None, **jit_kwargs: Any) -> Any:
     def call(*args: Any, **kwargs: Any) -> Any:
         # Compile options belong to a top-level program only: inside a caller's trace
         # this program is inlined into the caller's, which is compiled as the caller says.
-        if eigen_convolutions() and not _inside_a_trace(args, kwargs):
+        if eigen_convolutions() and not is_traced(args, kwargs):
             try:
                 return eigen(*args, **kwargs)
             except jax.errors.JaxRuntimeError as e:

@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxadv._core.compile import jit
 from jaxadv._core.problem import prepare
 from jaxadv._core.rows import select_rows
 from jaxadv.engine import iterate
@@ -120,7 +119,7 @@ def _cw_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _Stat
     )
 
 
-@jit
+@jax.jit
 def _search_update(hit: Array, const: Array, lower: Array, upper: Array) -> tuple[Array, Array, Array]:
     upper = jnp.where(hit, jnp.minimum(upper, const), upper)
     lower = jnp.where(hit, lower, jnp.maximum(lower, const))
@@ -129,7 +128,7 @@ def _search_update(hit: Array, const: Array, lower: Array, upper: Array) -> tupl
     return const, lower, upper
 
 
-@functools.partial(jit, static_argnames=("optimizer",))
+@functools.partial(jax.jit, static_argnames=("optimizer",))
 def _init_w(x: Array, lo: Array, hi: Array, *, optimizer: Any) -> tuple[Array, Any]:
     boxed = _boxed(lo, hi)
     span = jnp.where(boxed, jnp.maximum(hi - lo, 1e-12), 1.0)

@@ -238,7 +238,7 @@ def project_hyperplane_box(
     return _project_points(t, wv, bv, lo, hi, norm=norm)
 
 
-@functools.partial(jit, static_argnames=("norm",))
+@functools.partial(jax.jit, static_argnames=("norm",))
 def _project_points(t: Array, w: Array, b: Array, lo: Array, hi: Array, *, norm: Norm) -> Array:
     tf, wf = flat(t), flat(w)
     return _project_flat(tf, wf, b - row_sum(wf * tf), flat(lo), flat(hi), norm).reshape(t.shape)
@@ -404,7 +404,7 @@ def _setup(
     )
 
 
-@functools.partial(jit, static_argnames=("norm", "eps_mode", "random"))
+@functools.partial(jax.jit, static_argnames=("norm", "eps_mode", "random"))
 def _begin_run(
     key: PRNGKey, x: Array, best_norm: Array, setup: _Setup, *, norm: Norm, eps_mode: bool, random: bool
 ) -> tuple[Array, Array]:
@@ -433,7 +433,7 @@ def _begin_run(
     return jnp.clip(x + per_example(0.5 * radius, x) * u, setup.lo, setup.hi), active
 
 
-@functools.partial(jit, static_argnames=("norm", "eps_mode"))
+@functools.partial(jax.jit, static_argnames=("norm", "eps_mode"))
 def _finish(
     x: Array, best: Array, best_norm: Array, searched: Array, setup: _Setup, *, norm: Norm, eps_mode: bool
 ) -> tuple[Array, Array]:

@@ -289,7 +289,7 @@ def _search_result(ops: _SearchOperands, upper: Array, *, static: _Static) -> Ar
     return select_rows(_is_hit(ops, static, mid), mid, ops.x)
 
 
-@functools.partial(jit, static_argnames=("norm",))
+@functools.partial(jax.jit, static_argnames=("norm",))
 def _init_state(x: Array, x_t: Array, lo: Array, hi: Array, *, norm: str) -> tuple[_State, Array]:
     """The loop's first state, and the largest norm of a perturbation inside the box."""
     b = x.shape[0]
