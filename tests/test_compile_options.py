@@ -85,6 +85,9 @@ def test_the_setting_turns_it_off() -> None:
     assert cc.eigen_convolutions()
     with config.override(cpu_eigen_convolutions=False):
         assert not cc.eigen_convolutions()
+    with pytest.raises(ValueError, match="takes True or False"):
+        config.update("cpu_eigen_convolutions", 1)  # type: ignore[arg-type]
+    assert cc.eigen_convolutions()
     # Through an attack: the same adversarial examples with the setting on and off.
     f = jaxadv.from_apply(lambda p, x: jnp.mean(_conv(x, p), axis=(1, 2))[:, :10], W)
     y = jaxadv.predict(f, X)
