@@ -31,7 +31,11 @@ Two settings exist today:
     same effect there comes from the environment variable ``XLA_FLAGS`` set to
     ``--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``.
     Turn it off where YNNPACK is the faster (measure with
-    ``benchmarks/bench_scale.py``: the CPUs measured here had no AVX-512).
+    ``benchmarks/bench_scale.py``: the CPUs measured here had no AVX-512), or
+    where results must be bit-identical across batch sizes and device counts:
+    Eigen blocks a convolution by its whole shape, so a row can round
+    differently with another number of rows (the digits CNN's logits by
+    1.9e-6 at 8 rows against 128), where XLA's default gave the same bits.
 
 Settings are read when a program is traced: a program already compiled (by a
 direct call's cache or your own ``jax.jit``) keeps the value it was traced

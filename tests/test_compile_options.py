@@ -97,6 +97,34 @@ def test_the_setting_turns_it_off() -> None:
     np.testing.assert_allclose(np.asarray(on), np.asarray(off), atol=1e-6)
 
 
+def test_rows_round_alike_on_any_row_count_with_the_setting_off() -> None:
+    """With the setting off, a row of the digits CNN gets the same bits with 8 or 60
+    rows as with 64 (what the 8-device sharding test relies on); with it on, Eigen
+    picks its blocking from the whole convolution's shape, so rows may round
+    differently, but only by float32 rounding."""
+    import small_models
+
+    from jaxadv import examples
+
+    fn = small_models.trained_digits("cnn").logits_fn
+    x = jnp.asarray(examples.load_digits(0)[1].x[:64])
+
+    def run(rows: int) -> tuple[np.ndarray, np.ndarray]:
+        logits = cc.jit(fn)(x[:rows])
+        grad = cc.jit(jax.grad(lambda v: jnp.sum(fn(v)[:, 0])))(x[:rows])
+        return np.asarray(logits), np.asarray(grad)
+
+    for setting in (False, True):
+        with config.override(cpu_eigen_convolutions=setting):
+            full = run(64)
+            for rows in (8, 60):
+                for got, want in zip(run(rows), full, strict=True):
+                    if setting:
+                        np.testing.assert_allclose(got, want[:rows], rtol=1e-5, atol=1e-5)
+                    else:
+                        np.testing.assert_array_equal(got, want[:rows], err_msg=f"{rows} rows")
+
+
 def test_a_refused_option_falls_back_with_one_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
