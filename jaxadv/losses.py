@@ -36,21 +36,25 @@ def as_onehot(labels: Array, num_classes: int) -> Array:
 def log_softmax(logits: Array) -> Array:
     r"""Log-softmax over the last axis, finite for any finite logits, in float32.
 
-    :math:`q = z - \max z` is shifted once more by its own maximum before the
-    exponentials. The second shift is 0 unless the compiler computed the two uses
-    of :math:`z` differently: fused into each use, a model's last multiplication
-    may be contracted with the subtraction into one fused multiply-add that skips
-    the rounding of :math:`z` in one copy and not in the other, so that
-    :math:`q` at the maximum is off by up to half an ulp of :math:`z` (about
-    ``3e4`` for logits near ``1e12``) and :math:`e^q` overflows. After the second
-    shift the largest :math:`q` is exactly 0, so the sum of exponentials lies in
-    ``[1, C]`` and the result is finite, non-positive and has a finite gradient
-    (softmax minus one-hot).
+    With :math:`q = z - \max z`, the result is :math:`q - \log \sum_c e^{q_c}`,
+    computed so that it stays right when the compiler computes :math:`z` once per
+    use. Fused into each use, a model's last multiplication may be contracted with
+    the subtraction into one fused multiply-add in one copy and not in another
+    (seen with XLA's default optimisations and, more often, with its backend
+    optimisations off), so two copies of :math:`q` can differ by half an ulp of
+    :math:`z` (about ``3e4`` for logits near ``1e12``) and :math:`e^q` overflow or
+    the sum underflow. So :math:`q` is set to exactly 0 at its own argmax
+    (:math:`q - q`, which keeps the gradient), held at or below 0 elsewhere, and
+    the sum, whose largest term is then 1, held at or above 1. Where the copies
+    agree each of these is the identity. The result is finite and non-positive
+    with a finite gradient (softmax minus one-hot).
     """
     z = logits.astype(jnp.float32)
     q = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
-    q = q - jax.lax.stop_gradient(jnp.max(q, axis=-1, keepdims=True))
-    return q - jnp.log(jnp.sum(jnp.exp(q), axis=-1, keepdims=True))
+    top = jnp.arange(q.shape[-1]) == jnp.argmax(q, axis=-1, keepdims=True)
+    q = jnp.where(top, q - jax.lax.stop_gradient(q), jnp.where(q > 0, 0.0, q))
+    total = jnp.sum(jnp.exp(q), axis=-1, keepdims=True)
+    return q - jnp.log(jnp.where(total < 1, 1.0, total))
 
 
 def finite_rows(logits: Array) -> Array:
