@@ -31,7 +31,7 @@ def _x_adv(out: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def setup() -> gm.Setup:
+def setup(full_optimization: None) -> gm.Setup:
     return gm.build()
 
 
