@@ -14,6 +14,7 @@ import small_models as sm
 
 import jaxadv
 from jaxadv import compose
+from jaxadv.compose import loop as compose_loop
 from jaxadv.keys import draw_rows, row_keys
 
 SHAPE = (4, 4, 1)
@@ -215,6 +216,8 @@ def test_counted_loop_refuses_what_it_cannot_count() -> None:
     x = _x(2)
     problem = jaxadv.attacks.base.prepare(sm.model(_W4), x, None, bounds=(0.0, 1.0), targeted=False, eps=0.1)
     with pytest.raises(ValueError, match="run_with_queries"):
-        compose.run_from(counted, problem, x, key=KEY, step_size=0.01, steps=1, targeted=False, loop="auto")
+        compose_loop.run_from(
+            counted, problem, x, key=KEY, step_size=0.01, steps=1, targeted=False, loop="auto"
+        )
     empty = counted(sm.model(_W4), x[:0], key=KEY, eps=0.1, steps=2, return_info=True)
     assert empty.x_adv.shape == (0, *SHAPE) and empty.queries.shape == (0,)

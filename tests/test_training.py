@@ -17,7 +17,7 @@ import jaxadv
 from jaxadv import training
 from jaxadv.attacks.base import prepare
 from jaxadv.attacks.iterative import projected_gradient
-from jaxadv.compose import run_from
+from jaxadv.compose.loop import run_from
 from jaxadv.keys import draw_rows, row_keys
 
 # --- a linear model: every quantity is cheap and exact ------------------------

@@ -18,7 +18,7 @@ the same way (see the "Build your own attack" page of the docs)::
 
 from jaxadv.compose.bookkeeping import Best, QueryCount, charge, init_best, record, select
 from jaxadv.compose.estimates import FiniteDifference, finite_difference
-from jaxadv.compose.loop import Attack, LoopState, Operands, attack_step, run_from, run_with_queries
+from jaxadv.compose.loop import Attack
 from jaxadv.compose.sources import (
     EOT,
     Gradient,
@@ -56,17 +56,14 @@ __all__ = [
     "Gradient",
     "GradientSource",
     "InputDiversity",
-    "LoopState",
     "LossGradient",
     "Momentum",
     "Nesterov",
-    "Operands",
     "QueryCount",
     "Steepest",
     "TranslationInvariant",
     "UpdateRule",
     "VarianceTuning",
-    "attack_step",
     "charge",
     "diverse_inputs",
     "eot",
@@ -79,8 +76,6 @@ __all__ = [
     "momentum",
     "nesterov",
     "record",
-    "run_from",
-    "run_with_queries",
     "select",
     "steepest",
     "translation_invariant",
