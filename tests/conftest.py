@@ -14,12 +14,30 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-import jax
-import pytest
-from small_models import Trained, trained_digits
+# Most of the suite's time is XLA compiling small programs, so the tests compile them
+# quickly: without XLA's backend optimisations (LLVM's expensive passes), and with
+# XLA:CPU's older loop emitters instead of its MLIR fusion emitters. On two idle cores
+# the first took the fast tier from 21 min 3 s to 11 min 3 s; the second cut the
+# compilation of a PGD loop by 40 %. Both reach the subprocesses the tests start (CLI,
+# workers), except the notebooks' kernels (``user_compilation``). Every test passes
+# either way but the golden pins, which compile with the backend optimisations on (the
+# ``full_optimization`` fixture).
+# JAXADV_TEST_FULL_OPTIMIZATION=1 compiles everything as a user's program would be.
+_FAST_COMPILE = not os.environ.get("JAXADV_TEST_FULL_OPTIMIZATION")
+_USER_ENV = {name: os.environ.get(name) for name in ("XLA_FLAGS", "JAX_DISABLE_MOST_OPTIMIZATIONS")}
+if _FAST_COMPILE:  # before JAX starts its backend, which reads XLA_FLAGS once
+    os.environ["XLA_FLAGS"] = " ".join(
+        f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_cpu_use_fusion_emitters=false") if f
+    )
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
-from jaxadv import examples
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from small_models import Trained, trained_digits  # noqa: E402
 
+from jaxadv import examples  # noqa: E402
+
+jax.config.update("jax_disable_most_optimizations", _FAST_COMPILE)
 jax.config.update("jax_numpy_rank_promotion", "allow")
 
 # JAXADV_TEST_COMPILATION_CACHE=<dir>: keep this run's compilations in JAX's persistent cache
@@ -30,23 +48,12 @@ if os.environ.get("JAXADV_TEST_COMPILATION_CACHE"):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-# Most of the suite's time is XLA compiling small programs. Without its backend
-# optimisations (LLVM's expensive passes) the fast tier ran in 10.4 minutes instead of
-# 21 on two idle cores, and every test but one golden pin passed; the programs here are
-# small enough that running them unoptimised costs little. JAXADV_TEST_FULL_OPTIMIZATION=1
-# compiles everything as a user's program would be; the golden pins always are (the
-# ``full_optimization`` fixture).
-_FAST_COMPILE = not os.environ.get("JAXADV_TEST_FULL_OPTIMIZATION")
-jax.config.update("jax_disable_most_optimizations", _FAST_COMPILE)
-if _FAST_COMPILE:  # and in the subprocesses the tests start (CLI, notebooks, workers)
-    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-
 __all__ = ["Trained"]
 
 
 @pytest.fixture(scope="module")
 def full_optimization() -> Iterator[None]:
-    """Compile the module's programs with all of XLA's optimisations, as a user's are.
+    """Compile the module's programs with XLA's backend optimisations on, as a user's are.
 
     For outputs pinned bit for bit or nearly (the golden files: APGD's L2 iterate
     drifted by 8.5e-5 over 100 steps without the backend optimisations). The caches
@@ -62,6 +69,18 @@ def full_optimization() -> Iterator[None]:
     finally:
         jax.config.update("jax_disable_most_optimizations", True)
         jax.clear_caches()
+
+
+@pytest.fixture
+def user_compilation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Subprocesses started by the test compile as a user's would (the environment as
+    it was before this file changed it). For long computations, such as the notebooks':
+    unoptimised, notebook 02's targeted sweep ran for over 9 minutes."""
+    for name, value in _USER_ENV.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
 
 
 @pytest.hookimpl(tryfirst=True)

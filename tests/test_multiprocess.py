@@ -160,7 +160,8 @@ def outputs(cnn: Any, tmp_path_factory: Any) -> list[dict[str, Any]]:
     root = Path(__file__).resolve().parents[1]
     env = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+        f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
     }

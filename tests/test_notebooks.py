@@ -90,6 +90,7 @@ def test_notebook_figures_have_labelled_axes() -> None:
 # Slow tier: each notebook runs in a fresh kernel (a subprocess) and trains its models.
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.usefixtures("user_compilation")
 def test_notebook_runs_top_to_bottom(name: str) -> None:
     pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")

@@ -329,7 +329,7 @@ def results(tmp_path_factory: Any) -> dict[str, Any]:
     root = Path(__file__).resolve().parents[1]
     env = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES} "
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES} "
         f"--xla_dump_to={dump} --xla_dump_hlo_as_text",
         "JAX_PLATFORMS": "cpu",
         # What is checked (the partitioning, which rows each device computes, equality
