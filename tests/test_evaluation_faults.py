@@ -104,6 +104,9 @@ def test_half_precision_inputs_are_judged_with_their_rounding(data: Any, dtype: 
     assert np.all(res.robust[dist > eps + ulp_half])
 
 
+# Slow tier (14 s, Square's 5000 queries); tests/test_square.py checks L1 Square's ball and
+# its exact bound on a linear model in the fast one.
+@pytest.mark.slow
 def test_l1_square_keeps_to_the_l1_ball_and_cannot_fool_a_distant_example(data: Any) -> None:
     # L1 Square is a member of the L1 standard suite: it runs in evaluate, stays in the
     # L1 ball, and an example farther than eps (exact L1 distance to the linear

@@ -14,6 +14,7 @@ from typing import Any
 import golden_models as gm
 import numpy as np
 import pytest
+from conftest import optimised
 
 GOLDEN = pathlib.Path(__file__).resolve().parent / "golden" / "attacks.npz"
 
@@ -31,8 +32,10 @@ def _x_adv(out: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def setup(full_optimization: None) -> gm.Setup:
-    return gm.build()
+def setup() -> gm.Setup:
+    # The inputs too, so that the optimised cases start from their pinned bits.
+    with optimised():
+        return gm.build()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,14 @@ def test_golden_file_covers_every_case(golden: dict[str, np.ndarray]) -> None:
     assert stored == set(gm.CASES)
 
 
-@pytest.mark.parametrize("name", list(gm.CASES))
+#: Cases whose iterate drifts from its pin by more than the tolerance when compiled without
+#: XLA's backend optimisations (as the tests compile by default: tests/conftest.py).
+OPTIMISED = {"apgd_ce_l2"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.full_optimization) if n in OPTIMISED else n for n in gm.CASES]
+)
 def test_matches_golden(name: str, setup: gm.Setup, golden: dict[str, np.ndarray]) -> None:
     out = gm.CASES[name](setup, EXTRA_KWARGS.get(name, {}))
     got = np.asarray(_x_adv(out))

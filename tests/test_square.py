@@ -49,7 +49,7 @@ def test_square_properties(seed: int, eps: float, case: tuple[str, bool]) -> Non
     np.testing.assert_array_equal(np.asarray(r.success), expected)
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_square_query_accounting(norm: str) -> None:
     x = _images(1)
     pred = np.asarray(jaxadv.predict(LINEAR, x))
@@ -70,14 +70,21 @@ def test_square_query_accounting(norm: str) -> None:
     assert np.all(np.asarray(r.success))
 
 
-def test_square_linear_exact_bound() -> None:
-    """A linear model cannot be fooled below the exact L-inf distance to its boundary."""
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+def test_square_linear_exact_bound(norm: str) -> None:
+    """A linear model cannot be fooled below the exact distance to its boundary, and every
+    example stays in its ball."""
     x = _images(2)
     w = np.asarray(LINEAR.args[0][0])
     y = (x.reshape(6, -1) @ w).argmax(1)
-    need = sm.distance_to_boundary(x, w, "linf")
-    x_adv = jaxadv.square(LINEAR, x, y, key=jax.random.key(0), eps=need * 0.99, queries=60)
+    need = sm.distance_to_boundary(x, w, norm)
+    eps = need * 0.99
+    x_adv = jaxadv.square(LINEAR, x, y, key=jax.random.key(0), eps=eps, queries=60, norm=norm)
     assert not np.any(np.asarray(jaxadv.is_adversarial(LINEAR, x_adv, y)))
+    delta = np.abs(np.asarray(x_adv) - x).reshape(6, -1)
+    size = delta.max(axis=1) if norm == "linf" else delta.sum(axis=1)
+    assert np.all(size <= eps * (1 + 1e-5))
+    assert np.any(size > 0.5 * eps)  # it did search, not stay at x
 
 
 def test_square_jit_matches_host() -> None:
