@@ -12,8 +12,10 @@ Tiers: the default run (``python -m pytest``) deselects the tests marked ``slow`
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-from typing import Iterator
+import pathlib
+from typing import Any, Iterator
 
 # Most of the suite's time is XLA compiling small programs, so the tests compile them
 # quickly: without XLA's backend optimisations (LLVM's expensive passes), and with
@@ -48,6 +50,34 @@ if os.environ.get("JAXADV_TEST_COMPILATION_CACHE"):
     jax.config.update("jax_compilation_cache_dir", os.environ["JAXADV_TEST_COMPILATION_CACHE"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+# JAXADV_TEST_COMPILE_REPORT=<dir>: which programs XLA compiled during each test, and how
+# long each took, one JSON file per worker ({test id: [[program, seconds], ...]}). Most of
+# the suite's time is compilation; this says which tests pay it.
+_COMPILES: dict[str, list[tuple[str, float]]] = {}
+_CURRENT = ["(collection and fixtures outside a test)"]
+if os.environ.get("JAXADV_TEST_COMPILE_REPORT"):
+
+    def _on_compile(event: str, duration: float, **kwargs: Any) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            _COMPILES.setdefault(_CURRENT[0], []).append((str(kwargs.get("fun_name")), duration))
+
+    jax.monitoring.register_event_duration_secs_listener(_on_compile)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    _CURRENT[0] = item.nodeid
+    yield
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    out = os.environ.get("JAXADV_TEST_COMPILE_REPORT")
+    if out and _COMPILES:
+        path = pathlib.Path(out) / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_COMPILES))
+
 
 __all__ = ["Trained"]
 
