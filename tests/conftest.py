@@ -27,10 +27,16 @@ from typing import Any, Iterator
 # ``full_optimization`` marker).
 # JAXADV_TEST_FULL_OPTIMIZATION=1 compiles everything as a user's program would be.
 _FAST_COMPILE = not os.environ.get("JAXADV_TEST_FULL_OPTIMIZATION")
-_USER_ENV = {name: os.environ.get(name) for name in ("XLA_FLAGS", "JAX_DISABLE_MOST_OPTIMIZATIONS")}
+# The environment as the user set it, kept across pytest-xdist's workers (which start from
+# the environment this file has already changed in the main process).
+os.environ.setdefault(
+    "JAXADV_TEST_USER_ENV",
+    json.dumps({name: os.environ.get(name) for name in ("XLA_FLAGS", "JAX_DISABLE_MOST_OPTIMIZATIONS")}),
+)
+_USER_ENV: dict[str, str | None] = json.loads(os.environ["JAXADV_TEST_USER_ENV"])
 if _FAST_COMPILE:  # before JAX starts its backend, which reads XLA_FLAGS once
     os.environ["XLA_FLAGS"] = " ".join(
-        f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_cpu_use_fusion_emitters=false") if f
+        f for f in (_USER_ENV["XLA_FLAGS"], "--xla_cpu_use_fusion_emitters=false") if f
     )
     os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
