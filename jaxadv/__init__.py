@@ -23,6 +23,7 @@ from jaxadv.attacks.single_step import fgsm
 from jaxadv.attacks.sparse_rs import sparse_rs
 from jaxadv.attacks.square import square
 from jaxadv.attacks.transfer import TransferResult, ensemble_logits, transfer
+from jaxadv.bpda import bpda
 from jaxadv.callables import CallableError, GradientNotAvailableError, from_callable
 from jaxadv.evaluation import EvaluationResult, evaluate
 from jaxadv.keys import example_keys
@@ -68,6 +69,7 @@ __all__ = [
     "ensemble_logits",
     # model adapters
     "from_apply",
+    "bpda",
     "from_callable",
     "from_flax",
     "from_nnx",
