@@ -104,13 +104,6 @@ def optimised() -> Iterator[None]:
         jax.clear_caches()
 
 
-@pytest.fixture(scope="module")
-def full_optimization() -> Iterator[None]:
-    """Compile the module's programs with XLA's backend optimisations on, as a user's are."""
-    with optimised():
-        yield
-
-
 @pytest.fixture(autouse=True)
 def _full_optimization_when_marked(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test marked ``full_optimization`` compiles with XLA's backend optimisations on:

@@ -66,6 +66,18 @@ def test_fgsm_through_bpda_steps_along_the_gradient_at_the_quantised_input() -> 
     assert not np.array_equal(np.asarray(broken), np.asarray(X))
 
 
+def test_half_precision_and_empty_batches_keep_dtype_and_shape() -> None:
+    half = X.astype(jnp.bfloat16)
+    for approx in (None, smooth):
+        g = jax.grad(lambda x, a=approx: jnp.sum(jaxadv.bpda(quantise, a)(x).astype(jnp.float32)))(half)
+        assert g.dtype == jnp.bfloat16 and g.shape == half.shape
+    np.testing.assert_array_equal(
+        np.asarray(jax.grad(lambda x: jnp.sum(jaxadv.bpda(quantise)(x)))(half)), 1.0
+    )
+    empty = X[:0]
+    assert jax.grad(lambda x: jnp.sum(jaxadv.bpda(quantise, smooth)(x)))(empty).shape == empty.shape
+
+
 def test_bad_arguments_are_clear_errors() -> None:
     with pytest.raises(TypeError, match="fn must be callable"):
         jaxadv.bpda(3.0)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from jaxadv import demo
 
 # Slow tier: the whole demo (trains the digits CNN, runs every attack family), compiled
 # with the backend optimisations on, as a user's run would be.
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("full_optimization")]
+pytestmark = [pytest.mark.slow, pytest.mark.full_optimization]
 
 
 def test_demo_table_is_consistent(tmp_path: Path) -> None:
