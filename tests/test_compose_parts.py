@@ -249,3 +249,20 @@ def test_loss_gradient_zeroes_examples_with_non_finite_logits() -> None:
     p /= p.sum(1, keepdims=True)
     want = (p - np.asarray(labels)) @ np.asarray(w, np.float64).T
     np.testing.assert_allclose(np.asarray(g.grad)[[0, 2]], want[[0, 2]], rtol=1e-5, atol=1e-6)
+
+
+def test_parts_of_different_classes_never_share_a_tree_structure() -> None:
+    # Momentum and Nesterov have the same fields. Were their structures equal, a jit
+    # cache could run one's compiled loop for the other (NI-FGSM ran as MI-FGSM).
+    parts = [compose.Momentum(1.0), compose.Nesterov(1.0), compose.Steepest(), compose.LossGradient()]
+    trees = [jax.tree_util.tree_structure(p) for p in parts]
+    for i, a in enumerate(trees):
+        for j, b in enumerate(trees):
+            assert (a == b) == (i == j), (parts[i], parts[j])
+    # A round trip gives back the same class and fields, leaves as named.
+    attack = compose.Attack(rule=compose.Nesterov(jnp.asarray(0.5)), norm="l2", keep_best=True)
+    leaves, tree = jax.tree_util.tree_flatten(attack)
+    back = jax.tree_util.tree_unflatten(tree, leaves)
+    assert type(back.rule) is compose.Nesterov and back.norm == "l2" and back.keep_best
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(attack)[0]]
+    assert paths == [".rule.decay"]

@@ -99,14 +99,43 @@ def _zero_where_bad(g: Array, ok: Array) -> Array:
     return select_rows(ok, g, 0.0)
 
 
-_T = TypeVar("_T")
+_T = TypeVar("_T", bound=type)
 
 
 def _pytree(*, data: tuple[str, ...], meta: tuple[str, ...]) -> Callable[[_T], _T]:
-    """Register a dataclass as a pytree with ``data`` leaves and ``meta`` structure."""
+    """Register a frozen dataclass as a pytree with ``data`` leaves and ``meta`` structure.
+
+    Not :func:`jax.tree_util.register_dataclass`: with jax 0.10 its tree structures
+    compare equal across classes with the same fields (``Momentum(1.0)`` and
+    ``Nesterov(1.0)``), and a jit cache that finds one under the other's hash runs
+    the other's program (NI-FGSM ran as MI-FGSM). Here the class is part of the
+    structure, so two parts are the same structure only if they are the same class.
+    """
 
     def wrap(cls: _T) -> _T:
-        return jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))  # type: ignore[arg-type,type-var]
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if fields != set(data) | set(meta) or set(data) & set(meta):
+            raise TypeError(f"{cls!r}: data {data} and meta {meta} must split its fields {sorted(fields)}")
+        keys = tuple(jax.tree_util.GetAttrKey(name) for name in data)
+
+        def aux(obj: Any) -> tuple[Any, tuple[Any, ...]]:
+            return cls, tuple(getattr(obj, name) for name in meta)
+
+        def flatten_with_keys(obj: Any) -> tuple[Any, Any]:
+            return tuple((k, getattr(obj, name)) for k, name in zip(keys, data, strict=True)), aux(obj)
+
+        def flatten(obj: Any) -> tuple[Any, Any]:
+            return tuple(getattr(obj, name) for name in data), aux(obj)
+
+        def unflatten(aux: Any, children: Any) -> Any:
+            # Leaves may be tracers, sentinels or None (tree utilities), so no checks run.
+            obj: Any = object.__new__(cls)
+            for name, value in (*zip(data, children, strict=True), *zip(meta, aux[1], strict=True)):
+                object.__setattr__(obj, name, value)
+            return obj
+
+        jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+        return cls
 
     return wrap
 
