@@ -148,6 +148,12 @@ def add_evaluate_parser(sub: Any) -> None:
         action="store_true",
         help="skip the gradient-masking checks (evaluate's checks=False)",
     )
+    p.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="also compute each example's indicators of attack failure (evaluate's diagnose=True): "
+        "counted in the summary, per example in report.json",
+    )
 
 
 # --- inputs -----------------------------------------------------------------------
@@ -432,6 +438,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             bounds=bounds,
             progress=not args.no_progress,
             checks=not args.no_checks,
+            diagnose=args.diagnose,
             checkpoint=out / "partial.json",
             resume=args.resume,
             overwrite=args.overwrite,

@@ -337,3 +337,22 @@ def test_cli_batch_size_auto_is_recorded(
     with pytest.raises(SystemExit) as exc:
         main(_argv(saved, tmp_path / "other", batch_size="many"))
     assert exc.value.code == 2 and "integer or 'auto'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_diagnose_reports_the_indicators(
+    saved: Saved, tmp_path: Path, capsys: Any, clean_imports: None
+) -> None:
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(_argv(saved, out, diagnose=True)) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    names = set(jaxadv.evaluation.diagnostics.NAMES[:5])
+    assert set(report["indicators"]) == names and set(report["indicator_counts"]) == names
+    for name, flags in report["indicators"].items():
+        assert len(flags) == len(saved.y) and sum(flags) == report["indicator_counts"][name]
+    assert "indicators of attack failure" in printed
+    assert "indicators of attack failure" in (out / "summary.txt").read_text()
+    assert main(_argv(saved, tmp_path / "plain")) == 0
+    assert json.loads((tmp_path / "plain" / "report.json").read_text())["indicators"] is None

@@ -9,6 +9,7 @@ from jaxadv.evaluation.certified import (
 )
 from jaxadv.evaluation.checkpoint import CheckpointError
 from jaxadv.evaluation.checks import MaskingReport, masking_checks
+from jaxadv.evaluation.diagnostics import Indicators, indicators
 from jaxadv.evaluation.evaluate import evaluate
 from jaxadv.evaluation.plots import plot_accuracy_vs_eps, plot_certified_accuracy, plot_examples
 from jaxadv.evaluation.result import MISCLASSIFIED, ROBUST, EvaluationResult
@@ -24,6 +25,7 @@ __all__ = [
     "CertifiedResult",
     "CheckpointError",
     "EvaluationResult",
+    "Indicators",
     "MaskingReport",
     "SuiteAttack",
     "accuracy_curve",
@@ -31,6 +33,7 @@ __all__ = [
     "bound_propagation",
     "certified_accuracy",
     "evaluate",
+    "indicators",
     "masking_checks",
     "minimal_eps",
     "plot_accuracy_vs_eps",

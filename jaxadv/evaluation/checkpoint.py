@@ -360,6 +360,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> SavedRun:
     sessions = data.get("sessions", 1)
     if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1:
         raise _fail(path, "field 'sessions' must be an integer >= 1")
+    indicators = data.get("indicators")
+    if indicators is not None:
+        if not isinstance(indicators, dict) or not all(
+            isinstance(v, list) and len(v) == examples and all(isinstance(b, bool) for b in v)
+            for v in indicators.values()
+        ):
+            raise _fail(path, f"field 'indicators' must map names to lists of {examples} booleans")
+        indicators = {str(k): np.asarray(v, bool).reshape(examples) for k, v in indicators.items()}
     result = EvaluationResult(
         eps=eps,
         norm=norm,
@@ -375,6 +383,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> SavedRun:
         batch_size=fingerprint.batch_size,
         wall_seconds=wall,
         sessions=sessions,
+        indicators=indicators,
     )
     return SavedRun(path, result, fingerprint, examples, digest, complete, batches)
 

@@ -32,6 +32,8 @@ from jaxadv.evaluation.checkpoint import (
     write_checkpoint,
 )
 from jaxadv.evaluation.checks import masking_checks
+from jaxadv.evaluation.diagnostics import NAMES as INDICATOR_NAMES
+from jaxadv.evaluation.diagnostics import indicators as attack_failure_indicators
 from jaxadv.evaluation.result import MISCLASSIFIED, ROBUST, EvaluationResult
 from jaxadv.evaluation.suites import SuiteAttack, check_suite_norm, resolve_suite
 from jaxadv.keys import example_keys, fold_rows, typed_key
@@ -53,6 +55,7 @@ _PREDICTION = 0x5EED
 #: iterator read by one of several processes (their indices in the result are not
 #: known in advance).
 _PROCESS = 0x9E0C
+_DIAGNOSE = 0xD1A6  # folded into each example's key for its indicators of attack failure
 
 
 def _split_key(key: PRNGKey) -> tuple[PRNGKey, PRNGKey]:
@@ -606,9 +609,13 @@ def _evaluate_batch(
 class _Tally:
     """The per-example results so far (a resumed checkpoint's, then each batch's)."""
 
-    def __init__(self, names: list[str], start: EvaluationResult | None, keep_adversarial: bool) -> None:
+    def __init__(
+        self, names: list[str], start: EvaluationResult | None, keep_adversarial: bool, diagnose: bool = False
+    ) -> None:
         self.names = names
         self.keep_adversarial = keep_adversarial
+        self.diagnose = diagnose
+        self.flags: list[np.ndarray] = []  # [b, len(_DIAGNOSED)] bool per batch, with diagnose
         self.fooled_by: list[np.ndarray] = []
         self.norms: list[np.ndarray] = []
         self.queries: list[np.ndarray] = []
@@ -624,6 +631,8 @@ class _Tally:
             self.non_finite += [start.non_finite.get(n, 0) for n in names]
             self.non_finite_clean = start.non_finite_clean
             self.seconds += [start.seconds.get(n, 0.0) for n in names]
+            if diagnose and start.indicators is not None:
+                self.flags.append(np.stack([start.indicators[k] for k in _DIAGNOSED], axis=1))
 
     def add(self, out: _BatchResult) -> None:
         self.fooled_by.append(out.fooled_by)
@@ -647,6 +656,7 @@ class _Tally:
         norms = joined(self.norms, np.float32)
         queries = joined(self.queries, np.int64)
         advs = np.concatenate(self.advs) if self.advs else None
+        flags = np.concatenate(self.flags) if self.flags else np.zeros((0, len(_DIAGNOSED)), bool)
         non_finite, clean, seconds = self.non_finite, self.non_finite_clean, self.seconds
         if layout is not None and layout.processes > 1:
             # The only exchange of results between processes: once, at the end.
@@ -654,6 +664,7 @@ class _Tally:
                 raise ValueError("every process must evaluate the same number of examples")
             fooled_by, norms, queries = (layout.gather(a) for a in (fooled_by, norms, queries))
             advs = None if advs is None else layout.gather(advs)
+            flags = layout.gather(flags)
             k = len(self.names)
             counts = layout.gather(np.append(non_finite, clean)).reshape(-1, k + 1).sum(axis=0)
             non_finite, clean = counts[:k], int(counts[k])
@@ -673,7 +684,25 @@ class _Tally:
             batch_size=int(batch_size),
             wall_seconds=float(wall_seconds),
             sessions=self.sessions,
+            indicators={k: flags[:, i] for i, k in enumerate(_DIAGNOSED)} if self.diagnose else None,
         )
+
+
+#: The indicators ``evaluate(diagnose=True)`` computes (all but ``transfer_failure``,
+#: which needs the surrogate an attack ran on).
+_DIAGNOSED = INDICATOR_NAMES[:5]
+
+
+def _diagnose_batch(
+    logits_fn: LogitsFn, x: Any, y: Any, fooled: np.ndarray, keys: Any, *, eps: float, norm: Norm,
+    bounds: Bounds, randomized: bool,
+) -> np.ndarray:  # fmt: skip
+    """``[b, len(_DIAGNOSED)]`` bool: the indicators of attack failure of a batch."""
+    ind = attack_failure_indicators(
+        logits_fn, jnp.asarray(x), jnp.asarray(y), eps=eps, key=fold_rows(keys, _DIAGNOSE), norm=norm,
+        bounds=bounds, fooled=fooled, randomized=randomized,
+    )  # fmt: skip
+    return np.stack([np.asarray(getattr(ind, k)) for k in _DIAGNOSED], axis=1)
 
 
 def _non_finite_warnings(result: EvaluationResult) -> list[str]:
@@ -721,6 +750,7 @@ def evaluate(
     sharding: Mesh | NamedSharding | bool | None = None,
     certify: Certification | None = None,
     randomized: bool = False,
+    diagnose: bool = False,
 ) -> EvaluationResult:
     r"""Robust accuracy of ``logits_fn`` under a suite of attacks (per-example worst case).
 
@@ -850,6 +880,13 @@ def evaluate(
         robust accuracy, as AutoAttack's ``"rand"`` version reports it;
         evaluate with several keys to see its spread. The masking checks see
         one fixed draw per example. Refused with ``certify``.
+      diagnose: also compute, per example, the indicators of attack failure of
+        :func:`jaxadv.evaluation.indicators` (each batch's examples, whether the
+        suite fooled them, and their keys): ``result.indicators`` holds them,
+        ``result.untrusted()`` the examples any of them flags, and the summary and
+        the JSON report count them with the fix each one names. Costs two
+        diagnostic attacks of 20 steps and 7 forward passes per batch. With
+        ``checkpoint``, a resumed run must diagnose as the interrupted one did.
 
     Returns:
       An :class:`EvaluationResult`; ``result.robust_accuracy`` is the figure,
@@ -887,6 +924,8 @@ def evaluate(
             )
         if certify is not None:
             raise ValueError("certify cannot be combined with randomized=True")
+    if not isinstance(diagnose, bool):
+        raise ValueError(f"diagnose must be True or False, got {diagnose!r}")
     names = [a.name for a in attacks]
     key_attacks, key_checks = _split_key(key)
     layout = _Layout(shd.resolve_batch_sharding(sharding))
@@ -956,7 +995,12 @@ def evaluate(
         )
     setting = _Setting(attacked_fn, attacks, float(eps), norm, lo, hi, size.value, layout, randomized)
     skip = 0 if saved is None else saved.examples
-    tally = _Tally(names, None if saved is None else saved.result, store_adversarial)
+    if saved is not None and skip and (saved.result.indicators is not None) != diagnose:
+        raise ValueError(
+            f"the checkpoint {str(path)!r} was written with diagnose={not diagnose}: resume with "
+            f"diagnose={not diagnose}, or start again with overwrite=True"
+        )
+    tally = _Tally(names, None if saved is None else saved.result, store_adversarial, diagnose)
     hasher = DataHasher()  # the examples done so far, as the checkpoint records them
     first = _FirstExamples(check_size)  # for the masking checks, resumed or not
     batch_index = 0 if saved is None else saved.batches
@@ -1014,6 +1058,20 @@ def evaluate(
                 size.value = smaller
                 continue
             tally.add(out)
+            if diagnose:
+                tally.flags.append(
+                    _diagnose_batch(
+                        logits_fn,
+                        piece.x,
+                        piece.y,
+                        out.fooled_by >= 0,
+                        keys,
+                        eps=float(eps),
+                        norm=norm,
+                        bounds=bounds,
+                        randomized=randomized,
+                    )  # fmt: skip
+                )
             if certifier is not None:
                 certifier.add(piece.x, piece.y)
             hasher.update(piece.x, piece.y)

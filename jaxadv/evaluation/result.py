@@ -50,6 +50,9 @@ class EvaluationResult:
       certified: with ``evaluate(..., certify=...)``, the certified accuracy of the
         same examples at each radius (a lower bound, beside ``robust_accuracy``, an
         upper bound); ``None`` otherwise.
+      indicators: with ``evaluate(..., diagnose=True)``, the per-example indicators
+        of attack failure (:mod:`jaxadv.evaluation.diagnostics`): indicator name ->
+        ``[n]`` bool; ``None`` otherwise.
     """
 
     eps: float
@@ -68,6 +71,7 @@ class EvaluationResult:
     wall_seconds: float = 0.0
     certified: CertifiedResult | None = None
     sessions: int = 1
+    indicators: dict[str, np.ndarray] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -163,9 +167,39 @@ class EvaluationResult:
         masking = self._masking_line()
         if masking:
             lines.append(masking)
+        lines += self._indicator_lines()
         for w in self.warnings:
             lines.append(f"WARNING: {w}")
         return "\n".join(lines)
+
+    def indicator_counts(self) -> dict[str, int]:
+        """How many examples each indicator of attack failure fired on (empty without
+        ``diagnose=True``)."""
+        return {name: int(np.sum(v)) for name, v in (self.indicators or {}).items()}
+
+    def untrusted(self) -> np.ndarray:
+        """``[n]`` bool: some indicator of attack failure fired on the example (all
+        ``False`` without ``diagnose=True``)."""
+        out = np.zeros(self.num_examples, bool)
+        for v in (self.indicators or {}).values():
+            out |= np.asarray(v, bool)
+        return out
+
+    def _indicator_lines(self) -> list[str]:
+        if self.indicators is None:
+            return []
+        from jaxadv.evaluation.diagnostics import FIXES
+
+        counts = self.indicator_counts()
+        flagged = int(np.sum(self.untrusted()))
+        robust_flagged = int(np.sum(self.untrusted() & self.robust))
+        lines = [
+            f"indicators of attack failure: {flagged} of {self.num_examples} examples flagged "
+            f"({robust_flagged} of them counted robust)"
+        ]
+        for name, count in counts.items():
+            lines.append(f"  {name:<24}{count:>6}" + (f"  fix: {FIXES[name]}" if count else ""))
+        return lines
 
     def _masking_line(self) -> str:
         """The figures behind the gradient-masking checks (``checks``), on one line;
@@ -210,6 +244,10 @@ class EvaluationResult:
             "warnings": list(self.warnings),
             "checks": _jsonable(self.checks),
             "certified": None if self.certified is None else self.certified.to_dict(),
+            "indicators": None
+            if self.indicators is None
+            else {name: np.asarray(v, bool).tolist() for name, v in self.indicators.items()},
+            "indicator_counts": self.indicator_counts(),
         }
 
     @classmethod
@@ -230,6 +268,9 @@ class EvaluationResult:
             wall_seconds=float(d.get("wall_seconds", 0.0)),
             certified=None if d.get("certified") is None else CertifiedResult.from_dict(d["certified"]),
             sessions=int(d.get("sessions", 1)),
+            indicators=None
+            if d.get("indicators") is None
+            else {str(k): np.asarray(v, bool) for k, v in d["indicators"].items()},
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -1,0 +1,355 @@
+r"""Indicators of attack failure, per example (after Pintor et al., NeurIPS 2022).
+
+A robust accuracy is an upper bound only if the attacks behind it worked. When
+they silently fail (a defence hides its gradients, randomises its output, or the
+budget was too short), the number is too high, and nothing in it says so. The
+indicators look for those failures example by example, each tied to a fix.
+
+They are read off a *diagnostic attack* that :func:`indicators` runs itself, on
+the margin loss :math:`m(x) = \max_{j \ne y} z_j(x) - z_y(x)` (an example is
+adversarial when :math:`m > 0`, up to ties): ``steps`` steps of steepest ascent
+with the fixed step :math:`\alpha = 2.5\,\epsilon / T`, projected onto the ball and
+the box, from the clean example, recording the margin, the prediction and the
+gradient at each iterate :math:`x_0 = x, \dots, x_T`; a second run of it with the
+ball replaced by the whole box; and ``draws`` tiny random perturbations of ``x``.
+On an example the model classifies correctly:
+
+* ``silent_success``: some iterate was adversarial, yet the point returned is not
+  (the evaluated ``x_adv`` or its ``fooled`` flag when given, else the last
+  iterate). An evaluation that reported the example robust was wrong about it.
+* ``incomplete_optimization``: no iterate was adversarial and the margin was still
+  rising at the end: the best margin of the last quarter of the iterates exceeds
+  the best before it by more than ``tolerance`` of the whole rise.
+* ``unavailable_gradients``: the gradient or the margin is not finite at an
+  iterate, or the gradient vanishes at the start or at an iterate before the
+  first success: the budget spent along it, :math:`\epsilon\|g\|_*` (the dual
+  norm), would move the margin by at most ``1e-6`` of :math:`\max(1, |m|)`.
+* ``unstable_predictions``: under perturbations :math:`\delta` of size
+  ``noise`` (a fraction of the box), the margin moves by more than its first-order
+  prediction allows: for some draw, :math:`|m(x+\delta_k) - m(x) - g^\top\delta_k| >
+  \tfrac12 |g^\top\delta_k| + 0.01 \max(1, |m(x)|)`. A smooth model's remainder is
+  second order, far below its first-order change; a randomised model's is not
+  small at all, and shattered gradients predict the change no better than chance.
+* ``unconstrained_failure``: the diagnostic attack with the whole box as its
+  budget (no ball) never made the example adversarial. With informative
+  gradients it nearly always can.
+* ``transfer_failure`` (with ``surrogate_fn`` and ``x_adv``): ``x_adv`` fools the
+  surrogate the attack ran on (a BPDA or transfer model) but not the model.
+
+Examples the model misclassifies are not attacked and raise no indicator.
+:data:`FIXES` says what to do about each.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxadv._core.compile import jit
+from jaxadv.keys import draw_rows, fold_rows, per_row, row_keys, split_rows
+from jaxadv.models import ModelStatic, combine_model, split_model
+from jaxadv.success import hits
+from jaxadv.threat_models import mask_blocked, project_to_feasible, steepest_direction
+from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
+from jaxadv.validation import check_norm, check_steps
+
+#: The indicators, in the order of :class:`Indicators`.
+NAMES = (
+    "silent_success",
+    "incomplete_optimization",
+    "unavailable_gradients",
+    "unstable_predictions",
+    "unconstrained_failure",
+    "transfer_failure",
+)
+
+#: What each indicator means for the example, and what to do about it.
+FIXES = {
+    "silent_success": (
+        "an adversarial point was found but not returned: keep the best iterate rather than the last, "
+        "or add a stronger attack to the suite"
+    ),
+    "incomplete_optimization": (
+        "the loss was still improving when the budget ended: run more steps, or an attack with an "
+        "adaptive step size (APGD)"
+    ),
+    "unavailable_gradients": (
+        "the input gradient is zero, NaN or vanishing: wrap non-differentiable layers in jaxadv.bpda, "
+        "try another loss (DLR), or a black-box attack (Square)"
+    ),
+    "unstable_predictions": (
+        "tiny input noise moves the output far more than its gradient predicts (randomness or shattered "
+        "gradients): attack with EOT (randomized=True, suite='rand') or through jaxadv.bpda"
+    ),
+    "unconstrained_failure": (
+        "an attack allowed the whole input box never fooled the model: its gradients do not lead "
+        "anywhere; check them (jaxadv.bpda, EOT) before trusting any attack on these examples"
+    ),
+    "transfer_failure": (
+        "the adversarial example fools the surrogate but not the model: bring the surrogate closer "
+        "to the model (bpda's approx), or attack the model itself with EOT"
+    ),
+}
+
+_VANISH = 1e-6  # the gradient's reach over the budget, relative to max(1, |m|)
+_UNSTABLE = 1e-2  # the margin's first-order remainder allowed, relative to max(1, |m|) ...
+_LINEAR = 0.5  # ... plus this fraction of the first-order change itself
+
+
+class Indicators(NamedTuple):
+    """Per-example indicators of attack failure: ``[n]`` bool arrays (see the module
+    docstring); ``transfer_failure`` is ``None`` when no surrogate was given."""
+
+    silent_success: Array
+    incomplete_optimization: Array
+    unavailable_gradients: Array
+    unstable_predictions: Array
+    unconstrained_failure: Array
+    transfer_failure: Array | None = None
+
+    def any(self) -> Array:
+        """``[n]`` bool: some indicator fired on the example."""
+        return functools.reduce(jnp.logical_or, [v for v in self if v is not None])
+
+    def counts(self) -> dict[str, int]:
+        """How many examples each computed indicator fired on."""
+        return {
+            name: int(np.sum(np.asarray(v))) for name, v in zip(NAMES, self, strict=True) if v is not None
+        }
+
+
+def _margin(z: Array, y: Array) -> Array:
+    z = z.astype(jnp.float32)
+    own = jnp.take_along_axis(z, y[:, None], axis=1)[:, 0]
+    others = jnp.where(jax.nn.one_hot(y, z.shape[1], dtype=bool), -jnp.inf, z)
+    return jnp.max(others, axis=1) - own
+
+
+def _dual(g: Array, norm: Norm) -> Array:
+    a = jnp.abs(g.reshape(g.shape[0], -1).astype(jnp.float32))
+    if norm == "linf":
+        return jnp.sum(a, axis=1)
+    if norm == "l2":
+        return jnp.sqrt(jnp.sum(a * a, axis=1))
+    return jnp.max(a, axis=1)
+
+
+def _rows(v: Array, shape: tuple[int, ...]) -> Array:
+    return v.reshape((-1,) + (1,) * (len(shape) - 1))
+
+
+def _split(keys: Array) -> tuple[Array, ...]:
+    """Per example: the keys of the ball run, the box run, the noise and a randomised
+    model's fixed draws. Each example's numbers come from its own key alone, so an
+    example gets the same indicators in any batch."""
+    return split_rows(keys, 4)
+
+
+class _Trace(NamedTuple):
+    ever: Array  # [n] some iterate was adversarial
+    last: Array  # [n] the last iterate is adversarial
+    incomplete: Array
+    unavailable: Array
+    m0: Array
+    g0: Array
+
+
+def _probe(call: Any, x: Array, y: Array, eps: Array, lo: Array, hi: Array, keys: Array, eval_keys: Array,
+           *, norm: Norm, steps: int, tolerance: float, randomized: bool) -> _Trace:  # fmt: skip
+    """The diagnostic attack from ``x`` in the ``eps``-ball and the box. A randomised
+    model's iterates are tested for success under the fixed draws ``eval_keys``, as
+    the clean examples and the returned ones are."""
+
+    def margin_sum(xi: Array, k: Array) -> tuple[Array, Array]:
+        z = call(xi, k).astype(jnp.float32)
+        return jnp.sum(_margin(z, y)), z
+
+    grad_fn = jax.grad(margin_sum, has_aux=True)
+    alpha = 2.5 * eps / steps
+
+    def step(carry: tuple[Array, Array], t: Array) -> tuple[tuple[Array, Array], tuple[Array, ...]]:
+        xt, g_first = carry
+        g, z = grad_fn(xt, fold_rows(keys, t))
+        m = _margin(z, y)
+        finite = jnp.all(jnp.isfinite(z), axis=1) & jnp.all(jnp.isfinite(g.reshape(len(g), -1)), axis=1)
+        vanish = ~(eps * _dual(g, norm) > _VANISH * jnp.maximum(1.0, jnp.abs(m)))
+        g = jnp.where(_rows(finite, g.shape), g, 0.0)
+        g_first = jnp.where(t == 0, g.astype(jnp.float32), g_first)  # the linear model at x, kept
+        if norm == "l1":  # a sparse step spent on coordinates the box blocks would not move
+            g = mask_blocked(g, xt, lo, hi)
+        x_next = project_to_feasible(xt + _rows(alpha, xt.shape) * steepest_direction(g, norm), x, eps,
+                                     norm, lo, hi)  # fmt: skip
+        adv = hits(call(xt, eval_keys), y, False) if randomized else hits(z, y, False)
+        return (x_next.astype(x.dtype), g_first), (m, adv, finite, vanish)
+
+    init = (x, jnp.zeros(x.shape, jnp.float32))
+    (x_last, g0), (m, adv, finite, vanish) = jax.lax.scan(step, init, jnp.arange(steps))
+    z_last = call(x_last, eval_keys).astype(jnp.float32)
+    m = jnp.concatenate([m, _margin(z_last, y)[None]])  # [T + 1, n]
+    adv = jnp.concatenate([adv, hits(z_last, y, False)[None]])
+    ever = jnp.any(adv, axis=0)
+    before = jnp.cumsum(adv, axis=0) == 0  # [T + 1, n] no iterate so far was adversarial
+    unavailable = vanish[0] | jnp.any(~finite, axis=0) | jnp.any(vanish & before[:-1], axis=0)
+    k = max(1, (steps + 1) // 4)
+    m_safe = jnp.where(jnp.isfinite(m), m, -jnp.inf)
+    early, late = jnp.max(m_safe[:-k], axis=0), jnp.max(m_safe[-k:], axis=0)
+    rise = jnp.max(m_safe, axis=0) - m_safe[0]
+    incomplete = ~ever & (rise > 0) & (late - early > tolerance * rise)
+    return _Trace(ever, adv[-1], incomplete, unavailable, m[0], g0)
+
+
+@functools.partial(jit, static_argnames=("model", "norm", "steps", "draws", "randomized", "tolerance"))
+def _indicators(
+    model: ModelStatic, params: Any, x: Array, y: Array, eps: Array, big: Array, lo: Array, hi: Array,
+    keys: Array, noise: Array, *, norm: Norm, steps: int, draws: int, randomized: bool, tolerance: float,
+) -> tuple[Array, ...]:  # fmt: skip
+    f: Any = combine_model(model, params)  # logits_fn(x), or logits_fn(x, key) when randomised
+    call = per_row(f) if randomized else (lambda xi, _k: f(xi))
+    n = x.shape[0]
+    k_probe, k_box, k_noise, eval_keys = _split(keys)
+    z0 = call(x, eval_keys).astype(jnp.float32)
+    correct = jnp.all(jnp.isfinite(z0), axis=1) & (jnp.argmax(z0, axis=1) == y)
+    probe = functools.partial(
+        _probe, call, x, y, lo=lo, hi=hi, eval_keys=eval_keys, norm=norm, steps=steps,
+        tolerance=tolerance, randomized=randomized,
+    )  # fmt: skip
+    ball, box = probe(eps=eps, keys=k_probe), probe(eps=big, keys=k_box)
+
+    span = jnp.max(jnp.broadcast_to(hi - lo, x.shape[1:]))
+    x32 = x.astype(jnp.float32)
+
+    def remainder(d: Array) -> tuple[Array, Array]:
+        k_draw, k_model = split_rows(fold_rows(k_noise, d))
+        unit = draw_rows(lambda k: jax.random.uniform(k, x.shape[1:], jnp.float32, -1.0, 1.0), k_draw)
+        x_noisy = jnp.clip(x32 + noise * span * unit, lo, hi).astype(x.dtype)
+        delta = x_noisy.astype(jnp.float32) - x32
+        z = call(x_noisy, k_model).astype(jnp.float32)
+        linear = jnp.sum((ball.g0.astype(jnp.float32) * delta).reshape(n, -1), axis=1)
+        return jnp.abs(_margin(z, y) - ball.m0 - linear), jnp.abs(linear)
+
+    rem, lin = jax.lax.map(remainder, jnp.arange(draws))  # [draws, n]
+    scale = jnp.maximum(1.0, jnp.abs(ball.m0))
+    unstable = ~jnp.all(rem <= _LINEAR * lin + _UNSTABLE * scale, axis=0)  # NaN: unstable
+    return (
+        correct,
+        ball.ever,
+        ball.last,
+        correct & ball.incomplete,
+        correct & ball.unavailable,
+        correct & unstable,
+        correct & ~box.ever,
+    )
+
+
+def indicators(
+    logits_fn: LogitsFn,
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    eps: float,
+    key: PRNGKey,
+    norm: Norm = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    x_adv: ArrayLike | None = None,
+    fooled: ArrayLike | None = None,
+    surrogate_fn: LogitsFn | None = None,
+    steps: int = 20,
+    draws: int = 4,
+    noise: float = 1e-3,
+    tolerance: float = 0.05,
+    randomized: bool = False,
+) -> Indicators:
+    r"""Per-example indicators of attack failure on a batch (see the module docstring).
+
+    Args:
+      logits_fn: the model, ``logits_fn(x) -> [n, classes]`` logits, or
+        ``logits_fn(x, key)`` with ``randomized=True``.
+      x: ``[n, ...]`` clean examples inside ``bounds``.
+      y: ``[n]`` int labels.
+      eps: the radius of the threat model the evaluation used (> 0).
+      key: one PRNG key, or ``[n]`` keys, one per example (as :func:`jaxadv.evaluate`
+        passes them): the diagnostic attack's noise and a randomised model's draws.
+        An example's indicators depend on its own key only, not on the batch.
+      norm: ``"linf"``, ``"l2"`` or ``"l1"``.
+      bounds: the valid input range ``(lo, hi)``.
+      x_adv: ``[n, ...]`` the examples an evaluation returned; ``silent_success``
+        then asks whether they are adversarial. Exclusive with ``fooled``.
+      fooled: ``[n]`` bool, whether the evaluation fooled each example (for
+        instance ``result.fooled_by >= 0`` of :func:`jaxadv.evaluate`).
+      surrogate_fn: the model the attack ran on, when it was not ``logits_fn``
+        itself (a BPDA or transfer surrogate); needs ``x_adv``, and computes
+        ``transfer_failure``.
+      steps: the diagnostic attack's steps (``>= 1``); the box-only run takes as many.
+      draws: random perturbations for ``unstable_predictions`` (``>= 1``).
+      noise: their size, a fraction of the box's width (in ``(0, 1)``).
+      tolerance: the fraction of the margin's rise that its last quarter may still
+        add before ``incomplete_optimization`` fires (in ``(0, 1)``).
+      randomized: the model is ``logits_fn(x, key)``, called with a fresh key per
+        example at every call; its randomness shows as ``unstable_predictions``.
+
+    Returns:
+      :class:`Indicators` of ``[n]`` bool arrays. Cost: ``2 * steps`` gradients
+      and ``draws + 3`` forward passes of the batch.
+
+    Raises:
+      ValueError: bad shapes, ``eps``, ``steps``, ``draws``, ``noise`` or
+        ``tolerance``; both ``x_adv`` and ``fooled``; ``surrogate_fn`` without ``x_adv``.
+    """
+    norm = check_norm(norm)
+    steps = check_steps(steps)
+    draws = check_steps(draws, "draws")
+    x = jnp.asarray(x)
+    y = jnp.asarray(y)
+    if x.ndim < 2 or y.shape != (x.shape[0],) or not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(f"x must be [n, ...] and y [n] ints; got x {x.shape}, y {y.shape} {y.dtype}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"x must be floating point, got {x.dtype}")
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+    for name, value in (("noise", noise), ("tolerance", tolerance)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
+    if x_adv is not None and fooled is not None:
+        raise ValueError("pass x_adv or fooled, not both")
+    if surrogate_fn is not None and x_adv is None:
+        raise ValueError("surrogate_fn needs x_adv: transfer_failure compares the two models on it")
+    keys = row_keys(key, x.shape[0])
+    lo = jnp.asarray(bounds[0], jnp.float32)
+    hi = jnp.asarray(bounds[1], jnp.float32)
+    n = x.shape[0]
+    dim = int(np.prod(x.shape[1:]))
+    span = float(np.max(np.broadcast_to(np.asarray(hi - lo), x.shape[1:]))) if n else 1.0
+    big = {"linf": span, "l2": span * float(np.sqrt(dim)), "l1": span * dim}[norm]
+    model, params = split_model(logits_fn)
+    out = _indicators(
+        model, params, x, y.astype(jnp.int32), jnp.float32(eps), jnp.float32(max(big, eps)), lo, hi,
+        keys, jnp.float32(noise), norm=norm, steps=steps, draws=draws, randomized=randomized,
+        tolerance=float(tolerance),
+    )  # fmt: skip
+    correct, ever, last, incomplete, unavailable, unstable, unconstrained = out
+
+    def fools(fn: Any, xa: Array) -> Array:
+        if randomized:  # under the draws the clean examples were classified with
+            return hits(per_row(fn)(xa, _split(keys)[3]), y, False)
+        return hits(fn(xa), y, False)
+
+    if fooled is not None:
+        returned = jnp.asarray(fooled, bool)
+        if returned.shape != (n,):
+            raise ValueError(f"fooled must be [n] = [{n}] bools, got shape {returned.shape}")
+    elif x_adv is not None:
+        xa = jnp.asarray(x_adv)
+        if xa.shape != x.shape:
+            raise ValueError(f"x_adv must have the shape of x {x.shape}, got {xa.shape}")
+        returned = fools(logits_fn, xa)
+    else:
+        returned = last
+    transfer = None
+    if surrogate_fn is not None:
+        xa = jnp.asarray(x_adv)
+        transfer = correct & fools(surrogate_fn, xa) & ~fools(logits_fn, xa)
+    return Indicators(correct & ever & ~returned, incomplete, unavailable, unstable, unconstrained, transfer)
