@@ -233,3 +233,68 @@ def test_evaluate_diagnose_flags_a_masked_model_and_checks_resume(tmp_path: Any)
         jaxadv.evaluate(f, x, y, batch_size=16, checkpoint=ckpt, resume=True, **kw)
     with pytest.raises(ValueError, match="diagnose must be"):
         jaxadv.evaluate(f, x, y, diagnose=1, **kw)  # type: ignore[arg-type]
+
+
+# --- the adaptive re-attack --------------------------------------------------------------
+
+
+def _exact_robust(x: Any, y: Any, eps: float) -> np.ndarray:
+    """Correctly classified and farther than ``eps`` (L-inf) from every other class of the
+    linear model: the robust examples of the optimal attack (the box does not bind: ``x``
+    lies in [0.05, 0.95] and ``eps`` = 0.05)."""
+    xf = np.asarray(x).reshape(len(x), -1).astype(np.float64)
+    z, yy = xf @ W, np.asarray(y)
+    far = np.ones(len(yy), bool)
+    for j in range(W.shape[1]):
+        other = yy != j
+        gap = z[other, yy[other]] - z[other, j]
+        far[other] &= gap / np.abs(W[:, yy[other]] - W[:, [j]]).sum(0) > eps
+    return far & (z.argmax(1) == yy)
+
+
+def test_adaptive_reattacks_a_masked_model_and_keeps_both_figures() -> None:
+    x, y = _data()
+    f = sm.model(W)
+    blind = lambda v: f(jax.lax.stop_gradient(v))  # noqa: E731
+    kw = {"eps": EPS, "suite": ["fgsm"], "key": jax.random.key(0), "progress": False, "checks": False}
+    exact = np.mean(_exact_robust(x, y, EPS))
+    res = jaxadv.evaluate(blind, x, y, adaptive=True, **kw)
+    assert res.indicators is not None and res.adaptive is not None  # adaptive diagnoses
+    assert res.robust_accuracy == res.clean_accuracy > exact  # the suite's figure, kept
+    # Without a surrogate the gradient-free fix runs; it cannot beat the optimal attack.
+    assert set(res.adaptive.ran) == {"black-box"}
+    assert exact <= res.adaptive_robust_accuracy < res.robust_accuracy
+    assert not np.any(res.adaptive.fooled & ~res.robust)  # only examples counted robust
+    assert res.adaptive.fooled_by_fix["black-box"] == int(np.sum(res.adaptive.fooled))
+    # Through the surrogate (the model itself, differentiable), BPDA's APGD finds the
+    # optimal attack of the linear model: the exact robust accuracy.
+    res = jaxadv.evaluate(blind, x, y, adaptive=True, surrogate_fn=f, **kw)
+    assert res.adaptive is not None and list(res.adaptive.ran)[0] == "bpda"
+    assert res.adaptive_robust_accuracy == pytest.approx(exact)
+    assert "adaptive re-attack" in res.summary()
+    back = jaxadv.EvaluationResult.from_dict(res.to_dict())
+    assert back.adaptive_robust_accuracy == res.adaptive_robust_accuracy
+    assert back.adaptive is not None and back.adaptive.ran == res.adaptive.ran
+
+
+def test_adaptive_follows_up_what_the_suite_missed(tmp_path: Any) -> None:
+    x, y = _data()
+    f = sm.model(W)
+    kw = {"key": jax.random.key(0), "progress": False, "checks": False}
+    # PGD-20 on the cross-entropy misses examples that the margin's diagnostic attack
+    # fools: silent successes, which the longer APGD-DLR of "more-steps" then fools.
+    res = jaxadv.evaluate(f, x, y, eps=EPS, suite=["pgd-20"], adaptive=True, **kw)
+    assert res.adaptive is not None and res.indicators is not None
+    assert set(res.adaptive.ran) <= {"more-steps"}
+    missed = res.indicators["silent_success"] & res.robust
+    assert res.adaptive.ran.get("more-steps", 0) == int(np.sum(res.untrusted() & res.robust))
+    assert np.all(res.adaptive.fooled[missed])
+    assert np.mean(_exact_robust(x, y, EPS)) <= res.adaptive_robust_accuracy <= res.robust_accuracy
+    # Nothing flagged (a radius too small to fool anything): nothing re-attacked.
+    res = jaxadv.evaluate(f, x, y, eps=1e-4, suite=["pgd-20"], adaptive=True, **kw)
+    assert res.adaptive is not None and res.adaptive.ran == {}
+    assert res.adaptive_robust_accuracy == res.robust_accuracy
+    with pytest.raises(ValueError, match="adaptive=True"):
+        jaxadv.evaluate(f, x, y, eps=EPS, suite=["fgsm"], surrogate_fn=f, **kw)
+    with pytest.raises(ValueError, match="checkpoint"):
+        jaxadv.evaluate(f, x, y, eps=EPS, suite=["fgsm"], adaptive=True, checkpoint=tmp_path / "c.json", **kw)

@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxadv import sharding as shd
 from jaxadv._core.randomised import fix_key
+from jaxadv.evaluation.adaptive import AdaptiveReport, reattack
 from jaxadv.evaluation.certified import Certification, CertifiedStream
 from jaxadv.evaluation.checkpoint import (
     DataHasher,
@@ -693,6 +694,25 @@ class _Tally:
 _DIAGNOSED = INDICATOR_NAMES[:5]
 
 
+def _reattack(
+    result: EvaluationResult, flagged: list[tuple[np.ndarray, Any, Any, np.ndarray]], logits_fn: LogitsFn,
+    **kw: Any,
+) -> AdaptiveReport:  # fmt: skip
+    """The adaptive re-attack of the flagged robust examples (:mod:`jaxadv.evaluation.adaptive`)."""
+    fooled = np.zeros(result.num_examples, bool)
+    if not flagged:
+        return AdaptiveReport(fooled, {}, {})
+    index = np.concatenate([f[0] for f in flagged])
+    x = np.concatenate([np.asarray(f[1]) for f in flagged])
+    y = np.concatenate([np.asarray(f[2]) for f in flagged])
+    flags = np.concatenate([f[3] for f in flagged])
+    hit, ran, won = reattack(
+        logits_fn, x, y, {k: flags[:, i] for i, k in enumerate(_DIAGNOSED)}, evaluate=evaluate, **kw
+    )
+    fooled[index[hit]] = True
+    return AdaptiveReport(fooled, ran, won)
+
+
 def _diagnose_batch(
     logits_fn: LogitsFn, x: Any, y: Any, fooled: np.ndarray, keys: Any, *, eps: float, norm: Norm,
     bounds: Bounds, randomized: bool,
@@ -751,6 +771,8 @@ def evaluate(
     certify: Certification | None = None,
     randomized: bool = False,
     diagnose: bool = False,
+    adaptive: bool = False,
+    surrogate_fn: LogitsFn | None = None,
 ) -> EvaluationResult:
     r"""Robust accuracy of ``logits_fn`` under a suite of attacks (per-example worst case).
 
@@ -887,6 +909,17 @@ def evaluate(
         the JSON report count them with the fix each one names. Costs two
         diagnostic attacks of 20 steps and 7 forward passes per batch. With
         ``checkpoint``, a resumed run must diagnose as the interrupted one did.
+      adaptive: diagnose, then attack each example counted robust on which an
+        indicator fired again, with the fix its indicator names
+        (:mod:`jaxadv.evaluation.adaptive`: more steps, EOT, BPDA through
+        ``surrogate_fn``, a black-box attack). ``result.robust_accuracy`` stays the
+        suite's figure; ``result.adaptive`` says what each fix ran on and fooled,
+        and ``result.adaptive_robust_accuracy`` is the figure after them. Refused
+        with ``checkpoint`` and with several processes.
+      surrogate_fn: with ``adaptive``, a differentiable stand-in of the model for
+        the BPDA fix (the model with :func:`jaxadv.bpda` around its
+        non-differentiable layers): attacks run on it, success is judged on
+        ``logits_fn``.
 
     Returns:
       An :class:`EvaluationResult`; ``result.robust_accuracy`` is the figure,
@@ -924,8 +957,14 @@ def evaluate(
             )
         if certify is not None:
             raise ValueError("certify cannot be combined with randomized=True")
-    if not isinstance(diagnose, bool):
-        raise ValueError(f"diagnose must be True or False, got {diagnose!r}")
+    for flag, value in (("diagnose", diagnose), ("adaptive", adaptive)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{flag} must be True or False, got {value!r}")
+    if surrogate_fn is not None and not adaptive:
+        raise ValueError("surrogate_fn is used by the adaptive re-attack only: pass adaptive=True")
+    if surrogate_fn is not None and not callable(surrogate_fn):
+        raise ValueError(f"surrogate_fn must be a model logits_fn(x) -> logits, got {surrogate_fn!r}")
+    diagnose = diagnose or adaptive
     names = [a.name for a in attacks]
     key_attacks, key_checks = _split_key(key)
     layout = _Layout(shd.resolve_batch_sharding(sharding))
@@ -951,6 +990,9 @@ def evaluate(
             index_offset = jax.process_index() * total
         else:  # an iterator's length is not known in advance: the process index is folded in
             key_examples = jax.random.fold_in(jax.random.fold_in(key_attacks, _PROCESS), jax.process_index())
+    if adaptive and (checkpoint is not None or layout.processes > 1):
+        raise ValueError("adaptive cannot be combined with checkpoint or with several processes")
+    flagged: list[tuple[np.ndarray, Any, Any, np.ndarray]] = []  # with adaptive: (indices, x, y, flags)
     certifier = None
     if certify is not None:
         if checkpoint is not None or layout.processes > 1:
@@ -1059,19 +1101,15 @@ def evaluate(
                 continue
             tally.add(out)
             if diagnose:
-                tally.flags.append(
-                    _diagnose_batch(
-                        logits_fn,
-                        piece.x,
-                        piece.y,
-                        out.fooled_by >= 0,
-                        keys,
-                        eps=float(eps),
-                        norm=norm,
-                        bounds=bounds,
-                        randomized=randomized,
-                    )  # fmt: skip
-                )
+                flags = _diagnose_batch(
+                    logits_fn, piece.x, piece.y, out.fooled_by >= 0, keys, eps=float(eps), norm=norm,
+                    bounds=bounds, randomized=randomized,
+                )  # fmt: skip
+                tally.flags.append(flags)
+                rows = np.nonzero(flags.any(axis=1) & (out.fooled_by == ROBUST))[0]
+                if adaptive and rows.size:
+                    x_rows, y_rows = np.asarray(piece.x)[rows], np.asarray(piece.y)[rows]
+                    flagged.append((hasher.count + rows, x_rows, y_rows, flags[rows]))
             if certifier is not None:
                 certifier.add(piece.x, piece.y)
             hasher.update(piece.x, piece.y)
@@ -1099,6 +1137,11 @@ def evaluate(
     result.warnings.extend(_non_finite_warnings(result))
     if certifier is not None:
         result.certified = certifier.result()
+    if adaptive:
+        result.adaptive = _reattack(
+            result, flagged, logits_fn, eps=float(eps), norm=norm, bounds=bounds, key=key_checks,
+            batch_size=size.value, randomized=randomized, surrogate_fn=surrogate_fn,
+        )  # fmt: skip
     check_batch = first.batch()
     if checks and check_batch is not None:
         checked = fix_key(logits_fn, key_checks) if randomized else logits_fn

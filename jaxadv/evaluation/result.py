@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxadv.evaluation.adaptive import AdaptiveReport
 from jaxadv.evaluation.certified import CertifiedResult
 from jaxadv.evaluation.files import read_json, write_json_atomic
 
@@ -53,6 +54,9 @@ class EvaluationResult:
       indicators: with ``evaluate(..., diagnose=True)``, the per-example indicators
         of attack failure (:mod:`jaxadv.evaluation.diagnostics`): indicator name ->
         ``[n]`` bool; ``None`` otherwise.
+      adaptive: with ``evaluate(..., adaptive=True)``, what the adaptive re-attack
+        of the flagged robust examples ran and fooled
+        (:class:`jaxadv.evaluation.adaptive.AdaptiveReport`); ``None`` otherwise.
     """
 
     eps: float
@@ -72,6 +76,7 @@ class EvaluationResult:
     certified: CertifiedResult | None = None
     sessions: int = 1
     indicators: dict[str, np.ndarray] | None = None
+    adaptive: AdaptiveReport | None = None
 
     def __repr__(self) -> str:
         return (
@@ -172,6 +177,14 @@ class EvaluationResult:
             lines.append(f"WARNING: {w}")
         return "\n".join(lines)
 
+    @property
+    def adaptive_robust_accuracy(self) -> float:
+        """Robust accuracy after the adaptive re-attack: the examples the suite left
+        robust that no fix fooled. ``robust_accuracy`` without ``adaptive=True``."""
+        if self.adaptive is None or not self.num_examples:
+            return self.robust_accuracy
+        return float(np.mean(self.robust & ~np.asarray(self.adaptive.fooled, bool)))
+
     def indicator_counts(self) -> dict[str, int]:
         """How many examples each indicator of attack failure fired on (empty without
         ``diagnose=True``)."""
@@ -199,6 +212,15 @@ class EvaluationResult:
         ]
         for name, count in counts.items():
             lines.append(f"  {name:<24}{count:>6}" + (f"  fix: {FIXES[name]}" if count else ""))
+        if self.adaptive is not None:
+            a = self.adaptive
+            lines.append(
+                f"adaptive re-attack of the flagged robust examples: robust accuracy "
+                f"{self.robust_accuracy:.2%} -> {self.adaptive_robust_accuracy:.2%} "
+                f"({int(np.sum(a.fooled))} more fooled)"
+            )
+            for fix, ran in a.ran.items():
+                lines.append(f"  {fix:<24}ran on {ran}, fooled {a.fooled_by_fix.get(fix, 0)}")
         return lines
 
     def _masking_line(self) -> str:
@@ -248,6 +270,8 @@ class EvaluationResult:
             if self.indicators is None
             else {name: np.asarray(v, bool).tolist() for name, v in self.indicators.items()},
             "indicator_counts": self.indicator_counts(),
+            "adaptive": None if self.adaptive is None else self.adaptive.to_dict(),
+            "adaptive_robust_accuracy": None if self.adaptive is None else self.adaptive_robust_accuracy,
         }
 
     @classmethod
@@ -271,6 +295,7 @@ class EvaluationResult:
             indicators=None
             if d.get("indicators") is None
             else {str(k): np.asarray(v, bool) for k, v in d["indicators"].items()},
+            adaptive=None if d.get("adaptive") is None else AdaptiveReport.from_dict(d["adaptive"]),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
