@@ -252,6 +252,7 @@ def _exact_robust(x: Any, y: Any, eps: float) -> np.ndarray:
     return far & (z.argmax(1) == yy)
 
 
+@pytest.mark.slow  # large budgets: Square with 10,000 queries, EOT over 100 draws
 def test_adaptive_reattacks_a_masked_model_and_keeps_both_figures() -> None:
     x, y = _data()
     f = sm.model(W)
@@ -298,3 +299,16 @@ def test_adaptive_follows_up_what_the_suite_missed(tmp_path: Any) -> None:
         jaxadv.evaluate(f, x, y, eps=EPS, suite=["fgsm"], surrogate_fn=f, **kw)
     with pytest.raises(ValueError, match="checkpoint"):
         jaxadv.evaluate(f, x, y, eps=EPS, suite=["fgsm"], adaptive=True, checkpoint=tmp_path / "c.json", **kw)
+
+
+@pytest.mark.slow  # large budgets: Square with 10,000 queries, EOT over 100 draws
+def test_adaptive_attacks_a_randomised_model_with_eot_only() -> None:
+    x, y = _data(n=16, wrong=0)
+    noisy = jax.tree_util.Partial(sm.input_dropout_apply, (jnp.asarray(W), jnp.zeros(W.shape[1])))
+    kw = {"eps": EPS, "key": jax.random.key(0), "progress": False, "checks": False, "randomized": True}
+    res = jaxadv.evaluate(noisy, x, y, suite=["apgd-ce-eot20"], adaptive=True, **kw)
+    assert res.adaptive is not None and res.indicators is not None
+    flagged = int(np.sum(res.untrusted() & res.robust))
+    assert flagged > 0  # dropout on the inputs: unstable predictions
+    assert res.adaptive.ran == {"eot": flagged}
+    assert res.adaptive_robust_accuracy <= res.robust_accuracy
