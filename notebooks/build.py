@@ -1617,6 +1617,139 @@ class.
   (`adversarial_patch`, `patch_success_rate`, `success_by_patch_size`).""",
 ]
 
+# --------------------------------------------------------------------------- 10
+
+NB10 = [
+    """md:# 10. Diagnosing a defence, example by example
+
+Notebook 5 showed batch-level checks that say *something* is off with an
+evaluation. This one asks the sharper question a reviewer of a defence paper
+asks: **on which examples can the reported robustness not be trusted, and what
+would fix the attack there?**
+
+`evaluate(..., diagnose=True)` computes, for every example, six *indicators of
+attack failure* (after Pintor et al., NeurIPS 2022) from a short diagnostic
+attack on the margin loss, the same attack with the whole input box as budget,
+and a few tiny random perturbations of the input:
+
+| indicator | what it saw | the fix it names |
+|---|---|---|
+| `silent_success` | an adversarial point was found but not returned | keep the best iterate, a stronger attack |
+| `incomplete_optimization` | the loss still improving at the end | more steps, APGD |
+| `unavailable_gradients` | zero, NaN or vanishing input gradients | BPDA, another loss, a black-box attack |
+| `unstable_predictions` | tiny noise moves the output far more than the gradient predicts | EOT, BPDA |
+| `unconstrained_failure` | even an unbounded attack fails | check the gradients before trusting any attack |
+| `transfer_failure` | fools the surrogate, not the model | a closer surrogate, EOT |
+
+`adaptive=True` then attacks the flagged examples again with those fixes and
+reports both numbers. We build two "defences" of the digits CNN that hide their
+gradients, watch the reported robust accuracy go up, and watch the indicators
+and the adaptive re-attack bring it back down.""",
+    SETUP,
+    TRAIN_CNN,
+    """n_eval, eps = 100, 0.15
+xe, ye = x[:n_eval], y[:n_eval]
+key = jax.random.key(0)
+gradient_suite = ["apgd-ce", "apgd-t"]  # white-box only: what a gradient-masking defence fools
+settings = dict(eps=eps, suite=gradient_suite, key=key, progress=False, checks=False)
+
+undefended = jaxadv.evaluate(logits_fn, xe, ye, diagnose=True, **settings)
+print(undefended.summary())""",
+    """md:On the undefended CNN no indicator fires: the attacks worked, and the
+figure is an honest upper bound.
+
+## Defence 1: input quantisation
+
+The first defence rounds every pixel down to one of five grey levels before the
+CNN sees it. Its thresholds (0.2, 0.4, 0.6, 0.8) lie between the digits' pixel
+values, so the clean accuracy barely moves. Its gradient is zero almost
+everywhere: gradient attacks see a flat loss.""",
+    """def five_levels(v):
+    return jnp.minimum(jnp.floor(5 * v), 4) / 4
+
+quantised_fn = jaxadv.from_apply(lambda p, v: model.apply(p, five_levels(v)), variables)
+quantised = jaxadv.evaluate(quantised_fn, xe, ye, diagnose=True, **settings)
+print(quantised.summary())""",
+    """md:The suite reports the quantised model as far more robust than the
+undefended one, and on nearly every example two indicators fire: the gradient
+is unavailable, and even an attack free to move anywhere in the box fails. The
+fix they name is BPDA: keep the quantisation on the forward pass and let the
+gradient pass straight through it (`jaxadv.bpda`), then judge the examples on
+the real model.""",
+    """surrogate_fn = jaxadv.from_apply(lambda p, v: model.apply(p, jaxadv.bpda(five_levels)(v)), variables)
+quantised_adaptive = jaxadv.evaluate(
+    quantised_fn, xe, ye, adaptive=True, surrogate_fn=surrogate_fn, **settings
+)
+print(quantised_adaptive.summary())
+through_bpda = jaxadv.evaluate(surrogate_fn, xe, ye, diagnose=True, **settings)
+print(f"the same suite through BPDA: robust accuracy {through_bpda.robust_accuracy:.0%}, "
+      f"indicators {through_bpda.indicator_counts()}")""",
+    """md:Through BPDA the suite's figure falls, and the indicators (nearly all)
+clear: the attack now has a gradient to follow. Quantisation is not worthless
+(pixels far from every threshold cannot be moved across one within eps), but
+most of its reported robustness was the attack's failure.
+
+## Defence 2: random noise on the input
+
+The second defence adds Gaussian noise to its input at every call: a randomised
+model `logits_fn(x, key)`. A gradient attack that follows one random draw per
+step (here APGD-CE, one draw) sees a noisy objective.""",
+    """sigma = 0.1
+
+def noisy_apply(params, inputs, noise_key):
+    return model.apply(params, inputs + sigma * jax.random.normal(noise_key, inputs.shape))
+
+noisy_fn = jax.tree_util.Partial(noisy_apply, variables)
+
+def one_draw(f, xb, yb, *, key, eps, norm, bounds, randomized=False):
+    return jaxadv.apgd(f, xb, yb, key=key, eps=eps, norm=norm, bounds=bounds, steps=100, randomized=randomized)
+
+naive = [jaxadv.evaluation.SuiteAttack("apgd-ce-1draw", one_draw, randomized=True)]
+noisy = jaxadv.evaluate(
+    noisy_fn, xe, ye, eps=eps, suite=naive, key=key, progress=False, checks=False,
+    randomized=True, adaptive=True,
+)
+print(noisy.summary())""",
+    """md:Every example shows unstable predictions: the model is random, which
+no attack changes, so this indicator describes the model rather than the
+attack. It names EOT: the adaptive re-attack averages the gradient over 100
+draws of the noise on the flagged examples the suite counted robust, and the
+figure falls to about that of the undefended CNN.
+
+## The numbers side by side""",
+    """rows = {
+    "undefended CNN": (undefended.robust_accuracy, undefended.robust_accuracy),
+    "5-level quantisation": (quantised.robust_accuracy, quantised_adaptive.adaptive_robust_accuracy),
+    f"input noise (sigma={sigma})": (noisy.robust_accuracy, noisy.adaptive_robust_accuracy),
+}
+fig, ax = plt.subplots(figsize=(7, 4))
+width = 0.38
+pos = np.arange(len(rows))
+ax.bar(pos - width / 2, [100 * a for a, _ in rows.values()], width, label="reported by the suite")
+ax.bar(pos + width / 2, [100 * b for _, b in rows.values()], width, label="after the adaptive re-attack")
+ax.set_xticks(pos, list(rows))
+ax.set_xlabel("model")
+ax.set_ylabel(f"robust accuracy at eps={eps} (%)")
+ax.set_ylim(0, 100)
+ax.set_title("What the indicators caught")
+ax.legend()
+plt.show()
+for name, (a, b) in rows.items():
+    print(f"{name:28s} reported {a:6.1%}   adaptive {b:6.1%}")""",
+    """md:## Summary
+
+* `evaluate(..., diagnose=True)` flags, per example, where the attacks failed
+  and why; `result.untrusted()` marks those examples, and the summary and the
+  JSON report count them with the fix each indicator names.
+* `evaluate(..., adaptive=True)` applies those fixes to the flagged examples
+  (BPDA through `surrogate_fn`, EOT, more steps, a black-box attack) and keeps
+  both figures: `robust_accuracy` (the suite's) and `adaptive_robust_accuracy`.
+* `jaxadv.bpda(fn)` attacks through a non-differentiable layer; a randomised
+  model needs EOT (`randomized=True`, `suite="rand"`).
+* An indicator that stays on after its fix (unstable predictions of a random
+  model) describes the model, not the attack: read it with the fix's result.""",
+]
+
 NOTEBOOKS: dict[str, list[str]] = {
     "01_fgsm_and_bim": NB01,
     "02_targeted_attacks": NB02,
@@ -1627,6 +1760,7 @@ NOTEBOOKS: dict[str, list[str]] = {
     "07_certified_robustness": NB07,
     "08_robustbench_model": NB08,
     "09_minimal_and_sparse": NB09,
+    "10_diagnosing_defences": NB10,
 }
 
 

@@ -44,7 +44,7 @@ def _source(cell: dict[str, Any]) -> str:
 def test_every_notebook_is_committed_and_listed() -> None:
     on_disk = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
     assert on_disk == sorted(NAMES)
-    assert len(NAMES) == 9
+    assert len(NAMES) == 10
 
 
 @pytest.mark.parametrize("name", NAMES)
