@@ -10,6 +10,7 @@ import numpy as np
 
 from jaxadv.evaluation.adaptive import AdaptiveReport
 from jaxadv.evaluation.certified import CertifiedResult
+from jaxadv.evaluation.diagnostics import FIXES
 from jaxadv.evaluation.files import read_json, write_json_atomic
 
 #: ``fooled_by`` codes for examples no attack was needed for, or none succeeded on.
@@ -201,8 +202,6 @@ class EvaluationResult:
     def _indicator_lines(self) -> list[str]:
         if self.indicators is None:
             return []
-        from jaxadv.evaluation.diagnostics import FIXES
-
         counts = self.indicator_counts()
         flagged = int(np.sum(self.untrusted()))
         robust_flagged = int(np.sum(self.untrusted() & self.robust))
