@@ -48,9 +48,9 @@ def test_smaller_than_pgd_l2_at_equal_success(cnn: Any, digits: Any) -> None:
     np.testing.assert_array_equal(cw.x_adv[~cw.success], x[~cw.success])
 
 
-def test_confidence_custom_optimizer_and_jit(cnn: Any, digits: Any) -> None:
+def test_confidence_custom_optimizer_and_jit(mlp: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:16]), jnp.asarray(digits[1].y[:16])
-    f = cnn.logits_fn
+    f = mlp.logits_fn
     sgd = optax.sgd(0.5, momentum=0.9)
 
     @jax.jit
