@@ -154,6 +154,13 @@ def add_evaluate_parser(sub: Any) -> None:
         help="also compute each example's indicators of attack failure (evaluate's diagnose=True): "
         "counted in the summary, per example in report.json",
     )
+    p.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="diagnose, then attack the flagged robust examples again with the fixes their indicators "
+        "name (evaluate's adaptive=True; more steps, a black-box attack); reports both robust "
+        "accuracies. Runs without OUT/partial.json, so it cannot be resumed",
+    )
 
 
 # --- inputs -----------------------------------------------------------------------
@@ -409,6 +416,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     # Arguments and files first: a mistake is reported before any model is built.
     _check_numbers(args)
+    if args.adaptive and args.resume:
+        raise CliError("--adaptive runs cannot be resumed (they keep no OUT/partial.json): drop --resume")
     out = Path(args.out)
     resuming = _check_outputs(out, resume=args.resume, overwrite=args.overwrite)
     x, y = load_data(args.data, uint8_scale=args.uint8_scale)
@@ -439,7 +448,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             checks=not args.no_checks,
             diagnose=args.diagnose,
-            checkpoint=out / "partial.json",
+            adaptive=args.adaptive,
+            checkpoint=None if args.adaptive else out / "partial.json",
             resume=args.resume,
             overwrite=args.overwrite,
             # The adversarial examples of a resumed run's earlier batches are gone.

@@ -356,3 +356,18 @@ def test_cli_diagnose_reports_the_indicators(
     assert "indicators of attack failure" in (out / "summary.txt").read_text()
     assert main(_argv(saved, tmp_path / "plain")) == 0
     assert json.loads((tmp_path / "plain" / "report.json").read_text())["indicators"] is None
+
+
+@pytest.mark.slow
+def test_cli_adaptive_reports_both_figures(
+    saved: Saved, tmp_path: Path, capsys: Any, clean_imports: None
+) -> None:
+    out = tmp_path / "out"
+    assert main(_argv(saved, out, adaptive=True)) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["adaptive"] is not None and report["indicators"] is not None
+    assert report["adaptive_robust_accuracy"] <= report["robust_accuracy"]
+    assert not (out / "partial.json").exists()
+    assert "adaptive re-attack" in (out / "summary.txt").read_text()
+    line = _user_error(capsys, _argv(saved, tmp_path / "again", adaptive=True, resume=True))
+    assert "--adaptive" in line and "--resume" in line
