@@ -9,8 +9,8 @@ They are read off a *diagnostic attack* that :func:`indicators` runs itself, on
 the margin loss :math:`m(x) = \max_{j \ne y} z_j(x) - z_y(x)` (an example is
 adversarial when :math:`m > 0`, up to ties): ``steps`` steps of steepest ascent
 with the fixed step :math:`\alpha = 2.5\,\epsilon / T`, projected onto the ball and
-the box, from the clean example, recording the margin, the prediction and the
-gradient at each iterate :math:`x_0 = x, \dots, x_T`; a second run of it with the
+the box, from the clean example, recording the margin and the prediction at each
+iterate :math:`x_0 = x, \dots, x_T` and the gradient at each step; a second run of it with the
 ball replaced by the whole box; and ``draws`` tiny random perturbations of ``x``.
 On an example the model classifies correctly:
 
