@@ -7,10 +7,10 @@
   (sign-SGD and its L2/L1 counterparts as an optax transformation).
 * Adversarial patches (:mod:`jaxadv.universal.patch`): :func:`init_patch` and
   :func:`patch_step` (expectation over random placements), :func:`adversarial_patch`
-  as the ready-made loop, :func:`place_patch` and :func:`apply_patch`
-  (differentiable placement with location, scale and rotation),
-  :func:`sample_placement`, :func:`patch_success_rate` and
-  :func:`success_by_patch_size`.
+  as the ready-made loop, :func:`patch_success_rate` and :func:`success_by_patch_size`;
+  their placement (:mod:`jaxadv.universal.placement`): :func:`place_patch` and
+  :func:`apply_patch` (differentiable placement with location, scale and
+  rotation) and :func:`sample_placement`.
 * :func:`success_rate`: how often a dataset-level attack fools the model, one
   definition for both.
 """
@@ -18,14 +18,10 @@
 from jaxadv.universal.patch import (
     PatchSizeResult,
     PatchState,
-    Placement,
     adversarial_patch,
-    apply_patch,
     init_patch,
     patch_step,
     patch_success_rate,
-    place_patch,
-    sample_placement,
     success_by_patch_size,
 )
 from jaxadv.universal.perturbation import (
@@ -38,6 +34,7 @@ from jaxadv.universal.perturbation import (
     universal_perturbation,
     universal_step,
 )
+from jaxadv.universal.placement import Placement, apply_patch, place_patch, sample_placement
 
 __all__ = [
     "PatchSizeResult",
