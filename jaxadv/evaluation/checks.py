@@ -36,7 +36,10 @@ class MaskingReport(NamedTuple):
     figures: dict[str, Any]
 
 
-def _large_eps(norm: Norm, x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
+def large_eps(norm: Norm, x: Any, lo: np.ndarray, hi: np.ndarray) -> float:
+    """A radius that covers the whole box ``[lo, hi]`` around any point of ``x``
+    ``[n, ...]``: the box's widest span in L-inf, that span times the L2 or L1 norm
+    of a vector of ones."""
     span = float(np.max(np.broadcast_to(hi - lo, x.shape[1:])))
     dim = int(np.prod(x.shape[1:]))
     return {"linf": span, "l2": span * float(np.sqrt(dim)), "l1": span * dim}[norm]
@@ -103,7 +106,7 @@ def masking_checks(
 
     a_pgd: float | None = None
     try:
-        big = _large_eps(norm, x, lo, hi)
+        big = large_eps(norm, x, lo, hi)
         a_big = acc(bim(logits_fn, x, y, eps=big, steps=50, norm=norm, bounds=bounds))
         figures["large_eps"] = big
         figures["accuracy_at_large_eps"] = a_big

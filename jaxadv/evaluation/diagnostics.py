@@ -50,10 +50,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv._core.compile import jit
+from jaxadv._core.rows import select_rows
+from jaxadv.evaluation.checks import large_eps
 from jaxadv.keys import draw_rows, fold_rows, per_row, row_keys, split_rows
+from jaxadv.losses import cw_margin
 from jaxadv.models import ModelStatic, combine_model, split_model
 from jaxadv.success import hits
-from jaxadv.threat_models import mask_blocked, project_to_feasible, steepest_direction
+from jaxadv.threat_models import mask_blocked, norm_of, project_to_feasible, steepest_direction, step_along
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
 from jaxadv.validation import check_norm, check_steps
 
@@ -122,24 +125,13 @@ class Indicators(NamedTuple):
         }
 
 
+#: The dual of each threat model's norm: the budget ``eps`` along the gradient ``g``
+#: changes a linear margin by ``eps * ||g||_dual``.
+_DUAL: dict[str, Norm] = {"linf": "l1", "l2": "l2", "l1": "linf"}
+
+
 def _margin(z: Array, y: Array) -> Array:
-    z = z.astype(jnp.float32)
-    own = jnp.take_along_axis(z, y[:, None], axis=1)[:, 0]
-    others = jnp.where(jax.nn.one_hot(y, z.shape[1], dtype=bool), -jnp.inf, z)
-    return jnp.max(others, axis=1) - own
-
-
-def _dual(g: Array, norm: Norm) -> Array:
-    a = jnp.abs(g.reshape(g.shape[0], -1).astype(jnp.float32))
-    if norm == "linf":
-        return jnp.sum(a, axis=1)
-    if norm == "l2":
-        return jnp.sqrt(jnp.sum(a * a, axis=1))
-    return jnp.max(a, axis=1)
-
-
-def _rows(v: Array, shape: tuple[int, ...]) -> Array:
-    return v.reshape((-1,) + (1,) * (len(shape) - 1))
+    return cw_margin(z, jax.nn.one_hot(y, z.shape[-1]))
 
 
 def _split(keys: Array) -> tuple[Array, ...]:
@@ -176,13 +168,14 @@ def _probe(call: Any, x: Array, y: Array, eps: Array, lo: Array, hi: Array, keys
         g, z = grad_fn(xt, fold_rows(keys, t))
         m = _margin(z, y)
         finite = jnp.all(jnp.isfinite(z), axis=1) & jnp.all(jnp.isfinite(g.reshape(len(g), -1)), axis=1)
-        vanish = ~(eps * _dual(g, norm) > _VANISH * jnp.maximum(1.0, jnp.abs(m)))
-        g = jnp.where(_rows(finite, g.shape), g, 0.0)
+        vanish = ~(eps * norm_of(g, _DUAL[norm]) > _VANISH * jnp.maximum(1.0, jnp.abs(m)))
+        g = select_rows(finite, g, 0.0)
         g_first = jnp.where(t == 0, g.astype(jnp.float32), g_first)  # the linear model at x, kept
         if norm == "l1":  # a sparse step spent on coordinates the box blocks would not move
             g = mask_blocked(g, xt, lo, hi)
-        x_next = project_to_feasible(xt + _rows(alpha, xt.shape) * steepest_direction(g, norm), x, eps,
-                                     norm, lo, hi)  # fmt: skip
+        x_next = project_to_feasible(
+            xt + step_along(alpha, steepest_direction(g, norm)), x, eps, norm, lo, hi
+        )
         adv = hits(call(xt, eval_keys), y, False) if randomized else hits(z, y, False)
         return (x_next.astype(x.dtype), g_first), (m, adv, finite, vanish)
 
@@ -321,9 +314,7 @@ def indicators(
     lo = jnp.asarray(bounds[0], jnp.float32)
     hi = jnp.asarray(bounds[1], jnp.float32)
     n = x.shape[0]
-    dim = int(np.prod(x.shape[1:]))
-    span = float(np.max(np.broadcast_to(np.asarray(hi - lo), x.shape[1:]))) if n else 1.0
-    big = {"linf": span, "l2": span * float(np.sqrt(dim)), "l1": span * dim}[norm]
+    big = large_eps(norm, x, np.asarray(lo), np.asarray(hi))
     model, params = split_model(logits_fn)
     out = _indicators(
         model, params, x, y.astype(jnp.int32), jnp.float32(eps), jnp.float32(max(big, eps)), lo, hi,

@@ -471,17 +471,17 @@ def evaluate(
                 feed.give_back(piece._replace(placed=None))  # its device copy is freed
                 size.value = smaller
                 continue
-            tally.add(out)
+            flags = None
             if diagnose:
                 flags = _diagnose_batch(
                     logits_fn, piece.x, piece.y, out.fooled_by >= 0, keys, eps=float(eps), norm=norm,
                     bounds=bounds, randomized=randomized,
                 )  # fmt: skip
-                tally.flags.append(flags)
-                rows = np.nonzero(flags.any(axis=1) & (out.fooled_by == ROBUST))[0]
-                if adaptive and rows.size:
+                if adaptive:  # the flagged examples counted robust, kept for the re-attack
+                    rows = np.nonzero(flags.any(axis=1) & (out.fooled_by == ROBUST))[0]
                     x_rows, y_rows = np.asarray(piece.x)[rows], np.asarray(piece.y)[rows]
                     flagged.append((hasher.count + rows, x_rows, y_rows, flags[rows]))
+            tally.add(out, flags)
             if certifier is not None:
                 certifier.add(piece.x, piece.y)
             hasher.update(piece.x, piece.y)

@@ -203,8 +203,8 @@ class EvaluationResult:
         if self.indicators is None:
             return []
         counts = self.indicator_counts()
-        flagged = int(np.sum(self.untrusted()))
-        robust_flagged = int(np.sum(self.untrusted() & self.robust))
+        untrusted = self.untrusted()
+        flagged, robust_flagged = int(np.sum(untrusted)), int(np.sum(untrusted & self.robust))
         lines = [
             f"indicators of attack failure: {flagged} of {self.num_examples} examples flagged "
             f"({robust_flagged} of them counted robust)"

@@ -40,7 +40,10 @@ class _Tally:
             if diagnose and start.indicators is not None:
                 self.flags.append(np.stack([start.indicators[k] for k in _DIAGNOSED], axis=1))
 
-    def add(self, out: _BatchResult) -> None:
+    def add(self, out: _BatchResult, flags: np.ndarray | None = None) -> None:
+        """Add a batch's results, and its indicators of attack failure when diagnosing."""
+        if flags is not None:
+            self.flags.append(flags)
         self.fooled_by.append(out.fooled_by)
         self.norms.append(out.perturbation_norm)
         self.queries.append(out.queries)
