@@ -183,6 +183,29 @@ def test_bad_arguments_are_refused(kw: dict[str, Any], match: str) -> None:
         _indicators(f, x, y[:-1])
 
 
+def test_bad_data_is_refused_and_odd_data_handled() -> None:
+    x, y = _data()
+    f = sm.model(W)
+    for bad, match in [
+        (x.at[0, 0, 0, 0].set(jnp.nan), "NaN/inf"),
+        (x.at[0, 0, 0, 0].set(jnp.inf), "NaN/inf"),
+        (x + 2.0, "inside bounds"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _indicators(f, bad, y)
+    with pytest.raises(ValueError, match="labels in"):
+        _indicators(f, x, y + W.shape[1])
+    one_class = jaxadv.from_apply(sm.affine_apply, (jnp.asarray(W[:, :1]), jnp.zeros(1)))
+    with pytest.raises(ValueError, match="at least two"):
+        _indicators(one_class, x, jnp.zeros(N, jnp.int32))
+    # An empty batch: empty indicators (nothing compiled for zero examples).
+    empty = _indicators(f, x[:0], y[:0], x_adv=x[:0], surrogate_fn=f)
+    assert all(np.asarray(v).shape == (0,) and np.asarray(v).dtype == bool for v in empty)
+    # Half precision and logits near 1e12 change nothing on the smooth model.
+    assert not np.any(np.asarray(_indicators(f, x.astype(jnp.bfloat16), y).any()))
+    assert not np.any(np.asarray(_indicators(sm.scaled(W, 1e12), x, y).any()))
+
+
 # --- wired into evaluate ---------------------------------------------------------------
 
 

@@ -94,8 +94,9 @@ def _logits_aval(model: ModelStatic, param_avals: tuple[Any, ...], x_aval: Any) 
     return jax.eval_shape(lambda p, x: combine_model(model, list(p))(x), param_avals, x_aval)
 
 
-def output_shape(model: ModelStatic, params: list[Any], x: Array) -> tuple[int, ...]:
-    """Shape of ``logits_fn(x)``, traced once per model structure and input shape."""
+def output_shape(model: ModelStatic, params: list[Any], x: Array | jax.ShapeDtypeStruct) -> tuple[int, ...]:
+    """Shape of ``logits_fn(x)``, traced once per model structure and input shape (``x``
+    an array, or only its shape and dtype)."""
     return tuple(_logits_aval(model, tuple(_aval(p) for p in params), _aval(x)).shape)
 
 

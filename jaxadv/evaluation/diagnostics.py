@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv._core.compile import jit
+from jaxadv._core.problem import output_shape
 from jaxadv._core.rows import select_rows
 from jaxadv.evaluation.checks import large_eps
 from jaxadv.keys import draw_rows, fold_rows, per_row, row_keys, split_rows
@@ -57,8 +58,9 @@ from jaxadv.losses import cw_margin
 from jaxadv.models import ModelStatic, combine_model, split_model
 from jaxadv.success import hits
 from jaxadv.threat_models import mask_blocked, norm_of, project_to_feasible, steepest_direction, step_along
+from jaxadv.training.checks import check_bounds
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
-from jaxadv.validation import check_norm, check_steps
+from jaxadv.validation import check_in_bounds, check_inputs, check_labels, check_norm, check_steps
 
 #: The indicators, in the order of :class:`Indicators`.
 NAMES = (
@@ -295,12 +297,10 @@ def indicators(
     norm = check_norm(norm)
     steps = check_steps(steps)
     draws = check_steps(draws, "draws")
-    x = jnp.asarray(x)
+    x = check_inputs(x)
     y = jnp.asarray(y)
     if x.ndim < 2 or y.shape != (x.shape[0],) or not jnp.issubdtype(y.dtype, jnp.integer):
         raise ValueError(f"x must be [n, ...] and y [n] ints; got x {x.shape}, y {y.shape} {y.dtype}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"x must be floating point, got {x.dtype}")
     if not (np.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0, got {eps}")
     for name, value in (("noise", noise), ("tolerance", tolerance)):
@@ -311,11 +311,22 @@ def indicators(
     if surrogate_fn is not None and x_adv is None:
         raise ValueError("surrogate_fn needs x_adv: transfer_failure compares the two models on it")
     keys = row_keys(key, x.shape[0])
-    lo = jnp.asarray(bounds[0], jnp.float32)
-    hi = jnp.asarray(bounds[1], jnp.float32)
+    lo, hi = check_bounds(bounds)
     n = x.shape[0]
-    big = large_eps(norm, x, np.asarray(lo), np.asarray(hi))
     model, params = split_model(logits_fn)
+    one = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)  # one example (the batch may be empty)
+    if randomized:
+        classes = jax.eval_shape(logits_fn, one, jax.random.key(0)).shape[-1]
+    else:  # traced once per model structure and input shape
+        classes = output_shape(model, params, one)[-1]
+    if classes < 2:
+        raise ValueError(f"the model has {classes} class: an attack needs at least two to move an example to")
+    y = check_labels(y, n, classes)
+    if n == 0:  # nothing to attack: empty indicators, without compiling for zero examples
+        empty = jnp.zeros((0,), bool)
+        return Indicators(empty, empty, empty, empty, empty, None if surrogate_fn is None else empty)
+    check_in_bounds(x.astype(jnp.float32), lo, hi, x.dtype)
+    big = large_eps(norm, x, np.asarray(lo), np.asarray(hi))
     out = _indicators(
         model, params, x, y.astype(jnp.int32), jnp.float32(eps), jnp.float32(max(big, eps)), lo, hi,
         keys, jnp.float32(noise), norm=norm, steps=steps, draws=draws, randomized=randomized,
