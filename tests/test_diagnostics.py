@@ -320,6 +320,10 @@ def test_adaptive_follows_up_what_the_suite_missed(tmp_path: Any) -> None:
     assert res.adaptive_robust_accuracy == res.robust_accuracy
     with pytest.raises(ValueError, match="adaptive=True"):
         jaxadv.evaluate(f, x, y, eps=EPS, suite=["fgsm"], surrogate_fn=f, **kw)
+    with pytest.raises(ValueError, match="surrogate_fn must be a model"):
+        jaxadv.evaluate(f, x, y, eps=EPS, suite=["fgsm"], adaptive=True, surrogate_fn="f", **kw)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="adaptive must be True or False"):
+        jaxadv.evaluate(f, x, y, eps=EPS, suite=["fgsm"], adaptive=1, **kw)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="checkpoint"):
         jaxadv.evaluate(f, x, y, eps=EPS, suite=["fgsm"], adaptive=True, checkpoint=tmp_path / "c.json", **kw)
 
