@@ -13,16 +13,13 @@ import numpy as np
 
 from jaxadv import sharding as shd
 from jaxadv._core.randomised import fix_key
+from jaxadv.evaluation.kernel import _PREDICTION, BatchResult, feasibility, outside_message
 from jaxadv.evaluation.layout import _Layout
 from jaxadv.evaluation.result import MISCLASSIFIED, ROBUST
 from jaxadv.evaluation.suites import SuiteAttack
 from jaxadv.keys import fold_rows
 from jaxadv.success import AttackResult
-from jaxadv.threat_models import norm_of
 from jaxadv.typing import LogitsFn, Norm
-
-#: Folded into an example's key for the draw of a randomised model that judges it.
-_PREDICTION = 0x5EED
 
 
 class _Setting(NamedTuple):
@@ -39,66 +36,23 @@ class _Setting(NamedTuple):
     randomized: bool = False
 
 
-class _BatchResult(NamedTuple):
-    fooled_by: np.ndarray  # [n] int32 codes
-    perturbation_norm: np.ndarray  # [n]
-    queries: np.ndarray  # [n]
-    x_adv: np.ndarray  # [n, ...]
-    non_finite: np.ndarray  # [attacks] candidates with a NaN or inf
-    non_finite_clean: int
-    seconds: np.ndarray  # [attacks]
-
-
-def _finite_rows(a: np.ndarray) -> np.ndarray:
-    return np.asarray(np.isfinite(a.astype(np.float32, copy=False).reshape(a.shape[0], -1)).all(axis=1))
-
-
-def _half_ulp(a: np.ndarray) -> np.ndarray:
-    """Half the spacing of ``a``'s float dtype at ``|a|``: the most that rounding to it moves a value."""
-    a = np.ascontiguousarray(a)
-    uint: Any = {2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]
-    bits = a.view(uint) & uint((1 << (8 * a.dtype.itemsize - 1)) - 1)  # |a|: the sign bit cleared
-    wide = np.float64 if a.dtype.itemsize == 8 else np.float32
-    with np.errstate(invalid="ignore", over="ignore"):  # NaN and the largest float: no spacing
-        spacing = (bits + uint(1)).view(a.dtype).astype(wide) - bits.view(a.dtype).astype(wide)
-    return np.where(np.isfinite(spacing), spacing / 2, 0.0).astype(np.float32)
-
-
-def _rounding_allowance(x_adv: np.ndarray, x: np.ndarray, norm: Norm) -> np.ndarray:
-    """``[n]``: how far rounding each returned example to its dtype may push it out of the ball.
-
-    A feasible float32 point ``x + delta`` rounded to ``x_adv.dtype`` moves by at
-    most half an ulp per coordinate (at the rounded value); coordinates equal to
-    ``x`` did not move. The allowance is the norm of those half ulps.
-    """
-    half = np.where(x_adv != x, _half_ulp(x_adv), 0.0).reshape(x_adv.shape[0], -1)
-    if norm == "linf":
-        return np.asarray(half.max(axis=1, initial=0.0))
-    if norm == "l2":
-        return np.asarray(np.sqrt(np.sum(half.astype(np.float64) ** 2, axis=1)), np.float32)
-    return np.asarray(np.sum(half, axis=1, dtype=np.float64), np.float32)
-
-
 def _check_feasible(
     name: str, x_adv: np.ndarray, x: np.ndarray, finite: np.ndarray, s: _Setting
 ) -> np.ndarray:
     """``[n]`` perturbation norms of the finite candidates (0 elsewhere); raises when
-    a finite candidate leaves the ball or the box beyond float rounding."""
-    n = x_adv.shape[0]
-    if n == 0:
+    a finite candidate leaves the ball or the box beyond float rounding
+    (:func:`~jaxadv.evaluation.kernel.feasibility`, the kernel's test)."""
+    if x_adv.shape[0] == 0:
         return np.zeros(0, np.float32)
-    xa, xf = x_adv.astype(np.float32), x.astype(np.float32)
-    delta = np.where(finite.reshape((n,) + (1,) * (xa.ndim - 1)), xa - xf, 0.0)
-    dist = np.asarray(norm_of(jnp.asarray(delta), s.norm))
-    tol = 1e-4 * max(s.eps, 1e-3) + 1e-5 + _rounding_allowance(x_adv, x, s.norm)
-    outside = ((xa < s.lo - 1e-6) | (xa > s.hi + 1e-6)).reshape(n, -1).any(axis=1)
-    bad = finite & ((dist > s.eps + tol) | outside)
-    if np.any(bad):
-        raise RuntimeError(
-            f"attack {name!r} returned examples outside the threat model "
-            f"(max {s.norm} distance {dist[bad].max():.6g} for eps={s.eps:g} and a float rounding "
-            f"allowance of {tol[bad].max():.3g}, or outside bounds)"
+    dist, tol, outside = (
+        np.asarray(a)
+        for a in feasibility(
+            jnp.asarray(x_adv), jnp.asarray(x), jnp.asarray(finite), eps=s.eps, norm=s.norm,
+            lo=jnp.asarray(s.lo), hi=jnp.asarray(s.hi),
         )
+    )  # fmt: skip
+    if np.any(outside):
+        raise RuntimeError(outside_message(name, s.norm, s.eps, dist[outside].max(), tol[outside].max()))
     return dist
 
 
@@ -109,7 +63,7 @@ def _padded(n: int, rows: int) -> np.ndarray:
 
 def _evaluate_batch(
     s: _Setting, xb: np.ndarray, yb: np.ndarray, keys: jax.Array, placed: Any = None
-) -> _BatchResult:
+) -> BatchResult:
     """Attack one batch with the suite: per-example first successful attack, norm, queries.
 
     ``keys``: ``[n]``, the key of each example (from its index in the data); every
@@ -171,7 +125,8 @@ def _evaluate_batch(
         z_adv = s.layout.logits(judge(sel), candidates)[: idx.size]
         seconds[i] += time.perf_counter() - start
         # A NaN or inf candidate (or logits) decides nothing: the attack failed on that example.
-        finite = _finite_rows(x_adv) & np.isfinite(z_adv).all(axis=-1)
+        finite = np.isfinite(x_adv.astype(np.float32).reshape(idx.size, -1)).all(axis=1)
+        finite &= np.isfinite(z_adv).all(axis=-1)
         non_finite[i] += int(np.sum(~finite))
         d = _check_feasible(attack.name, x_adv, xb[idx], finite, s)
         if q is not None:
@@ -187,4 +142,6 @@ def _evaluate_batch(
     fooled_by[lost] = ROBUST
     dist[lost] = 0.0
     x_best[lost] = xb[lost]
-    return _BatchResult(fooled_by, dist, spent, x_best, non_finite, int(np.sum(~clean_finite)), seconds)
+    return BatchResult(
+        fooled_by, dist, spent, x_best, non_finite, int(np.sum(~clean_finite)), np.zeros(k, np.int64), seconds
+    )

@@ -43,7 +43,7 @@ from jaxadv.evaluation.layout import _Layout
 from jaxadv.evaluation.memory import _check_batch_size, _first_size, _halved, _out_of_memory
 from jaxadv.evaluation.result import ROBUST, EvaluationResult
 from jaxadv.evaluation.suites import SuiteAttack, check_suite_norm, resolve_suite
-from jaxadv.evaluation.tally import _DIAGNOSED, _Tally
+from jaxadv.evaluation.tally import _DIAGNOSED, _finalize, _non_finite_warnings, tally
 from jaxadv.keys import example_keys, fold_rows, typed_key
 from jaxadv.typing import ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
 from jaxadv.validation import check_norm
@@ -95,22 +95,6 @@ def _diagnose_batch(
         bounds=bounds, fooled=fooled, randomized=randomized,
     )  # fmt: skip
     return np.stack([np.asarray(getattr(ind, k)) for k in _DIAGNOSED], axis=1)
-
-
-def _non_finite_warnings(result: EvaluationResult) -> list[str]:
-    out = [
-        f"attack {name!r} returned {count} non-finite candidate(s) (NaN or inf in the example or in the "
-        "model's logits on it); each counted as a failed attack, so its example stayed robust against "
-        f"{name!r}: the robust accuracy may be overestimated"
-        for name, count in result.non_finite.items()
-        if count
-    ]
-    if result.non_finite_clean:
-        out.append(
-            f"the model returned non-finite logits on {result.non_finite_clean} clean example(s); "
-            "they were counted as misclassified"
-        )
-    return out
 
 
 def _resume(path: Path, fingerprint: Any) -> SavedRun:
@@ -414,7 +398,14 @@ def evaluate(
             f"the checkpoint {str(path)!r} was written with diagnose={not diagnose}: resume with "
             f"diagnose={not diagnose}, or start again with overwrite=True"
         )
-    tally = _Tally(names, None if saved is None else saved.result, store_adversarial, diagnose)
+    t = tally(names, eps=float(eps), norm=norm, keep_adversarial=store_adversarial, diagnose=diagnose)
+    state = t.init(None if saved is None else saved.result)
+
+    def so_far(batch_size: int, layout: _Layout | None = None) -> EvaluationResult:
+        return _finalize(
+            state, names, eps, norm, diagnose, wall_seconds=wall(), batch_size=batch_size, layout=layout
+        )
+
     hasher = DataHasher()  # the examples done so far, as the checkpoint records them
     first = _FirstExamples(check_size)  # for the masking checks, resumed or not
     batch_index = 0 if saved is None else saved.batches
@@ -474,14 +465,14 @@ def evaluate(
             flags = None
             if diagnose:
                 flags = _diagnose_batch(
-                    logits_fn, piece.x, piece.y, out.fooled_by >= 0, keys, eps=float(eps), norm=norm,
-                    bounds=bounds, randomized=randomized,
+                    logits_fn, piece.x, piece.y, np.asarray(out.fooled_by) >= 0, keys, eps=float(eps),
+                    norm=norm, bounds=bounds, randomized=randomized,
                 )  # fmt: skip
                 if adaptive:  # the flagged examples counted robust, kept for the re-attack
                     rows = np.nonzero(flags.any(axis=1) & (out.fooled_by == ROBUST))[0]
                     x_rows, y_rows = np.asarray(piece.x)[rows], np.asarray(piece.y)[rows]
                     flagged.append((hasher.count + rows, x_rows, y_rows, flags[rows]))
-            tally.add(out, flags)
+            state = t.update(state, out, flags)
             if certifier is not None:
                 certifier.add(piece.x, piece.y)
             hasher.update(piece.x, piece.y)
@@ -489,7 +480,7 @@ def evaluate(
             if path is not None and fingerprint is not None:
                 write_checkpoint(
                     path,
-                    tally.result(eps, norm, size.value, wall()),
+                    so_far(size.value),
                     fingerprint=fingerprint._replace(batch_size=size.value),
                     data=hasher,
                     complete=False,
@@ -505,7 +496,7 @@ def evaluate(
 
     if layout.agree(hasher.count) == 0:  # an iterable that yielded no examples (on every process)
         raise ValueError("x yielded no examples: a robust accuracy of zero examples is undefined")
-    result = tally.result(eps, norm, size.value, wall(), layout)
+    result = so_far(size.value, layout)
     result.warnings.extend(_non_finite_warnings(result))
     if certifier is not None:
         result.certified = certifier.result()
