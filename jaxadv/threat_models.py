@@ -190,12 +190,20 @@ def project_to_feasible(
 ) -> Array:
     r"""Map ``x_adv`` into the feasible set :math:`B_\epsilon(x) \cap [lo, hi]`.
 
-    Projects :math:`x' - x` onto the ball, then clips into the box. Because ``x``
-    itself lies in the box, clipping only shrinks each coordinate of the
-    perturbation, so the result is in the ball *and* the box. (For ``"linf"`` this
-    is the exact projection onto the intersection; for ``"l2"``/``"l1"`` it is a
-    feasible point, the usual choice of PGD implementations.)
+    ``"linf"`` and ``"l2"``: projects :math:`x' - x` onto the ball, then clips
+    into the box. Because ``x`` itself lies in the box, clipping only shrinks each
+    coordinate of the perturbation, so the result is in the ball *and* the box.
+    For ``"linf"`` this is the exact projection onto the intersection (the
+    constraints separate per coordinate); for ``"l2"`` it is a feasible point, the
+    usual choice of PGD implementations. ``"l1"``: the exact Euclidean projection
+    onto the intersection (:func:`project_l1_box`), the feasible set every L1
+    attack of the library uses. Projecting onto the ball first and clipping
+    after would waste budget: the clip removes mass that the ball's projection
+    took from the coordinates left free, and the point can end strictly inside
+    the ball.
     """
+    if check_norm(norm) == "l1":
+        return project_l1_box(x_adv, x, eps, lo, hi).astype(jnp.result_type(x_adv, x))
     return clip_to_bounds(x + project(x_adv - x, eps, norm), lo, hi)
 
 

@@ -280,6 +280,29 @@ def test_project_to_feasible_ball_and_box(norm: str) -> None:
     np.testing.assert_allclose(np.asarray(out[4]), np.asarray(jnp.clip(x_adv[4], lo, hi)), atol=1e-6)
 
 
+def test_project_to_feasible_l1_is_the_exact_projection_onto_ball_and_box() -> None:
+    """L1: the nearest point of ball and box, never farther from ``x_adv`` than the
+    ball's projection clipped to the box, and the whole budget spent when the box
+    leaves room for it (the clip of a ball projection can end inside the ball)."""
+    tm = jaxadv.threat_models
+    x = jax.random.uniform(jax.random.key(3), (64, 16), minval=0.1, maxval=0.9)
+    x_adv = x + _random(x.shape, 4, scale=0.6)
+    eps = 1.0
+    out = tm.project_to_feasible(x_adv, x, eps, "l1", 0.0, 1.0)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(tm.project_l1_box(x_adv, x, eps, 0.0, 1.0)))
+    clipped = jnp.clip(x + tm.project(x_adv - x, eps, "l1"), 0.0, 1.0)
+    near = np.asarray(jnp.sum((out - x_adv) ** 2, axis=1))
+    near_clip = np.asarray(jnp.sum((clipped - x_adv) ** 2, axis=1))
+    assert np.all(near <= near_clip * (1 + 1e-6) + 1e-9)
+    assert np.any(near < near_clip * (1 - 1e-3))  # strictly nearer on some rows
+    room = np.asarray(jnp.sum(jnp.where(x_adv > x, 1.0 - x, x), axis=1))
+    spent = np.asarray(jnp.sum(jnp.abs(out - x), axis=1))
+    outside = np.asarray(jnp.sum(jnp.abs(jnp.clip(x_adv, 0.0, 1.0) - x), axis=1)) > eps
+    assert outside.any()
+    np.testing.assert_allclose(spent[outside & (room > eps)], eps, rtol=1e-5)
+    assert np.any(np.asarray(jnp.sum(jnp.abs(clipped - x), axis=1))[outside] < eps * (1 - 1e-3))
+
+
 def test_per_example_shapes() -> None:
     x = jnp.zeros((3, 4, 5, 2))
     assert jaxadv.threat_models.per_example(0.5, x).shape == ()
