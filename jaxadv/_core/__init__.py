@@ -26,6 +26,9 @@ them.
   (re-exported by :mod:`jaxadv.threat_models`), :func:`select_rows` (``new``
   in the examples where a mask holds, ``old`` elsewhere, over pytrees) and
   :func:`flat` (``[batch, ...] -> [batch, n]``).
+* :mod:`jaxadv._core.search`: searches over one scalar per example: bisection
+  (:func:`midpoint`, :func:`narrow`; FAB, FMN, HopSkipJump) and the bracketing
+  search of CW's and EAD's constant (:func:`bracket`).
 * :mod:`jaxadv._core.jaxpr`: walking a jaxpr equation by equation (entering
   calls, re-binding primitives), shared by the convolution rewrite and by the
   bound propagation of :mod:`jaxadv.certify`.

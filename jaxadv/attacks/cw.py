@@ -33,6 +33,7 @@ import optax
 
 from jaxadv._core.problem import prepare
 from jaxadv._core.rows import select_rows
+from jaxadv._core.search import UNBOUNDED, bracket
 from jaxadv.engine import iterate
 from jaxadv.losses import as_onehot, cw_margin, finite_rows
 from jaxadv.models import combine_model
@@ -47,7 +48,6 @@ __all__ = ["cw_l2"]
 #: to 10,000 steps per search step; with the default 100 steps, 0.01 cannot move
 #: pixels that sit at a bound (where tanh saturates) far enough.
 DEFAULT_OPTIMIZER = optax.adam(5e-2)
-_BIG = 1e10
 
 
 class _State(NamedTuple):
@@ -117,15 +117,6 @@ def _cw_body(i: Array, s: _State, operands: _Operands, static: _Static) -> _Stat
         best_x=select_rows(better, xa, s.best_x),
         hit_now=s.hit_now | ok,
     )
-
-
-@jax.jit
-def _search_update(hit: Array, const: Array, lower: Array, upper: Array) -> tuple[Array, Array, Array]:
-    upper = jnp.where(hit, jnp.minimum(upper, const), upper)
-    lower = jnp.where(hit, lower, jnp.maximum(lower, const))
-    bounded = upper < _BIG
-    const = jnp.where(bounded, 0.5 * (lower + upper), jnp.where(hit, const, const * 10.0))
-    return const, lower, upper
 
 
 @functools.partial(jax.jit, static_argnames=("optimizer",))
@@ -257,7 +248,7 @@ def cw_l2(
     kappa = jnp.broadcast_to(check_finite(confidence, "confidence", minimum=0.0), (b,))
     const = jnp.broadcast_to(check_finite(initial_const, "initial_const", minimum=0.0), (b,))
     lower = jnp.zeros((b,), jnp.float32)
-    upper = jnp.full((b,), _BIG, jnp.float32)
+    upper = jnp.full((b,), UNBOUNDED, jnp.float32)
     best_l2 = jnp.full((b,), jnp.inf, jnp.float32)
     best_x = p.x
     static = _Static(p.model, opt, targeted, p.dtype)
@@ -267,5 +258,5 @@ def cw_l2(
         operands = _Operands(p.params, p.x, p.labels, p.lo, p.hi, const, kappa)
         state = iterate(_cw_body, state, operands, steps=steps, static=static, loop=loop)
         best_l2, best_x = state.best_l2, state.best_x
-        const, lower, upper = _search_update(state.hit_now, const, lower, upper)
+        const, lower, upper = bracket(state.hit_now, const, lower, upper)
     return p.output(p.finalize(best_x), targeted=targeted, return_info=return_info)

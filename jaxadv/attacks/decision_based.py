@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jaxadv._core.compile import jit
 from jaxadv._core.problem import prepare
 from jaxadv._core.rows import select_rows
+from jaxadv._core.search import midpoint, narrow
 from jaxadv.attacks.blackbox import check_key, check_queries, empty_result, finish
 from jaxadv.callables import reraise_callable_errors
 from jaxadv.engine import iterate
@@ -107,10 +108,8 @@ def _binary_search(
     def step(_: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
         low, high, q = carry
         searching = active & (high - low > tol) & (q + 1 <= budget)
-        mid = 0.5 * (low + high)
-        adv = hits(logits_fn(project(mid)), labels, targeted)
-        high = jnp.where(searching & adv, mid, high)
-        low = jnp.where(searching & ~adv, mid, low)
+        mid = midpoint(low, high)
+        low, high = narrow(low, high, mid, hits(logits_fn(project(mid)), labels, targeted), searching)
         return low, high, q + searching.astype(jnp.int32)
 
     low = jnp.zeros_like(high)

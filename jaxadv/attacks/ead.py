@@ -54,7 +54,7 @@ import jax.numpy as jnp
 
 from jaxadv._core.problem import prepare
 from jaxadv._core.rows import select_rows
-from jaxadv.attacks.cw import _BIG, _search_update
+from jaxadv._core.search import UNBOUNDED, bracket
 from jaxadv.engine import iterate
 from jaxadv.losses import as_onehot, cw_margin, finite_rows
 from jaxadv.models import combine_model
@@ -301,7 +301,7 @@ def ead(
     lr = per_batch(learning_rate, "learning_rate")
     const = per_batch(initial_const, "initial_const")
     lower = jnp.zeros((b,), jnp.float32)
-    upper = jnp.full((b,), _BIG, jnp.float32)
+    upper = jnp.full((b,), UNBOUNDED, jnp.float32)
     best_dist = jnp.full((b,), jnp.inf, jnp.float32)
     best_x = p.x
     static = _Static(p.model, bool(targeted), p.dtype, bool(fista), p.num_classes)
@@ -312,5 +312,5 @@ def ead(
         operands = _Operands(p.params, p.x, p.labels, p.lo, p.hi, const, kappa, beta_, lr, l1_rule, horizon)
         state = iterate(_ead_body, state, operands, steps=steps, static=static, loop=loop)
         best_dist, best_x = state.best_dist, state.best_x
-        const, lower, upper = _search_update(state.hit_now, const, lower, upper)
+        const, lower, upper = bracket(state.hit_now, const, lower, upper)
     return p.output(p.finalize(best_x), targeted=targeted, return_info=return_info)
