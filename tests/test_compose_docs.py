@@ -65,6 +65,11 @@ def test_worked_example_stays_in_the_l2_ball_and_the_box(page: dict[str, Any]) -
     assert np.mean(np.asarray(jaxadv.predict(page["logits_fn"], page["x_adv"])) == page["y"]) < 0.5
 
 
+def test_halving_schedule_stays_in_the_l2_ball_and_the_box(page: dict[str, Any]) -> None:
+    _inside(page["x_halving"], page["x"], 1.0, "l2")
+    assert np.mean(np.asarray(jaxadv.predict(page["logits_fn"], page["x_halving"])) == page["y"]) < 0.5
+
+
 def test_vmapped_curve_stays_in_each_ball(page: dict[str, Any]) -> None:
     x, radii, x_advs = page["x"], np.asarray(page["radii"]), np.asarray(page["x_advs"])
     assert x_advs.shape == (len(radii), *x.shape)

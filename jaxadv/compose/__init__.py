@@ -1,4 +1,4 @@
-"""Attacks from parts: gradient sources, update rules, threat model, bookkeeping.
+"""Attacks from parts: gradient sources, update rules, step sizes, threat model, bookkeeping.
 
 Every iterative gradient attack of the library (FGSM, BIM, PGD, MI/NI/VMI/TI/
 DI-FGSM, EOT-PGD, and the score-based SPSA and NES) is an :class:`Attack`
@@ -16,7 +16,17 @@ the same way (see the "Build your own attack" page of the docs)::
     x_adv = attack(logits_fn, x, y, key=key, eps=0.5, steps=20)
 """
 
-from jaxadv.compose.bookkeeping import Best, QueryCount, charge, init_best, record, select
+from jaxadv.compose.bookkeeping import (
+    Best,
+    BestLoss,
+    QueryCount,
+    charge,
+    init_best,
+    init_best_loss,
+    record,
+    record_loss,
+    select,
+)
 from jaxadv.compose.estimates import FiniteDifference, finite_difference
 from jaxadv.compose.loop import Attack
 from jaxadv.compose.sources import (
@@ -33,6 +43,15 @@ from jaxadv.compose.sources import (
     input_diversity,
     loss_gradient,
     translation_invariant,
+)
+from jaxadv.compose.step_sizes import (
+    CheckpointHalving,
+    Fixed,
+    FixedState,
+    HalvingState,
+    checkpoint_halving,
+    checkpoint_schedule,
+    fixed,
 )
 from jaxadv.compose.updates import (
     Context,
@@ -51,10 +70,15 @@ __all__ = [
     "EOT",
     "Attack",
     "Best",
+    "BestLoss",
+    "CheckpointHalving",
     "Context",
     "FiniteDifference",
+    "Fixed",
+    "FixedState",
     "Gradient",
     "GradientSource",
+    "HalvingState",
     "InputDiversity",
     "LossGradient",
     "Momentum",
@@ -65,17 +89,22 @@ __all__ = [
     "UpdateRule",
     "VarianceTuning",
     "charge",
+    "checkpoint_halving",
+    "checkpoint_schedule",
     "diverse_inputs",
     "eot",
     "finite_difference",
+    "fixed",
     "gaussian_kernel",
     "gaussian_kernel_1d",
     "init_best",
+    "init_best_loss",
     "input_diversity",
     "loss_gradient",
     "momentum",
     "nesterov",
     "record",
+    "record_loss",
     "select",
     "steepest",
     "translation_invariant",

@@ -1,5 +1,6 @@
-"""Bookkeeping: the best adversarial iterate per example, per-example early stop,
-and the query count of score-based attacks.
+"""Bookkeeping: the best adversarial iterate per example, the highest-loss
+iterate (:class:`BestLoss`, for a step-size part that restarts from it),
+per-example early stop, and the query count of score-based attacks.
 
 Success is :func:`jaxadv.success.hits` on the model's logits at an iterate
 rounded to the caller's dtype (:func:`jaxadv.success.as_returned`), so it
@@ -26,7 +27,17 @@ from jaxadv.losses import finite_rows
 from jaxadv.success import hits
 from jaxadv.typing import Array
 
-__all__ = ["Best", "QueryCount", "charge", "init_best", "record", "select"]
+__all__ = [
+    "Best",
+    "BestLoss",
+    "QueryCount",
+    "charge",
+    "init_best",
+    "init_best_loss",
+    "record",
+    "record_loss",
+    "select",
+]
 
 
 class Best(NamedTuple):
@@ -46,6 +57,32 @@ def record(best: Best, x_t: Array, logits: Array, labels: Array, targeted: bool)
     """Record ``x_t`` where it is adversarial; returns the new record and that mask."""
     hit = hits(logits, labels, targeted)
     return Best(select_rows(hit, x_t, best.x_adv), best.found | hit), hit
+
+
+class BestLoss(NamedTuple):
+    """The highest-objective iterate per example, and its gradient: where a
+    step-size part that restarts (:func:`jaxadv.compose.checkpoint_halving`) goes
+    back to. Attributes: ``x`` ``[batch, ...]``, ``grad`` ``[batch, ...]``,
+    ``objective`` ``[batch]`` (``-inf`` before the first finite one)."""
+
+    x: Array
+    grad: Array
+    objective: Array
+
+
+def init_best_loss(x: Array) -> BestLoss:
+    """Nothing recorded yet."""
+    return BestLoss(x, jnp.zeros(x.shape, jnp.float32), jnp.full(x.shape[:1], -jnp.inf, jnp.float32))
+
+
+def record_loss(best: BestLoss, x_t: Array, grad: Array, objective: Array) -> BestLoss:
+    """Keep ``x_t`` and ``grad`` where ``objective`` beats the record (ties keep the older)."""
+    better = objective > best.objective
+    return BestLoss(
+        select_rows(better, x_t, best.x),
+        select_rows(better, grad, best.grad),
+        jnp.where(better, objective, best.objective),
+    )
 
 
 def select(best: Best, x_t: Array, logits: Array, x: Array, labels: Array, targeted: bool) -> Array:

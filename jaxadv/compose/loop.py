@@ -44,9 +44,20 @@ import jax.numpy as jnp
 from jaxadv._core.problem import Problem, check_finite_step, check_step_size
 from jaxadv._core.randomised import EVAL_FOLD, loop_problem, prepare_problem, source_model
 from jaxadv._core.rows import select_rows
-from jaxadv.compose.bookkeeping import Best, QueryCount, charge, init_best, record, select
+from jaxadv.compose.bookkeeping import (
+    Best,
+    BestLoss,
+    QueryCount,
+    charge,
+    init_best,
+    init_best_loss,
+    record,
+    record_loss,
+    select,
+)
 from jaxadv.compose.sources import LossGradient, _pytree, check_parts
-from jaxadv.compose.updates import Context, Steepest
+from jaxadv.compose.step_sizes import Fixed
+from jaxadv.compose.updates import Context, Nesterov, Steepest
 from jaxadv.engine import iterate
 from jaxadv.keys import fold_rows, row_keys, split_rows
 from jaxadv.losses import finite_rows
@@ -59,7 +70,7 @@ __all__ = ["Attack", "LoopState", "Operands", "attack_step", "run_from", "run_wi
 
 
 @_pytree(
-    data=("source", "rule"),
+    data=("source", "rule", "schedule"),
     meta=(
         "norm",
         "random_start",
@@ -78,6 +89,11 @@ class Attack:
     Attributes:
       source: a gradient source, e.g. ``loss_gradient()``, ``eot(...)``.
       rule: an update rule, e.g. ``steepest()``, ``momentum(1.0)``.
+      schedule: a step-size part (:mod:`jaxadv.compose.step_sizes`): ``fixed()``
+        (default) or ``checkpoint_halving()``, APGD's halving with restarts
+        from the highest-loss iterate (its objective is the source's loss at
+        each iterate, so it needs a rule that takes the gradient at the iterate
+        itself, not a look-ahead point).
       norm: ``"linf"``, ``"l2"`` or ``"l1"``: the ball, and the steepest direction.
       random_start: start from a uniform point of the ball (needs ``key``).
       keep_best: round iterates to the caller's dtype, test each for success and
@@ -104,6 +120,7 @@ class Attack:
     randomized: bool = False
     step_factor: float = 2.5
     count_queries: bool = False
+    schedule: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", check_norm(self.norm))
@@ -111,6 +128,16 @@ class Attack:
             object.__setattr__(self, "source", LossGradient())
         if self.rule is None:
             object.__setattr__(self, "rule", Steepest())
+        if self.schedule is None:
+            object.__setattr__(self, "schedule", Fixed())
+        if not isinstance(self.schedule, Fixed):
+            if self.count_queries:
+                raise ValueError("a step-size schedule cannot be combined with count_queries")
+            if isinstance(self.rule, Nesterov):
+                raise ValueError(
+                    "a step-size schedule reads the loss at each iterate: the Nesterov rule takes its "
+                    "gradient at a look-ahead point instead"
+                )
         if not 0.0 < self.l1_sparsity <= 1.0:
             raise ValueError(f"l1_sparsity must be in (0, 1], got {self.l1_sparsity}")
         if not (isinstance(self.step_factor, (int, float)) and 0.0 < self.step_factor < float("inf")):
@@ -171,6 +198,7 @@ class Attack:
         steps = check_steps(steps)
         check_parts(self.source)
         check_parts(self.rule)
+        check_parts(self.schedule)
         if self.needs_key and key is None:
             raise ValueError("key is required: this attack draws random numbers (pass key=jax.random.key(0))")
         if key is None:
@@ -244,12 +272,15 @@ def _random_init(
 class LoopState(NamedTuple):
     """``x``: current iterate; ``rule``: the update rule's state; ``best``: the
     bookkeeping record (``None`` without ``keep_best``); ``tally``: the query
-    count (``None`` without ``count_queries``)."""
+    count (``None`` without ``count_queries``); ``schedule``: the step-size part's
+    state and ``best_loss`` the highest-loss iterate (``None`` with a fixed step)."""
 
     x: Array
     rule: Any
     best: Best | None
     tally: QueryCount | None = None
+    schedule: Any = None
+    best_loss: BestLoss | None = None
 
 
 class Operands(NamedTuple):
@@ -290,10 +321,21 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
     def grad_at(pt: Array, k: PRNGKey) -> Array:
         return a.source(model, pt, ops.labels, key=k, targeted=static.targeted).grad
 
-    ctx = Context(s.x, key, ops.eps, a.norm, a.l1_sparsity, grad_at)
+    x_from, step_size, scheduled = s.x, ops.step_size, {}
+    if s.schedule is not None and s.best_loss is not None:
+        # The step-size part sees the objective at x_t; where it restarts, the step
+        # leaves from the highest-loss iterate with the gradient taken there.
+        objective = jnp.where(g.ok & jnp.isfinite(g.loss), -g.loss if static.targeted else g.loss, -jnp.inf)
+        best_loss = record_loss(s.best_loss, s.x, grad, objective)
+        sched, restart = a.schedule.update(s.schedule, i - 1, objective, best_loss.objective)
+        x_from = select_rows(restart, best_loss.x, s.x)
+        grad = select_rows(restart, best_loss.grad, grad)
+        step_size = sched.eta
+        scheduled = {"schedule": sched, "best_loss": best_loss}
+    ctx = Context(x_from, key, ops.eps, a.norm, a.l1_sparsity, grad_at)
     direction, rule_state = a.rule.update(grad, s.rule, ctx)
     x_new = project_to_feasible(
-        s.x + step_along(ops.step_size, direction), ops.x, ops.eps, a.norm, ops.lo, ops.hi
+        x_from + step_along(step_size, direction), ops.x, ops.eps, a.norm, ops.lo, ops.hi
     )
     if s.tally is not None:
         # One query at the new iterate; it is taken only where it and the
@@ -309,12 +351,13 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
     x_new = select_rows(g.ok, x_new, ops.x)
     rule_state = select_rows(g.ok, rule_state, s.rule)
     if s.best is None:
-        return LoopState(x_new, rule_state, None)
+        return LoopState(x_new, rule_state, None, **scheduled)
     z = g.logits if g.logits is not None and point is s.x else model(s.x, fold_rows(key, EVAL_FOLD))
     best, hit = record(s.best, s.x, z, ops.labels, static.targeted)
     if not a.early_stop:
-        return LoopState(x_new, rule_state, best, None)
-    return LoopState(select_rows(~hit, x_new, s.x), select_rows(~hit, rule_state, s.rule), best, None)
+        return LoopState(x_new, rule_state, best, None, **scheduled)
+    frozen = LoopState(s.x, s.rule, best, None, s.schedule, s.best_loss)
+    return select_rows(hit, frozen, LoopState(x_new, rule_state, best, None, **scheduled))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "targeted", "randomized"))
@@ -373,6 +416,9 @@ def run_from(
         raise ValueError("an attack with count_queries runs through run_with_queries")
     key = row_keys(key, p.x.shape[0])
     state = LoopState(x_init, attack.rule.init(x_init), init_best(x_init) if attack.keep_best else None)
+    if not isinstance(attack.schedule, Fixed):
+        eta = jnp.broadcast_to(jnp.asarray(step_size, jnp.float32), p.x.shape[:1])
+        state = state._replace(schedule=attack.schedule.init(eta, steps), best_loss=init_best_loss(x_init))
     state = _run(attack, p, state, key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop)
     if not attack.keep_best:
         return state.x
