@@ -161,6 +161,13 @@ def add_evaluate_parser(sub: Any) -> None:
         "name (evaluate's adaptive=True; more steps, a black-box attack); reports both robust "
         "accuracies. Runs without OUT/partial.json, so it cannot be resumed",
     )
+    p.add_argument(
+        "--surrogate",
+        metavar="MODULE:FUNCTION",
+        help="with --adaptive: a factory, like --model's, of the BPDA surrogate (the same network with "
+        "jaxadv.bpda around its non-differentiable layers), run with --weights' variables: the BPDA fix "
+        "attacks it, and success is judged on --model",
+    )
 
 
 # --- inputs -----------------------------------------------------------------------
@@ -373,31 +380,31 @@ def _check_outputs(out: Path, *, resume: bool, overwrite: bool) -> bool:
     return resume and partial.exists()
 
 
-def _logits_fn(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> Any:
-    """The model as ``logits_fn``, run once on ``x[:1]`` to report a mismatch as an input problem."""
+def _logits_fn(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, factory: str | None = None) -> Any:
+    """The model (or, with ``factory``, the surrogate built by it) as ``logits_fn``, run
+    once on ``x[:1]`` to report a mismatch as an input problem."""
     import jax.numpy as jnp
 
     import jaxadv
 
-    model = _build_model(args.model, args.app_dir)
+    model = _build_model(factory or args.model, args.app_dir)
     variables = restore_variables(args.weights)
     mean = _normalisation(args.mean, "--mean", x)
     std = _normalisation(args.std, "--std", x)
     logits_fn = jaxadv.from_flax(model, variables, mean=mean, std=std)
+    what = "the model" if factory is None else f"the surrogate {factory}"
     try:
         logits = np.asarray(logits_fn(jnp.asarray(x[:1])))
     except Exception as e:  # noqa: BLE001 - model, variables and data that do not fit together
         raise CliError(
-            f"the model cannot run on x[:1] (shape {x[:1].shape}) with the restored variables: "
+            f"{what} cannot run on x[:1] (shape {x[:1].shape}) with the restored variables: "
             f"{type(e).__name__}: {e}"
         ) from e
     if logits.ndim != 2 or logits.shape[0] != 1:
-        raise CliError(
-            f"the model must return logits of shape [batch, classes], got {logits.shape} for x[:1]"
-        )
+        raise CliError(f"{what} must return logits of shape [batch, classes], got {logits.shape} for x[:1]")
     classes = logits.shape[1]
     if y.max() >= classes:
-        raise CliError(f"y holds label {y.max()} but the model has {classes} classes")
+        raise CliError(f"y holds label {y.max()} but {what} has {classes} classes")
     return logits_fn
 
 
@@ -418,6 +425,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     _check_numbers(args)
     if args.adaptive and args.resume:
         raise CliError("--adaptive runs cannot be resumed (they keep no OUT/partial.json): drop --resume")
+    if args.surrogate is not None and not args.adaptive:
+        raise CliError("--surrogate is the BPDA fix of the adaptive re-attack: pass --adaptive too")
     out = Path(args.out)
     resuming = _check_outputs(out, resume=args.resume, overwrite=args.overwrite)
     x, y = load_data(args.data, uint8_scale=args.uint8_scale)
@@ -428,6 +437,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from jaxadv.evaluation import accuracy_vs_eps, plot_accuracy_vs_eps, plot_examples
 
     logits_fn = _logits_fn(args, x, y)
+    surrogate_fn = None if args.surrogate is None else _logits_fn(args, x, y, args.surrogate)
     suite = args.suite if args.suite in jaxadv.evaluation.SUITES else args.suite.split(",")
     out.mkdir(parents=True, exist_ok=True)
     if args.overwrite:  # a stale report must not sit beside the new run's partial.json
@@ -449,6 +459,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             checks=not args.no_checks,
             diagnose=args.diagnose,
             adaptive=args.adaptive,
+            surrogate_fn=surrogate_fn,
             checkpoint=None if args.adaptive else out / "partial.json",
             resume=args.resume,
             overwrite=args.overwrite,

@@ -73,6 +73,9 @@ MODULE = "cli_tiny_models"
 MODEL_SOURCE = textwrap.dedent(
     """
     import flax.linen as nn
+    import jax.numpy as jnp
+
+    import jaxadv
 
 
     class Tiny(nn.Module):
@@ -83,6 +86,29 @@ MODEL_SOURCE = textwrap.dedent(
 
     def make_model():
         return Tiny()
+
+
+    def _quantise(x):
+        return jnp.round(x * 2) / 2
+
+
+    class Quantised(nn.Module):
+        # Tiny behind input quantisation (the same variables); with bpda, its BPDA surrogate.
+
+        bpda: bool = False
+
+        @nn.compact
+        def __call__(self, x):
+            q = jaxadv.bpda(_quantise)(x) if self.bpda else _quantise(x)
+            return nn.Dense(3)(q.reshape(q.shape[0], -1))
+
+
+    def make_quantised():
+        return Quantised()
+
+
+    def make_surrogate():
+        return Quantised(bpda=True)
 
 
     def broken():
@@ -371,3 +397,29 @@ def test_cli_adaptive_reports_both_figures(
     assert "adaptive re-attack" in (out / "summary.txt").read_text()
     line = _user_error(capsys, _argv(saved, tmp_path / "again", adaptive=True, resume=True))
     assert "--adaptive" in line and "--resume" in line
+
+
+@pytest.mark.slow
+def test_cli_adaptive_attacks_through_a_surrogate(
+    saved: Saved, tmp_path: Path, capsys: Any, clean_imports: None
+) -> None:
+    """--surrogate: the quantised model's BPDA surrogate gets the BPDA fix, judged on the model."""
+    out = tmp_path / "out"
+    argv = _argv(
+        saved, out, model=f"{MODULE}:make_quantised", surrogate=f"{MODULE}:make_surrogate", adaptive=True,
+        eps="0.3",
+    )  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    # Quantisation hides the gradient from FGSM; through the surrogate the BPDA fix fools them.
+    assert report["adaptive"]["ran"]["bpda"] > 0 and report["adaptive"]["fooled_by_fix"]["bpda"] > 0
+    assert report["adaptive_robust_accuracy"] < report["robust_accuracy"]
+
+
+def test_cli_surrogate_needs_adaptive_and_a_model(
+    saved: Saved, tmp_path: Path, capsys: Any, clean_imports: None
+) -> None:
+    line = _user_error(capsys, _argv(saved, tmp_path / "a", surrogate=f"{MODULE}:make_surrogate"))
+    assert "--surrogate" in line and "--adaptive" in line
+    line = _user_error(capsys, _argv(saved, tmp_path / "b", surrogate=f"{MODULE}:broken", adaptive=True))
+    assert "no weights for this size" in line
