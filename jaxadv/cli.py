@@ -158,8 +158,8 @@ def add_evaluate_parser(sub: Any) -> None:
         "--adaptive",
         action="store_true",
         help="diagnose, then attack the flagged robust examples again with the fixes their indicators "
-        "name (evaluate's adaptive=True; more steps, a black-box attack); reports both robust "
-        "accuracies. Runs without OUT/partial.json, so it cannot be resumed",
+        "name (evaluate's adaptive=True; more steps, a black-box attack, BPDA with --surrogate); "
+        "reports both robust accuracies",
     )
     p.add_argument(
         "--surrogate",
@@ -423,8 +423,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     # Arguments and files first: a mistake is reported before any model is built.
     _check_numbers(args)
-    if args.adaptive and args.resume:
-        raise CliError("--adaptive runs cannot be resumed (they keep no OUT/partial.json): drop --resume")
     if args.surrogate is not None and not args.adaptive:
         raise CliError("--surrogate is the BPDA fix of the adaptive re-attack: pass --adaptive too")
     out = Path(args.out)
@@ -460,7 +458,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             diagnose=args.diagnose,
             adaptive=args.adaptive,
             surrogate_fn=surrogate_fn,
-            checkpoint=None if args.adaptive else out / "partial.json",
+            checkpoint=out / "partial.json",
             resume=args.resume,
             overwrite=args.overwrite,
             # The adversarial examples of a resumed run's earlier batches are gone.

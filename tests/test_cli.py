@@ -395,8 +395,10 @@ def test_cli_adaptive_reports_both_figures(
     assert report["adaptive_robust_accuracy"] <= report["robust_accuracy"]
     assert not (out / "partial.json").exists()
     assert "adaptive re-attack" in (out / "summary.txt").read_text()
-    line = _user_error(capsys, _argv(saved, tmp_path / "again", adaptive=True, resume=True))
-    assert "--adaptive" in line and "--resume" in line
+    # Resumed from its complete partial file: the same report, nothing attacked again.
+    again = tmp_path / "again"
+    assert main(_argv(saved, again, adaptive=True, diagnose=True)) == 0
+    assert json.loads((again / "report.json").read_text())["adaptive"] == report["adaptive"]
 
 
 @pytest.mark.slow

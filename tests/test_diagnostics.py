@@ -9,6 +9,7 @@ class), which gives exact checks of ``silent_success`` and
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import jax
@@ -21,6 +22,7 @@ import jaxadv
 from jaxadv.evaluation import diagnostics
 
 N, EPS = 40, 0.05
+evaluate_module = importlib.import_module("jaxadv.evaluation.evaluate")
 W = sm.random_weights(3)
 
 
@@ -324,8 +326,48 @@ def test_adaptive_follows_up_what_the_suite_missed(tmp_path: Any) -> None:
         jaxadv.evaluate(f, x, y, eps=EPS, suite=["fgsm"], adaptive=True, surrogate_fn="f", **kw)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="adaptive must be True or False"):
         jaxadv.evaluate(f, x, y, eps=EPS, suite=["fgsm"], adaptive=1, **kw)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="checkpoint"):
-        jaxadv.evaluate(f, x, y, eps=EPS, suite=["fgsm"], adaptive=True, checkpoint=tmp_path / "c.json", **kw)
+
+
+def test_adaptive_with_a_checkpoint_resumes_to_the_same_report(tmp_path: Any, monkeypatch: Any) -> None:
+    x, y = _data()
+    f = sm.model(W)
+    kw: dict[str, Any] = {
+        "eps": EPS, "suite": ["pgd-20"], "key": jax.random.key(0), "progress": False, "checks": False,
+        "batch_size": 8,
+    }  # fmt: skip
+    whole = jaxadv.evaluate(f, x, y, adaptive=True, **kw)
+    assert whole.adaptive is not None and sum(whole.adaptive.ran.values()) > 0
+    # Killed in its third batch, then resumed: the flagged examples of the first two
+    # batches are read again from the data and re-attacked with those of the rest.
+    path = tmp_path / "run.json"
+    real = evaluate_module._evaluate_batch
+    calls = {"n": 0}
+
+    def killed_in_the_third_batch(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "_evaluate_batch", killed_in_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        jaxadv.evaluate(f, x, y, adaptive=True, checkpoint=path, **kw)
+    monkeypatch.setattr(evaluate_module, "_evaluate_batch", real)
+    resumed = jaxadv.evaluate(f, x, y, adaptive=True, checkpoint=path, resume=True, **kw)
+    assert resumed.sessions == 2 and resumed.adaptive is not None
+    np.testing.assert_array_equal(resumed.adaptive.fooled, whole.adaptive.fooled)
+    assert resumed.adaptive.ran == whole.adaptive.ran
+    assert resumed.adaptive_robust_accuracy == whole.adaptive_robust_accuracy
+    # A complete checkpoint keeps the report; resuming it returns it as it is.
+    again = jaxadv.evaluate(f, x, y, adaptive=True, checkpoint=path, resume=True, **kw)
+    assert again.adaptive is not None and again.adaptive.ran == whole.adaptive.ran
+    # A run that only diagnosed gets its re-attack when resumed with adaptive=True.
+    diagnosed = tmp_path / "diagnosed.json"
+    assert jaxadv.evaluate(f, x, y, diagnose=True, checkpoint=diagnosed, **kw).adaptive is None
+    late = jaxadv.evaluate(f, x, y, adaptive=True, checkpoint=diagnosed, resume=True, **kw)
+    assert late.adaptive is not None
+    np.testing.assert_array_equal(late.adaptive.fooled, whole.adaptive.fooled)
+    assert jaxadv.EvaluationResult.load(diagnosed).adaptive is not None
 
 
 @pytest.mark.slow  # large budgets: Square with 10,000 queries, EOT over 100 draws

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxadv.evaluation.adaptive import AdaptiveReport
 from jaxadv.evaluation.files import CheckpointError, read_json, write_json_atomic
 from jaxadv.evaluation.result import MISCLASSIFIED, EvaluationResult
 from jaxadv.typing import LogitsFn, PRNGKey
@@ -368,6 +369,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> SavedRun:
         ):
             raise _fail(path, f"field 'indicators' must map names to lists of {examples} booleans")
         indicators = {str(k): np.asarray(v, bool).reshape(examples) for k, v in indicators.items()}
+    adaptive = data.get("adaptive")
+    if adaptive is not None:
+        try:
+            adaptive = AdaptiveReport.from_dict(adaptive)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise _fail(path, f"field 'adaptive' is not an adaptive re-attack's report ({e})") from e
+        if adaptive.fooled.shape != (examples,):
+            raise _fail(path, f"field 'adaptive' must flag {examples} examples")
     result = EvaluationResult(
         eps=eps,
         norm=norm,
@@ -384,6 +393,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> SavedRun:
         wall_seconds=wall,
         sessions=sessions,
         indicators=indicators,
+        adaptive=adaptive,
     )
     return SavedRun(path, result, fingerprint, examples, digest, complete, batches)
 

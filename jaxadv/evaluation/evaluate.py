@@ -85,6 +85,22 @@ def _reattack(
     return AdaptiveReport(fooled, ran, won)
 
 
+def _flagged(
+    saved: EvaluationResult, start: int, x: Any, y: Any
+) -> list[tuple[np.ndarray, Any, Any, np.ndarray]]:
+    """The examples ``start, start + 1, ...`` (inputs ``x``, labels ``y``) of a resumed
+    run that its checkpoint counts robust with an indicator fired: kept for the
+    adaptive re-attack, as the batches of this session keep theirs."""
+    if saved.indicators is None:
+        return []
+    stop = start + len(x)
+    flags = np.stack([saved.indicators[k][start:stop] for k in _DIAGNOSED], axis=1)
+    rows = np.nonzero(flags.any(axis=1) & (saved.fooled_by[start:stop] == ROBUST))[0]
+    if rows.size == 0:
+        return []
+    return [(start + rows, np.asarray(x)[rows], np.asarray(y)[rows], flags[rows])]
+
+
 def _diagnose_batch(
     logits_fn: LogitsFn, x: Any, y: Any, fooled: np.ndarray, keys: Any, *, eps: float, norm: Norm,
     bounds: Bounds, randomized: bool,
@@ -270,8 +286,11 @@ def evaluate(
         (:mod:`jaxadv.evaluation.adaptive`: more steps, EOT, BPDA through
         ``surrogate_fn``, a black-box attack). ``result.robust_accuracy`` stays the
         suite's figure; ``result.adaptive`` says what each fix ran on and fooled,
-        and ``result.adaptive_robust_accuracy`` is the figure after them. Refused
-        with ``checkpoint`` and with several processes.
+        and ``result.adaptive_robust_accuracy`` is the figure after them. With
+        ``checkpoint``, a resumed run re-attacks the flagged examples of every
+        session at the end (they are read again with the skipped examples), and
+        a complete checkpoint written without ``adaptive`` gets its re-attack
+        then. Refused with several processes.
       surrogate_fn: with ``adaptive``, a differentiable stand-in of the model for
         the BPDA fix (the model with :func:`jaxadv.bpda` around its
         non-differentiable layers): attacks run on it, success is judged on
@@ -346,8 +365,8 @@ def evaluate(
             index_offset = jax.process_index() * total
         else:  # an iterator's length is not known in advance: the process index is folded in
             key_examples = jax.random.fold_in(jax.random.fold_in(key_attacks, _PROCESS), jax.process_index())
-    if adaptive and (checkpoint is not None or layout.processes > 1):
-        raise ValueError("adaptive cannot be combined with checkpoint or with several processes")
+    if adaptive and layout.processes > 1:
+        raise ValueError("adaptive cannot be combined with several processes")
     flagged: list[tuple[np.ndarray, Any, Any, np.ndarray]] = []  # with adaptive: (indices, x, y, flags)
     certifier = None
     if certify is not None:
@@ -430,13 +449,27 @@ def evaluate(
                 if piece is None:
                     break
                 first.offer(hasher.count, piece)
+                if adaptive:  # the flagged robust examples of the earlier sessions, read again
+                    flagged.extend(_flagged(saved.result, hasher.count, piece.x, piece.y))
                 hasher.update(piece.x, piece.y)
             more = feed.take(size.value)
             if more is not None:
                 feed.give_back(more)
             check_data(saved, hasher, more=more is not None)  # refuses another dataset
-            if saved.complete:
+            if saved.complete and (not adaptive or saved.result.adaptive is not None):
                 return saved.result
+            if saved.complete:  # finished without the adaptive re-attack: run it now
+                result = saved.result
+                result.adaptive = _reattack(
+                    result, flagged, logits_fn, eps=float(eps), norm=norm, bounds=bounds, key=key_checks,
+                    batch_size=size.value, randomized=randomized, surrogate_fn=surrogate_fn,
+                )  # fmt: skip
+                assert path is not None and fingerprint is not None
+                write_checkpoint(
+                    path, result, fingerprint=fingerprint._replace(batch_size=size.value), data=hasher,
+                    complete=True, batches=saved.batches,
+                )  # fmt: skip
+                return result
         while (piece := feed.take(size.value)) is not None:
             first.offer(hasher.count, piece)
             # Each example's key comes from its index in the data, never from its batch.
