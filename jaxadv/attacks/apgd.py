@@ -81,7 +81,9 @@ from jaxadv._core.compile import jit
 from jaxadv._core.problem import Problem, check_finite_step
 from jaxadv._core.randomised import EVAL_FOLD, loop_problem, prepare_problem, source_model
 from jaxadv._core.rows import flat, select_rows
+from jaxadv.compose.bookkeeping import Best, BestLoss, record, record_loss
 from jaxadv.compose.sources import EOT, LossGradient
+from jaxadv.compose.step_sizes import CheckpointHalving, HalvingState, checkpoint_schedule
 from jaxadv.engine import iterate
 from jaxadv.keys import fold_rows, row_keys
 from jaxadv.losses import dlr, dlr_targeted, finite_rows, get_loss
@@ -104,28 +106,6 @@ _F32_MAX = float(np.finfo(np.float32).max)
 # A run's gradient draws use keys folded from its key with this tag, so that
 # they are independent of its random start.
 _GRAD = 0x6AD
-
-
-def checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Which iterations (0-based) end a checkpoint window, and that window's length.
-
-    Windows of ``max(int(0.22 N), 1)`` steps, each next one ``max(int(0.03 N), 1)``
-    shorter, never shorter than ``max(int(0.06 N), 1)``: the checkpoints
-    :math:`p_{j+1} = p_j + \\max(p_j - p_{j-1} - 0.03, 0.06)` of the paper.
-    """
-    k = max(int(0.22 * steps), 1)
-    shrink = max(int(0.03 * steps), 1)
-    k_min = max(int(0.06 * steps), 1)
-    is_check = np.zeros(steps, bool)
-    window = np.ones(steps, np.float32)
-    count = 0
-    for i in range(steps):
-        count += 1
-        if count == k:
-            is_check[i], window[i] = True, k
-            k = max(k - shrink, k_min)
-            count = 0
-    return is_check, window
 
 
 def l1_checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -222,14 +202,10 @@ def _record(
     s: _State, x_new: Array, loss_val: Array, logits: Array, grad: Array, ops: _Operands, static: _Static
 ) -> tuple[Array, Array, Array, Array, Array]:
     """Success at ``x_new``, and the new last adversarial iterate, highest-loss point,
-    its gradient and its loss."""
-    hit = hits(logits, ops.labels, static.targeted)
-    x_adv = select_rows(~hit, s.x_adv, x_new)
-    better = loss_val > s.loss_best
-    x_best = select_rows(~better, s.x_best, x_new)
-    grad_best = select_rows(~better, s.grad_best, grad)
-    loss_best = jnp.where(better, loss_val, s.loss_best)
-    return hit, x_adv, x_best, grad_best, loss_best
+    its gradient and its loss (the bookkeeping parts of :mod:`jaxadv.compose`)."""
+    adversarial, hit = record(Best(s.x_adv, s.found), x_new, logits, ops.labels, static.targeted)
+    best = record_loss(BestLoss(s.x_best, s.grad_best, s.loss_best), x_new, grad, loss_val)
+    return hit, adversarial.x_adv, best.x, best.grad, best.objective
 
 
 def _apgd_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
@@ -245,26 +221,25 @@ def _apgd_body(i: Array, s: _State, ops: _Operands, static: _Static) -> _State:
     x_new = as_returned(x_new, static.dtype, lo, hi)
     loss_val, logits, grad = _evaluate(ops, static, x_new, fold_rows(ops.key, i + 1))
     hit, x_adv, x_best, grad_best, loss_best = _record(s, x_new, loss_val, logits, grad, ops, static)
-    n_incr = s.n_incr + (loss_val > s.prev_loss).astype(jnp.float32)
-
-    at_check = ops.is_check[i]
-    few_increases = n_incr <= ops.window[i] * ops.rho
-    stalled = ~s.reduced_last & (s.loss_best_last >= loss_best)
-    reduce = at_check & (few_increases | stalled)
+    # The step-size part: halve at checkpoints and restart from the highest-loss point.
+    schedule = HalvingState(
+        s.eta, s.n_incr, s.prev_loss, s.loss_best_last, s.reduced_last, ops.is_check, ops.window
+    )
+    schedule, reduce = CheckpointHalving(ops.rho).update(schedule, i, loss_val, loss_best)
     new = s._replace(
         x=select_rows(~reduce, x_new, x_best),
         x_prev=s.x,
         grad=select_rows(~reduce, grad, grad_best),
-        eta=jnp.where(reduce, 0.5 * s.eta, s.eta),
+        eta=schedule.eta,
         x_best=x_best,
         grad_best=grad_best,
         loss_best=loss_best,
         x_adv=x_adv,
         found=s.found | hit,
-        prev_loss=loss_val,
-        n_incr=jnp.where(at_check, 0.0, n_incr),
-        loss_best_last=jnp.where(at_check, loss_best, s.loss_best_last),
-        reduced_last=jnp.where(at_check, reduce, s.reduced_last),
+        prev_loss=schedule.previous,
+        n_incr=schedule.increases,
+        loss_best_last=schedule.best_at_check,
+        reduced_last=schedule.halved_at_check,
     )
     if static.early_stop:
         new = select_rows(s.found, s, new)

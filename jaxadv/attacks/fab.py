@@ -55,6 +55,7 @@ import jax.numpy as jnp
 from jaxadv._core.compile import jit
 from jaxadv._core.problem import Problem, prepare
 from jaxadv._core.rows import flat, select_rows
+from jaxadv._core.search import midpoint, narrow
 from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, fold_rows, row_keys
 from jaxadv.losses import finite_rows
@@ -358,15 +359,12 @@ class _SearchStatic(NamedTuple):
 def _search_body(i: Array, s: _SearchState, ops: _SearchOperands, static: _SearchStatic) -> _SearchState:
     """One halving of :math:`[t_{lo}, t_{hi}]` along :math:`x_0 + t (x_{adv} - x_0)`."""
     del i
-    mid = 0.5 * (s.t_lo + s.t_hi)
+    mid = midpoint(s.t_lo, s.t_hi)
     x_mid = as_returned(ops.x + per_example(mid, ops.x) * (ops.end - ops.x), static.dtype, ops.lo, ops.hi)
     z = combine_model(static.model, ops.params)(x_mid).astype(jnp.float32)
     hit = hits(z, ops.labels, False) & ops.found
-    return _SearchState(
-        t_lo=jnp.where(hit, s.t_lo, mid),
-        t_hi=jnp.where(hit, mid, s.t_hi),
-        x_hi=select_rows(hit, x_mid, s.x_hi),
-    )
+    t_lo, t_hi = narrow(s.t_lo, s.t_hi, mid, hit)
+    return _SearchState(t_lo=t_lo, t_hi=t_hi, x_hi=select_rows(hit, x_mid, s.x_hi))
 
 
 class _Setup(NamedTuple):

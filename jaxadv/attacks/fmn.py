@@ -91,6 +91,7 @@ import jax.numpy as jnp
 from jaxadv._core.compile import jit
 from jaxadv._core.problem import prepare
 from jaxadv._core.rows import flat, select_rows
+from jaxadv._core.search import midpoint, narrow
 from jaxadv.engine import iterate
 from jaxadv.losses import cw_margin, finite_rows
 from jaxadv.models import combine_model
@@ -277,9 +278,9 @@ def _is_hit(ops: _SearchOperands, static: _Static, point: Array) -> Array:
 
 def _search_body(i: Array, s: _Search, ops: _SearchOperands, static: _Static) -> _Search:
     del i
-    beta = 0.5 * (s.lower + s.upper)
+    beta = midpoint(s.lower, s.upper)
     hit = _is_hit(ops, static, _mid_point(ops.x, ops.start, beta, static.norm))
-    return _Search(lower=jnp.where(hit, s.lower, beta), upper=jnp.where(hit, beta, s.upper))
+    return _Search(*narrow(s.lower, s.upper, beta, hit))
 
 
 @functools.partial(jit, static_argnames=("static",))
