@@ -18,7 +18,8 @@ from jaxadv.attacks.fmn import fmn
 from jaxadv.attacks.gradient_free import nes, spsa
 from jaxadv.attacks.iterative import bim, eot_pgd, pgd
 from jaxadv.attacks.jsma import jsma
-from jaxadv.attacks.momentum import mifgsm, nifgsm, tifgsm, vmifgsm
+from jaxadv.attacks.momentum import mifgsm, nifgsm
+from jaxadv.attacks.momentum_smoothed import tifgsm, vmifgsm
 from jaxadv.attacks.single_step import fgsm
 from jaxadv.attacks.sparse_rs import sparse_rs
 from jaxadv.attacks.square import square

@@ -31,12 +31,11 @@ from jaxadv.training.monitor import (
     robust_accuracy_monitor,
     update_monitor,
 )
+from jaxadv.training.nnx_steps import make_nnx_free_train_step, make_nnx_train_step
 from jaxadv.training.steps import (
     TrainState,
     init_train_state,
     make_free_train_step,
-    make_nnx_free_train_step,
-    make_nnx_train_step,
     make_train_step,
 )
 
