@@ -227,4 +227,4 @@ def sparse_rs(
         if queries > 2:
             state = iterate(_body, state, ops, steps=queries - 2, static=static, loop=loop)
         x_adv = from_nhwc(_image(state, ops, static), layout)
-        return finish(p, x_adv, state.queries, targeted=targeted, return_info=return_info)
+        return finish(p, x_adv, state.tally.queries, targeted=targeted, return_info=return_info)

@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxadv._core.compile import jit
 from jaxadv.attacks.square import from_nhwc
+from jaxadv.compose.bookkeeping import QueryCount, charge
 from jaxadv.keys import draw_rows, fold_rows, split_rows
 from jaxadv.losses import as_onehot, finite_rows
 from jaxadv.models import combine_model
@@ -177,17 +178,17 @@ class _State(NamedTuple):
     """``bits``: corner bits, ``[b, H, W, C]`` (``"l0"``, ``"frame"``) or ``[b, k, k, C]``
     (``"patch"``); ``on``: ``[b, H, W]`` perturbed pixels (``"l0"``: exactly ``k`` of
     them; ``"frame"``: the frame); ``loc``: ``[b, 2]`` patch corner; ``moved``: the
-    example is at its perturbation (else at ``x``); ``loss``: its loss; ``done``: it
-    has stopped (a success, or clean scores not finite); ``queries``: evaluations spent."""
+    example is at its perturbation (else at ``x``); ``loss``: its loss; ``tally``: the
+    books of a score-based attack (:class:`jaxadv.compose.QueryCount`: each example's
+    key chain, whether it has stopped, a success or clean scores not finite, and the
+    evaluations it spent)."""
 
-    key: Array
     bits: Array
     on: Array
     loc: Array
     moved: Array
     loss: Array
-    done: Array
-    queries: Array
+    tally: QueryCount
 
 
 class _Operands(NamedTuple):
@@ -335,14 +336,14 @@ _PROPOSALS = {"l0": _propose_l0, "patch": _propose_patch, "frame": _propose_fram
 
 
 def _body(i: Array, state: _State, ops: _Operands, static: _Static) -> _State:
-    key, k_prop = split_rows(state.key)
+    chain, k_prop = split_rows(state.tally.key)
     # Iteration i is the reference's iteration i + 1 (its iteration 0 is the start point).
     proposal = _PROPOSALS[static.threat](k_prop, state, ops, static, i + 1)
     proposal = proposal._replace(moved=jnp.ones_like(state.moved))
     cand = from_nhwc(_image(proposal, ops, static), static.layout)
     z = combine_model(static.model, ops.params)(cand).astype(jnp.float32)
     hit, loss = _objectives(z, ops.labels, static.targeted, static.loss)
-    active = ~state.done
+    count, active = charge(state.tally, chain, z, ops.labels, static.targeted, 1)
     lower = active & (loss < state.loss)
     # A success is kept even when its loss is not lower (the cross-entropy is not the margin).
     keep = lower | (active & hit)
@@ -351,14 +352,12 @@ def _body(i: Array, state: _State, ops: _Operands, static: _Static) -> _State:
         return jnp.where(keep.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
 
     return _State(
-        key=key,
         bits=choose(proposal.bits, state.bits),
         on=choose(proposal.on, state.on),
         loc=choose(proposal.loc, state.loc),
         moved=state.moved | keep,
         loss=jnp.where(lower, loss, state.loss),
-        done=state.done | (active & hit),
-        queries=state.queries + active.astype(jnp.int32),
+        tally=count,
     )
 
 
@@ -413,9 +412,8 @@ def _init(key: Array, ops: _Operands, *, static: _Static) -> _State:
             on = _pick(u[..., 0], jnp.ones((b, h * w), bool), k, jnp.asarray(k)).reshape(b, h, w)
         else:
             on = jnp.broadcast_to(jnp.asarray(_frame_mask(h, w, k)), (b, h, w))
-    start = _State(
-        key, bits, on, loc, jnp.ones((b,), bool), loss0, jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32)
-    )
+    none = QueryCount(key, jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32))
+    start = _State(bits, on, loc, jnp.ones((b,), bool), loss0, none)
     z1 = logits_fn(from_nhwc(_image(start, ops, static), static.layout)).astype(jnp.float32)
     hit1, loss1 = _objectives(z1, ops.labels, static.targeted, static.loss)
     clean_stop = stop_mask(z0, ops.labels, static.targeted)
@@ -423,8 +421,7 @@ def _init(key: Array, ops: _Operands, *, static: _Static) -> _State:
     return start._replace(
         moved=take,
         loss=jnp.where(take, loss1, loss0),
-        done=clean_stop | (take & hit1),
-        queries=jnp.where(clean_stop, 1, 2).astype(jnp.int32),
+        tally=QueryCount(key, clean_stop | (take & hit1), jnp.where(clean_stop, 1, 2).astype(jnp.int32)),
     )
 
 

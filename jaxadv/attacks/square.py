@@ -25,6 +25,7 @@ from jaxadv.attacks.blackbox import (
     finish,
 )
 from jaxadv.callables import reraise_callable_errors
+from jaxadv.compose.bookkeeping import QueryCount, charge
 from jaxadv.engine import iterate
 from jaxadv.keys import draw_rows, row_keys, split_rows
 from jaxadv.losses import as_onehot, cross_entropy, cw_margin, finite_rows
@@ -193,14 +194,14 @@ def _square_objectives(z: Array, labels: Array, targeted: bool) -> tuple[Array, 
 
 
 class _SquareState(NamedTuple):
-    """``x_best``: the best point so far, of loss ``loss``; ``done``: the example has
-    stopped (a success, or clean scores not finite); ``queries``: evaluations spent."""
+    """``x_best``: the best point so far, of loss ``loss``; ``tally``: the books of a
+    score-based attack (:class:`jaxadv.compose.QueryCount`: each example's key chain,
+    whether it has stopped, a success or clean scores not finite, and the
+    evaluations it spent)."""
 
-    key: Array
     x_best: Array
     loss: Array
-    done: Array
-    queries: Array
+    tally: QueryCount
 
 
 class _SquareOperands(NamedTuple):
@@ -223,7 +224,7 @@ class _SquareStatic(NamedTuple):
 
 def _square_body(i: Array, state: _SquareState, ops: _SquareOperands, static: _SquareStatic) -> _SquareState:
     x, norm, layout = ops.x, static.norm, static.layout
-    key, k_draw = split_rows(state.key)
+    chain, k_draw = split_rows(state.tally.key)
     xs = to_nhwc(x, layout)
     b, h, w, ch = xs.shape
     # One draw per example and iteration, from the example's key: two window
@@ -267,16 +268,12 @@ def _square_body(i: Array, state: _SquareState, ops: _SquareOperands, static: _S
     cand = jnp.clip(cand, ops.lo, ops.hi)
     z = combine_model(static.model, ops.params)(cand).astype(jnp.float32)
     hit, loss = _square_objectives(z, ops.labels, static.targeted)
-    active = ~state.done
+    count, active = charge(state.tally, chain, z, ops.labels, static.targeted, 1)
     lower = active & (loss < state.loss)
     # A success is kept even when its loss is not lower (the targeted loss is not the margin).
     keep = lower | (active & hit)
     return _SquareState(
-        key=key,
-        x_best=select_rows(keep, cand, state.x_best),
-        loss=jnp.where(lower, loss, state.loss),
-        done=state.done | (active & hit),
-        queries=state.queries + active.astype(jnp.int32),
+        x_best=select_rows(keep, cand, state.x_best), loss=jnp.where(lower, loss, state.loss), tally=count
     )
 
 
@@ -342,11 +339,9 @@ def _square_init(
     # A start point whose scores are not finite is not taken: the search starts at x.
     take_init = ~clean_stop & finite_rows(z1)
     return _SquareState(
-        key=k1,
         x_best=select_rows(take_init, init, x),
         loss=jnp.where(take_init, loss1, loss0),
-        done=clean_stop | (take_init & hit1),
-        queries=jnp.where(clean_stop, 1, 2).astype(jnp.int32),
+        tally=QueryCount(k1, clean_stop | (take_init & hit1), jnp.where(clean_stop, 1, 2).astype(jnp.int32)),
     )
 
 
@@ -513,4 +508,4 @@ def square(
             )
             static = _SquareStatic(p.model, norm, targeted, p_init, layout)
             state = iterate(_square_body, state, operands, steps=queries - 2, static=static, loop=loop)
-        return finish(p, state.x_best, state.queries, targeted=targeted, return_info=return_info)
+        return finish(p, state.x_best, state.tally.queries, targeted=targeted, return_info=return_info)
