@@ -86,7 +86,7 @@ scalar ``>= 0``.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -101,10 +101,6 @@ from jaxadv.training.losses import fast_at_loss, pgd_at_loss, trades_loss
 from jaxadv.typing import Array, ArrayLike, Bounds, Norm, PRNGKey
 from jaxadv.validation import check_in_bounds, check_steps
 from jaxadv.validation import checked as checkify_checks
-
-if TYPE_CHECKING:
-    from jaxadv.training.nnx_steps import make_nnx_free_train_step as make_nnx_free_train_step
-    from jaxadv.training.nnx_steps import make_nnx_train_step as make_nnx_train_step
 
 __all__ = [
     "TrainState",
@@ -463,14 +459,3 @@ def make_free_train_step(
         return new_state, delta, {"loss": jnp.mean(losses)}
 
     return _finish(step, jit=jit, checked=checked)
-
-
-def __getattr__(name: str) -> Any:
-    """``make_nnx_train_step`` and ``make_nnx_free_train_step``, moved to
-    :mod:`jaxadv.training.nnx_steps`, stay importable from this module; looked up on
-    first use, since that module imports this one."""
-    if name in ("make_nnx_free_train_step", "make_nnx_train_step"):
-        from jaxadv.training import nnx_steps
-
-        return getattr(nnx_steps, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
