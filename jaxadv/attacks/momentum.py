@@ -20,7 +20,7 @@ smooths it with a Gaussian kernel, and input diversity (DI, any of them with
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any, Literal, overload
 
 import jax.numpy as jnp
 
@@ -35,10 +35,6 @@ from jaxadv.losses import get_loss
 from jaxadv.success import AttackResult
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_finite, check_norm
-
-if TYPE_CHECKING:
-    from jaxadv.attacks.momentum_smoothed import tifgsm as tifgsm
-    from jaxadv.attacks.momentum_smoothed import vmifgsm as vmifgsm
 
 __all__ = ["diverse_inputs", "mifgsm", "nifgsm"]  # vmifgsm, tifgsm: jaxadv.attacks.momentum_smoothed
 
@@ -364,14 +360,3 @@ def nifgsm(
         attack, logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, targeted=targeted,
         bounds=bounds, loop=loop, return_info=return_info,
     )  # fmt: skip
-
-
-def __getattr__(name: str) -> Any:
-    """``vmifgsm`` and ``tifgsm``, moved to :mod:`jaxadv.attacks.momentum_smoothed`,
-    stay importable from this module; looked up on first use, since that module
-    imports this one."""
-    if name in ("tifgsm", "vmifgsm"):
-        from jaxadv.attacks import momentum_smoothed
-
-        return getattr(momentum_smoothed, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
