@@ -20,7 +20,7 @@ import small_models as sm
 
 import jaxadv
 from jaxadv.evaluation import MISCLASSIFIED, ROBUST, SuiteAttack
-from jaxadv.evaluation.checks import _square_unsupported
+from jaxadv.evaluation.diagnostics import _square_unsupported
 from jaxadv.evaluation.suites import resolve_suite
 
 evaluate_module = importlib.import_module("jaxadv.evaluation.evaluate")

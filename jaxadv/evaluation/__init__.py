@@ -8,8 +8,7 @@ from jaxadv.evaluation.certified import (
     smoothing,
 )
 from jaxadv.evaluation.checkpoint import CheckpointError
-from jaxadv.evaluation.checks import MaskingReport, masking_checks
-from jaxadv.evaluation.diagnostics import Indicators, indicators
+from jaxadv.evaluation.diagnostics import Indicators, MaskingReport, indicators, masking_checks
 from jaxadv.evaluation.evaluate import evaluate
 from jaxadv.evaluation.kernel import BatchResult, evaluate_batch
 from jaxadv.evaluation.plots import plot_accuracy_vs_eps, plot_certified_accuracy, plot_examples

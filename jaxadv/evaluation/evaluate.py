@@ -36,8 +36,8 @@ from jaxadv.evaluation.checkpoint import (
     run_fingerprint,
     write_checkpoint,
 )
-from jaxadv.evaluation.checks import masking_checks
 from jaxadv.evaluation.diagnostics import indicators as attack_failure_indicators
+from jaxadv.evaluation.diagnostics import masking_checks
 from jaxadv.evaluation.feeding import _Cutter, _FirstExamples, _pieces, _ReadAhead, _Size, _source
 from jaxadv.evaluation.layout import _Layout
 from jaxadv.evaluation.memory import _check_batch_size, _first_size, _halved, _out_of_memory
