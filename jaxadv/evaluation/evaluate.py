@@ -86,19 +86,21 @@ def _reattack(
 
 
 def _flagged(
-    saved: EvaluationResult, start: int, x: Any, y: Any
+    flags: np.ndarray, fooled_by: np.ndarray, start: int, x: Any, y: Any
 ) -> list[tuple[np.ndarray, Any, Any, np.ndarray]]:
-    """The examples ``start, start + 1, ...`` (inputs ``x``, labels ``y``) of a resumed
-    run that its checkpoint counts robust with an indicator fired: kept for the
-    adaptive re-attack, as the batches of this session keep theirs."""
-    if saved.indicators is None:
-        return []
-    stop = start + len(x)
-    flags = np.stack([saved.indicators[k][start:stop] for k in _DIAGNOSED], axis=1)
-    rows = np.nonzero(flags.any(axis=1) & (saved.fooled_by[start:stop] == ROBUST))[0]
+    """The examples ``start, start + 1, ...`` (inputs ``x``, labels ``y``, their
+    ``[b, len(_DIAGNOSED)]`` indicator ``flags`` and ``fooled_by`` codes) counted
+    robust with an indicator fired: kept for the adaptive re-attack."""
+    rows = np.nonzero(flags.any(axis=1) & (fooled_by == ROBUST))[0]
     if rows.size == 0:
         return []
     return [(start + rows, np.asarray(x)[rows], np.asarray(y)[rows], flags[rows])]
+
+
+def _saved_flags(saved: EvaluationResult, start: int, stop: int) -> np.ndarray:
+    """``[stop - start, len(_DIAGNOSED)]`` the indicators a checkpoint holds for those examples."""
+    assert saved.indicators is not None
+    return np.stack([saved.indicators[k][start:stop] for k in _DIAGNOSED], axis=1)
 
 
 def _diagnose_batch(
@@ -434,6 +436,13 @@ def evaluate(
     def wall() -> float:
         return wall_before + time.perf_counter() - start
 
+    def reattack_flagged(result: EvaluationResult) -> AdaptiveReport:
+        """The adaptive re-attack of every session's flagged robust examples."""
+        return _reattack(
+            result, flagged, logits_fn, eps=float(eps), norm=norm, bounds=bounds, key=key_checks,
+            batch_size=size.value, randomized=randomized, surrogate_fn=surrogate_fn,
+        )  # fmt: skip
+
     pieces = _pieces(source, skip, size, layout.placer() if prefetch else None)
     reader = _ReadAhead(pieces, prefetch) if prefetch else None
     feed = _Cutter(reader if reader is not None else pieces)
@@ -449,8 +458,12 @@ def evaluate(
                 if piece is None:
                     break
                 first.offer(hasher.count, piece)
-                if adaptive:  # the flagged robust examples of the earlier sessions, read again
-                    flagged.extend(_flagged(saved.result, hasher.count, piece.x, piece.y))
+                if adaptive and saved.result.indicators is not None:  # earlier sessions' flagged, read again
+                    lo_row, hi_row = hasher.count, hasher.count + len(piece.x)
+                    flagged += _flagged(
+                        _saved_flags(saved.result, lo_row, hi_row), saved.result.fooled_by[lo_row:hi_row],
+                        lo_row, piece.x, piece.y,
+                    )  # fmt: skip
                 hasher.update(piece.x, piece.y)
             more = feed.take(size.value)
             if more is not None:
@@ -460,10 +473,7 @@ def evaluate(
                 return saved.result
             if saved.complete:  # finished without the adaptive re-attack: run it now
                 result = saved.result
-                result.adaptive = _reattack(
-                    result, flagged, logits_fn, eps=float(eps), norm=norm, bounds=bounds, key=key_checks,
-                    batch_size=size.value, randomized=randomized, surrogate_fn=surrogate_fn,
-                )  # fmt: skip
+                result.adaptive = reattack_flagged(result)
                 assert path is not None and fingerprint is not None
                 write_checkpoint(
                     path, result, fingerprint=fingerprint._replace(batch_size=size.value), data=hasher,
@@ -502,9 +512,7 @@ def evaluate(
                     norm=norm, bounds=bounds, randomized=randomized,
                 )  # fmt: skip
                 if adaptive:  # the flagged examples counted robust, kept for the re-attack
-                    rows = np.nonzero(flags.any(axis=1) & (out.fooled_by == ROBUST))[0]
-                    x_rows, y_rows = np.asarray(piece.x)[rows], np.asarray(piece.y)[rows]
-                    flagged.append((hasher.count + rows, x_rows, y_rows, flags[rows]))
+                    flagged += _flagged(flags, np.asarray(out.fooled_by), hasher.count, piece.x, piece.y)
             state = t.update(state, out, flags)
             if certifier is not None:
                 certifier.add(piece.x, piece.y)
@@ -534,10 +542,7 @@ def evaluate(
     if certifier is not None:
         result.certified = certifier.result()
     if adaptive:
-        result.adaptive = _reattack(
-            result, flagged, logits_fn, eps=float(eps), norm=norm, bounds=bounds, key=key_checks,
-            batch_size=size.value, randomized=randomized, surrogate_fn=surrogate_fn,
-        )  # fmt: skip
+        result.adaptive = reattack_flagged(result)
     check_batch = first.batch()
     if checks and check_batch is not None:
         checked = fix_key(logits_fn, key_checks) if randomized else logits_fn
