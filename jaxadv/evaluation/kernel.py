@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv._core.randomised import fix_key
+from jaxadv.evaluation.feeding import _check_inputs, _labels
 from jaxadv.evaluation.result import MISCLASSIFIED, ROBUST
 from jaxadv.evaluation.suites import SuiteAttack, check_suite_norm, resolve_suite
 from jaxadv.keys import example_keys, fold_rows, typed_key
@@ -200,17 +201,17 @@ def evaluate_batch(
             raise ValueError(f"randomized=True: {', '.join(cannot)} cannot attack a randomised model")
     x = jnp.asarray(x)
     y = jnp.asarray(y)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
+    if _concrete(x):  # evaluate's own input checks: dtype, shape, NaN and inf
+        _check_inputs(np.asarray(x), "evaluate_batch")
+    if not jnp.issubdtype(x.dtype, jnp.floating):  # a traced x: its dtype is still known
         raise ValueError(f"x must be floating point, got dtype {x.dtype}: scale it to the range of bounds")
     if x.ndim < 1 or y.shape != x.shape[:1] or not jnp.issubdtype(y.dtype, jnp.integer):
         raise ValueError(
             f"x must be [n, ...] and y [n] integer labels, got shapes {x.shape} and {y.shape} ({y.dtype})"
         )
     n = x.shape[0]
-    if _concrete(x) and not bool(jnp.all(_finite_rows(x))):
-        raise ValueError("x holds NaN or inf: robust accuracy on such inputs has no meaning")
-    if _concrete(y) and n and int(jnp.min(y)) < 0:
-        raise ValueError(f"labels must be >= 0, found {int(jnp.min(y))}")
+    if _concrete(y):  # evaluate's label checks (negative labels)
+        _labels(np.asarray(y), "evaluate_batch")
     k_attacks, _ = jax.random.split(typed_key(key))
     rows = jnp.arange(n) if index is None else jnp.asarray(index)
     keys = example_keys(k_attacks, rows)
