@@ -128,9 +128,7 @@ class CheckpointHalving:
 
     def check(self) -> None:
         """Refuse a ``rho`` that is not a finite number in ``[0, 1]``."""
-        check_finite(self.rho, "rho", minimum=0.0)
-        if np.ndim(self.rho) == 0 and not isinstance(self.rho, jnp.ndarray) and float(self.rho) > 1.0:
-            raise ValueError(f"rho must be in [0, 1], got {self.rho}")
+        check_finite(self.rho, "rho", minimum=0.0, maximum=1.0)
 
     def init(self, step_size: Array, steps: int) -> HalvingState:
         is_check, window = checkpoint_schedule(steps)
