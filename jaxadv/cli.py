@@ -380,15 +380,17 @@ def _check_outputs(out: Path, *, resume: bool, overwrite: bool) -> bool:
     return resume and partial.exists()
 
 
-def _logits_fn(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, factory: str | None = None) -> Any:
-    """The model (or, with ``factory``, the surrogate built by it) as ``logits_fn``, run
-    once on ``x[:1]`` to report a mismatch as an input problem."""
+def _logits_fn(
+    args: argparse.Namespace, x: np.ndarray, y: np.ndarray, variables: Any, factory: str | None = None
+) -> Any:
+    """The model (or, with ``factory``, the surrogate built by it) with the restored
+    ``variables`` as ``logits_fn``, run once on ``x[:1]`` to report a mismatch as an
+    input problem."""
     import jax.numpy as jnp
 
     import jaxadv
 
     model = _build_model(factory or args.model, args.app_dir)
-    variables = restore_variables(args.weights)
     mean = _normalisation(args.mean, "--mean", x)
     std = _normalisation(args.std, "--std", x)
     logits_fn = jaxadv.from_flax(model, variables, mean=mean, std=std)
@@ -434,8 +436,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     import jaxadv
     from jaxadv.evaluation import accuracy_vs_eps, plot_accuracy_vs_eps, plot_examples
 
-    logits_fn = _logits_fn(args, x, y)
-    surrogate_fn = None if args.surrogate is None else _logits_fn(args, x, y, args.surrogate)
+    variables = restore_variables(args.weights)  # once, for the model and its surrogate
+    logits_fn = _logits_fn(args, x, y, variables)
+    surrogate_fn = None if args.surrogate is None else _logits_fn(args, x, y, variables, args.surrogate)
     suite = args.suite if args.suite in jaxadv.evaluation.SUITES else args.suite.split(",")
     out.mkdir(parents=True, exist_ok=True)
     if args.overwrite:  # a stale report must not sit beside the new run's partial.json
