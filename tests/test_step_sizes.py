@@ -126,3 +126,14 @@ def test_bad_schedules_are_refused() -> None:
     attack = compose.Attack(schedule=compose.checkpoint_halving(float("nan")))
     with pytest.raises(ValueError, match="rho"):
         attack(lambda v: v.reshape(len(v), -1)[:, :3], jnp.zeros((2, 4)), jnp.zeros(2, jnp.int32), eps=0.1)
+
+
+def test_objective_is_the_loss_for_the_attacker_and_minus_inf_where_not_finite() -> None:
+    loss = jnp.asarray([1.0, -2.0, jnp.nan, 3.0, jnp.inf])
+    ok = jnp.asarray([True, True, True, False, True])
+    np.testing.assert_array_equal(
+        np.asarray(compose.objective(loss, ok, False)), [1.0, -2.0, -np.inf, -np.inf, -np.inf]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(compose.objective(loss, ok, True)), [-1.0, 2.0, -np.inf, -np.inf, -np.inf]
+    )

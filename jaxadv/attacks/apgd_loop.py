@@ -16,7 +16,7 @@ from jaxadv._core.compile import jit
 from jaxadv._core.problem import Problem
 from jaxadv._core.randomised import EVAL_FOLD, source_model
 from jaxadv._core.rows import flat, select_rows
-from jaxadv.compose.bookkeeping import Best, BestLoss, record, record_loss
+from jaxadv.compose.bookkeeping import Best, BestLoss, objective, record, record_loss
 from jaxadv.compose.sources import EOT, LossGradient
 from jaxadv.compose.step_sizes import CheckpointHalving, HalvingState, checkpoint_schedule
 from jaxadv.engine import iterate
@@ -123,9 +123,8 @@ def _evaluate(ops: _Operands, static: _Static, x_t: Array, key: PRNGKey) -> tupl
     transformed inputs."""
     model = source_model(static.model, ops.params, static.randomized)
     g = ops.source(model, x_t, ops.loss_labels, key=key, targeted=static.targeted)
-    ok = g.ok & jnp.isfinite(g.loss)
-    loss_val = jnp.where(ok, -g.loss if static.targeted else g.loss, -jnp.inf)
-    grad = select_rows(ok, g.grad, 0.0)
+    loss_val = objective(g.loss, g.ok, static.targeted)
+    grad = select_rows(jnp.isfinite(loss_val), g.grad, 0.0)
     logits = g.logits if g.logits is not None else model(x_t, fold_rows(key, EVAL_FOLD))
     return loss_val, logits, grad
 

@@ -34,6 +34,7 @@ __all__ = [
     "charge",
     "init_best",
     "init_best_loss",
+    "objective",
     "record",
     "record_loss",
     "select",
@@ -68,6 +69,13 @@ class BestLoss(NamedTuple):
     x: Array
     grad: Array
     objective: Array
+
+
+def objective(loss: Array, ok: Array, targeted: bool) -> Array:
+    """``[batch]`` the attacker's objective: the loss, negated when ``targeted`` (a
+    targeted loss falls as the attack nears its target); ``-inf`` where ``ok`` is
+    false or the loss is not finite, so that such a point is never the best."""
+    return jnp.where(ok & jnp.isfinite(loss), -loss if targeted else loss, -jnp.inf)
 
 
 def init_best_loss(x: Array) -> BestLoss:

@@ -51,6 +51,7 @@ from jaxadv.compose.bookkeeping import (
     charge,
     init_best,
     init_best_loss,
+    objective,
     record,
     record_loss,
     select,
@@ -325,9 +326,9 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
     if s.schedule is not None and s.best_loss is not None:
         # The step-size part sees the objective at x_t; where it restarts, the step
         # leaves from the highest-loss iterate with the gradient taken there.
-        objective = jnp.where(g.ok & jnp.isfinite(g.loss), -g.loss if static.targeted else g.loss, -jnp.inf)
-        best_loss = record_loss(s.best_loss, s.x, grad, objective)
-        sched, restart = a.schedule.update(s.schedule, i - 1, objective, best_loss.objective)
+        value = objective(g.loss, g.ok, static.targeted)
+        best_loss = record_loss(s.best_loss, s.x, grad, value)
+        sched, restart = a.schedule.update(s.schedule, i - 1, value, best_loss.objective)
         x_from = select_rows(restart, best_loss.x, s.x)
         grad = select_rows(restart, best_loss.grad, grad)
         step_size = sched.eta
@@ -356,8 +357,10 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
     best, hit = record(s.best, s.x, z, ops.labels, static.targeted)
     if not a.early_stop:
         return LoopState(x_new, rule_state, best, None, **scheduled)
-    frozen = LoopState(s.x, s.rule, best, None, s.schedule, s.best_loss)
-    return select_rows(hit, frozen, LoopState(x_new, rule_state, best, None, **scheduled))
+    # A successful example stays where it is, with its rule's and schedule's state.
+    before = {name: getattr(s, name) for name in scheduled}
+    x_new, rule_state, scheduled = select_rows(~hit, (x_new, rule_state, scheduled), (s.x, s.rule, before))
+    return LoopState(x_new, rule_state, best, None, **scheduled)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "targeted", "randomized"))
