@@ -43,7 +43,7 @@ from jaxadv.evaluation.layout import _Layout
 from jaxadv.evaluation.memory import _check_batch_size, _first_size, _halved, _out_of_memory
 from jaxadv.evaluation.result import ROBUST, EvaluationResult
 from jaxadv.evaluation.suites import SuiteAttack, check_suite_norm, resolve_suite
-from jaxadv.evaluation.tally import _DIAGNOSED, _finalize, _non_finite_warnings, tally
+from jaxadv.evaluation.tally import _DIAGNOSED, _finalize, _indicator_flags, _non_finite_warnings, tally
 from jaxadv.keys import example_keys, fold_rows, typed_key
 from jaxadv.typing import ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
 from jaxadv.validation import check_norm
@@ -97,12 +97,6 @@ def _flagged(
     return [(start + rows, np.asarray(x)[rows], np.asarray(y)[rows], flags[rows])]
 
 
-def _saved_flags(saved: EvaluationResult, start: int, stop: int) -> np.ndarray:
-    """``[stop - start, len(_DIAGNOSED)]`` the indicators a checkpoint holds for those examples."""
-    assert saved.indicators is not None
-    return np.stack([saved.indicators[k][start:stop] for k in _DIAGNOSED], axis=1)
-
-
 def _diagnose_batch(
     logits_fn: LogitsFn, x: Any, y: Any, fooled: np.ndarray, keys: Any, *, eps: float, norm: Norm,
     bounds: Bounds, randomized: bool,
@@ -112,7 +106,7 @@ def _diagnose_batch(
         logits_fn, jnp.asarray(x), jnp.asarray(y), eps=eps, key=fold_rows(keys, _DIAGNOSE), norm=norm,
         bounds=bounds, fooled=fooled, randomized=randomized,
     )  # fmt: skip
-    return np.stack([np.asarray(getattr(ind, k)) for k in _DIAGNOSED], axis=1)
+    return _indicator_flags(ind)
 
 
 def _resume(path: Path, fingerprint: Any) -> SavedRun:
@@ -453,17 +447,17 @@ def evaluate(
 
             bar = tqdm(total=total, initial=skip, unit="ex", desc=f"evaluate {norm} eps={eps:g}")
         if saved is not None:
+            indicators = saved.result.indicators
+            saved_flags = _indicator_flags(indicators) if adaptive and indicators is not None else None
             while hasher.count < skip:  # read and hashed, not attacked
                 piece = feed.take(min(skip - hasher.count, size.value))
                 if piece is None:
                     break
                 first.offer(hasher.count, piece)
-                if adaptive and saved.result.indicators is not None:  # earlier sessions' flagged, read again
-                    lo_row, hi_row = hasher.count, hasher.count + len(piece.x)
-                    flagged += _flagged(
-                        _saved_flags(saved.result, lo_row, hi_row), saved.result.fooled_by[lo_row:hi_row],
-                        lo_row, piece.x, piece.y,
-                    )  # fmt: skip
+                if saved_flags is not None:  # the earlier sessions' flagged examples, read again
+                    rows = slice(hasher.count, hasher.count + len(piece.x))
+                    fooled_by = saved.result.fooled_by[rows]
+                    flagged += _flagged(saved_flags[rows], fooled_by, hasher.count, piece.x, piece.y)
                 hasher.update(piece.x, piece.y)
             more = feed.take(size.value)
             if more is not None:

@@ -8,7 +8,7 @@ new state and never changes the one it was given.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -51,9 +51,14 @@ class Tally(NamedTuple):
     finalize: Callable[..., EvaluationResult]
 
 
-def _flags(indicators: Indicators | np.ndarray) -> np.ndarray:
+def _indicator_flags(indicators: Indicators | Mapping[str, Any] | np.ndarray) -> np.ndarray:
+    """``[n, 5]`` bool: the indicators ``evaluate(diagnose=True)`` keeps, in the order of
+    ``_DIAGNOSED``, from an :class:`Indicators`, a result's ``indicators`` mapping, or
+    such an array already."""
     if isinstance(indicators, Indicators):
         return np.stack([np.asarray(getattr(indicators, k)) for k in _DIAGNOSED], axis=1)
+    if isinstance(indicators, Mapping):
+        return np.stack([np.asarray(indicators[k]) for k in _DIAGNOSED], axis=1)
     return np.asarray(indicators, bool)
 
 
@@ -97,7 +102,7 @@ def tally(
             raise ValueError(f"start holds the attacks {start.attacks}, this tally {names}")
         flags: tuple[np.ndarray, ...] = ()
         if diagnose and start.indicators is not None:
-            flags = (np.stack([start.indicators[n] for n in _DIAGNOSED], axis=1),)
+            flags = (_indicator_flags(start.indicators),)
         return TallyState(
             fooled_by=(start.fooled_by,),
             perturbation_norm=(start.perturbation_norm,),
@@ -125,7 +130,7 @@ def tally(
             )
         flags = state.indicators
         if diagnose and indicators is not None:
-            flags = flags + (_flags(indicators),)
+            flags = flags + (_indicator_flags(indicators),)
         seconds = state.seconds if batch.seconds is None else state.seconds + np.asarray(batch.seconds)
         return state._replace(
             fooled_by=state.fooled_by + (fooled_by,),
