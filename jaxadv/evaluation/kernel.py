@@ -40,10 +40,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv._core.randomised import fix_key
+from jaxadv._core.rows import flat
 from jaxadv.evaluation.feeding import _check_inputs, _labels
 from jaxadv.evaluation.result import MISCLASSIFIED, ROBUST
 from jaxadv.evaluation.suites import SuiteAttack, check_suite_norm, resolve_suite
 from jaxadv.keys import example_keys, fold_rows, typed_key
+from jaxadv.losses import finite_rows
 from jaxadv.success import AttackResult
 from jaxadv.threat_models import norm_of
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, Norm, PRNGKey
@@ -134,10 +136,6 @@ def outside_message(name: str, norm: str, eps: float, dist: Any, tol: Any) -> st
     )
 
 
-def _finite_rows(a: Array) -> Array:
-    return jnp.isfinite(a.astype(jnp.float32).reshape(a.shape[0], -1)).all(axis=1)
-
-
 def _concrete(*arrays: Array) -> bool:
     return not any(isinstance(a, jax.core.Tracer) for a in arrays)
 
@@ -224,7 +222,7 @@ def evaluate_batch(
         raise ValueError(
             f"labels must be < {z.shape[-1]} (the model's number of classes), found {int(jnp.max(y))}"
         )
-    clean_finite = jnp.isfinite(z).all(axis=-1)
+    clean_finite = finite_rows(z)
     correct = clean_finite & (jnp.argmax(z, axis=-1) == y)
     fooled_by = jnp.where(correct, ROBUST, MISCLASSIFIED).astype(jnp.int32)
     dist = jnp.zeros(n, jnp.float32)
@@ -238,7 +236,7 @@ def evaluate_batch(
         candidates, q = (out.x_adv, out.queries) if isinstance(out, AttackResult) else (out, None)
         candidates = jnp.asarray(candidates).astype(x.dtype)
         z_adv = jnp.asarray(judge(candidates), jnp.float32)
-        finite = _finite_rows(candidates) & jnp.isfinite(z_adv).all(axis=-1)
+        finite = finite_rows(flat(candidates)) & finite_rows(z_adv)
         d, tol, off = feasibility(candidates, x, finite, eps=float(eps), norm=norm, lo=lo, hi=hi)
         if _concrete(off) and bool(jnp.any(off & open_)):
             bad = off & open_
@@ -257,7 +255,7 @@ def evaluate_batch(
         x_best = jnp.where(hit.reshape((n,) + (1,) * (x.ndim - 1)), candidates, x_best)
     # The stored examples are the final word: flags agree with re-predicting them.
     zf = jnp.asarray(judge(x_best), jnp.float32)
-    lost = (fooled_by >= 0) & ((jnp.argmax(zf, axis=-1) == y) | ~jnp.isfinite(zf).all(axis=-1))
+    lost = (fooled_by >= 0) & ((jnp.argmax(zf, axis=-1) == y) | ~finite_rows(zf))
     fooled_by = jnp.where(lost, ROBUST, fooled_by)
     dist = jnp.where(lost, 0.0, dist)
     x_best = jnp.where(lost.reshape((n,) + (1,) * (x.ndim - 1)), x, x_best)
