@@ -144,6 +144,15 @@ def test_bad_inputs_are_refused(mlp: Any, x: Any, y: Any, match: str) -> None:
         evaluate_batch(mlp.logits_fn, x, y, suite=SUITE, eps=EPS, key=KEY)
 
 
+def test_an_empty_batch_gives_an_empty_result(mlp: Any) -> None:
+    x, y = np.zeros((0, 64), np.float32), np.zeros(0, np.int32)
+    out = evaluate_batch(mlp.logits_fn, x, y, suite=SUITE, eps=EPS, key=KEY)
+    assert np.asarray(out.fooled_by).shape == (0,) and np.asarray(out.x_adv).shape == (0, 64)
+    np.testing.assert_array_equal(np.asarray(out.non_finite), [0, 0])
+    t = tally(SUITE, eps=EPS, norm="linf")
+    assert t.finalize(t.update(t.init(), out)).num_examples == 0
+
+
 def test_bad_arguments_are_refused(mlp: Any, data: Any) -> None:
     x, y = data
     with pytest.raises(ValueError, match="eps must be"):

@@ -24,7 +24,9 @@ def _check_inputs(x: np.ndarray, where: str) -> None:
         )
     if x.ndim < 1:
         raise ValueError(f"x must have a leading example axis, got shape {x.shape}")
-    finite = np.isfinite(x.astype(np.float32, copy=False).reshape(x.shape[0], -1)).all(axis=1)
+    # The row size spelled out: a reshape to (0, -1) is ambiguous for zero rows.
+    row = int(np.prod(x.shape[1:], dtype=np.int64))
+    finite = np.isfinite(x.astype(np.float32, copy=False).reshape(x.shape[0], row)).all(axis=1)
     if not finite.all():
         raise ValueError(
             f"x holds NaN or inf ({where}, example {int(np.argmin(finite))} of it): "

@@ -210,6 +210,11 @@ def evaluate_batch(
     n = x.shape[0]
     if _concrete(y):  # evaluate's label checks (negative labels)
         _labels(np.asarray(y), "evaluate_batch")
+    if n == 0:  # nothing to attack: an empty result, without compiling for zero examples
+        none = jnp.zeros((0,), jnp.int32)
+        counts = jnp.zeros((len(attacks),), jnp.int32)
+        clean = jnp.zeros((), jnp.int32)
+        return BatchResult(none, jnp.zeros((0,), jnp.float32), none, x, counts, clean, counts)
     k_attacks, _ = jax.random.split(typed_key(key))
     rows = jnp.arange(n) if index is None else jnp.asarray(index)
     keys = example_keys(k_attacks, rows)
