@@ -11,7 +11,8 @@ import pytest
 import small_models as sm
 
 import jaxadv
-from jaxadv.attacks.apgd import checkpoint_schedule, dlr_targeted
+from jaxadv.attacks.apgd import dlr_targeted
+from jaxadv.compose.step_sizes import checkpoint_schedule
 
 
 def test_checkpoints_follow_the_paper() -> None:

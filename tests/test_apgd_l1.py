@@ -28,7 +28,9 @@ import small_models as sm
 from hypothesis import HealthCheck, given, settings
 
 import jaxadv
-from jaxadv.attacks.apgd import l1_checkpoint_schedule, project_l1_box, stage_steps
+from jaxadv.attacks.apgd_loop import stage_steps
+from jaxadv.compose.step_sizes import l1_checkpoint_schedule
+from jaxadv.threat_models import project_l1_box
 
 KEY = jax.random.key(0)
 

@@ -53,6 +53,13 @@ def test_golden_file_covers_every_case(golden: dict[str, np.ndarray]) -> None:
 #: XLA's backend optimisations (as the tests compile by default: tests/conftest.py).
 OPTIMISED = {"apgd_ce_l2"}
 
+#: Cases whose iterate also depends on the CPU's vector width: the L2 norms are sums whose
+#: order of addition changes with it. The pin was made on an AVX2 CPU; on an AVX-512 one
+#: one example of apgd_ce_l2 ends up to 8.5e-5 away (the other cases stay within 1e-6).
+#: Its tolerance is 5e-4, below what a change of configuration moves it by (one restart
+#: instead of two: 2.6e-3; the DLR loss: 0.023; no early stop: 0.041).
+CPU_DEPENDENT = {"apgd_ce_l2": 5e-4}
+
 
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=pytest.mark.full_optimization) if n in OPTIMISED else n for n in gm.CASES]
@@ -62,7 +69,7 @@ def test_matches_golden(name: str, setup: gm.Setup, golden: dict[str, np.ndarray
     got = np.asarray(_x_adv(out))
     want = golden[name]
     assert got.shape == want.shape and got.dtype == want.dtype
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=CPU_DEPENDENT.get(name, 1e-6), err_msg=name)
     # success/queries are pinned for the black-box attacks; compare whichever the output carries.
     for field in gm.INFO_FIELDS:
         if hasattr(out, field):

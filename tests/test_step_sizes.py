@@ -39,6 +39,15 @@ def _reference(objectives: np.ndarray, eta0: float, rho: float) -> tuple[list[fl
     return etas, restarts
 
 
+def _progress(t: int, objective: Any, best: Any) -> compose.Progress:
+    """A Progress whose best record holds only the objective (what halving reads)."""
+    best = jnp.asarray(best)
+    record = compose.BestLoss(jnp.zeros((best.shape[0], 1)), jnp.zeros((best.shape[0], 1)), best)
+    return compose.Progress(
+        jnp.asarray(t), jnp.asarray(objective), record, jnp.zeros((best.shape[0], 1)), 0.1
+    )
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_checkpoint_halving_follows_apgd_rule(seed: int) -> None:
     rng = np.random.default_rng(seed)
@@ -52,14 +61,14 @@ def test_checkpoint_halving_follows_apgd_rule(seed: int) -> None:
     part = compose.checkpoint_halving(rho)
     state = part.init(jnp.full((batch,), 0.5), steps)
     best = jnp.asarray(objectives[:, 0])
-    state, restart = part.update(state, jnp.asarray(-1), best, best)
+    state, restart = part.update(state, _progress(-1, best, best))
     assert not bool(jnp.any(restart))
     update = jax.jit(part.update)
     got_eta, got_restart = [], []
     for t in range(steps):
         obj = jnp.asarray(objectives[:, t + 1])
         best = jnp.maximum(best, obj)
-        state, restart = update(state, jnp.asarray(t), obj, best)
+        state, restart = update(state, _progress(t, obj, best))
         got_eta.append(np.asarray(state.eta))
         got_restart.append(np.asarray(restart))
     for row in range(batch):
@@ -75,7 +84,7 @@ def test_checkpoint_halving_follows_apgd_rule(seed: int) -> None:
 def test_fixed_never_restarts_and_keeps_the_step() -> None:
     part = compose.fixed()
     state = part.init(jnp.asarray([0.1, 0.2]), 10)
-    state, restart = part.update(state, jnp.asarray(3), jnp.zeros(2), jnp.zeros(2))
+    state, restart = part.update(state, _progress(3, jnp.zeros(2), jnp.zeros(2)))
     np.testing.assert_array_equal(np.asarray(state.eta), np.float32([0.1, 0.2]))
     assert not bool(jnp.any(restart))
 

@@ -77,23 +77,17 @@ import jax.numpy as jnp
 from jaxadv._core.problem import check_finite_step
 from jaxadv._core.randomised import loop_problem, prepare_problem
 from jaxadv._core.rows import select_rows
-
-# The schedules and the L1 projection stay importable from this module (F401).
-from jaxadv.attacks.apgd_loop import (  # noqa: F401
-    _all_found,
+from jaxadv.attacks.apgd_loop import (
     _check_common,
     _clean_logits,
     _run,
     _start,
-    l1_checkpoint_schedule,
-    stage_steps,
 )
-from jaxadv.compose.step_sizes import checkpoint_schedule  # noqa: F401
+from jaxadv.compose.restarts import settled
 from jaxadv.keys import fold_rows, row_keys
 from jaxadv.losses import dlr, dlr_targeted, finite_rows, get_loss
 from jaxadv.models import combine_model
 from jaxadv.success import AttackResult
-from jaxadv.threat_models import project_l1_box  # noqa: F401
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_steps, check_target_classes
 
@@ -301,7 +295,7 @@ def apgd(
             randomized=randomized,
             shrinking_eps=shrinking_eps,
         )
-        if _all_found(out, clean_bad):
+        if settled(out, clean_bad):
             break
     x_adv = p.finalize(select_rows(clean_bad, p.x, out.x))
     return p.output(x_adv, targeted=targeted, return_info=return_info)
@@ -459,7 +453,7 @@ def apgd_targeted(
                 randomized=randomized,
                 shrinking_eps=shrinking_eps,
             )
-        if _all_found(out, clean_bad):
+        if settled(out, clean_bad):
             break
     x_adv = p.finalize(select_rows(clean_bad, p.x, out.x))
     return p.output(x_adv, targeted=False, return_info=return_info)

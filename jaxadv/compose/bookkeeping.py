@@ -9,6 +9,11 @@ iterate returns its last iterate when that is adversarial, otherwise the last
 adversarial iterate it saw, otherwise the last iterate: a later step never
 loses a success.
 
+A run that keeps both records ends in an :class:`Outcome` per example (the
+adversarial iterate, else the highest-loss one); :func:`merge` combines the
+outcomes of restarts: an earlier success is kept, a new success replaces a
+failure, and among failures the higher objective wins.
+
 A score-based attack (:func:`jaxadv.spsa`, :func:`jaxadv.nes`) keeps a
 :class:`QueryCount` instead, under the rules of :mod:`jaxadv.attacks.blackbox`:
 each new iterate is evaluated once, an example stops (is frozen, and stops
@@ -30,10 +35,13 @@ from jaxadv.typing import Array
 __all__ = [
     "Best",
     "BestLoss",
+    "Outcome",
     "QueryCount",
     "charge",
     "init_best",
     "init_best_loss",
+    "merge",
+    "no_outcome",
     "objective",
     "record",
     "record_loss",
@@ -125,3 +133,32 @@ def charge(
     active = ~count.done
     done = count.done | (active & hits(logits, labels, targeted))
     return QueryCount(chain, done, count.queries + active.astype(jnp.int32) * cost), active
+
+
+class Outcome(NamedTuple):
+    """The end of a run, per example: ``x`` ``[batch, ...]`` the point to return,
+    ``found`` ``[batch]`` bool whether it fools the model, ``objective``
+    ``[batch]`` the highest objective seen (``-inf`` when none was finite)."""
+
+    x: Array
+    found: Array
+    objective: Array
+
+
+def no_outcome(x: Array) -> Outcome:
+    """Before any run: ``x`` itself, nothing found, objective ``-inf``."""
+    return Outcome(x, jnp.zeros((x.shape[0],), bool), jnp.full((x.shape[0],), -jnp.inf, jnp.float32))
+
+
+def merge(prior: Outcome, new: Outcome) -> Outcome:
+    """Combine two runs' outcomes per example: an earlier success is kept, a new
+    success replaces a failure, and between two failures the higher objective
+    wins (a tie keeps the earlier)."""
+    new_hit = new.found & ~prior.found
+    higher = ~new.found & ~prior.found & (new.objective > prior.objective)
+    take = new_hit | higher
+    return Outcome(
+        select_rows(take, new.x, prior.x),
+        prior.found | new.found,
+        jnp.where(higher, new.objective, prior.objective),
+    )

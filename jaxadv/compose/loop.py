@@ -47,6 +47,7 @@ from jaxadv._core.rows import select_rows
 from jaxadv.compose.bookkeeping import (
     Best,
     BestLoss,
+    Outcome,
     QueryCount,
     charge,
     init_best,
@@ -57,7 +58,7 @@ from jaxadv.compose.bookkeeping import (
     select,
 )
 from jaxadv.compose.sources import LossGradient, _pytree, check_parts
-from jaxadv.compose.step_sizes import Fixed
+from jaxadv.compose.step_sizes import Fixed, Progress
 from jaxadv.compose.updates import Context, Nesterov, Steepest
 from jaxadv.engine import iterate
 from jaxadv.keys import fold_rows, row_keys, split_rows
@@ -67,7 +68,16 @@ from jaxadv.threat_models import mask_blocked, project_to_feasible, random_feasi
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, Norm, PRNGKey
 from jaxadv.validation import check_key, check_norm, check_steps
 
-__all__ = ["Attack", "LoopState", "Operands", "attack_step", "run_from", "run_with_queries"]
+__all__ = [
+    "Attack",
+    "LoopState",
+    "Operands",
+    "attack_step",
+    "run_books",
+    "run_from",
+    "run_outcome",
+    "run_with_queries",
+]
 
 
 @_pytree(
@@ -99,7 +109,8 @@ class Attack:
       random_start: start from a uniform point of the ball (needs ``key``).
       keep_best: round iterates to the caller's dtype, test each for success and
         return the best one (:mod:`jaxadv.compose.bookkeeping`); otherwise the
-        last iterate is returned.
+        last iterate is returned. With a step-size part that restarts (it keeps
+        the highest-loss iterate), an example never fooled gets that iterate.
       early_stop: with ``keep_best``, freeze an example once it is adversarial.
       l1_sparsity: fraction of coordinates an L1 step moves.
       randomized: the model is called as ``logits_fn(x, key)`` with a fresh key
@@ -286,7 +297,8 @@ class LoopState(NamedTuple):
 
 class Operands(NamedTuple):
     """Loop-invariant arrays (traced): the model's parameters, the clean batch and
-    its labels, the box, the radius, the step size, the key and the attack's parts."""
+    its labels, the box, the radius, the step size, the key, the attack's parts
+    and the labels its loss is given."""
 
     params: Any
     x: Array
@@ -297,6 +309,7 @@ class Operands(NamedTuple):
     step_size: Array
     key: Array  # [batch] keys, one per example
     attack: Attack
+    loss_labels: Array | None = None  # what the source's loss is given, if not the labels (APGD-T)
 
 
 class Static(NamedTuple):
@@ -316,28 +329,36 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
     else:  # the score-based attacks' key chain
         chain, key = split_rows(s.tally.key)
     point = a.rule.lookahead(s.rule, s.x, ops.step_size)
-    g = a.source(model, point, ops.labels, key=key, targeted=static.targeted)
-    grad = mask_blocked(g.grad, s.x, ops.lo, ops.hi) if a.norm == "l1" else g.grad
+    loss_labels = ops.labels if ops.loss_labels is None else ops.loss_labels
+    g = a.source(model, point, loss_labels, key=key, targeted=static.targeted)
+    masked = a.norm == "l1" and getattr(a.rule, "mask_box", True)
+    grad = mask_blocked(g.grad, s.x, ops.lo, ops.hi) if masked else g.grad
 
     def grad_at(pt: Array, k: PRNGKey) -> Array:
-        return a.source(model, pt, ops.labels, key=k, targeted=static.targeted).grad
+        return a.source(model, pt, loss_labels, key=k, targeted=static.targeted).grad
 
-    x_from, step_size, scheduled = s.x, ops.step_size, {}
+    x_from, step_size, scheduled, sparsity = s.x, ops.step_size, {}, a.l1_sparsity
     if s.schedule is not None and s.best_loss is not None:
         # The step-size part sees the objective at x_t; where it restarts, the step
         # leaves from the highest-loss iterate with the gradient taken there.
         value = objective(g.loss, g.ok, static.targeted)
         best_loss = record_loss(s.best_loss, s.x, grad, value)
-        sched, restart = a.schedule.update(s.schedule, i - 1, value, best_loss.objective)
+        sched, restart = a.schedule.update(s.schedule, Progress(i - 1, value, best_loss, ops.x, ops.eps))
         x_from = select_rows(restart, best_loss.x, s.x)
         grad = select_rows(restart, best_loss.grad, grad)
         step_size = sched.eta
+        sparsity = getattr(sched, "l1_sparsity", sparsity)
         scheduled = {"schedule": sched, "best_loss": best_loss}
-    ctx = Context(x_from, key, ops.eps, a.norm, a.l1_sparsity, grad_at)
+    ctx = Context(x_from, key, ops.eps, a.norm, sparsity, grad_at)
     direction, rule_state = a.rule.update(grad, s.rule, ctx)
-    x_new = project_to_feasible(
-        x_from + step_along(step_size, direction), ops.x, ops.eps, a.norm, ops.lo, ops.hi
-    )
+
+    def project(v: Array) -> Array:
+        return project_to_feasible(v, ops.x, ops.eps, a.norm, ops.lo, ops.hi)
+
+    x_new = project(x_from + step_along(step_size, direction))
+    settle = getattr(a.rule, "settle", None)
+    if settle is not None:
+        x_new, rule_state = settle(rule_state, x_from, x_new, project)
     if s.tally is not None:
         # One query at the new iterate; it is taken only where it and the
         # estimate are finite, and only by examples still active.
@@ -359,8 +380,19 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
         return LoopState(x_new, rule_state, best, None, **scheduled)
     # A successful example stays where it is, with its rule's and schedule's state.
     before = {name: getattr(s, name) for name in scheduled}
-    x_new, rule_state, scheduled = select_rows(~hit, (x_new, rule_state, scheduled), (s.x, s.rule, before))
-    return LoopState(x_new, rule_state, best, None, **scheduled)
+    x_new, rule_state = select_rows(~hit, (x_new, rule_state), (s.x, s.rule))
+    return LoopState(x_new, rule_state, best, None, **_select_per_example(~hit, scheduled, before))
+
+
+def _select_per_example(mask: Array, new: Any, old: Any) -> Any:
+    """``new`` where ``mask``, else ``old``, on the leaves with one row per example;
+    the others (a schedule's ``[steps]`` checkpoint table) are the same in both."""
+    b = mask.shape[0]
+
+    def pick(n: Array, o: Array) -> Array:
+        return select_rows(mask, n, o) if n.ndim and n.shape[0] == b else n
+
+    return jax.tree.map(pick, new, old)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "targeted", "randomized"))
@@ -380,6 +412,26 @@ def _final(
     return select(s.best, s.x, z, x, labels, targeted)
 
 
+@functools.partial(jax.jit, static_argnames=("static", "steps"))
+def _final_outcome(s: LoopState, ops: Operands, *, static: Static, steps: int) -> tuple[Outcome, BestLoss]:
+    """The last iterate's books, for an attack that keeps the highest-loss iterate:
+    its objective (from the source, with the key of step ``steps``) and success;
+    the example to return is the adversarial one found, else the highest-loss
+    iterate, else ``x`` (no iterate had a finite objective)."""
+    assert s.best is not None and s.best_loss is not None
+    a = ops.attack
+    model = source_model(static.model, ops.params, a.randomized)
+    key = fold_rows(ops.key, steps)
+    loss_labels = ops.labels if ops.loss_labels is None else ops.loss_labels
+    g = a.source(model, s.x, loss_labels, key=key, targeted=static.targeted)
+    value = objective(g.loss, g.ok, static.targeted)
+    best_loss = record_loss(s.best_loss, s.x, g.grad, value)
+    z = g.logits if g.logits is not None else model(s.x, fold_rows(key, EVAL_FOLD))
+    best, _ = record(s.best, s.x, z, ops.labels, static.targeted)
+    fallback = select_rows(best_loss.objective > -jnp.inf, best_loss.x, ops.x)
+    return Outcome(select_rows(best.found, best.x_adv, fallback), best.found, best_loss.objective), best_loss
+
+
 def _run(
     attack: Attack,
     p: Problem,
@@ -390,12 +442,23 @@ def _run(
     steps: int,
     targeted: bool,
     loop: LoopMode,
-) -> LoopState:
-    operands = Operands(p.params, p.x, p.labels, p.lo, p.hi, p.eps, step_size, key, attack)
+    loss_labels: Array | None = None,
+) -> tuple[LoopState, Operands, Static]:
+    operands = Operands(p.params, p.x, p.labels, p.lo, p.hi, p.eps, step_size, key, attack, loss_labels)
     # The dtype matters inside the loop only to round iterates for the bookkeeping:
     # without it, a bfloat16 batch reuses the float32 program.
     static = Static(p.model, targeted, p.dtype if attack.keep_best else None)
-    return iterate(attack_step, state, operands, steps=steps, static=static, loop=loop)
+    state = iterate(attack_step, state, operands, steps=steps, static=static, loop=loop)
+    return state, operands, static
+
+
+def _init_state(attack: Attack, p: Problem, x_init: Array, step_size: Array, steps: int) -> LoopState:
+    state = LoopState(x_init, attack.rule.init(x_init), init_best(x_init) if attack.keep_best else None)
+    if isinstance(attack.schedule, Fixed):
+        return state
+    eta = jnp.broadcast_to(jnp.asarray(step_size, jnp.float32), p.x.shape[:1])
+    schedule = attack.schedule.init(eta, steps, start=x_init, x=p.x)
+    return state._replace(schedule=schedule, best_loss=init_best_loss(x_init))
 
 
 def run_from(
@@ -414,20 +477,76 @@ def run_from(
     named attacks and of the adversarial-training losses. (An attack with
     ``count_queries`` runs through :func:`run_with_queries`.) ``key``: one key or
     ``[batch]`` keys (:func:`jaxadv.keys.row_keys`); step ``i`` of example ``b``
-    draws from ``fold_in(keys[b], i)``."""
+    draws from ``fold_in(keys[b], i)``. An attack whose step-size part keeps the
+    highest-loss iterate returns it for the examples it did not fool
+    (:func:`run_outcome`)."""
     if attack.count_queries:
         raise ValueError("an attack with count_queries runs through run_with_queries")
+    if attack.keep_best and not isinstance(attack.schedule, Fixed):
+        run = dict(key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop)
+        return run_outcome(attack, p, x_init, **run).x  # type: ignore[arg-type]
     key = row_keys(key, p.x.shape[0])
-    state = LoopState(x_init, attack.rule.init(x_init), init_best(x_init) if attack.keep_best else None)
-    if not isinstance(attack.schedule, Fixed):
-        eta = jnp.broadcast_to(jnp.asarray(step_size, jnp.float32), p.x.shape[:1])
-        state = state._replace(schedule=attack.schedule.init(eta, steps), best_loss=init_best_loss(x_init))
-    state = _run(attack, p, state, key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop)
+    state = _init_state(attack, p, x_init, step_size, steps)
+    state, _, _ = _run(
+        attack, p, state, key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop
+    )
     if not attack.keep_best:
         return state.x
     return _final(
         p.params, state, p.x, p.labels, key, model=p.model, targeted=targeted, randomized=attack.randomized
     )
+
+
+def run_outcome(
+    attack: Attack,
+    p: Problem,
+    x_init: Array,
+    *,
+    key: PRNGKey,
+    step_size: Array,
+    steps: int,
+    targeted: bool,
+    loop: LoopMode,
+    loss_labels: Array | None = None,
+) -> Outcome:
+    """Run an attack that keeps its best iterates (``keep_best`` and a step-size part
+    that restarts, such as APGD's) from ``x_init``, rounded to the caller's dtype:
+    per example, the point to return (the adversarial iterate found, else the
+    highest-objective one), whether it fooled the model, and the highest
+    objective (an :class:`jaxadv.compose.Outcome`, which restarts merge:
+    :func:`jaxadv.compose.merge`). ``loss_labels``: what the source's loss is
+    given instead of the problem's labels (APGD-T's targeted DLR), success still
+    being judged on the labels."""
+    run = dict(
+        key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop, loss_labels=loss_labels
+    )
+    return run_books(attack, p, x_init, **run)[0]  # type: ignore[arg-type]
+
+
+def run_books(
+    attack: Attack,
+    p: Problem,
+    x_init: Array,
+    *,
+    key: PRNGKey,
+    step_size: Array,
+    steps: int,
+    targeted: bool,
+    loop: LoopMode,
+    loss_labels: Array | None = None,
+) -> tuple[Outcome, BestLoss]:
+    """:func:`run_outcome`, and the highest-objective iterate itself (where a
+    later run may continue from, as L1-APGD's shrinking radii do)."""
+    if not attack.keep_best or isinstance(attack.schedule, Fixed):
+        raise ValueError("run_outcome needs an attack with keep_best and a step-size part that restarts")
+    key = row_keys(key, p.x.shape[0])
+    x_init = as_returned(x_init, p.dtype, p.lo, p.hi)
+    state = _init_state(attack, p, x_init, step_size, steps)
+    run = dict(
+        key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop, loss_labels=loss_labels
+    )
+    state, operands, static = _run(attack, p, state, **run)  # type: ignore[arg-type]
+    return _final_outcome(state, operands, static=static, steps=steps)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "targeted", "randomized"))
@@ -462,6 +581,8 @@ def run_with_queries(
     )
     count = QueryCount(key, done, jnp.ones(p.x.shape[:1], jnp.int32))
     state = LoopState(p.x, attack.rule.init(p.x), None, count)
-    state = _run(attack, p, state, key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop)
+    state, _, _ = _run(
+        attack, p, state, key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop
+    )
     assert state.tally is not None
     return state.x, state.tally.queries

@@ -6,7 +6,10 @@ A rule has the shape of an optax transformation:
 * ``lookahead(state, x_t, step_size) -> point``: where the next gradient is
   taken (``x_t`` itself except for Nesterov's look-ahead);
 * ``update(grad, state, ctx) -> (direction, state)``: the direction of the
-  step from ``x_t``, which the loop scales by ``step_size`` and projects.
+  step from ``x_t``, which the loop scales by ``step_size`` and projects;
+* optionally ``settle(state, x_t, z, project) -> (x_next, state)``: the next
+  iterate from the projected step ``z`` (APGD's :class:`HeavyBall` mixes in the
+  previous move and projects again); without it the next iterate is ``z``.
 
 ``ctx`` (:class:`Context`) carries the iterate, the norm, the step's key and a
 ``grad_at(point, key)`` callback for rules that need more gradients (variance
@@ -30,21 +33,27 @@ from typing import Any, Callable, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
+from jaxadv._core.rows import flat
 from jaxadv.compose.sources import _pytree
 from jaxadv.keys import draw_rows, fold_rows, row_keys
-from jaxadv.threat_models import per_example, steepest_direction, step_along, unit_l1
+from jaxadv.threat_models import per_example, row_sum, steepest_direction, step_along, unit_l1
 from jaxadv.typing import Array, ArrayLike, Norm, PRNGKey
 from jaxadv.validation import check_finite
 
 __all__ = [
     "Context",
+    "HeavyBall",
+    "HeavyBallState",
     "Momentum",
     "Nesterov",
+    "SparseSteepest",
     "Steepest",
     "UpdateRule",
     "VarianceTuning",
+    "heavy_ball",
     "momentum",
     "nesterov",
+    "sparse_steepest",
     "steepest",
     "variance_tuning",
 ]
@@ -58,7 +67,9 @@ class Context(NamedTuple):
       key: the step's ``[batch]`` keys, one per example (:mod:`jaxadv.keys`).
       eps: scalar or ``[batch]`` radius.
       norm: canonical norm name (static).
-      l1_sparsity: fraction of coordinates an L1 direction moves (static).
+      l1_sparsity: fraction of coordinates an L1 direction moves: the attack's
+        static one, or ``[batch]`` fractions from a step-size part that adapts
+        them (:class:`jaxadv.compose.SparsityCheckpoints`).
       grad_at: ``grad_at(point, keys) -> [batch, ...]``: the source's gradient at
         another point (0 where it is not finite), ``keys`` ``[batch]``.
     """
@@ -67,7 +78,7 @@ class Context(NamedTuple):
     key: PRNGKey
     eps: Array
     norm: Norm
-    l1_sparsity: float
+    l1_sparsity: Any
     grad_at: Callable[[Array, PRNGKey], Array]
 
 
@@ -210,6 +221,89 @@ class VarianceTuning:
         return _direction(velocity, ctx), VarianceState(velocity, variance)
 
 
+class HeavyBallState(NamedTuple):
+    """``previous``: the iterate the last step left from; ``moved``: ``[batch]``
+    bool, a step has been taken."""
+
+    previous: Array
+    moved: Array
+
+
+@_pytree(data=("alpha",), meta=())
+@dataclasses.dataclass(frozen=True)
+class HeavyBall:
+    r"""APGD's momentum on projected steps (Croce & Hein, 2020). The step direction
+    is the steepest one, :math:`d = d_p(g)`; from the projected step
+    :math:`z = \Pi_S(x_t + \eta d)` the next iterate is
+
+    .. math::
+        x_{t+1} = \Pi_S\big(x_t + \alpha (z - x_t) + (1 - \alpha)(x_t - x_{t-1})\big),
+
+    with :math:`\alpha = 1` at the first step (:meth:`settle`). Unlike
+    :class:`Momentum`, the memory is of points, not of gradients."""
+
+    alpha: Any = 0.75
+
+    def check(self) -> None:
+        """Refuse an ``alpha`` that is not a finite number in ``[0, 1]``."""
+        check_finite(self.alpha, "alpha", minimum=0.0, maximum=1.0)
+
+    def init(self, x: Array) -> HeavyBallState:
+        return HeavyBallState(x, jnp.zeros(x.shape[:1], bool))
+
+    def lookahead(self, state: Any, x_t: Array, step_size: Array) -> Array:
+        return x_t
+
+    def update(self, grad: Array, state: Any, ctx: Context) -> tuple[Array, Any]:
+        return _direction(grad, ctx), state
+
+    def settle(
+        self, state: HeavyBallState, x_t: Array, z: Array, project: Callable[[Array], Array]
+    ) -> tuple[Array, HeavyBallState]:
+        """The next iterate from the projected step ``z`` (class docstring)."""
+        a = per_example(jnp.where(state.moved, self.alpha, 1.0), x_t)
+        x_next = project(x_t + a * (z - x_t) + (1.0 - a) * (x_t - state.previous))
+        return x_next, HeavyBallState(x_t, jnp.ones_like(state.moved))
+
+
+def sparse_sign(grad: Array, fraction: Array) -> Array:
+    r"""L1-APGD's step direction: :math:`\mathrm{sign}(g_i)/|K|` on the set :math:`K`
+    of coordinates whose :math:`|g_i|` reaches the :math:`(1 - \kappa)`-quantile of
+    the example's :math:`|g|` (the top ``fraction`` :math:`\kappa`, ``[batch]``),
+    0 elsewhere; a unit-L1 direction (0 for a zero gradient)."""
+    g = flat(grad)
+    n = g.shape[1]
+    a = jnp.abs(g)
+    idx = jnp.clip(jnp.floor((1.0 - fraction) * n), 0, n - 1).astype(jnp.int32)
+    # A sort rather than lax.top_k, which a batch-sharded input would all-gather.
+    threshold = jnp.take_along_axis(jnp.sort(a, axis=1), idx[:, None], axis=1)
+    s = jnp.where(a >= threshold, jnp.sign(g), 0.0)
+    return (s / (row_sum(jnp.abs(s))[:, None] + 1e-10)).reshape(grad.shape)
+
+
+@_pytree(data=(), meta=())
+@dataclasses.dataclass(frozen=True)
+class SparseSteepest:
+    r"""L1-APGD's sparse step ("Mind the box", Croce & Hein, 2021): :func:`sparse_sign`
+    of the gradient with the fraction :math:`\kappa` of ``ctx.l1_sparsity`` (per
+    example when a :class:`jaxadv.compose.SparsityCheckpoints` schedule adapts it).
+    The quantile is taken over every coordinate: the loop does not zero the
+    coordinates blocked by the box first (``mask_box`` is false), as in the
+    authors' algorithm."""
+
+    mask_box = False  # not a field: the loop reads it
+
+    def init(self, x: Array) -> tuple[()]:
+        return ()
+
+    def lookahead(self, state: Any, x_t: Array, step_size: Array) -> Array:
+        return x_t
+
+    def update(self, grad: Array, state: Any, ctx: Context) -> tuple[Array, Any]:
+        fraction = jnp.broadcast_to(jnp.asarray(ctx.l1_sparsity, jnp.float32), grad.shape[:1])
+        return sparse_sign(grad, fraction), state
+
+
 def _traced(value: ArrayLike) -> Array:
     return jnp.asarray(value, jnp.float32)
 
@@ -244,3 +338,15 @@ def variance_tuning(
     rule = VarianceTuning(_traced(decay), _traced(neighborhood), num_neighbors)
     rule.check()
     return rule
+
+
+def heavy_ball(alpha: ArrayLike = 0.75) -> HeavyBall:
+    """:class:`HeavyBall` with weight :math:`\\alpha` on the new step (traced; in ``[0, 1]``)."""
+    rule = HeavyBall(_traced(alpha))
+    rule.check()
+    return rule
+
+
+def sparse_steepest() -> SparseSteepest:
+    """:class:`SparseSteepest`."""
+    return SparseSteepest()
