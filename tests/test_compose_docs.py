@@ -45,7 +45,8 @@ def page() -> Any:
 
 def test_page_has_the_worked_example() -> None:
     code = "\n".join(_blocks())
-    for needed in ("compose.eot(", "compose.momentum(", 'norm="l2"', "@jax.jit", "jax.vmap", "shard_batch"):
+    needed_calls = ("compose.eot(", "compose.momentum(", "compose.heavy_ball(", "compose.restarts(")
+    for needed in (*needed_calls, 'norm="l2"', "@jax.jit", "jax.vmap", "shard_batch"):
         assert needed in code, needed
 
 
@@ -95,3 +96,12 @@ def test_sharded_batch_gives_the_direct_result(page: dict[str, Any]) -> None:
 
 def test_custom_rule_stays_in_the_linf_ball(page: dict[str, Any]) -> None:
     _inside(page["x_adam"], page["x"], 0.1, "linf")
+
+
+def test_mi_fgsm_and_apgd_as_configurations_are_the_named_attacks(page: dict[str, Any]) -> None:
+    np.testing.assert_array_equal(np.asarray(page["x_mi_parts"]), np.asarray(page["x_mi"]))
+    np.testing.assert_array_equal(np.asarray(page["x_apgd_parts"]), np.asarray(page["x_apgd"]))
+    # Not a vacuous equality: the attacks moved the examples, and APGD fooled more.
+    x = np.asarray(page["x"])
+    assert np.abs(np.asarray(page["x_apgd"]) - x).max() > 0.05
+    _inside(page["x_apgd"], x, 0.1, "linf")

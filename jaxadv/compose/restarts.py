@@ -167,6 +167,6 @@ class Restarts:
         return p.output(x_adv, targeted=targeted, return_info=return_info)
 
 
-def restarts(attack: Attack, num_restarts: int) -> Restarts:
+def restarts(attack: Attack, *, num_restarts: int) -> Restarts:
     """:class:`Restarts`: ``num_restarts`` runs of ``attack``, outcomes merged."""
     return Restarts(attack, num_restarts)
