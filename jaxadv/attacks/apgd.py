@@ -64,7 +64,19 @@ dtype) are tracked per example; an example that has become adversarial is
 frozen (its state no longer changes inside the compiled loop) when
 ``early_stop`` is on. A point where the model's logits (or the loss, or its
 gradient) are not finite scores a loss of :math:`-\infty` and is never
-adversarial; examples whose clean logits are not finite are returned unchanged.
+adversarial; it sends its example back to :math:`x` for the next step, as in
+every composed attack. Examples whose clean logits are not finite are returned
+unchanged.
+
+**A configuration of** :mod:`jaxadv.compose`. One run is a
+:class:`jaxadv.compose.Attack` (``jaxadv.attacks.apgd_loop.configuration``):
+:class:`~jaxadv.compose.HeavyBall` with
+:class:`~jaxadv.compose.CheckpointHalving` (L-inf, L2), or
+:class:`~jaxadv.compose.SparseSteepest` with
+:class:`~jaxadv.compose.SparsityCheckpoints` (L1), a random start and the
+books of the best iterates; restarts and target classes merge the runs'
+outcomes with :func:`jaxadv.compose.merge`, as :func:`jaxadv.compose.restarts`
+does.
 """
 
 from __future__ import annotations

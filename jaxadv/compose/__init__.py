@@ -1,9 +1,10 @@
 """Attacks from parts: gradient sources, update rules, step sizes, threat model, bookkeeping.
 
 Every iterative gradient attack of the library (FGSM, BIM, PGD, MI/NI/VMI/TI/
-DI-FGSM, EOT-PGD, and the score-based SPSA and NES) is an :class:`Attack`
-built from these parts and run by one loop body; a user's own attack is built
-the same way (see the "Build your own attack" page of the docs)::
+DI-FGSM, EOT-PGD, APGD and APGD-T in L-inf, L2 and L1, and the score-based SPSA
+and NES) is an :class:`Attack` built from these parts and run by one loop body
+(APGD's runs wrapped in :func:`restarts`); a user's own attack is built the
+same way (see the "Build your own attack" page of the docs)::
 
     from jaxadv import compose
 

@@ -75,7 +75,6 @@ __all__ = [
     "attack_step",
     "run_books",
     "run_from",
-    "run_outcome",
     "run_with_queries",
 ]
 
@@ -479,12 +478,12 @@ def run_from(
     ``[batch]`` keys (:func:`jaxadv.keys.row_keys`); step ``i`` of example ``b``
     draws from ``fold_in(keys[b], i)``. An attack whose step-size part keeps the
     highest-loss iterate returns it for the examples it did not fool
-    (:func:`run_outcome`)."""
+    (:func:`run_books`)."""
     if attack.count_queries:
         raise ValueError("an attack with count_queries runs through run_with_queries")
     if attack.keep_best and not isinstance(attack.schedule, Fixed):
         run = dict(key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop)
-        return run_outcome(attack, p, x_init, **run).x  # type: ignore[arg-type]
+        return run_books(attack, p, x_init, **run)[0].x  # type: ignore[arg-type]
     key = row_keys(key, p.x.shape[0])
     state = _init_state(attack, p, x_init, step_size, steps)
     state, _, _ = _run(
@@ -495,32 +494,6 @@ def run_from(
     return _final(
         p.params, state, p.x, p.labels, key, model=p.model, targeted=targeted, randomized=attack.randomized
     )
-
-
-def run_outcome(
-    attack: Attack,
-    p: Problem,
-    x_init: Array,
-    *,
-    key: PRNGKey,
-    step_size: Array,
-    steps: int,
-    targeted: bool,
-    loop: LoopMode,
-    loss_labels: Array | None = None,
-) -> Outcome:
-    """Run an attack that keeps its best iterates (``keep_best`` and a step-size part
-    that restarts, such as APGD's) from ``x_init``, rounded to the caller's dtype:
-    per example, the point to return (the adversarial iterate found, else the
-    highest-objective one), whether it fooled the model, and the highest
-    objective (an :class:`jaxadv.compose.Outcome`, which restarts merge:
-    :func:`jaxadv.compose.merge`). ``loss_labels``: what the source's loss is
-    given instead of the problem's labels (APGD-T's targeted DLR), success still
-    being judged on the labels."""
-    run = dict(
-        key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop, loss_labels=loss_labels
-    )
-    return run_books(attack, p, x_init, **run)[0]  # type: ignore[arg-type]
 
 
 def run_books(
@@ -535,10 +508,18 @@ def run_books(
     loop: LoopMode,
     loss_labels: Array | None = None,
 ) -> tuple[Outcome, BestLoss]:
-    """:func:`run_outcome`, and the highest-objective iterate itself (where a
-    later run may continue from, as L1-APGD's shrinking radii do)."""
+    """Run an attack that keeps its best iterates (``keep_best`` and a step-size part
+    that restarts, such as APGD's) from ``x_init``, rounded to the caller's dtype.
+
+    Returns the run's :class:`jaxadv.compose.Outcome` (per example: the point to
+    return, the adversarial iterate found, else the highest-objective one;
+    whether it fooled the model; the highest objective), which restarts merge
+    (:func:`jaxadv.compose.merge`), and the highest-objective iterate itself
+    (where a later run may continue from, as L1-APGD's shrinking radii do).
+    ``loss_labels``: what the source's loss is given instead of the problem's
+    labels (APGD-T's targeted DLR), success still being judged on the labels."""
     if not attack.keep_best or isinstance(attack.schedule, Fixed):
-        raise ValueError("run_outcome needs an attack with keep_best and a step-size part that restarts")
+        raise ValueError("run_books needs an attack with keep_best and a step-size part that restarts")
     key = row_keys(key, p.x.shape[0])
     x_init = as_returned(x_init, p.dtype, p.lo, p.hi)
     state = _init_state(attack, p, x_init, step_size, steps)

@@ -33,7 +33,7 @@ from jaxadv._core.problem import Problem, check_finite_step, check_step_size
 from jaxadv._core.randomised import loop_problem, prepare_problem
 from jaxadv._core.rows import select_rows
 from jaxadv.compose.bookkeeping import Outcome, merge, no_outcome
-from jaxadv.compose.loop import Attack, run_outcome
+from jaxadv.compose.loop import Attack, run_books
 from jaxadv.compose.sources import _pytree, check_parts
 from jaxadv.compose.step_sizes import Fixed
 from jaxadv.keys import fold_rows, row_keys
@@ -77,7 +77,7 @@ def run_restarts(
     a run's steps (the run's key by default)."""
     out = no_outcome(p.x) if prior is None else prior
     for key in keys:
-        new = run_outcome(
+        new, _ = run_books(
             attack,
             p,
             start(p, key),
