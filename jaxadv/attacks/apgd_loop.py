@@ -20,7 +20,6 @@ import functools
 import math
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from jaxadv._core.compile import jit
@@ -61,8 +60,8 @@ def configuration(
     common = dict(random_start=True, keep_best=True, early_stop=early_stop, randomized=randomized)
     if check_norm(norm) == "l1":
         return Attack(source, SparseSteepest(), norm="l1", schedule=SparsityCheckpoints(warm_start), **common)  # type: ignore[arg-type]
-    rule = HeavyBall(jnp.asarray(0.75, jnp.float32))
-    schedule = CheckpointHalving(jnp.asarray(rho, jnp.float32))
+    rule = HeavyBall(np.float32(0.75))  # NumPy scalars: leaves without a device transfer
+    schedule = CheckpointHalving(np.float32(rho))
     return Attack(source, rule, norm=norm, schedule=schedule, **common)  # type: ignore[arg-type]
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from jaxadv._core.rows import select_rows
@@ -150,6 +151,7 @@ def no_outcome(x: Array) -> Outcome:
     return Outcome(x, jnp.zeros((x.shape[0],), bool), jnp.full((x.shape[0],), -jnp.inf, jnp.float32))
 
 
+@jax.jit
 def merge(prior: Outcome, new: Outcome) -> Outcome:
     """Combine two runs' outcomes per example: an earlier success is kept, a new
     success replaces a failure, and between two failures the higher objective
