@@ -88,10 +88,7 @@ def test_notebook_figures_have_labelled_axes() -> None:
 
 
 # Slow tier: each notebook runs in a fresh kernel (a subprocess) and trains its models.
-@pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.usefixtures("user_compilation")
-def test_notebook_runs_top_to_bottom(name: str) -> None:
+def _run_top_to_bottom(name: str) -> None:
     pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     nbformat = pytest.importorskip("nbformat")
@@ -104,3 +101,22 @@ def test_notebook_runs_top_to_bottom(name: str) -> None:
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in code)
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+
+
+def _runner(name: str) -> type:
+    """A test class per notebook: pytest-xdist (``--dist loadscope``) gives each class
+    to a worker of its own, so the notebooks run side by side instead of one after
+    another in the worker that got this file."""
+
+    @pytest.mark.slow
+    @pytest.mark.usefixtures("user_compilation")
+    class Runner:
+        def test_runs_top_to_bottom(self) -> None:
+            _run_top_to_bottom(name)
+
+    Runner.__name__ = Runner.__qualname__ = f"Test_{name}"
+    return Runner
+
+
+for _name in NAMES:
+    globals()[f"Test_{_name}"] = _runner(_name)

@@ -54,7 +54,7 @@ EPS = 0.1
 #: (``not spec.keyed``) are compared on the 60 real rows, random ones on the padded batch.
 CASES: dict[str, Any] = {c.name: c for s in reg.ATTACKS for c in reg.expand(s)}
 
-#: Attacks equal to the single-device result only up to rounding, with the cause.
+#: Attacks (or cases) equal to the single-device result only up to rounding, with the cause.
 NOT_BITWISE = {
     "fab": "its L2 step divides by norms reduced over each row, which XLA:CPU rounds differently "
     "for 8 and for 64 rows per device (seen: 1.2e-7 with norm='l2'); no example moves between "
@@ -62,6 +62,14 @@ NOT_BITWISE = {
     "hop_skip_jump": "bitwise in this configuration, but over longer runs XLA:CPU rounds a few rows "
     "differently for 8 and for 64 rows per device (seen: 2 of 64 rows, by 3e-8, after 7 iterations); "
     "no example moves between devices. Held to 1e-6",
+    # Cases (attack:variant) rather than whole attacks:
+    "fab_targeted": "as fab: on an AVX-512 CPU (a 2-core Intel Xeon) the partitioned program rounds "
+    "its per-row L2 norms differently from the 60-row one (seen: 6e-8; bitwise on an AVX2 AMD EPYC). "
+    "Held to 1e-6",
+    "apgd:l2": "on an AVX-512 CPU (a 2-core Intel Xeon) the partitioned program rounds the per-row L2 "
+    "norms of its steps and projections differently from the 60-row one (seen: 1.2e-7; bitwise on an "
+    "AVX2 AMD EPYC, and for 8 against 60 rows on one device). No example moves between devices. "
+    "Held to 1e-6",
 }
 
 _FORBIDDEN = re.compile(r"\b(all-gather|all-to-all|collective-permute)(-start)?\(")
@@ -380,7 +388,7 @@ def test_attack_sharded_equals_single_device(results: dict[str, Any], name: str)
     assert r["outputs_sharded"], "an output of the attack is not split along the batch axis"
     # Deterministic attacks: the 60 real rows of the padded batch; random ones: all 64.
     assert r["rows"] == (64 if CASES[name].keyed else N)
-    if CASES[name].attack in NOT_BITWISE:
+    if CASES[name].attack in NOT_BITWISE or name in NOT_BITWISE:
         assert r["max_abs_diff"] <= 1e-6
     else:
         assert r["bitwise_equal"], f"sharded and single-device results differ by up to {r['max_abs_diff']}"
