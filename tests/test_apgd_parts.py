@@ -171,10 +171,11 @@ def test_merge_keeps_successes_and_otherwise_the_higher_objective() -> None:
     assert not bool(jnp.any(empty.found)) and bool(jnp.all(empty.objective == -jnp.inf))
 
 
-def _apgd_linf(early_stop: bool = True) -> compose.Attack:
+def _apgd_linf(early_stop: bool = True, norm: str = "linf", loss: str = "ce") -> compose.Attack:
     return compose.Attack(
-        compose.loss_gradient(),
+        compose.loss_gradient(loss),
         compose.heavy_ball(0.75),
+        norm=norm,  # type: ignore[arg-type]
         schedule=compose.checkpoint_halving(0.75),
         random_start=True,
         keep_best=True,
@@ -199,6 +200,24 @@ def test_restarts_of_the_configuration_are_apgd(mlp: Any, batch: Any, early_stop
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(named))
     fooled = np.argmax(np.asarray(mlp.logits_fn(named)), -1) != np.asarray(y)
     assert 0 < fooled.sum() < len(y)  # some robust examples: their highest-loss points are compared too
+
+
+@pytest.mark.parametrize(
+    ("norm", "eps", "loss", "targeted"),
+    [("l2", 0.8, "ce", False), ("linf", 0.1, "dlr", False), ("linf", 0.1, "ce", True)],
+)
+def test_l2_dlr_and_targeted_configurations_are_apgd(
+    mlp: Any, batch: Any, norm: str, eps: float, loss: str, targeted: bool
+) -> None:
+    x, y = batch
+    y = (np.asarray(y) + 1) % 10 if targeted else y  # a target class for each example
+    run: dict[str, Any] = dict(key=jax.random.key(9), eps=eps, steps=10, targeted=targeted)
+    ours = compose.restarts(_apgd_linf(False, norm, loss), num_restarts=2)(
+        mlp.logits_fn, x, y, step_size=2 * eps, **run
+    )
+    named = jaxadv.apgd(mlp.logits_fn, x, y, norm=norm, loss=loss, num_restarts=2, **run)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(named))
+    assert np.abs(np.asarray(named) - np.asarray(x)).max() > 0
 
 
 def test_l1_configuration_is_l1_apgd(mlp: Any, batch: Any) -> None:
