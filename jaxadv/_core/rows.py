@@ -49,3 +49,9 @@ def select_rows(mask: ArrayLike, new: T, old: Any) -> T:
 def flat(a: Array) -> Array:
     """``[batch, ...] -> [batch, n]``: each example as one row of its ``n`` entries."""
     return a.reshape(a.shape[0], math.prod(a.shape[1:]))
+
+
+def count_changed(a: Array, b: ArrayLike = 0.0) -> Array:
+    """``[batch]`` float32: the entries of each row of ``a`` that differ from ``b``
+    (the L0 size of a perturbation ``a`` when ``b`` is 0, or of ``a - b``)."""
+    return jnp.sum(flat(a != b), axis=1).astype(jnp.float32)

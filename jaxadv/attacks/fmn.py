@@ -90,7 +90,7 @@ import jax.numpy as jnp
 
 from jaxadv._core.compile import jit
 from jaxadv._core.problem import prepare
-from jaxadv._core.rows import flat, select_rows
+from jaxadv._core.rows import count_changed, flat, select_rows
 from jaxadv._core.search import midpoint, narrow
 from jaxadv.engine import iterate
 from jaxadv.losses import cw_margin, finite_rows
@@ -148,7 +148,7 @@ class _Static(NamedTuple):
 def _size(delta: Array, norm: str) -> Array:
     """``[batch]`` norm of ``delta``; for L0 the number of non-zero coordinates (float32)."""
     if norm == "l0":
-        return jnp.sum(flat(delta) != 0, axis=1).astype(jnp.float32)
+        return count_changed(delta)
     return norm_of(delta, norm)  # type: ignore[arg-type]
 
 

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv._core.rows import flat
+from jaxadv._core.rows import count_changed
 from jaxadv.compose.bookkeeping import BestLoss
 from jaxadv.compose.sources import _pytree
 from jaxadv.typing import Array
@@ -224,11 +224,6 @@ class SparsityState(NamedTuple):
     is_check: Array
 
 
-def _nonzeros(x_t: Array, x: Array) -> Array:
-    """``[batch]`` float32: the coordinates where ``x_t`` differs from ``x``."""
-    return jnp.sum(flat(x_t != x), axis=1).astype(jnp.float32)
-
-
 @_pytree(data=(), meta=("warm_start",))
 @dataclasses.dataclass(frozen=True)
 class SparsityCheckpoints:
@@ -256,7 +251,7 @@ class SparsityCheckpoints:
         eta = jnp.asarray(step_size, jnp.float32)
         n = math.prod(x.shape[1:])
         if self.warm_start:
-            sparsity = _nonzeros(start, x)
+            sparsity = count_changed(start, x)
             fraction = sparsity / n / 1.5
         else:
             fraction = jnp.full(eta.shape, 0.2, jnp.float32)
@@ -266,7 +261,7 @@ class SparsityCheckpoints:
     def update(self, state: SparsityState, progress: Progress) -> tuple[SparsityState, Array]:
         t = progress.t
         at_check = state.is_check[jnp.maximum(t, 0)] & (t >= 0)
-        sparsity = _nonzeros(progress.best.x, progress.x)
+        sparsity = count_changed(progress.best.x, progress.x)
         # The best point got sparser: full steps again, from there.
         sparser = at_check & (sparsity / state.sparsity_at_check < 0.95)
         eps = jnp.broadcast_to(jnp.asarray(progress.eps, jnp.float32), state.eta.shape)
