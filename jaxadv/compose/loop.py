@@ -310,6 +310,11 @@ class Operands(NamedTuple):
     attack: Attack
     loss_labels: Array | None = None  # what the source's loss is given, if not the labels (APGD-T)
 
+    @property
+    def source_labels(self) -> Array:
+        """What the gradient source's loss is given: ``loss_labels``, else the labels."""
+        return self.labels if self.loss_labels is None else self.loss_labels
+
 
 class Static(NamedTuple):
     """Hashable configuration: the model's structure, ``targeted``, the caller's dtype."""
@@ -328,13 +333,12 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
     else:  # the score-based attacks' key chain
         chain, key = split_rows(s.tally.key)
     point = a.rule.lookahead(s.rule, s.x, ops.step_size)
-    loss_labels = ops.labels if ops.loss_labels is None else ops.loss_labels
-    g = a.source(model, point, loss_labels, key=key, targeted=static.targeted)
+    g = a.source(model, point, ops.source_labels, key=key, targeted=static.targeted)
     masked = a.norm == "l1" and getattr(a.rule, "mask_box", True)
     grad = mask_blocked(g.grad, s.x, ops.lo, ops.hi) if masked else g.grad
 
     def grad_at(pt: Array, k: PRNGKey) -> Array:
-        return a.source(model, pt, loss_labels, key=k, targeted=static.targeted).grad
+        return a.source(model, pt, ops.source_labels, key=k, targeted=static.targeted).grad
 
     x_from, step_size, scheduled, sparsity = s.x, ops.step_size, {}, a.l1_sparsity
     if s.schedule is not None and s.best_loss is not None:
@@ -421,8 +425,7 @@ def _final_outcome(s: LoopState, ops: Operands, *, static: Static, steps: int) -
     a = ops.attack
     model = source_model(static.model, ops.params, a.randomized)
     key = fold_rows(ops.key, steps)
-    loss_labels = ops.labels if ops.loss_labels is None else ops.loss_labels
-    g = a.source(model, s.x, loss_labels, key=key, targeted=static.targeted)
+    g = a.source(model, s.x, ops.source_labels, key=key, targeted=static.targeted)
     value = objective(g.loss, g.ok, static.targeted)
     best_loss = record_loss(s.best_loss, s.x, g.grad, value)
     z = g.logits if g.logits is not None else model(s.x, fold_rows(key, EVAL_FOLD))
@@ -451,12 +454,14 @@ def _run(
     return state, operands, static
 
 
-def _init_state(attack: Attack, p: Problem, x_init: Array, step_size: Array, steps: int) -> LoopState:
+def _start_state(attack: Attack, x: Array, x_init: Array, step_size: Array, steps: int) -> LoopState:
+    """The loop's state at ``x_init``: the rule's, the books the attack keeps, and the
+    step-size part's (with the highest-loss record it restarts from)."""
     state = LoopState(x_init, attack.rule.init(x_init), init_best(x_init) if attack.keep_best else None)
     if isinstance(attack.schedule, Fixed):
         return state
-    eta = jnp.broadcast_to(jnp.asarray(step_size, jnp.float32), p.x.shape[:1])
-    schedule = attack.schedule.init(eta, steps, start=x_init, x=p.x)
+    eta = jnp.broadcast_to(jnp.asarray(step_size, jnp.float32), x.shape[:1])
+    schedule = attack.schedule.init(eta, steps, start=x_init, x=x)
     return state._replace(schedule=schedule, best_loss=init_best_loss(x_init))
 
 
@@ -464,14 +469,9 @@ def _init_state(attack: Attack, p: Problem, x_init: Array, step_size: Array, ste
 def _books_start(
     attack: Attack, x: Array, lo: Array, hi: Array, x_init: Array, step_size: Array, *, steps: int, dtype: Any
 ) -> LoopState:
-    """The state of a run that keeps its books, from ``x_init`` rounded to ``dtype``
-    (one compiled call: a run of APGD-T is short, and its set-up would otherwise be
-    a dozen dispatches)."""
-    x_init = as_returned(x_init, dtype, lo, hi)
-    state = LoopState(x_init, attack.rule.init(x_init), init_best(x_init))
-    eta = jnp.broadcast_to(jnp.asarray(step_size, jnp.float32), x.shape[:1])
-    schedule = attack.schedule.init(eta, steps, start=x_init, x=x)
-    return state._replace(schedule=schedule, best_loss=init_best_loss(x_init))
+    """:func:`_start_state` from ``x_init`` rounded to ``dtype``, in one compiled call
+    (a run of APGD-T is short, and its set-up would otherwise be a dozen dispatches)."""
+    return _start_state(attack, x, as_returned(x_init, dtype, lo, hi), step_size, steps)
 
 
 def run_from(
@@ -499,7 +499,7 @@ def run_from(
         run = dict(key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop)
         return run_books(attack, p, x_init, **run)[0].x  # type: ignore[arg-type]
     key = row_keys(key, p.x.shape[0])
-    state = _init_state(attack, p, x_init, step_size, steps)
+    state = _start_state(attack, p.x, x_init, step_size, steps)
     state, _, _ = _run(
         attack, p, state, key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop
     )
