@@ -272,6 +272,21 @@ def test_restarts_refuse_what_they_cannot_merge(mlp: Any, batch: Any) -> None:
         compose.restarts(_apgd_linf(), num_restarts=1)(mlp.logits_fn, x, y, key=None, eps=0.1)  # type: ignore[arg-type]
 
 
+def test_restarts_on_bad_inputs_refuse_or_return_x() -> None:
+    attack = compose.restarts(_apgd_linf(), num_restarts=2)
+    f = lambda v: v.reshape(len(v), -1)[:, :3]  # noqa: E731
+    y, key = jnp.zeros(2, jnp.int32), jax.random.key(0)
+    assert attack(f, jnp.zeros((0, 4)), jnp.zeros(0, jnp.int32), key=key, eps=0.1).shape == (0, 4)
+    with pytest.raises(ValueError, match="NaN"):
+        attack(f, jnp.full((2, 4), jnp.nan), y, key=key, eps=0.1)
+    with pytest.raises(ValueError, match="eps"):
+        attack(f, jnp.zeros((2, 4)), y, key=key, eps=float("nan"))
+    # A model whose logits are never finite: nothing to attack, x comes back unchanged.
+    x = jnp.full((2, 4), 0.5)
+    out = attack(lambda v: jnp.full((len(v), 3), jnp.inf), x, y, key=key, eps=0.1)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
+
+
 def test_configuration_keeps_the_highest_loss_point_of_an_unfooled_example(mlp: Any, batch: Any) -> None:
     x, y = batch
     attack = _apgd_linf()

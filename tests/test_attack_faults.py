@@ -528,7 +528,7 @@ def test_bfloat16_success_kept_by_apgd_agrees_with_re_prediction() -> None:
     p = jaxadv.attacks.base.prepare(f, x, jnp.zeros(4, jnp.int32), bounds=(0.0, 2.64), eps=0.5)
     labels = jax.nn.one_hot(p.labels, 2)
     out = apgd_module._run(
-        p, row_keys(KEY, 4), labels, jaxadv.cross_entropy, apgd_module._start(p),
+        p, row_keys(KEY, 4), labels, jaxadv.cross_entropy, jaxadv.compose.no_outcome(p.x),
         steps=5, norm="linf", rho=0.75, early_stop=True, loop="auto",
     )  # fmt: skip
     returned = p.finalize(out.x)

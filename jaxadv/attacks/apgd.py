@@ -89,13 +89,9 @@ import jax.numpy as jnp
 from jaxadv._core.problem import check_finite_step
 from jaxadv._core.randomised import loop_problem, prepare_problem
 from jaxadv._core.rows import select_rows
-from jaxadv.attacks.apgd_loop import (
-    _check_common,
-    _clean_logits,
-    _run,
-    _start,
-)
-from jaxadv.compose.restarts import settled
+from jaxadv.attacks.apgd_loop import _check_common, _run
+from jaxadv.compose.bookkeeping import no_outcome
+from jaxadv.compose.restarts import clean_not_finite, settled
 from jaxadv.keys import fold_rows, row_keys
 from jaxadv.losses import dlr, dlr_targeted, finite_rows, get_loss
 from jaxadv.models import combine_model
@@ -285,10 +281,10 @@ def apgd(
     if p.empty:
         return p.output(p.finalize(p.x), targeted=targeted, return_info=return_info)
     key = row_keys(key, p.x.shape[0])
-    clean_bad = ~finite_rows(_clean_logits(p.params, p.x, model=p.model))
+    clean_bad = clean_not_finite(p.params, p.x, model=p.model)
     loss_labels = p.labels if p.labels.ndim == 2 else jax.nn.one_hot(p.labels, p.num_classes)
     q = loop_problem(p, randomized)
-    out = _start(p)
+    out = no_outcome(p.x)
     for r in range(num_restarts):
         out = _run(
             q,
@@ -444,7 +440,7 @@ def apgd_targeted(
     clean_order = jnp.argsort(clean_logits, axis=-1)
     onehot_y = jax.nn.one_hot(p.labels, p.num_classes)
     q = loop_problem(p, randomized)
-    out = _start(p)
+    out = no_outcome(p.x)
     for k in range(2, num_target_classes + 2):
         target = clean_order[:, -k]
         signed = onehot_y - jax.nn.one_hot(target, p.num_classes)

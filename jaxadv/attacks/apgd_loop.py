@@ -16,26 +16,23 @@ highest-loss one); restarts and target classes merge the runs' outcomes
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
 import numpy as np
 
-from jaxadv._core.compile import jit
 from jaxadv._core.problem import Problem
-from jaxadv.compose.bookkeeping import Outcome, merge, no_outcome
+from jaxadv.compose.bookkeeping import Outcome, merge
 from jaxadv.compose.loop import Attack, run_books
 from jaxadv.compose.sources import EOT, LossGradient
-from jaxadv.compose.step_sizes import CheckpointHalving, SparsityCheckpoints, l1_checkpoint_schedule
+from jaxadv.compose.step_sizes import CheckpointHalving, SparsityCheckpoints
 from jaxadv.compose.updates import HeavyBall, SparseSteepest
 from jaxadv.keys import fold_rows
-from jaxadv.models import combine_model
 from jaxadv.threat_models import project_l1_box
 from jaxadv.typing import Array, LoopMode, LossFn, Norm, PRNGKey
 from jaxadv.validation import check_key, check_norm, check_steps
 
-__all__ = ["configuration", "l1_checkpoint_schedule", "stage_steps"]
+__all__ = ["configuration", "stage_steps"]
 
 # A run's gradient draws use keys folded from its key with this tag, so that
 # they are independent of its random start.
@@ -172,12 +169,3 @@ def _check_common(
     if shrinking_eps and steps < 3:
         raise ValueError(f"shrinking_eps splits the steps into three stages: steps must be >= 3, got {steps}")
     return norm, steps
-
-
-def _start(p: Problem) -> Outcome:
-    return no_outcome(p.x)
-
-
-@functools.partial(jit, static_argnames=("model",))
-def _clean_logits(params: Any, x: Array, *, model: Any) -> Array:
-    return combine_model(model, params)(x)

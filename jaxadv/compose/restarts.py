@@ -26,10 +26,10 @@ import dataclasses
 import functools
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
-from jaxadv._core.problem import Problem, check_finite_step, check_step_size
+from jaxadv._core.compile import jit
+from jaxadv._core.problem import check_finite_step, check_step_size
 from jaxadv._core.randomised import loop_problem, prepare_problem
 from jaxadv._core.rows import select_rows
 from jaxadv.compose.bookkeeping import Outcome, merge, no_outcome
@@ -42,11 +42,13 @@ from jaxadv.models import combine_model
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, PRNGKey
 from jaxadv.validation import check_key, check_steps, is_traced
 
-__all__ = ["Restarts", "restarts", "run_restarts"]
+__all__ = ["Restarts", "clean_not_finite", "restarts", "settled"]
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _clean_bad(params: Any, x: Array, *, model: Any) -> Array:
+@functools.partial(jit, static_argnames=("model",))
+def clean_not_finite(params: Any, x: Array, *, model: Any) -> Array:
+    """``[batch]`` bool: the examples whose clean logits are not all finite (no run
+    changes them; they are returned as they are)."""
     return ~finite_rows(combine_model(model, params)(x))
 
 
@@ -54,44 +56,6 @@ def settled(out: Outcome, clean_bad: Array) -> bool:
     """Whether no further run can change ``out``: every example fooled or with clean
     logits that are not finite (``False`` under a transformation)."""
     return not is_traced(out.found) and bool(jnp.all(out.found | clean_bad))
-
-
-def run_restarts(
-    attack: Attack,
-    p: Problem,
-    keys: list[PRNGKey],
-    *,
-    start: Any,
-    step_size: Array,
-    steps: int,
-    targeted: bool,
-    loop: LoopMode,
-    prior: Outcome | None = None,
-    clean_bad: Array | None = None,
-    loss_labels: Array | None = None,
-    step_keys: Any = None,
-) -> Outcome:
-    """Run ``attack`` once per key of ``keys`` (each ``[batch]`` keys) from
-    ``start(p, key)`` and merge the outcomes into ``prior``; stop early once
-    :func:`settled` (when ``clean_bad`` is given). ``step_keys(key)``: the keys of
-    a run's steps (the run's key by default)."""
-    out = no_outcome(p.x) if prior is None else prior
-    for key in keys:
-        new, _ = run_books(
-            attack,
-            p,
-            start(p, key),
-            key=key if step_keys is None else step_keys(key),
-            step_size=step_size,
-            steps=steps,
-            targeted=targeted,
-            loop=loop,
-            loss_labels=loss_labels,
-        )
-        out = merge(out, new)
-        if clean_bad is not None and settled(out, clean_bad):
-            break
-    return out
 
 
 @_pytree(data=("attack",), meta=("num_restarts",))
@@ -151,18 +115,16 @@ class Restarts:
         if p.empty:
             return p.output(p.finalize(p.x), targeted=targeted, return_info=return_info)
         keys = row_keys(key, p.x.shape[0])
-        clean_bad = _clean_bad(p.params, p.x, model=p.model)
-        out = run_restarts(
-            a,
-            loop_problem(p, a.randomized),
-            [fold_rows(keys, r) for r in range(self.num_restarts)],
-            start=a.start,
-            step_size=alpha,
-            steps=steps,
-            targeted=targeted,
-            loop=loop,
-            clean_bad=clean_bad,
-        )
+        clean_bad = clean_not_finite(p.params, p.x, model=p.model)
+        q = loop_problem(p, a.randomized)
+        out = no_outcome(p.x)
+        for r in range(self.num_restarts):
+            run_key = fold_rows(keys, r)
+            run = dict(key=run_key, step_size=alpha, steps=steps, targeted=targeted, loop=loop)
+            new, _ = run_books(a, q, a.start(q, run_key), **run)  # type: ignore[arg-type]
+            out = merge(out, new)
+            if settled(out, clean_bad):
+                break
         x_adv = p.finalize(select_rows(clean_bad, p.x, out.x))
         return p.output(x_adv, targeted=targeted, return_info=return_info)
 
