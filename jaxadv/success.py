@@ -43,11 +43,16 @@ class AttackResult(NamedTuple):
       success: ``[batch]`` bool, ``is_adversarial`` of ``x_adv``.
       queries: ``[batch]`` int32 model evaluations spent per example, for the
         attacks that count them (the black-box ones); ``None`` otherwise.
+      trace: the run's :class:`jaxadv.compose.TraceFlags` (per example: some
+        iterate was adversarial, the loss was still rising at the end, the
+        gradient was unavailable) for an attack asked to trace (``trace=True``);
+        ``None`` otherwise.
     """
 
     x_adv: Array
     success: Array
     queries: Array | None = None
+    trace: Any = None
 
 
 def as_returned(x: Array, dtype: Any, lo: Array, hi: Array) -> Array:

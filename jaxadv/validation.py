@@ -327,3 +327,12 @@ def check_labels(y: Any, batch: int, num_classes: int, *, soft: bool = False) ->
             row=jnp.argmin(onehot),
         )
     return jnp.argmax(rows, axis=1).astype(jnp.int32)
+
+
+def check_trace(trace: bool, return_info: bool) -> None:
+    """Refuse ``trace=True`` without ``return_info=True``: the trace comes back in
+    ``AttackResult.trace``, which the plain array return has no room for."""
+    if not isinstance(trace, bool):
+        raise ValueError(f"trace must be True or False, got {trace!r}")
+    if trace and not return_info:
+        raise ValueError("trace=True needs return_info=True: the trace comes back in AttackResult.trace")

@@ -307,9 +307,9 @@ def test_adaptive_follows_up_what_the_suite_missed(tmp_path: Any) -> None:
     x, y = _data()
     f = sm.model(W)
     kw = {"key": jax.random.key(0), "progress": False, "checks": False}
-    # PGD-20 on the cross-entropy misses examples that the margin's diagnostic attack
-    # fools: silent successes, which the longer APGD-DLR of "more-steps" then fools.
-    res = jaxadv.evaluate(f, x, y, eps=EPS, suite=["pgd-20"], adaptive=True, **kw)
+    # FGSM keeps no trace: the margin's diagnostic attack fools examples it missed
+    # (silent successes), which the longer APGD-DLR of "more-steps" then fools.
+    res = jaxadv.evaluate(f, x, y, eps=EPS, suite=["fgsm"], adaptive=True, **kw)
     assert res.adaptive is not None and res.indicators is not None
     assert set(res.adaptive.ran) <= {"more-steps"}
     missed = res.indicators["silent_success"] & res.robust
@@ -317,7 +317,7 @@ def test_adaptive_follows_up_what_the_suite_missed(tmp_path: Any) -> None:
     assert np.all(res.adaptive.fooled[missed])
     assert np.mean(_exact_robust(x, y, EPS)) <= res.adaptive_robust_accuracy <= res.robust_accuracy
     # Nothing flagged (a radius too small to fool anything): nothing re-attacked.
-    res = jaxadv.evaluate(f, x, y, eps=1e-4, suite=["pgd-20"], adaptive=True, **kw)
+    res = jaxadv.evaluate(f, x, y, eps=1e-4, suite=["fgsm"], adaptive=True, **kw)
     assert res.adaptive is not None and res.adaptive.ran == {}
     assert res.adaptive_robust_accuracy == res.robust_accuracy
     with pytest.raises(ValueError, match="adaptive=True"):
@@ -332,7 +332,7 @@ def test_adaptive_with_a_checkpoint_resumes_to_the_same_report(tmp_path: Any, mo
     x, y = _data()
     f = sm.model(W)
     kw: dict[str, Any] = {
-        "eps": EPS, "suite": ["pgd-20"], "key": jax.random.key(0), "progress": False, "checks": False,
+        "eps": EPS, "suite": ["fgsm"], "key": jax.random.key(0), "progress": False, "checks": False,
         "batch_size": 8,
     }  # fmt: skip
     whole = jaxadv.evaluate(f, x, y, adaptive=True, **kw)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv._core.compile import jit
 from jaxadv.models import ModelStatic, combine_model, predict, split_model
 from jaxadv.success import AttackResult, hits
 from jaxadv.threat_models import cast_into_box
@@ -73,16 +74,29 @@ class Problem(NamedTuple):
         return cast_into_box(x_adv, self.dtype, self.lo, self.hi)
 
     def output(
-        self, x_adv: Array, *, targeted: bool, return_info: bool, queries: Array | None = None
+        self,
+        x_adv: Array,
+        *,
+        targeted: bool,
+        return_info: bool,
+        queries: Array | None = None,
+        trace: Any = None,
     ) -> Array | AttackResult:
         """What an attack returns: the finalised ``x_adv``, or with ``return_info`` the
         :class:`jaxadv.AttackResult` with success re-predicted on exactly that array."""
         if not return_info:
             return x_adv
         if self.empty:  # not re-predicted: a model may not trace zero examples
-            return AttackResult(x_adv, jnp.zeros((0,), bool), queries)
-        z = combine_model(self.model, self.params)(x_adv.astype(jnp.float32))
-        return AttackResult(x_adv, hits(z, self.labels, targeted), queries)
+            return AttackResult(x_adv, jnp.zeros((0,), bool), queries, trace)
+        success = _success(self.model, self.params, x_adv, self.labels, targeted=targeted)
+        return AttackResult(x_adv, success, queries, trace)
+
+
+@functools.partial(jit, static_argnames=("model", "targeted"))
+def _success(model: ModelStatic, params: Any, x_adv: Array, labels: Array, *, targeted: bool) -> Array:
+    """``[batch]`` whether the model's prediction at ``x_adv`` is a success, compiled
+    (a model called eagerly runs one operation at a time)."""
+    return hits(combine_model(model, params)(x_adv.astype(jnp.float32)), labels, targeted)
 
 
 def _aval(a: Any) -> jax.ShapeDtypeStruct:

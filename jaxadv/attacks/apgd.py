@@ -97,7 +97,7 @@ from jaxadv.losses import dlr, dlr_targeted, finite_rows, get_loss
 from jaxadv.models import combine_model
 from jaxadv.success import AttackResult
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
-from jaxadv.validation import check_steps, check_target_classes
+from jaxadv.validation import check_steps, check_target_classes, check_trace
 
 __all__ = ["apgd", "apgd_targeted", "dlr", "dlr_targeted"]
 
@@ -124,6 +124,7 @@ def apgd(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: Literal[False] = False,
+    trace: bool = False,
 ) -> Array: ...
 
 
@@ -149,6 +150,7 @@ def apgd(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: Literal[True],
+    trace: bool = False,
 ) -> AttackResult: ...
 
 
@@ -174,6 +176,7 @@ def apgd(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
+    trace: bool = False,
 ) -> Array | AttackResult: ...
 
 
@@ -198,6 +201,7 @@ def apgd(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
+    trace: bool = False,
 ) -> Array | AttackResult:
     r"""Auto-PGD (Croce & Hein, 2020, 2021): APGD-CE and APGD-DLR, in L-inf, L2 and L1.
 
@@ -256,6 +260,9 @@ def apgd(
       loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
       return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success,
         None)`` instead of the array.
+      trace: with ``return_info``, keep each run's per-example trace, merged
+        over restarts (``AttackResult.trace``, a :class:`jaxadv.compose.TraceFlags`);
+        with ``shrinking_eps``, of the last stage's runs (at ``eps``).
 
     Returns:
       The adversarial batch, shape and dtype of ``x``: for each example an
@@ -263,6 +270,7 @@ def apgd(
       (with ``return_info``, an :class:`jaxadv.AttackResult`).
     """
     norm, steps = _check_common(norm, rho, num_restarts, key, num_samples, shrinking_eps, steps)
+    check_trace(trace, return_info)
     loss_fn = get_loss(loss)
     if targeted and loss_fn is dlr:
         raise ValueError(
@@ -302,11 +310,12 @@ def apgd(
             transform=transform,
             randomized=randomized,
             shrinking_eps=shrinking_eps,
+            trace=trace,
         )
         if settled(out, clean_bad):
             break
     x_adv = p.finalize(select_rows(clean_bad, p.x, out.x))
-    return p.output(x_adv, targeted=targeted, return_info=return_info)
+    return p.output(x_adv, targeted=targeted, return_info=return_info, trace=out.flags)
 
 
 @overload
@@ -330,6 +339,7 @@ def apgd_targeted(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: Literal[False] = False,
+    trace: bool = False,
 ) -> Array: ...
 
 
@@ -354,6 +364,7 @@ def apgd_targeted(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: Literal[True],
+    trace: bool = False,
 ) -> AttackResult: ...
 
 
@@ -378,6 +389,7 @@ def apgd_targeted(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
+    trace: bool = False,
 ) -> Array | AttackResult: ...
 
 
@@ -401,6 +413,7 @@ def apgd_targeted(
     early_stop: bool = False,
     loop: LoopMode = "auto",
     return_info: bool = False,
+    trace: bool = False,
 ) -> Array | AttackResult:
     r"""APGD-T (Croce & Hein, 2020): APGD on the targeted DLR loss over the top classes.
 
@@ -419,11 +432,14 @@ def apgd_targeted(
       num_restarts: random restarts per target class (static).
       return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success,
         None)`` (success: the prediction differs from ``y``).
+      trace: with ``return_info``, the runs' per-example trace merged over
+        target classes and restarts (``AttackResult.trace``; see :func:`apgd`).
 
     Returns:
       The adversarial batch, shape and dtype of ``x`` (see :func:`apgd`).
     """
     norm, steps = _check_common(norm, rho, num_restarts, key, num_samples, shrinking_eps, steps)
+    check_trace(trace, return_info)
     num_target_classes = check_steps(num_target_classes, "num_target_classes")
     p = prepare_problem(
         logits_fn, x, y, key=key, randomized=randomized, bounds=bounds, targeted=False, eps=eps
@@ -460,8 +476,9 @@ def apgd_targeted(
                 transform=transform,
                 randomized=randomized,
                 shrinking_eps=shrinking_eps,
+                trace=trace,
             )
         if settled(out, clean_bad):
             break
     x_adv = p.finalize(select_rows(clean_bad, p.x, out.x))
-    return p.output(x_adv, targeted=False, return_info=return_info)
+    return p.output(x_adv, targeted=False, return_info=return_info, trace=out.flags)

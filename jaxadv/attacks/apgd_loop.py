@@ -49,12 +49,15 @@ def configuration(
     transform: Any = None,
     randomized: bool = False,
     warm_start: bool = False,
+    trace: bool = False,
 ) -> Attack:
     """The :class:`~jaxadv.compose.Attack` of one APGD run on ``loss`` (module
     docstring); ``warm_start``: an L1 run that continues from an earlier run's
-    point (the stages of ``shrinking_eps``)."""
+    point (the stages of ``shrinking_eps``); ``trace``: keep the run's
+    :class:`~jaxadv.compose.Trace`."""
     source = _gradient_source(loss, eot_samples, transform, randomized)
     common = dict(random_start=True, keep_best=True, early_stop=early_stop, randomized=randomized)
+    common["trace"] = trace
     if check_norm(norm) == "l1":
         return Attack(source, SparseSteepest(), norm="l1", schedule=SparsityCheckpoints(warm_start), **common)  # type: ignore[arg-type]
     rule = HeavyBall(np.float32(0.75))  # NumPy scalars: leaves without a device transfer
@@ -93,18 +96,19 @@ def _run(
     transform: Any = None,
     randomized: bool = False,
     shrinking_eps: bool = False,
+    trace: bool = False,
 ) -> Outcome:
     r"""One APGD run from a random start (``key``: ``[batch]`` keys), merged into
     ``prior``. With ``shrinking_eps`` the run is three runs at :math:`3\epsilon`,
     :math:`2\epsilon` and :math:`\epsilon`, each from the last one's highest-loss
-    point; only the last one's outcome counts.
+    point; only the last one's outcome counts (and, with ``trace``, its trace).
 
     ``p.model`` is the model's structure as the loop calls it (for a randomised
     model, the structure of ``logits_fn(x, key)``)."""
     parts = dict(rho=rho, eot_samples=eot_samples, transform=transform, randomized=randomized)
     run = dict(targeted=targeted, loop=loop, loss_labels=loss_labels)
     if not shrinking_eps:
-        attack = configuration(loss, norm=norm, early_stop=early_stop, **parts)  # type: ignore[arg-type]
+        attack = configuration(loss, norm=norm, early_stop=early_stop, trace=trace, **parts)  # type: ignore[arg-type]
         step_size = p.eps if norm == "l1" else 2.0 * p.eps
         out, _ = run_books(
             attack,
@@ -126,6 +130,7 @@ def _run(
             norm="l1",
             early_stop=early_stop and last,
             warm_start=x_start is not None,
+            trace=trace and last,
             **parts,  # type: ignore[arg-type]
         )
         x0 = (

@@ -13,6 +13,7 @@ intersection of the eps-ball and the box (:func:`jaxadv.threat_models.project_to
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Literal, overload
 
 from jaxadv.compose.loop import Attack
@@ -21,7 +22,7 @@ from jaxadv.compose.updates import Steepest
 from jaxadv.losses import get_loss
 from jaxadv.success import AttackResult
 from jaxadv.typing import Array, ArrayLike, Bounds, LogitsFn, LoopMode, LossFn, Norm, PRNGKey
-from jaxadv.validation import check_key, check_norm
+from jaxadv.validation import check_key, check_norm, check_trace
 
 __all__ = ["bim", "eot_pgd", "finite_step", "pgd", "projected_gradient"]
 
@@ -63,6 +64,7 @@ def pgd(
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: Literal[False] = False,
+    trace: bool = False,
 ) -> Array: ...
 
 
@@ -84,6 +86,7 @@ def pgd(
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: Literal[True],
+    trace: bool = False,
 ) -> AttackResult: ...
 
 
@@ -105,6 +108,7 @@ def pgd(
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
+    trace: bool = False,
 ) -> Array | AttackResult: ...
 
 
@@ -125,6 +129,7 @@ def pgd(
     l1_sparsity: float = 0.05,
     loop: LoopMode = "auto",
     return_info: bool = False,
+    trace: bool = False,
 ) -> Array | AttackResult:
     r"""Projected gradient descent (Madry et al., 2018).
 
@@ -173,6 +178,10 @@ def pgd(
       loop: ``"auto"``, ``"fori"``, ``"compiled"`` or ``"host"`` (see :mod:`jaxadv.engine`).
       return_info: return an :class:`jaxadv.AttackResult` ``(x_adv, success, None)``
         instead of the array (the same for every attack of the library).
+      trace: with ``return_info``, keep the run's per-example trace
+        (``AttackResult.trace``, a :class:`jaxadv.compose.TraceFlags`: some iterate
+        was adversarial, the loss still rose at the end, the gradient was
+        unavailable), read off the steps at no extra model call.
 
     Returns:
       The adversarial batch, shape and dtype of ``x``: inside the eps-ball (up to
@@ -180,7 +189,10 @@ def pgd(
     """
     if random_start and key is None:
         raise ValueError("key is required when random_start=True (pass key=jax.random.key(0))")
+    check_trace(trace, return_info)
     attack = projected_gradient(norm=norm, loss=loss, random_start=random_start, l1_sparsity=l1_sparsity)
+    if trace:
+        attack = dataclasses.replace(attack, trace=True)
     return attack(
         logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, targeted=targeted, bounds=bounds,
         loop=loop, return_info=return_info,

@@ -30,13 +30,20 @@ every step evaluates its new iterate once (besides the source's own
 evaluations), an example stops at its first success, and the queries are
 returned with ``return_info``. :func:`jaxadv.spsa` and :func:`jaxadv.nes` are
 this loop with a :class:`jaxadv.compose.FiniteDifference` source.
+
+With ``trace=True`` the loop also keeps a :class:`jaxadv.compose.Trace` per
+example (its objective, success and gradient at every iterate, summed up as it
+goes, from the values the step computes anyway), and
+``return_info`` carries its :class:`jaxadv.compose.TraceFlags` in
+``AttackResult.trace``: what :func:`jaxadv.evaluate` reads its indicators of
+attack failure from.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,19 +52,23 @@ from jaxadv._core.problem import Problem, check_finite_step, check_step_size
 from jaxadv._core.randomised import EVAL_FOLD, loop_problem, prepare_problem, source_model
 from jaxadv._core.rows import select_rows
 from jaxadv.compose.bookkeeping import (
-    Best,
     BestLoss,
     Outcome,
     QueryCount,
+    TraceFlags,
     charge,
     init_best,
     init_best_loss,
+    init_trace,
     objective,
     record,
+    record_iterate,
     record_loss,
     select,
+    trace_flags,
 )
 from jaxadv.compose.sources import LossGradient, _pytree, check_parts
+from jaxadv.compose.state import LoopState, Operands, Static
 from jaxadv.compose.step_sizes import Fixed, Progress
 from jaxadv.compose.updates import Context, Nesterov, Steepest
 from jaxadv.engine import iterate
@@ -75,6 +86,7 @@ __all__ = [
     "attack_step",
     "run_books",
     "run_from",
+    "run_traced",
     "run_with_queries",
 ]
 
@@ -90,6 +102,7 @@ __all__ = [
         "randomized",
         "step_factor",
         "count_queries",
+        "trace",
     ),
 )
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +132,9 @@ class Attack:
         docstring); needs a source that states its evaluations per call
         (``queries``, as :class:`jaxadv.compose.FiniteDifference` does), and
         excludes ``keep_best`` and ``random_start``.
+      trace: keep a :class:`jaxadv.compose.Trace` per example (see the module
+        docstring); its flags come back in ``AttackResult.trace`` with
+        ``return_info``. Excludes ``count_queries``.
     """
 
     source: Any = None
@@ -132,6 +148,7 @@ class Attack:
     step_factor: float = 2.5
     count_queries: bool = False
     schedule: Any = None
+    trace: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", check_norm(self.norm))
@@ -156,6 +173,8 @@ class Attack:
         if self.early_stop and not self.keep_best:
             raise ValueError("early_stop needs keep_best=True (success is tested by the bookkeeping)")
         if self.count_queries:
+            if self.trace:
+                raise ValueError("trace records a gradient attack's iterates: it excludes count_queries")
             if self.keep_best or self.random_start:
                 raise ValueError(
                     "count_queries stops each example at its first success from the clean input: "
@@ -204,7 +223,8 @@ class Attack:
         Returns:
           The adversarial batch, shape and dtype of ``x``; with ``return_info``
           an :class:`jaxadv.AttackResult` (``queries`` is ``None``, or the
-          ``[batch]`` evaluations spent with ``count_queries``).
+          ``[batch]`` evaluations spent with ``count_queries``; ``trace`` the
+          run's :class:`jaxadv.compose.TraceFlags` with ``trace=True``).
         """
         steps = check_steps(steps)
         check_parts(self.source)
@@ -229,8 +249,8 @@ class Attack:
         q = loop_problem(p, self.randomized)
         run = dict(key=key, step_size=alpha, steps=steps, targeted=targeted, loop=loop)
         if not self.count_queries:
-            x_adv = run_from(self, q, self.start(q, key), **run)  # type: ignore[arg-type]
-            return p.output(p.finalize(x_adv), targeted=targeted, return_info=return_info)
+            x_adv, flags = run_traced(self, q, self.start(q, key), **run)  # type: ignore[arg-type]
+            return p.output(p.finalize(x_adv), targeted=targeted, return_info=return_info, trace=flags)
         x_adv, queries = run_with_queries(self, q, **run)  # type: ignore[arg-type]
         return p.output(p.finalize(x_adv), targeted=targeted, return_info=return_info, queries=queries)
 
@@ -280,50 +300,6 @@ def _random_init(
     return select_rows(clean_ok, x0, x)
 
 
-class LoopState(NamedTuple):
-    """``x``: current iterate; ``rule``: the update rule's state; ``best``: the
-    bookkeeping record (``None`` without ``keep_best``); ``tally``: the query
-    count (``None`` without ``count_queries``); ``schedule``: the step-size part's
-    state and ``best_loss`` the highest-loss iterate (``None`` with a fixed step)."""
-
-    x: Array
-    rule: Any
-    best: Best | None
-    tally: QueryCount | None = None
-    schedule: Any = None
-    best_loss: BestLoss | None = None
-
-
-class Operands(NamedTuple):
-    """Loop-invariant arrays (traced): the model's parameters, the clean batch and
-    its labels, the box, the radius, the step size, the key, the attack's parts
-    and the labels its loss is given."""
-
-    params: Any
-    x: Array
-    labels: Array
-    lo: Array
-    hi: Array
-    eps: Array
-    step_size: Array
-    key: Array  # [batch] keys, one per example
-    attack: Attack
-    loss_labels: Array | None = None  # what the source's loss is given, if not the labels (APGD-T)
-
-    @property
-    def source_labels(self) -> Array:
-        """What the gradient source's loss is given: ``loss_labels``, else the labels."""
-        return self.labels if self.loss_labels is None else self.loss_labels
-
-
-class Static(NamedTuple):
-    """Hashable configuration: the model's structure, ``targeted``, the caller's dtype."""
-
-    model: Any
-    targeted: bool
-    dtype: Any
-
-
 def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopState:
     """One step of a composed attack (the loop body given to :func:`jaxadv.engine.iterate`)."""
     a = ops.attack
@@ -334,6 +310,10 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
         chain, key = split_rows(s.tally.key)
     point = a.rule.lookahead(s.rule, s.x, ops.step_size)
     g = a.source(model, point, ops.source_labels, key=key, targeted=static.targeted)
+    trace = s.trace
+    if trace is not None:
+        z_t = g.logits if g.logits is not None and point is s.x else model(s.x, fold_rows(key, EVAL_FOLD))
+        trace = record_iterate(trace, i, z_t, g, ops.labels, static.targeted, eps=ops.eps, norm=a.norm)
     masked = a.norm == "l1" and getattr(a.rule, "mask_box", True)
     grad = mask_blocked(g.grad, s.x, ops.lo, ops.hi) if masked else g.grad
 
@@ -376,15 +356,16 @@ def attack_step(i: Array, s: LoopState, ops: Operands, static: Static) -> LoopSt
     x_new = select_rows(g.ok, x_new, ops.x)
     rule_state = select_rows(g.ok, rule_state, s.rule)
     if s.best is None:
-        return LoopState(x_new, rule_state, None, **scheduled)
+        return LoopState(x_new, rule_state, None, **scheduled, trace=trace)
     z = g.logits if g.logits is not None and point is s.x else model(s.x, fold_rows(key, EVAL_FOLD))
     best, hit = record(s.best, s.x, z, ops.labels, static.targeted)
     if not a.early_stop:
-        return LoopState(x_new, rule_state, best, None, **scheduled)
+        return LoopState(x_new, rule_state, best, None, **scheduled, trace=trace)
     # A successful example stays where it is, with its rule's and schedule's state.
     before = {name: getattr(s, name) for name in scheduled}
     x_new, rule_state = select_rows(~hit, (x_new, rule_state), (s.x, s.rule))
-    return LoopState(x_new, rule_state, best, None, **_select_per_example(~hit, scheduled, before))
+    kept = _select_per_example(~hit, scheduled, before)
+    return LoopState(x_new, rule_state, best, None, **kept, trace=trace)
 
 
 def _select_per_example(mask: Array, new: Any, old: Any) -> Any:
@@ -429,9 +410,16 @@ def _final_outcome(s: LoopState, ops: Operands, *, static: Static, steps: int) -
     value = objective(g.loss, g.ok, static.targeted)
     best_loss = record_loss(s.best_loss, s.x, g.grad, value)
     z = g.logits if g.logits is not None else model(s.x, fold_rows(key, EVAL_FOLD))
-    best, _ = record(s.best, s.x, z, ops.labels, static.targeted)
+    best, hit = record(s.best, s.x, z, ops.labels, static.targeted)
     fallback = select_rows(best_loss.objective > -jnp.inf, best_loss.x, ops.x)
-    return Outcome(select_rows(best.found, best.x_adv, fallback), best.found, best_loss.objective), best_loss
+    flags = None
+    if s.trace is not None:  # the last iterate, evaluated here, belongs to the last quarter
+        last = record_iterate(
+            s.trace, jnp.int32(steps), z, g, ops.labels, static.targeted, eps=ops.eps, norm=a.norm
+        )
+        flags = trace_flags(last)
+    x_out = select_rows(best.found, best.x_adv, fallback)
+    return Outcome(x_out, best.found, best_loss.objective, flags), best_loss
 
 
 def _run(
@@ -458,6 +446,8 @@ def _start_state(attack: Attack, x: Array, x_init: Array, step_size: Array, step
     """The loop's state at ``x_init``: the rule's, the books the attack keeps, and the
     step-size part's (with the highest-loss record it restarts from)."""
     state = LoopState(x_init, attack.rule.init(x_init), init_best(x_init) if attack.keep_best else None)
+    if attack.trace:
+        state = state._replace(trace=init_trace(x_init, steps))
     if isinstance(attack.schedule, Fixed):
         return state
     eta = jnp.broadcast_to(jnp.asarray(step_size, jnp.float32), x.shape[:1])
@@ -493,21 +483,44 @@ def run_from(
     draws from ``fold_in(keys[b], i)``. An attack whose step-size part keeps the
     highest-loss iterate returns it for the examples it did not fool
     (:func:`run_books`)."""
+    run = dict(key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop)
+    return run_traced(attack, p, x_init, **run)[0]  # type: ignore[arg-type]
+
+
+def run_traced(
+    attack: Attack,
+    p: Problem,
+    x_init: Array,
+    *,
+    key: PRNGKey,
+    step_size: Array,
+    steps: int,
+    targeted: bool,
+    loop: LoopMode,
+) -> tuple[Array, TraceFlags | None]:
+    """:func:`run_from`, with the run's :class:`jaxadv.compose.TraceFlags` (``None``
+    unless ``attack.trace``)."""
     if attack.count_queries:
         raise ValueError("an attack with count_queries runs through run_with_queries")
     if attack.keep_best and not isinstance(attack.schedule, Fixed):
         run = dict(key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop)
-        return run_books(attack, p, x_init, **run)[0].x  # type: ignore[arg-type]
+        out = run_books(attack, p, x_init, **run)[0]  # type: ignore[arg-type]
+        return out.x, out.flags
     key = row_keys(key, p.x.shape[0])
     state = _start_state(attack, p.x, x_init, step_size, steps)
     state, _, _ = _run(
         attack, p, state, key=key, step_size=step_size, steps=steps, targeted=targeted, loop=loop
     )
+    flags = None if state.trace is None else _flags(state.trace)
     if not attack.keep_best:
-        return state.x
-    return _final(
+        return state.x, flags
+    x_adv = _final(
         p.params, state, p.x, p.labels, key, model=p.model, targeted=targeted, randomized=attack.randomized
     )
+    return x_adv, flags
+
+
+_flags = jax.jit(trace_flags)
 
 
 def run_books(

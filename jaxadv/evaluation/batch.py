@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxadv import sharding as shd
 from jaxadv._core.randomised import fix_key
+from jaxadv.compose.bookkeeping import TraceFlags
 from jaxadv.evaluation.kernel import _PREDICTION, BatchResult, feasibility, outside_message
 from jaxadv.evaluation.layout import _Layout
 from jaxadv.evaluation.result import MISCLASSIFIED, ROBUST
@@ -34,6 +35,7 @@ class _Setting(NamedTuple):
     batch_size: int
     layout: _Layout
     randomized: bool = False
+    trace: bool = False  # ask the traced members for their traces (evaluate's diagnose)
 
 
 def _check_feasible(
@@ -86,6 +88,8 @@ def _evaluate_batch(
         return fix_key(s.logits_fn, s.layout.place_keys(judge_keys[idx]))
 
     extra = {"randomized": True} if s.randomized else {}
+    traced = s.trace and any(a.traced for a in s.attacks)
+    ever, incomplete, unavailable, seen = (np.zeros(n, bool) for _ in range(4))
     z = s.layout.logits(judge(_padded(n, rows)), placed)[:n]
     if yb.size and yb.max() >= z.shape[-1]:
         raise ValueError(
@@ -117,8 +121,16 @@ def _evaluate_batch(
             eps=s.eps,
             norm=s.norm,
             bounds=(s.lo, s.hi),
-            **extra,
+            **({**extra, "trace": True} if traced and attack.traced else extra),
         )
+        if isinstance(out, AttackResult) and out.trace is not None:
+            # As jaxadv.compose.merge_flags: the gradient is unavailable where no
+            # member that attacked the example had one.
+            f_ever, f_incomplete, f_unavailable = (s.layout.fetch(v)[: idx.size] for v in out.trace)
+            ever[idx] |= f_ever
+            incomplete[idx] |= f_incomplete
+            unavailable[idx] = np.where(seen[idx], unavailable[idx] & f_unavailable, f_unavailable)
+            seen[idx] = True
         # A suite member returns the adversarial array or an AttackResult (with queries).
         candidates, q = (out.x_adv, out.queries) if isinstance(out, AttackResult) else (out, None)
         x_adv = s.layout.fetch(candidates)[: idx.size]
@@ -142,6 +154,8 @@ def _evaluate_batch(
     fooled_by[lost] = ROBUST
     dist[lost] = 0.0
     x_best[lost] = xb[lost]
+    trace = TraceFlags(*(jnp.asarray(v) for v in (ever, ~ever & incomplete, unavailable))) if traced else None
     return BatchResult(
-        fooled_by, dist, spent, x_best, non_finite, int(np.sum(~clean_finite)), np.zeros(k, np.int64), seconds
-    )
+        fooled_by, dist, spent, x_best, non_finite, int(np.sum(~clean_finite)), np.zeros(k, np.int64),
+        seconds, trace,
+    )  # fmt: skip

@@ -24,25 +24,41 @@ they silently fail (a defence hides its gradients, randomises its output, or the
 budget was too short), the number is too high, and nothing in it says so. The
 indicators look for those failures example by example, each tied to a fix.
 
-They are read off a *diagnostic attack* that :func:`indicators` runs itself, on
-the margin loss :math:`m(x) = \max_{j \ne y} z_j(x) - z_y(x)` (an example is
-adversarial when :math:`m > 0`, up to ties): ``steps`` steps of steepest ascent
-with the fixed step :math:`\alpha = 2.5\,\epsilon / T`, projected onto the ball and
-the box, from the clean example, recording the margin and the prediction at each
-iterate :math:`x_0 = x, \dots, x_T` and the gradient at each step; a second run of it with the
-ball replaced by the whole box; and ``draws`` tiny random perturbations of ``x``.
+**Where they come from.** Given the evaluated attacks' traces (``trace``, the
+:class:`jaxadv.compose.TraceFlags` that a gradient attack run with
+``trace=True`` keeps at no extra model call: :func:`jaxadv.evaluate` passes
+those of its suite's gradient members), the first three are read off the
+attacks' own iterates: their objective, their success and their gradients.
+Without a trace (a suite of black-box attacks, or a result from elsewhere),
+:func:`indicators` runs a *diagnostic attack* for them, on the margin loss
+:math:`m(x) = \max_{j \ne y} z_j(x) - z_y(x)` (an example is adversarial when
+:math:`m > 0`, up to ties): ``steps`` steps of steepest ascent with the fixed
+step :math:`\alpha = 2.5\,\epsilon / T`, projected onto the ball and the box,
+from the clean example, recording the margin and the prediction at each
+iterate :math:`x_0 = x, \dots, x_T` and the gradient at each step. Either way,
+``unstable_predictions`` takes the margin's gradient at ``x`` and ``draws``
+tiny random perturbations of ``x`` (one gradient and ``draws + 1`` forward
+passes), and ``unconstrained_failure`` runs the diagnostic attack with the ball
+replaced by the whole box, on the examples the evaluation left robust only.
 On an example the model classifies correctly:
 
 * ``silent_success``: some iterate was adversarial, yet the point returned is not
   (the evaluated ``x_adv`` or its ``fooled`` flag when given, else the last
   iterate). An evaluation that reported the example robust was wrong about it.
-* ``incomplete_optimization``: no iterate was adversarial and the margin was still
-  rising at the end: the best margin of the last quarter of the iterates exceeds
-  the best before it by more than ``tolerance`` of the whole rise.
-* ``unavailable_gradients``: the gradient or the margin is not finite at an
+* ``incomplete_optimization``: the returned point is not adversarial, no iterate
+  was, and the margin was still rising at the end, fast enough to matter (in
+  some run of an attack; :func:`jaxadv.compose.still_rising`): the best of the
+  last quarter of the iterates exceeds the best before it by more than
+  ``tolerance`` of the whole rise, and as many steps again at the last
+  quarter's pace would make it adversarial.
+* ``unavailable_gradients``: the gradient or the objective is not finite at an
   iterate, or the gradient vanishes at the start or at an iterate before the
-  first success: the budget spent along it, :math:`\epsilon\|g\|_*` (the dual
-  norm), would move the margin by at most ``1e-6`` of :math:`\max(1, |m|)`.
+  first success. On the diagnostic attack's margin: the budget spent along it,
+  :math:`\epsilon\|g\|_*` (the dual norm), would move the margin by at most
+  ``1e-6`` of :math:`\max(1, |m|)`. From traces: the attack's gradient is zero
+  (its steps follow the gradient's direction, which a tiny one still gives),
+  in every traced attack that ran on the example (one with a usable gradient,
+  on another loss, could move it).
 * ``unstable_predictions``: under perturbations :math:`\delta` of size
   ``noise`` (a fraction of the box), the margin moves by more than its first-order
   prediction allows: for some draw, :math:`|m(x+\delta_k) - m(x) - g^\top\delta_k| >
@@ -74,6 +90,7 @@ from jaxadv._core.rows import select_rows
 from jaxadv.attacks.iterative import bim, pgd
 from jaxadv.attacks.single_step import fgsm
 from jaxadv.attacks.square import square
+from jaxadv.compose.bookkeeping import DUAL, TraceFlags, still_rising, vanishing
 from jaxadv.keys import draw_rows, fold_rows, per_row, row_keys, split_rows
 from jaxadv.losses import cw_margin
 from jaxadv.models import ModelStatic, combine_model, predict, split_model
@@ -122,7 +139,6 @@ FIXES = {
     ),
 }
 
-_VANISH = 1e-6  # the gradient's reach over the budget, relative to max(1, |m|)
 _UNSTABLE = 1e-2  # the margin's first-order remainder allowed, relative to max(1, |m|) ...
 _LINEAR = 0.5  # ... plus this fraction of the first-order change itself
 
@@ -149,11 +165,6 @@ class Indicators(NamedTuple):
         }
 
 
-#: The dual of each threat model's norm: the budget ``eps`` along the gradient ``g``
-#: changes a linear margin by ``eps * ||g||_dual``.
-_DUAL: dict[str, Norm] = {"linf": "l1", "l2": "l2", "l1": "linf"}
-
-
 def _margin(z: Array, y: Array) -> Array:
     return cw_margin(z, jax.nn.one_hot(y, z.shape[-1]))
 
@@ -170,8 +181,6 @@ class _Trace(NamedTuple):
     last: Array  # [n] the last iterate is adversarial
     incomplete: Array
     unavailable: Array
-    m0: Array
-    g0: Array
 
 
 def _probe(call: Any, x: Array, y: Array, eps: Array, lo: Array, hi: Array, keys: Array, eval_keys: Array,
@@ -187,24 +196,21 @@ def _probe(call: Any, x: Array, y: Array, eps: Array, lo: Array, hi: Array, keys
     grad_fn = jax.grad(margin_sum, has_aux=True)
     alpha = 2.5 * eps / steps
 
-    def step(carry: tuple[Array, Array], t: Array) -> tuple[tuple[Array, Array], tuple[Array, ...]]:
-        xt, g_first = carry
+    def step(xt: Array, t: Array) -> tuple[Array, tuple[Array, ...]]:
         g, z = grad_fn(xt, fold_rows(keys, t))
         m = _margin(z, y)
         finite = jnp.all(jnp.isfinite(z), axis=1) & jnp.all(jnp.isfinite(g.reshape(len(g), -1)), axis=1)
-        vanish = ~(eps * norm_of(g, _DUAL[norm]) > _VANISH * jnp.maximum(1.0, jnp.abs(m)))
+        vanish = vanishing(eps * norm_of(g, DUAL[norm]), m)
         g = select_rows(finite, g, 0.0)
-        g_first = jnp.where(t == 0, g.astype(jnp.float32), g_first)  # the linear model at x, kept
         if norm == "l1":  # a sparse step spent on coordinates the box blocks would not move
             g = mask_blocked(g, xt, lo, hi)
         x_next = project_to_feasible(
             xt + step_along(alpha, steepest_direction(g, norm)), x, eps, norm, lo, hi
         )
         adv = hits(call(xt, eval_keys), y, False) if randomized else hits(z, y, False)
-        return (x_next.astype(x.dtype), g_first), (m, adv, finite, vanish)
+        return x_next.astype(x.dtype), (m, adv, finite, vanish)
 
-    init = (x, jnp.zeros(x.shape, jnp.float32))
-    (x_last, g0), (m, adv, finite, vanish) = jax.lax.scan(step, init, jnp.arange(steps))
+    x_last, (m, adv, finite, vanish) = jax.lax.scan(step, x, jnp.arange(steps))
     z_last = call(x_last, eval_keys).astype(jnp.float32)
     m = jnp.concatenate([m, _margin(z_last, y)[None]])  # [T + 1, n]
     adv = jnp.concatenate([adv, hits(z_last, y, False)[None]])
@@ -214,30 +220,36 @@ def _probe(call: Any, x: Array, y: Array, eps: Array, lo: Array, hi: Array, keys
     k = max(1, (steps + 1) // 4)
     m_safe = jnp.where(jnp.isfinite(m), m, -jnp.inf)
     early, late = jnp.max(m_safe[:-k], axis=0), jnp.max(m_safe[-k:], axis=0)
-    rise = jnp.max(m_safe, axis=0) - m_safe[0]
-    incomplete = ~ever & (rise > 0) & (late - early > tolerance * rise)
-    return _Trace(ever, adv[-1], incomplete, unavailable, m[0], g0)
+    incomplete = ~ever & still_rising(m_safe[0], early, late, tolerance)
+    return _Trace(ever, adv[-1], incomplete, unavailable)
 
 
-@functools.partial(jit, static_argnames=("model", "norm", "steps", "draws", "randomized", "tolerance"))
-def _indicators(
-    model: ModelStatic, params: Any, x: Array, y: Array, eps: Array, big: Array, lo: Array, hi: Array,
-    keys: Array, noise: Array, *, norm: Norm, steps: int, draws: int, randomized: bool, tolerance: float,
-) -> tuple[Array, ...]:  # fmt: skip
+def _call(model: ModelStatic, params: Any, randomized: bool) -> Any:
     f: Any = combine_model(model, params)  # logits_fn(x), or logits_fn(x, key) when randomised
-    call = per_row(f) if randomized else (lambda xi, _k: f(xi))
-    n = x.shape[0]
-    k_probe, k_box, k_noise, eval_keys = _split(keys)
-    z0 = call(x, eval_keys).astype(jnp.float32)
-    correct = jnp.all(jnp.isfinite(z0), axis=1) & (jnp.argmax(z0, axis=1) == y)
-    probe = functools.partial(
-        _probe, call, x, y, lo=lo, hi=hi, eval_keys=eval_keys, norm=norm, steps=steps,
-        tolerance=tolerance, randomized=randomized,
-    )  # fmt: skip
-    ball, box = probe(eps=eps, keys=k_probe), probe(eps=big, keys=k_box)
+    return per_row(f) if randomized else (lambda xi, _k: f(xi))
 
+
+@functools.partial(jit, static_argnames=("model", "draws", "randomized"))
+def _local(
+    model: ModelStatic, params: Any, x: Array, y: Array, lo: Array, hi: Array, keys: Array, noise: Array,
+    *, draws: int, randomized: bool,
+) -> tuple[Array, Array]:  # fmt: skip
+    """``(correct, unstable)``, ``[n]`` each: the clean prediction, and the margin's
+    first-order test under ``draws`` tiny perturbations of ``x``."""
+    call = _call(model, params, randomized)
+    n = x.shape[0]
+    _, _, k_noise, eval_keys = _split(keys)
+
+    def margin_sum(xi: Array, k: Array) -> tuple[Array, Array]:
+        z = call(xi, k).astype(jnp.float32)
+        return jnp.sum(_margin(z, y)), z
+
+    g0, z0 = jax.grad(margin_sum, has_aux=True)(x, eval_keys)
+    m0 = _margin(z0, y)
+    correct = jnp.all(jnp.isfinite(z0), axis=1) & (jnp.argmax(z0, axis=1) == y)
     span = jnp.max(jnp.broadcast_to(hi - lo, x.shape[1:]))
     x32 = x.astype(jnp.float32)
+    g0 = g0.astype(jnp.float32)
 
     def remainder(d: Array) -> tuple[Array, Array]:
         k_draw, k_model = split_rows(fold_rows(k_noise, d))
@@ -245,21 +257,35 @@ def _indicators(
         x_noisy = jnp.clip(x32 + noise * span * unit, lo, hi).astype(x.dtype)
         delta = x_noisy.astype(jnp.float32) - x32
         z = call(x_noisy, k_model).astype(jnp.float32)
-        linear = jnp.sum((ball.g0.astype(jnp.float32) * delta).reshape(n, -1), axis=1)
-        return jnp.abs(_margin(z, y) - ball.m0 - linear), jnp.abs(linear)
+        linear = jnp.sum((g0 * delta).reshape(n, -1), axis=1)
+        return jnp.abs(_margin(z, y) - m0 - linear), jnp.abs(linear)
 
     rem, lin = jax.lax.map(remainder, jnp.arange(draws))  # [draws, n]
-    scale = jnp.maximum(1.0, jnp.abs(ball.m0))
+    scale = jnp.maximum(1.0, jnp.abs(m0))
     unstable = ~jnp.all(rem <= _LINEAR * lin + _UNSTABLE * scale, axis=0)  # NaN: unstable
-    return (
-        correct,
-        ball.ever,
-        ball.last,
-        correct & ball.incomplete,
-        correct & ball.unavailable,
-        correct & unstable,
-        correct & ~box.ever,
-    )
+    return correct, correct & unstable
+
+
+@functools.partial(jit, static_argnames=("model", "norm", "steps", "randomized", "tolerance"))
+def _probe_run(
+    model: ModelStatic, params: Any, x: Array, y: Array, eps: Array, lo: Array, hi: Array, keys: Array,
+    eval_keys: Array, *, norm: Norm, steps: int, randomized: bool, tolerance: float,
+) -> _Trace:  # fmt: skip
+    """The diagnostic attack (:func:`_probe`) on a batch, compiled."""
+    call = _call(model, params, randomized)
+    return _probe(
+        call, x, y, eps, lo, hi, keys, eval_keys, norm=norm, steps=steps, tolerance=tolerance,
+        randomized=randomized,
+    )  # fmt: skip
+
+
+def _bucket(k: int, n: int) -> int:
+    """The rows a probe of ``k`` of ``n`` examples runs on: the next of 1, 2, 3, 4, 6,
+    8, 12, 16, ... (powers of two and one and a half times them, at most ``n``), so
+    that a run compiles a few sizes, not one per count, and pads by a third at most."""
+    power = 1 << max(k - 1, 0).bit_length()  # the next power of two
+    three_quarters = power * 3 // 4
+    return min(n, three_quarters if power >= 4 and k <= three_quarters else power)
 
 
 def indicators(
@@ -275,10 +301,12 @@ def indicators(
     fooled: ArrayLike | None = None,
     surrogate_fn: LogitsFn | None = None,
     steps: int = 20,
+    box_steps: int = 5,
     draws: int = 4,
     noise: float = 1e-3,
     tolerance: float = 0.05,
     randomized: bool = False,
+    trace: TraceFlags | None = None,
 ) -> Indicators:
     r"""Per-example indicators of attack failure on a batch (see the module docstring).
 
@@ -300,17 +328,27 @@ def indicators(
       surrogate_fn: the model the attack ran on, when it was not ``logits_fn``
         itself (a BPDA or transfer surrogate); needs ``x_adv``, and computes
         ``transfer_failure``.
-      steps: the diagnostic attack's steps (``>= 1``); the box-only run takes as many.
+      steps: the diagnostic attack's steps (``>= 1``).
+      box_steps: the box-only run's steps (``>= 1``): with the whole box as its
+        budget, each step may cross it, so a few suffice.
       draws: random perturbations for ``unstable_predictions`` (``>= 1``).
       noise: their size, a fraction of the box's width (in ``(0, 1)``).
       tolerance: the fraction of the margin's rise that its last quarter may still
         add before ``incomplete_optimization`` fires (in ``(0, 1)``).
       randomized: the model is ``logits_fn(x, key)``, called with a fresh key per
         example at every call; its randomness shows as ``unstable_predictions``.
+      trace: the evaluated attacks' :class:`jaxadv.compose.TraceFlags` (``[n]``
+        each; for instance ``AttackResult.trace`` of ``jaxadv.apgd(...,
+        return_info=True, trace=True)``, or several merged with
+        :func:`jaxadv.compose.merge_flags`): ``silent_success``,
+        ``incomplete_optimization`` and ``unavailable_gradients`` are read off it
+        instead of a diagnostic attack. Needs ``x_adv`` or ``fooled``.
 
     Returns:
-      :class:`Indicators` of ``[n]`` bool arrays. Cost: ``2 * steps`` gradients
-      and ``draws + 3`` forward passes of the batch.
+      :class:`Indicators` of ``[n]`` bool arrays. Cost: one gradient and
+      ``draws + 1`` forward passes of the batch, ``box_steps`` gradients of the
+      examples left robust (the box-only run), and, without ``trace``, ``steps``
+      gradients of the batch (the diagnostic attack).
 
     Raises:
       ValueError: bad shapes, ``eps``, ``steps``, ``draws``, ``noise`` or
@@ -319,6 +357,7 @@ def indicators(
     norm = check_norm(norm)
     steps = check_steps(steps)
     draws = check_steps(draws, "draws")
+    box_steps = check_steps(box_steps, "box_steps")
     x = check_inputs(x)
     y = jnp.asarray(y)
     if x.ndim < 2 or y.shape != (x.shape[0],) or not jnp.issubdtype(y.dtype, jnp.integer):
@@ -332,6 +371,8 @@ def indicators(
         raise ValueError("pass x_adv or fooled, not both")
     if surrogate_fn is not None and x_adv is None:
         raise ValueError("surrogate_fn needs x_adv: transfer_failure compares the two models on it")
+    if trace is not None and x_adv is None and fooled is None:
+        raise ValueError("trace needs x_adv or fooled: silent_success compares it with the returned points")
     keys = row_keys(key, x.shape[0])
     lo, hi = check_bounds(bounds)
     n = x.shape[0]
@@ -348,19 +389,29 @@ def indicators(
         empty = jnp.zeros((0,), bool)
         return Indicators(empty, empty, empty, empty, empty, None if surrogate_fn is None else empty)
     check_in_bounds(x.astype(jnp.float32), lo, hi, x.dtype)
+    if trace is not None:
+        trace = TraceFlags(*(jnp.asarray(v, bool) for v in trace))
+        if any(v.shape != (n,) for v in trace):
+            raise ValueError(f"trace must hold [n] = [{n}] bools per flag, got {[v.shape for v in trace]}")
     big = large_eps(norm, x, np.asarray(lo), np.asarray(hi))
-    out = _indicators(
-        model, params, x, y.astype(jnp.int32), jnp.float32(eps), jnp.float32(max(big, eps)), lo, hi,
-        keys, jnp.float32(noise), norm=norm, steps=steps, draws=draws, randomized=randomized,
-        tolerance=float(tolerance),
+    y = y.astype(jnp.int32)
+    k_ball, k_box, _, eval_keys = _split(keys)
+    model_args = (model, params)
+    probe = functools.partial(
+        _probe_run, *model_args, norm=norm, randomized=randomized, tolerance=float(tolerance)
+    )
+    correct, unstable = _local(
+        *model_args, x, y, lo, hi, keys, jnp.float32(noise), draws=draws, randomized=randomized
     )  # fmt: skip
-    correct, ever, last, incomplete, unavailable, unstable, unconstrained = out
 
     def fools(fn: Any, xa: Array) -> Array:
         if randomized:  # under the draws the clean examples were classified with
-            return hits(per_row(fn)(xa, _split(keys)[3]), y, False)
+            return hits(per_row(fn)(xa, eval_keys), y, False)
         return hits(fn(xa), y, False)
 
+    ball = None
+    if trace is None:
+        ball = probe(x, y, jnp.float32(eps), lo, hi, k_ball, eval_keys, steps=steps)
     if fooled is not None:
         returned = jnp.asarray(fooled, bool)
         if returned.shape != (n,):
@@ -371,12 +422,39 @@ def indicators(
             raise ValueError(f"x_adv must have the shape of x {x.shape}, got {xa.shape}")
         returned = fools(logits_fn, xa)
     else:
-        returned = last
+        assert ball is not None
+        returned = ball.last
+    if trace is not None:
+        ever, incomplete = trace.ever, correct & ~returned & trace.incomplete
+        unavailable = correct & trace.unavailable
+    else:
+        assert ball is not None
+        ever, incomplete, unavailable = ball.ever, correct & ball.incomplete, correct & ball.unavailable
+
+    # The box-only run, on the examples left robust (padded to a few sizes).
+    left = np.nonzero(np.asarray(correct & ~returned))[0]
+    unconstrained = np.zeros(n, bool)
+    if left.size:
+        rows = np.concatenate([left, np.full(_bucket(left.size, n) - left.size, left[0])])
+        box = probe(
+            x[rows],
+            y[rows],
+            jnp.float32(max(big, eps)),
+            lo,
+            hi,
+            k_box[rows],
+            eval_keys[rows],
+            steps=box_steps,
+        )
+        unconstrained[left] = ~np.asarray(box.ever)[: left.size]
     transfer = None
     if surrogate_fn is not None:
         xa = jnp.asarray(x_adv)
         transfer = correct & fools(surrogate_fn, xa) & ~fools(logits_fn, xa)
-    return Indicators(correct & ever & ~returned, incomplete, unavailable, unstable, unconstrained, transfer)
+    unconstrained_flags = jnp.asarray(unconstrained)
+    return Indicators(
+        correct & ever & ~returned, incomplete, unavailable, unstable, unconstrained_flags, transfer
+    )
 
 
 # --- batch-level checks ---------------------------------------------------------------

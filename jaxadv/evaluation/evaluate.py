@@ -99,12 +99,13 @@ def _flagged(
 
 def _diagnose_batch(
     logits_fn: LogitsFn, x: Any, y: Any, fooled: np.ndarray, keys: Any, *, eps: float, norm: Norm,
-    bounds: Bounds, randomized: bool,
+    bounds: Bounds, randomized: bool, trace: Any = None,
 ) -> np.ndarray:  # fmt: skip
-    """``[b, len(_DIAGNOSED)]`` bool: the indicators of attack failure of a batch."""
+    """``[b, len(_DIAGNOSED)]`` bool: the indicators of attack failure of a batch
+    (from the suite's traces when it kept them)."""
     ind = attack_failure_indicators(
         logits_fn, jnp.asarray(x), jnp.asarray(y), eps=eps, key=fold_rows(keys, _DIAGNOSE), norm=norm,
-        bounds=bounds, fooled=fooled, randomized=randomized,
+        bounds=bounds, fooled=fooled, randomized=randomized, trace=trace,
     )  # fmt: skip
     return _indicator_flags(ind)
 
@@ -274,9 +275,14 @@ def evaluate(
         :func:`jaxadv.evaluation.indicators` (each batch's examples, whether the
         suite fooled them, and their keys): ``result.indicators`` holds them,
         ``result.untrusted()`` the examples any of them flags, and the summary and
-        the JSON report count them with the fix each one names. Costs two
-        diagnostic attacks of 20 steps and 7 forward passes per batch. With
-        ``checkpoint``, a resumed run must diagnose as the interrupted one did.
+        the JSON report count them with the fix each one names. The suite's
+        gradient members (PGD, APGD, APGD-T: ``SuiteAttack.traced``) keep a
+        trace of their iterates, from which silent successes, incomplete
+        optimisation and unavailable gradients are read; the rest costs one
+        gradient and 5 forward passes per batch, and a 20-step box-only run on
+        the examples left robust. A suite without a traced member, or a
+        randomised model, gets a 20-step diagnostic attack per batch instead.
+        With ``checkpoint``, a resumed run must diagnose as the interrupted one did.
       adaptive: diagnose, then attack each example counted robust on which an
         indicator fired again, with the fix its indicator names
         (:mod:`jaxadv.evaluation.adaptive`: more steps, EOT, BPDA through
@@ -406,7 +412,11 @@ def evaluate(
             UserWarning,
             stacklevel=2,
         )
-    setting = _Setting(attacked_fn, attacks, float(eps), norm, lo, hi, size.value, layout, randomized)
+    # A diagnosed run asks its gradient members for their traces; a randomised
+    # model's iterates are judged on other draws than the evaluation's, so its
+    # indicators come from the diagnostic attack, which judges them on the same.
+    trace = diagnose and not randomized
+    setting = _Setting(attacked_fn, attacks, float(eps), norm, lo, hi, size.value, layout, randomized, trace)
     skip = 0 if saved is None else saved.examples
     if saved is not None and skip and (saved.result.indicators is not None) != diagnose:
         raise ValueError(
@@ -503,7 +513,7 @@ def evaluate(
             if diagnose:
                 flags = _diagnose_batch(
                     logits_fn, piece.x, piece.y, np.asarray(out.fooled_by) >= 0, keys, eps=float(eps),
-                    norm=norm, bounds=bounds, randomized=randomized,
+                    norm=norm, bounds=bounds, randomized=randomized, trace=out.trace,
                 )  # fmt: skip
                 if adaptive:  # the flagged examples counted robust, kept for the re-attack
                     flagged += _flagged(flags, np.asarray(out.fooled_by), hasher.count, piece.x, piece.y)

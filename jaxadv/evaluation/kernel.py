@@ -77,6 +77,9 @@ class BatchResult(NamedTuple):
         correct attack; :func:`evaluate_batch` raises on them when called eagerly).
       seconds: ``[k]`` float64 seconds per attack when the driver timed them;
         ``None`` from :func:`evaluate_batch`.
+      trace: the traced members' :class:`jaxadv.compose.TraceFlags` per example,
+        merged over the members that attacked it, when the driver diagnoses
+        (``evaluate(..., diagnose=True)``); ``None`` otherwise.
     """
 
     fooled_by: Array | np.ndarray
@@ -87,6 +90,7 @@ class BatchResult(NamedTuple):
     non_finite_clean: Array | np.ndarray | int
     outside: Array | np.ndarray
     seconds: Array | np.ndarray | None = None
+    trace: Any = None
 
 
 def half_ulp(a: Array) -> Array:

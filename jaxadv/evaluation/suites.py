@@ -62,6 +62,10 @@ class SuiteAttack(NamedTuple):
       randomized: ``run`` also takes ``randomized=True`` and then attacks a
         randomised model ``logits_fn(x, key)`` (``evaluate(..., randomized=True)``
         refuses a suite with a member that cannot).
+      traced: ``run`` also takes ``trace=True`` and then returns an
+        :class:`jaxadv.AttackResult` whose ``trace`` holds the run's
+        :class:`jaxadv.compose.TraceFlags`: ``evaluate(..., diagnose=True)``
+        reads its indicators of attack failure off them.
     """
 
     name: str
@@ -69,14 +73,17 @@ class SuiteAttack(NamedTuple):
     black_box: bool = False
     norms: tuple[str, ...] | None = None
     randomized: bool = False
+    traced: bool = False
 
 
-def _apgd_ce(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
+def _apgd_ce(
+    logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any, trace: bool = False
+) -> Any:
     # AutoAttack's configurations: one run for L-inf/L2, five with the shrinking radius for L1.
     l1 = norm == "l1"
     return apgd(
         logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, loss="ce", bounds=bounds,
-        num_restarts=5 if l1 else 1, shrinking_eps=l1,
+        num_restarts=5 if l1 else 1, shrinking_eps=l1, return_info=trace, trace=trace,
     )  # fmt: skip
 
 
@@ -86,20 +93,24 @@ def _targets(logits_fn: Any, x: Any, wanted: int) -> int:
     return max(1, min(wanted, classes - 1))
 
 
-def _apgd_t(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
+def _apgd_t(
+    logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any, trace: bool = False
+) -> Any:
     # AutoAttack's L1 version attacks 5 target classes, the others 9.
     l1 = norm == "l1"
     return apgd_targeted(
         logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, bounds=bounds, shrinking_eps=l1,
-        num_target_classes=_targets(logits_fn, x, 5 if l1 else 9),
+        num_target_classes=_targets(logits_fn, x, 5 if l1 else 9), return_info=trace, trace=trace,
     )  # fmt: skip
 
 
 def _apgd_restarts(loss: str, restarts: int) -> AttackFn:
-    def run(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
+    def run(
+        logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any, trace: bool = False
+    ) -> Any:
         return apgd(
             logits_fn, x, y, key=key, eps=eps, steps=100, norm=norm, loss=loss, bounds=bounds,
-            num_restarts=restarts,
+            num_restarts=restarts, return_info=trace, trace=trace,
         )  # fmt: skip
 
     return run
@@ -147,8 +158,13 @@ def _square(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, b
 
 
 def _pgd(steps: int, restarts: int = 1) -> AttackFn:
-    def run(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
-        return pgd(logits_fn, x, y, key=key, eps=eps, steps=steps, norm=norm, bounds=bounds)
+    def run(
+        logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any, trace: bool = False
+    ) -> Any:
+        return pgd(
+            logits_fn, x, y, key=key, eps=eps, steps=steps, norm=norm, bounds=bounds, return_info=trace,
+            trace=trace,
+        )  # fmt: skip
 
     return run
 
@@ -158,17 +174,22 @@ def _fgsm(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bou
     return fgsm(logits_fn, x, y, eps=eps, norm=norm, bounds=bounds)
 
 
-def _pgd_cw(logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any) -> Any:
-    return pgd(logits_fn, x, y, key=key, eps=eps, steps=50, norm=norm, bounds=bounds, loss=cw_margin)
+def _pgd_cw(
+    logits_fn: Any, x: Any, y: Any, *, key: Any, eps: Any, norm: Norm, bounds: Any, trace: bool = False
+) -> Any:
+    return pgd(
+        logits_fn, x, y, key=key, eps=eps, steps=50, norm=norm, bounds=bounds, loss=cw_margin,
+        return_info=trace, trace=trace,
+    )  # fmt: skip
 
 
 #: Named attacks usable in custom suites by name.
 ATTACKS: dict[str, SuiteAttack] = {
-    "apgd-ce": SuiteAttack("apgd-ce", _apgd_ce, norms=("linf", "l2", "l1")),
-    "apgd-t": SuiteAttack("apgd-t", _apgd_t, norms=("linf", "l2", "l1")),
+    "apgd-ce": SuiteAttack("apgd-ce", _apgd_ce, norms=("linf", "l2", "l1"), traced=True),
+    "apgd-t": SuiteAttack("apgd-t", _apgd_t, norms=("linf", "l2", "l1"), traced=True),
     "fab-t": SuiteAttack("fab-t", _fab_t, norms=("linf", "l2", "l1")),
-    "apgd-ce-x5": SuiteAttack("apgd-ce-x5", _apgd_restarts("ce", 5), norms=("linf", "l2")),
-    "apgd-dlr-x5": SuiteAttack("apgd-dlr-x5", _apgd_restarts("dlr", 5), norms=("linf", "l2")),
+    "apgd-ce-x5": SuiteAttack("apgd-ce-x5", _apgd_restarts("ce", 5), norms=("linf", "l2"), traced=True),
+    "apgd-dlr-x5": SuiteAttack("apgd-dlr-x5", _apgd_restarts("dlr", 5), norms=("linf", "l2"), traced=True),
     "fab-x5": SuiteAttack("fab-x5", _fab, norms=("linf", "l2", "l1")),
     "apgd-ce-eot20": SuiteAttack(
         "apgd-ce-eot20", _apgd_eot("ce"), norms=("linf", "l2", "l1"), randomized=True
@@ -178,8 +199,8 @@ ATTACKS: dict[str, SuiteAttack] = {
     ),
     "square": SuiteAttack("square", _square, black_box=True, norms=("linf", "l2", "l1")),
     "fgsm": SuiteAttack("fgsm", _fgsm),
-    "pgd-20": SuiteAttack("pgd-20", _pgd(20)),
-    "pgd-50-cw": SuiteAttack("pgd-50-cw", _pgd_cw),
+    "pgd-20": SuiteAttack("pgd-20", _pgd(20), traced=True),
+    "pgd-50-cw": SuiteAttack("pgd-50-cw", _pgd_cw, traced=True),
 }
 
 #: Built-in suites (see the module docstring): AutoAttack's ``"standard"``,
