@@ -48,12 +48,5 @@ def test_examples_figure_names_the_attack_and_eps(tmp_path: Path, monkeypatch: p
     assert (tmp_path / "examples.png").stat().st_size > 0
 
 
-@pytest.mark.slow
-def test_the_demo_prints_each_stage_once_and_no_repeated_row(tmp_path: Path) -> None:
-    lines: list[str] = []
-    demo.run((0.1,), steps=2, queries=20, minimal_examples=4, out=None, print_fn=lines.append)
-    stages = [line for line in lines if "(compile " in line]
-    labels = [line.split(": ")[0] for line in stages]
-    assert len(labels) == len(set(labels)) and len(labels) >= 10
-    assert not any(line.endswith("...") for line in lines)
-    assert not any(line.startswith("iterative least-likely class") for line in lines)
+# The check that the whole demo prints each stage once and repeats no row runs on
+# tests/test_demo.py's demo run (test_the_demo_prints_each_stage_once_and_no_repeated_row).
