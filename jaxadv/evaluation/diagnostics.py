@@ -266,15 +266,21 @@ def _local(
     return correct, correct & unstable
 
 
-@functools.partial(jit, static_argnames=("model", "norm", "steps", "randomized", "tolerance"))
+@functools.partial(jit, static_argnames=("model", "norm", "steps", "randomized", "tolerance", "box"))
 def _probe_run(
     model: ModelStatic, params: Any, x: Array, y: Array, eps: Array, lo: Array, hi: Array, keys: Array,
-    eval_keys: Array, *, norm: Norm, steps: int, randomized: bool, tolerance: float,
+    rows: Array | None, *, norm: Norm, steps: int, randomized: bool, tolerance: float, box: bool,
 ) -> _Trace:  # fmt: skip
-    """The diagnostic attack (:func:`_probe`) on a batch, compiled."""
+    """The diagnostic attack (:func:`_probe`), compiled: in the ball, or with
+    ``box`` the box-only run, on the ``rows`` of the batch (all when ``None``);
+    ``keys``: the examples' own keys, split here."""
+    k_ball, k_box, _, eval_keys = _split(keys)
+    k_run = k_box if box else k_ball
+    if rows is not None:
+        x, y, k_run, eval_keys = x[rows], y[rows], k_run[rows], eval_keys[rows]
     call = _call(model, params, randomized)
     return _probe(
-        call, x, y, eps, lo, hi, keys, eval_keys, norm=norm, steps=steps, tolerance=tolerance,
+        call, x, y, eps, lo, hi, k_run, eval_keys, norm=norm, steps=steps, tolerance=tolerance,
         randomized=randomized,
     )  # fmt: skip
 
@@ -395,7 +401,6 @@ def indicators(
             raise ValueError(f"trace must hold [n] = [{n}] bools per flag, got {[v.shape for v in trace]}")
     big = large_eps(norm, x, np.asarray(lo), np.asarray(hi))
     y = y.astype(jnp.int32)
-    k_ball, k_box, _, eval_keys = _split(keys)
     model_args = (model, params)
     probe = functools.partial(
         _probe_run, *model_args, norm=norm, randomized=randomized, tolerance=float(tolerance)
@@ -406,12 +411,12 @@ def indicators(
 
     def fools(fn: Any, xa: Array) -> Array:
         if randomized:  # under the draws the clean examples were classified with
-            return hits(per_row(fn)(xa, eval_keys), y, False)
+            return hits(per_row(fn)(xa, _split(keys)[3]), y, False)
         return hits(fn(xa), y, False)
 
     ball = None
     if trace is None:
-        ball = probe(x, y, jnp.float32(eps), lo, hi, k_ball, eval_keys, steps=steps)
+        ball = probe(x, y, jnp.float32(eps), lo, hi, keys, None, steps=steps, box=False)
     if fooled is not None:
         returned = jnp.asarray(fooled, bool)
         if returned.shape != (n,):
@@ -424,37 +429,32 @@ def indicators(
     else:
         assert ball is not None
         returned = ball.last
+    # On the host from here: a handful of [n] flags, not worth a dispatch each.
+    correct, unstable, returned = (np.asarray(v, bool) for v in (correct, unstable, returned))
     if trace is not None:
-        ever, incomplete = trace.ever, correct & ~returned & trace.incomplete
-        unavailable = correct & trace.unavailable
+        ever = np.asarray(trace.ever)
+        incomplete = correct & ~returned & np.asarray(trace.incomplete)
+        unavailable = correct & np.asarray(trace.unavailable)
     else:
         assert ball is not None
-        ever, incomplete, unavailable = ball.ever, correct & ball.incomplete, correct & ball.unavailable
+        ever = np.asarray(ball.ever)
+        incomplete = correct & np.asarray(ball.incomplete)
+        unavailable = correct & np.asarray(ball.unavailable)
 
     # The box-only run, on the examples left robust (padded to a few sizes).
-    left = np.nonzero(np.asarray(correct & ~returned))[0]
+    left = np.nonzero(correct & ~returned)[0]
     unconstrained = np.zeros(n, bool)
     if left.size:
         rows = np.concatenate([left, np.full(_bucket(left.size, n) - left.size, left[0])])
-        box = probe(
-            x[rows],
-            y[rows],
-            jnp.float32(max(big, eps)),
-            lo,
-            hi,
-            k_box[rows],
-            eval_keys[rows],
-            steps=box_steps,
-        )
+        radius = jnp.float32(max(big, eps))
+        box = probe(x, y, radius, lo, hi, keys, jnp.asarray(rows), steps=box_steps, box=True)
         unconstrained[left] = ~np.asarray(box.ever)[: left.size]
     transfer = None
     if surrogate_fn is not None:
         xa = jnp.asarray(x_adv)
-        transfer = correct & fools(surrogate_fn, xa) & ~fools(logits_fn, xa)
-    unconstrained_flags = jnp.asarray(unconstrained)
-    return Indicators(
-        correct & ever & ~returned, incomplete, unavailable, unstable, unconstrained_flags, transfer
-    )
+        transfer = jnp.asarray(correct & np.asarray(fools(surrogate_fn, xa) & ~fools(logits_fn, xa)))
+    flags = (correct & ever & ~returned, incomplete, unavailable, unstable, unconstrained)
+    return Indicators(*(jnp.asarray(v) for v in flags), transfer)
 
 
 # --- batch-level checks ---------------------------------------------------------------
