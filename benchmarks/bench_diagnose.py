@@ -6,9 +6,11 @@ Evaluates the digits CNN (trained here, seed 0) on the first n test digits at
 L-inf eps, with and without ``diagnose=True``, one after the other in the same
 process, each after a warm-up run (compilation excluded); with ``--repeats``
 the two alternate and the fastest of each is kept. Prints both times, their
-ratio, and how many examples each indicator flagged. The indicators cost two
-diagnostic attacks of 20 steps and 7 forward passes per batch, whatever the
-suite, so their share is smallest beside the strong suites that need them.
+ratio, and how many examples each indicator flagged. The suite's gradient
+members keep traces of their runs (no extra model call); the rest costs one
+gradient and five forward passes per batch, and a 5-step box-only attack on the
+examples left robust. A suite without a gradient member pays a 20-step
+diagnostic attack per batch instead.
 """
 
 from __future__ import annotations

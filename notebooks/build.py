@@ -1628,9 +1628,11 @@ asks: **on which examples can the reported robustness not be trusted, and what
 would fix the attack there?**
 
 `evaluate(..., diagnose=True)` computes, for every example, six *indicators of
-attack failure* (after Pintor et al., NeurIPS 2022) from a short diagnostic
-attack on the margin loss, the same attack with the whole input box as budget,
-and a few tiny random perturbations of the input:
+attack failure* (after Pintor et al., NeurIPS 2022). The suite's gradient
+attacks keep a trace of their own iterates as they run (success, margin,
+gradient); the rest takes one gradient and a few tiny random perturbations of
+the input, and a short attack with the whole input box as its budget on the
+examples left robust:
 
 | indicator | what it saw | the fix it names |
 |---|---|---|
@@ -1684,8 +1686,8 @@ print(quantised_adaptive.summary())
 through_bpda = jaxadv.evaluate(surrogate_fn, xe, ye, diagnose=True, **settings)
 print(f"the same suite through BPDA: robust accuracy {through_bpda.robust_accuracy:.0%}, "
       f"indicators {through_bpda.indicator_counts()}")""",
-    """md:Through BPDA the suite's figure falls, and the indicators (nearly all)
-clear: the attack now has a gradient to follow. Quantisation is not worthless
+    """md:Through BPDA the suite's figure falls, and the indicators clear: the
+attack now has a gradient to follow. Quantisation is not worthless
 (pixels far from every threshold cannot be moved across one within eps), but
 most of its reported robustness was the attack's failure.
 
