@@ -302,6 +302,17 @@ def test_evaluate_flags_what_each_trace_shows() -> None:
     # The box-only run attacks the examples left robust (a random start fools a few).
     np.testing.assert_array_equal(res.indicators["unconstrained_failure"], res.robust)
     assert res.robust.any()
+    # A quantised input: its gradient is zero almost everywhere, and through BPDA it is not.
+    levels = lambda v: jnp.round(v * 7.0) / 7.0  # noqa: E731
+    quantised = lambda v: f(levels(v))  # noqa: E731
+    yq = jaxadv.predict(quantised, x)
+    res = _evaluate(quantised, x, yq, ["pgd-20"])
+    assert np.all(res.indicators["unavailable_gradients"]) and np.all(
+        res.indicators["unconstrained_failure"][res.robust]
+    )
+    through = _evaluate(lambda v: f(jaxadv.bpda(levels)(v)), x, yq, ["pgd-20"])
+    assert not through.indicators["unavailable_gradients"].any()
+    assert through.robust_accuracy < res.robust_accuracy
 
     def cut_short(
         logits_fn: Any, xb: Any, yb: Any, *, key: Any, eps: Any, norm: Any, bounds: Any, trace: bool = False
