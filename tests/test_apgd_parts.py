@@ -8,6 +8,7 @@ The parts are checked without a model against NumPy replays of the papers' rules
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -200,6 +201,22 @@ def test_restarts_of_the_configuration_are_apgd(mlp: Any, batch: Any, early_stop
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(named))
     fooled = np.argmax(np.asarray(mlp.logits_fn(named)), -1) != np.asarray(y)
     assert 0 < fooled.sum() < len(y)  # some robust examples: their highest-loss points are compared too
+
+
+def test_restarts_keep_the_same_trace_as_apgd(mlp: Any, batch: Any) -> None:
+    x, y = batch
+    key, eps = jax.random.key(4), 0.08
+    attack = dataclasses.replace(_apgd_linf(False), trace=True)
+    ours = compose.restarts(attack, num_restarts=2)(
+        mlp.logits_fn, x, y, key=key, eps=eps, steps=12, step_size=2 * eps, return_info=True
+    )
+    named = jaxadv.apgd(
+        mlp.logits_fn, x, y, key=key, eps=eps, steps=12, num_restarts=2, early_stop=False, return_info=True,
+        trace=True,
+    )  # fmt: skip
+    for a, b in zip(ours.trace, named.trace, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(ours.trace.ever), np.asarray(named.success))
 
 
 @pytest.mark.parametrize(

@@ -126,7 +126,7 @@ class Restarts:
             if settled(out, clean_bad):
                 break
         x_adv = p.finalize(select_rows(clean_bad, p.x, out.x))
-        return p.output(x_adv, targeted=targeted, return_info=return_info)
+        return p.output(x_adv, targeted=targeted, return_info=return_info, trace=out.flags)
 
 
 def restarts(attack: Attack, *, num_restarts: int) -> Restarts:
