@@ -218,9 +218,10 @@ def vanishing(reach: Array, loss: Array) -> Array:
 
 
 class Trace(NamedTuple):
-    r"""A run's per-example record for the indicators of attack failure.
+    r"""A run's per-example record for the indicators of attack failure (each
+    attribute ``[batch]``, except ``late_from``).
 
-    Attributes (``[batch]`` unless said):
+    Attributes:
       ever: bool, some iterate was adversarial.
       first: the margin (:func:`margin_objective`) at the first iterate.
       early: the highest margin over the iterates before ``late_from``.
