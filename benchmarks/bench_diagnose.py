@@ -8,7 +8,7 @@ process, each after a warm-up run (compilation excluded); with ``--repeats``
 the two alternate and the fastest of each is kept. Prints both times, their
 ratio, and how many examples each indicator flagged. The suite's gradient
 members keep traces of their runs (no extra model call); the rest costs one
-gradient and five forward passes per batch, and a 5-step box-only attack on the
+gradient and four forward passes per batch, and a 5-step box-only attack on the
 examples left robust. A suite without a gradient member pays a 20-step
 diagnostic attack per batch instead.
 """

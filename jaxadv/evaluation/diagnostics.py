@@ -37,7 +37,7 @@ step :math:`\alpha = 2.5\,\epsilon / T`, projected onto the ball and the box,
 from the clean example, recording the margin and the prediction at each
 iterate :math:`x_0 = x, \dots, x_T` and the gradient at each step. Either way,
 ``unstable_predictions`` takes the margin's gradient at ``x`` and ``draws``
-tiny random perturbations of ``x`` (one gradient and ``draws + 1`` forward
+tiny random perturbations of ``x`` (one gradient and ``draws`` forward
 passes), and ``unconstrained_failure`` runs the diagnostic attack with the ball
 replaced by the whole box, on the examples the evaluation left robust only.
 On an example the model classifies correctly:
@@ -352,9 +352,10 @@ def indicators(
 
     Returns:
       :class:`Indicators` of ``[n]`` bool arrays. Cost: one gradient and
-      ``draws + 1`` forward passes of the batch, ``box_steps`` gradients of the
-      examples left robust (the box-only run), and, without ``trace``, ``steps``
-      gradients of the batch (the diagnostic attack).
+      ``draws`` forward passes of the batch, ``box_steps`` gradients and a
+      forward pass of the examples left robust (the box-only run), and, without
+      ``trace``, ``steps`` gradients and a forward pass of the batch (the
+      diagnostic attack).
 
     Raises:
       ValueError: bad shapes, ``eps``, ``steps``, ``draws``, ``noise`` or

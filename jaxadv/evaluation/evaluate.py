@@ -279,7 +279,7 @@ def evaluate(
         gradient members (PGD, APGD, APGD-T: ``SuiteAttack.traced``) keep a
         trace of their iterates, from which silent successes, incomplete
         optimisation and unavailable gradients are read; the rest costs one
-        gradient and 5 forward passes per batch, and a 20-step box-only run on
+        gradient and 4 forward passes per batch, and a 5-step box-only run on
         the examples left robust. A suite without a traced member, or a
         randomised model, gets a 20-step diagnostic attack per batch instead.
         With ``checkpoint``, a resumed run must diagnose as the interrupted one did.
