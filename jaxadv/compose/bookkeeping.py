@@ -16,7 +16,8 @@ failure, and among failures the higher objective wins.
 
 With ``trace`` an attack also keeps a :class:`Trace` per example, what the
 indicators of attack failure (:mod:`jaxadv.evaluation.diagnostics`) read off
-the run at no extra model call: whether some iterate was adversarial, the rise
+the run from what its steps compute anyway (see :mod:`jaxadv.compose.loop`):
+whether some iterate was adversarial, the rise
 of its margin (:func:`margin_objective`, whatever loss the attack ascends) over
 the first and the last quarter of the steps, and whether the gradient was ever
 not finite or vanishing before the first success.

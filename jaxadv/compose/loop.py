@@ -32,8 +32,10 @@ returned with ``return_info``. :func:`jaxadv.spsa` and :func:`jaxadv.nes` are
 this loop with a :class:`jaxadv.compose.FiniteDifference` source.
 
 With ``trace=True`` the loop also keeps a :class:`jaxadv.compose.Trace` per
-example (its objective, success and gradient at every iterate, summed up as it
-goes, from the values the step computes anyway), and
+example (its margin, success and gradient at every iterate, summed up as it
+goes, from the values the step computes anyway; a source that returns no logits
+at the iterate, such as :class:`jaxadv.compose.EOT`, or a look-ahead rule, costs
+one more forward pass per step), and
 ``return_info`` carries its :class:`jaxadv.compose.TraceFlags` in
 ``AttackResult.trace``: what :func:`jaxadv.evaluate` reads its indicators of
 attack failure from.

@@ -26,9 +26,9 @@ indicators look for those failures example by example, each tied to a fix.
 
 **Where they come from.** Given the evaluated attacks' traces (``trace``, the
 :class:`jaxadv.compose.TraceFlags` that a gradient attack run with
-``trace=True`` keeps at no extra model call: :func:`jaxadv.evaluate` passes
-those of its suite's gradient members), the first three are read off the
-attacks' own iterates: their objective, their success and their gradients.
+``trace=True`` keeps from what its steps compute anyway: :func:`jaxadv.evaluate`
+passes those of its suite's gradient members), the first three are read off the
+attacks' own iterates: their margin, their success and their gradients.
 Without a trace (a suite of black-box attacks, or a result from elsewhere),
 :func:`indicators` runs a *diagnostic attack* for them, on the margin loss
 :math:`m(x) = \max_{j \ne y} z_j(x) - z_y(x)` (an example is adversarial when
