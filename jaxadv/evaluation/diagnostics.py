@@ -431,19 +431,19 @@ def indicators(
         assert ball is not None
         returned = ball.last
     # On the host from here: a handful of [n] flags, not worth a dispatch each.
-    correct, unstable, returned = (np.asarray(v, bool) for v in (correct, unstable, returned))
+    ok, still, done = (np.asarray(v, bool) for v in (correct, unstable, returned))
     if trace is not None:
         ever = np.asarray(trace.ever)
-        incomplete = correct & ~returned & np.asarray(trace.incomplete)
-        unavailable = correct & np.asarray(trace.unavailable)
+        incomplete = ok & ~done & np.asarray(trace.incomplete)
+        unavailable = ok & np.asarray(trace.unavailable)
     else:
         assert ball is not None
         ever = np.asarray(ball.ever)
-        incomplete = correct & np.asarray(ball.incomplete)
-        unavailable = correct & np.asarray(ball.unavailable)
+        incomplete = ok & np.asarray(ball.incomplete)
+        unavailable = ok & np.asarray(ball.unavailable)
 
     # The box-only run, on the examples left robust (padded to a few sizes).
-    left = np.nonzero(correct & ~returned)[0]
+    left = np.nonzero(ok & ~done)[0]
     unconstrained = np.zeros(n, bool)
     if left.size:
         rows = np.concatenate([left, np.full(_bucket(left.size, n) - left.size, left[0])])
@@ -453,9 +453,15 @@ def indicators(
     transfer = None
     if surrogate_fn is not None:
         xa = jnp.asarray(x_adv)
-        transfer = jnp.asarray(correct & np.asarray(fools(surrogate_fn, xa) & ~fools(logits_fn, xa)))
-    flags = (correct & ever & ~returned, incomplete, unavailable, unstable, unconstrained)
-    return Indicators(*(jnp.asarray(v) for v in flags), transfer)
+        transfer = jnp.asarray(ok & np.asarray(fools(surrogate_fn, xa) & ~fools(logits_fn, xa)))
+    return Indicators(
+        jnp.asarray(ok & ever & ~done),
+        jnp.asarray(incomplete),
+        jnp.asarray(unavailable),
+        jnp.asarray(still),
+        jnp.asarray(unconstrained),
+        transfer,
+    )
 
 
 # --- batch-level checks ---------------------------------------------------------------
