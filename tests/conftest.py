@@ -24,7 +24,11 @@ from typing import Any, Iterator
 # compilation of a PGD loop by 40 %. Both reach the subprocesses the tests start (CLI,
 # workers), except the notebooks' kernels (``user_compilation``). Every test passes
 # either way but one golden pin, which compiles with the backend optimisations on (the
-# ``full_optimization`` marker).
+# ``full_optimization`` marker). The slow tier's long computations (cross-checks,
+# training runs, attacks of hundreds of steps) carry that marker too: on two cores of a
+# Xeon, the slow tier took 19 min 16 s optimised throughout and 30 min 2 s unoptimised
+# throughout, the cross-checks alone 3 to 40 times longer; unoptimised, most other slow
+# tests took a third to a half less.
 # JAXADV_TEST_FULL_OPTIMIZATION=1 compiles everything as a user's program would be.
 _FAST_COMPILE = not os.environ.get("JAXADV_TEST_FULL_OPTIMIZATION")
 # The environment as the user set it, kept across pytest-xdist's workers (which start from
@@ -71,9 +75,26 @@ if os.environ.get("JAXADV_TEST_COMPILE_REPORT"):
     jax.monitoring.register_event_duration_secs_listener(_on_compile)
 
 
+def _set_optimised(on: bool) -> None:
+    """Compile with XLA's backend optimisations on or off from here on. Clears JAX's caches
+    when that changes, so that no program compiled the other way is reused; subprocesses
+    started from here on inherit the setting."""
+    if on == (not jax.config.read("jax_disable_most_optimizations")):
+        return
+    jax.clear_caches()
+    jax.config.update("jax_disable_most_optimizations", not on)
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0" if on else "1"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """A test marked ``full_optimization`` compiles with XLA's backend optimisations on,
+    its fixtures included (they are set up inside this hook); the others compile fast
+    unless ``JAXADV_TEST_FULL_OPTIMIZATION`` is set. Consecutive marked tests (a marked
+    module) keep the setting and their compiled programs."""
     _CURRENT[0] = item.nodeid
+    if _FAST_COMPILE:
+        _set_optimised(item.get_closest_marker("full_optimization") is not None)
     yield
 
 
@@ -91,29 +112,14 @@ __all__ = ["Trained"]
 @contextlib.contextmanager
 def optimised() -> Iterator[None]:
     """Compile with XLA's backend optimisations on inside the block (see the top of this file)."""
-    if not _FAST_COMPILE:
+    if not jax.config.read("jax_disable_most_optimizations"):
         yield
         return
-    # Clear the caches on the way in and out, so that no program compiled the other way is reused.
-    jax.clear_caches()
-    jax.config.update("jax_disable_most_optimizations", False)
+    _set_optimised(True)
     try:
         yield
     finally:
-        jax.config.update("jax_disable_most_optimizations", True)
-        jax.clear_caches()
-
-
-@pytest.fixture(autouse=True)
-def _full_optimization_when_marked(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A test marked ``full_optimization`` compiles with XLA's backend optimisations on:
-    outputs pinned nearly bit for bit over long iterations (APGD-CE L2's golden iterate
-    drifted by 8.5e-5 over 100 steps without them)."""
-    if request.node.get_closest_marker("full_optimization") is None:
-        yield
-        return
-    with optimised():
-        yield
+        _set_optimised(False)
 
 
 @pytest.fixture

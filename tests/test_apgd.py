@@ -93,6 +93,7 @@ def _robust(f: Any, x: Any, y: Any) -> float:
 
 # Slow tier: a strength comparison on the digits CNN.
 @pytest.mark.slow
+@pytest.mark.full_optimization
 def test_apgd_ce_at_least_as_strong_as_pgd(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:200]), jnp.asarray(digits[1].y[:200])
     for eps in (0.1, 0.15):
@@ -108,6 +109,7 @@ def test_apgd_ce_at_least_as_strong_as_pgd(cnn: Any, digits: Any) -> None:
 
 # Slow tier: a strength comparison on the digits CNN.
 @pytest.mark.slow
+@pytest.mark.full_optimization
 def test_apgd_targeted_at_least_as_strong_on_most_seeds(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:100]), jnp.asarray(digits[1].y[:100])
     wins = 0
@@ -120,6 +122,7 @@ def test_apgd_targeted_at_least_as_strong_on_most_seeds(cnn: Any, digits: Any) -
 
 
 @pytest.mark.slow
+@pytest.mark.full_optimization
 def test_success_is_kept_and_returned(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:64]), jnp.asarray(digits[1].y[:64])
     key = jax.random.key(3)

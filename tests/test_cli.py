@@ -25,6 +25,7 @@ from jaxadv.__main__ import build_parser, main
 
 
 @pytest.mark.slow
+@pytest.mark.full_optimization
 def test_cli_report_matches_library(cnn: Any, digits: Any, tmp_path: Any) -> None:
     test = digits[1]
     x, y = test.x[:64], test.y[:64]

@@ -21,7 +21,9 @@ import pytest
 import jaxadv
 
 # Slow tier: the page's code trains a digits model and runs its attacks as written.
-pytestmark = pytest.mark.slow
+# The page's code runs once (a module fixture) as its reader's would: optimised. Every
+# test here reads it, and the last one reads its jit cache.
+pytestmark = [pytest.mark.slow, pytest.mark.full_optimization]
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "compose.md"
 

@@ -18,7 +18,7 @@ import pytest
 
 import jaxadv
 
-pytestmark = [pytest.mark.slow, pytest.mark.crosscheck]
+pytestmark = [pytest.mark.slow, pytest.mark.crosscheck, pytest.mark.full_optimization]
 
 N, STEPS = 300, 30
 

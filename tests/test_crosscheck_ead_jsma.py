@@ -27,7 +27,7 @@ import jaxadv
 from jaxadv.attacks.ead import ead
 from jaxadv.attacks.jsma import jsma
 
-pytestmark = [pytest.mark.slow, pytest.mark.crosscheck]
+pytestmark = [pytest.mark.slow, pytest.mark.crosscheck, pytest.mark.full_optimization]
 
 N = 100
 EAD_SETTINGS = dict(l1_weight=1e-3, learning_rate=1e-2, steps=100, binary_search_steps=9, initial_const=1e-3)

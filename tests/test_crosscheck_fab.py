@@ -29,7 +29,7 @@ import pytest
 import jaxadv
 from jaxadv.attacks.fab import fab, fab_targeted
 
-pytestmark = [pytest.mark.slow, pytest.mark.crosscheck]
+pytestmark = [pytest.mark.slow, pytest.mark.crosscheck, pytest.mark.full_optimization]
 
 N, STEPS, EPS, TARGETS = 100, 30, 0.1, 3
 

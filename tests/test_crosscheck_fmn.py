@@ -30,7 +30,7 @@ import pytest
 import jaxadv
 from jaxadv.attacks.fmn import fmn
 
-pytestmark = [pytest.mark.slow, pytest.mark.crosscheck]
+pytestmark = [pytest.mark.slow, pytest.mark.crosscheck, pytest.mark.full_optimization]
 
 N, STEPS = 100, 100
 

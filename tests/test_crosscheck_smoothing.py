@@ -34,7 +34,7 @@ import pytest
 from jaxadv import certify
 from jaxadv import evaluation as ev
 
-pytestmark = [pytest.mark.slow, pytest.mark.crosscheck]
+pytestmark = [pytest.mark.slow, pytest.mark.crosscheck, pytest.mark.full_optimization]
 
 N, SIGMA, N0, NDRAWS, ALPHA = 100, 0.25, 100, 1000, 0.001
 RADII = (0.0, 0.1, 0.25, 0.4)

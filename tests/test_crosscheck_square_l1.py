@@ -43,7 +43,7 @@ import pytest
 
 import jaxadv
 
-pytestmark = [pytest.mark.slow, pytest.mark.crosscheck]
+pytestmark = [pytest.mark.slow, pytest.mark.crosscheck, pytest.mark.full_optimization]
 
 SQUARE_EPS, QUERIES, SEEDS = 2.0, 2000, (0, 1)
 #: 2 pp: the mean robust accuracies over ``SEEDS`` (see the module docstring).

@@ -41,7 +41,12 @@ import pytest
 import jaxadv
 from jaxadv import compose
 
-pytestmark = [pytest.mark.slow, pytest.mark.crosscheck, pytest.mark.filterwarnings("ignore::Warning")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.crosscheck,
+    pytest.mark.full_optimization,
+    pytest.mark.filterwarnings("ignore::Warning"),
+]
 
 EPS, ALPHA, STEPS = 0.1, 0.01, 10
 OURS: dict[str, Any] = dict(eps=EPS, step_size=ALPHA, steps=STEPS)

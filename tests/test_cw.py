@@ -34,6 +34,7 @@ def test_linear_model_distance_to_the_boundary() -> None:
 
 # Slow tier: a strength comparison on the digits CNN.
 @pytest.mark.slow
+@pytest.mark.full_optimization
 def test_smaller_than_pgd_l2_at_equal_success(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:64]), jnp.asarray(digits[1].y[:64])
     f = cnn.logits_fn

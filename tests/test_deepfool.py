@@ -44,6 +44,7 @@ def test_linear_model_one_exact_step(norm: str) -> None:
 
 # Slow tier: a strength comparison on the digits CNN.
 @pytest.mark.slow
+@pytest.mark.full_optimization
 def test_smaller_than_pgd_l2_at_equal_success(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:100]), jnp.asarray(digits[1].y[:100])
     f = cnn.logits_fn
@@ -59,6 +60,7 @@ def test_smaller_than_pgd_l2_at_equal_success(cnn: Any, digits: Any) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.full_optimization
 def test_misclassified_examples_are_left_alone_and_jit(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:16]), jnp.asarray(digits[1].y[:16])
     f = cnn.logits_fn
@@ -101,6 +103,7 @@ def test_targeted_two_class_affine_step_is_exact(norm: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.full_optimization
 def test_targeted_reaches_targets_on_the_cnn(cnn: Any, digits: Any) -> None:
     x, y = jnp.asarray(digits[1].x[:32]), jnp.asarray(digits[1].y[:32])
     f = cnn.logits_fn

@@ -199,6 +199,7 @@ def test_bad_arguments(cnn: Any, data: Any) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.full_optimization
 def test_eps_sweep_in_one_program_matches_separate_calls(cnn: Any, data: Any) -> None:
     x, y = data
     key = jax.random.key(3)

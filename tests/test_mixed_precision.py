@@ -58,6 +58,7 @@ def test_cast_model_computes_in_bfloat16(cnn: Any, digits: Any) -> None:
 
 # Slow tier: robust accuracy over the whole digits test set.
 @pytest.mark.slow
+@pytest.mark.full_optimization
 @pytest.mark.parametrize("eps", [0.1, 0.15])
 def test_pgd_robust_accuracy_bf16_matches_float32(cnn: Any, digits: Any, eps: float) -> None:
     x, y = digits[1]
@@ -68,6 +69,7 @@ def test_pgd_robust_accuracy_bf16_matches_float32(cnn: Any, digits: Any, eps: fl
 
 
 @pytest.mark.slow
+@pytest.mark.full_optimization
 def test_bfloat16_inputs_stay_bfloat16_and_feasible(cnn: Any, digits: Any) -> None:
     x, y = digits[1]
     xb = jnp.asarray(x[:128], jnp.bfloat16)

@@ -372,6 +372,7 @@ def _fit_digits(method: str, train: Any, *, epochs: int, eps: float) -> Any:
 
 # Slow tier: adversarial training runs for epochs.
 @pytest.mark.slow
+@pytest.mark.full_optimization
 def test_pgd_at_raises_pgd_accuracy_and_monitor_flags_collapse(digits: Any) -> None:
     train, test = digits
     x, y = jnp.asarray(test.x[:200]), jnp.asarray(test.y[:200])

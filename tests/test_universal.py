@@ -66,6 +66,7 @@ def _check_ball_and_box(delta: jax.Array, x: np.ndarray, eps: float, norm: Norm)
 
 # Slow tier: trains a universal perturbation (a strength comparison).
 @pytest.mark.slow
+@pytest.mark.full_optimization
 def test_linf_fooling_rate_beats_random_perturbation(cnn: Any, digits: Any) -> None:
     # linf eps = 0.25 on the digits CNN: one pass over 1400 digits fools 0.25-0.63 of
     # the held-out digits depending on the random start (keys 0, 1, 2: 0.25, 0.43,
