@@ -303,6 +303,19 @@ def test_project_to_feasible_l1_is_the_exact_projection_onto_ball_and_box() -> N
     assert np.any(np.asarray(jnp.sum(jnp.abs(clipped - x), axis=1))[outside] < eps * (1 - 1e-3))
 
 
+def test_project_l1_box_stays_feasible_for_points_far_outside() -> None:
+    """Points 1e30 away: in float32 each coordinate's two breakpoints (``|y_i|`` and
+    ``|y_i| - u_i``) round to one, and no multiplier spends the budget exactly. The
+    projection still lands in the ball and the box (a sort-based solve once returned
+    L1 distances of 400 at radius 0.5 here)."""
+    x = jax.random.uniform(jax.random.key(5), (16, 784))
+    x_adv = x + 1e30 * jax.random.normal(jax.random.key(6), x.shape)
+    for eps in (0.03, 0.5, 4.5):
+        out = np.asarray(jaxadv.threat_models.project_l1_box(x_adv, x, eps, 0.0, 1.0))
+        assert np.all(out >= 0.0) and np.all(out <= 1.0)
+        assert np.all(np.abs(out - np.asarray(x)).sum(axis=1) <= eps * (1 + 1e-5))
+
+
 def test_per_example_shapes() -> None:
     x = jnp.zeros((3, 4, 5, 2))
     assert jaxadv.threat_models.per_example(0.5, x).shape == ()
