@@ -363,8 +363,8 @@ def project_l1_box(x_adv: Array, x: Array, eps: ArrayLike, lo: ArrayLike, hi: Ar
     non-increasing with breakpoints :math:`|y_i|` and :math:`|y_i| - u_i`, and
     :math:`\lambda` solves :math:`\phi(\lambda) = \epsilon`. It is bracketed by
     bisection on :math:`[0, \max_i |y_i|]` (32 halvings, each one pass over the
-    coordinates: no sort, whose XLA:CPU kernel made the projection 20 times
-    slower), then solved on the linear piece of :math:`\phi` at the bracket's
+    coordinates: no sort, whose XLA:CPU kernel made a ``[397, 64]`` projection
+    4.6 times slower), then solved on the linear piece of :math:`\phi` at the bracket's
     middle, :math:`\lambda = (\sum_{C} u_i + \sum_{M} |y_i| - \epsilon) / |M|`
     with :math:`M` the coordinates moving with :math:`\lambda` there and
     :math:`C` those held at their room, and kept inside the bracket. Needs
