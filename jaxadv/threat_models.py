@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv._core.rows import flat, per_example, select_rows
+from jaxadv._core.search import narrow
 from jaxadv.keys import draw_rows, fold_rows, row_keys, split_rows
 from jaxadv.typing import Array, ArrayLike, Norm, PRNGKey
 from jaxadv.validation import check_norm
@@ -395,15 +396,19 @@ def project_l1_box(x_adv: Array, x: Array, eps: ArrayLike, lo: ArrayLike, hi: Ar
     def phi(lam: Array) -> Array:
         return row_sum(jnp.clip(a - lam[:, None], 0.0, room))
 
+    def middle(low: Array, high: Array) -> Array:
+        # Not search.midpoint's 0.5 * (low + high): near the float32 maximum (|y_i| of an
+        # infinite x_adv) the sum overflows.
+        return low + 0.5 * (high - low)
+
     def halve(_: Array, bracket: tuple[Array, Array]) -> tuple[Array, Array]:
         low, high = bracket
-        mid = low + 0.5 * (high - low)  # no overflow near the float32 maximum
-        over = phi(mid) > eps_b  # lambda is larger than mid
-        return jnp.where(over, mid, low), jnp.where(over, high, mid)
+        mid = middle(low, high)
+        return narrow(low, high, mid, hit=~(phi(mid) > eps_b))  # hit: lambda <= mid
 
     start = (jnp.zeros((b,), jnp.float32), jnp.max(a, axis=1))
     low, high = jax.lax.fori_loop(0, _L1_BISECTIONS, halve, start)
-    mid = (low + 0.5 * (high - low))[:, None]
+    mid = middle(low, high)[:, None]
     moving = (a - room < mid) & (a > mid)
     held = a - room >= mid
     count = row_sum(moving.astype(jnp.float32))
